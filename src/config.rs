@@ -1,0 +1,501 @@
+//! Configuration: the TOML file of SPEC "Configuration", checked strictly.
+//!
+//! Key names are a contract with operators. A misspelt key must not be
+//! silently ignored (the operator would run with a default they did not
+//! choose), so every key in the file is checked against the set this build
+//! knows, which is derived from [`Config::default`] itself: adding a field
+//! here is all it takes to make it known.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// A config problem, always naming the key. Rendered as one line by the CLI,
+/// which exits with code 2.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config: cannot read '{path}': {reason}")]
+    Read { path: String, reason: String },
+    #[error("config: invalid TOML: {0}")]
+    Syntax(String),
+    #[error("config: unknown key '{0}'")]
+    UnknownKey(String),
+    #[error("config: '{key}': {problem}")]
+    Invalid { key: String, problem: String },
+}
+
+fn invalid(key: &str, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_string(),
+        problem: problem.into(),
+    }
+}
+
+#[derive(Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    pub telegram: TelegramConfig,
+    pub storage: StorageConfig,
+    pub downloader: DownloaderConfig,
+    pub limits: LimitsConfig,
+    pub security: SecurityConfig,
+    pub health: HealthConfig,
+}
+
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TelegramConfig {
+    /// Bot token; `TGDL_TOKEN` overrides it. Never logged (see the Debug impl).
+    pub token: String,
+    pub api_url: String,
+    pub admins: Vec<u64>,
+    /// Empty: everyone may use the bot.
+    pub allowed_users: Vec<u64>,
+    /// Files above this are never uploaded; yt-dlp is asked for smaller ones.
+    pub upload_limit_mb: u64,
+    /// Default reply language when a user's `language_code` is unknown.
+    pub language: String,
+    /// Links taken from one message; the rest are ignored with a note.
+    pub max_links_per_message: usize,
+    /// Minimum seconds between two progress edits of one status message.
+    pub progress_interval_secs: u64,
+    /// HTTP timeout for Bot API calls, uploads included.
+    pub request_timeout_secs: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StorageConfig {
+    /// Database in `data_dir/db`, files in `data_dir/downloads`. A relative
+    /// path is relative to the config file's folder, so a service manager's
+    /// working directory does not matter.
+    pub data_dir: PathBuf,
+    /// Done and failed jobs older than this are pruned. 0 keeps them forever.
+    pub retention_days: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DownloaderConfig {
+    /// A path to yt-dlp, or "auto": yt-dlp on PATH, else a managed install.
+    pub ytdlp: String,
+    pub concurrency: usize,
+    pub timeout_secs: u64,
+    /// Attempts (errors) before a job fails for good.
+    pub max_attempts: u32,
+    /// Crash rescues before a job fails with "crashed repeatedly".
+    pub max_rescues: u32,
+    /// How long a claim holds without a heartbeat.
+    pub lease_secs: u64,
+    /// First retry delay; doubles per attempt, with jitter.
+    pub retry_base_secs: u64,
+    /// Optional cookies file passed to yt-dlp ("" for none).
+    pub cookies_file: String,
+    /// Extra arguments appended before the link (never a shell string).
+    pub extra_args: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LimitsConfig {
+    pub per_user_active: u32,
+    pub per_user_per_hour: u32,
+    pub queue_capacity: u64,
+    pub playlist_max_items: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SecurityConfig {
+    pub allow_private_networks: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HealthConfig {
+    pub interval_secs: u64,
+    pub alert_cooldown_secs: u64,
+    pub disk_free_percent_critical: f64,
+    pub memory_percent_warning: f64,
+    pub cpu_percent_warning: f64,
+    pub downloads_dir_gb_warning: f64,
+    /// "" disables the HTTP listener.
+    pub metrics_listen: String,
+    /// A queued job older than this is a backlog warning.
+    pub backlog_age_warning_secs: u64,
+}
+
+impl Default for TelegramConfig {
+    fn default() -> Self {
+        TelegramConfig {
+            token: String::new(),
+            api_url: "https://api.telegram.org".into(),
+            admins: Vec::new(),
+            allowed_users: Vec::new(),
+            upload_limit_mb: 50,
+            language: "en".into(),
+            max_links_per_message: 5,
+            progress_interval_secs: 3,
+            request_timeout_secs: 600,
+        }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            data_dir: PathBuf::from("data"),
+            retention_days: 30,
+        }
+    }
+}
+
+impl Default for DownloaderConfig {
+    fn default() -> Self {
+        DownloaderConfig {
+            ytdlp: "auto".into(),
+            concurrency: 2,
+            timeout_secs: 1800,
+            max_attempts: 3,
+            max_rescues: 5,
+            lease_secs: 60,
+            retry_base_secs: 10,
+            cookies_file: String::new(),
+            extra_args: Vec::new(),
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            per_user_active: 3,
+            per_user_per_hour: 20,
+            queue_capacity: 10_000,
+            playlist_max_items: 50,
+        }
+    }
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            interval_secs: 60,
+            alert_cooldown_secs: 300,
+            disk_free_percent_critical: 10.0,
+            memory_percent_warning: 85.0,
+            cpu_percent_warning: 90.0,
+            downloads_dir_gb_warning: 50.0,
+            metrics_listen: String::new(),
+            backlog_age_warning_secs: 3600,
+        }
+    }
+}
+
+impl fmt::Debug for TelegramConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The token is a credential: it never reaches a log.
+        f.debug_struct("TelegramConfig")
+            .field(
+                "token",
+                &if self.token.is_empty() {
+                    ""
+                } else {
+                    "<redacted>"
+                },
+            )
+            .field("api_url", &self.api_url)
+            .field("admins", &self.admins)
+            .field("allowed_users", &self.allowed_users)
+            .field("upload_limit_mb", &self.upload_limit_mb)
+            .field("language", &self.language)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("telegram", &self.telegram)
+            .field("storage", &self.storage)
+            .field("downloader", &self.downloader)
+            .field("limits", &self.limits)
+            .field("security", &self.security)
+            .field("health", &self.health)
+            .finish()
+    }
+}
+
+impl Config {
+    /// Read, parse and check a config file. `TGDL_TOKEN` overrides the token.
+    /// A relative `data_dir` is resolved against the file's folder.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        let env_token = std::env::var("TGDL_TOKEN").ok().filter(|t| !t.is_empty());
+        let mut config = Config::parse(&text, env_token)?;
+        if config.storage.data_dir.is_relative() {
+            let base = path.parent().unwrap_or(Path::new("."));
+            config.storage.data_dir = base.join(&config.storage.data_dir);
+        }
+        Ok(config)
+    }
+
+    /// Parse and check config text; `env_token` stands for `TGDL_TOKEN`.
+    pub fn parse(text: &str, env_token: Option<String>) -> Result<Config, ConfigError> {
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::Syntax(one_line(&e.to_string())))?;
+        let known = toml::Table::try_from(Config::default())
+            .map_err(|e| ConfigError::Syntax(e.to_string()))?;
+        check_known_keys(&table, &known, "")?;
+        let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(table))
+            .map_err(|e| {
+                let key = e.path().to_string();
+                invalid(&key, one_line(&e.inner().to_string()))
+            })?;
+        if let Some(token) = env_token {
+            config.telegram.token = token;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Range and shape checks that types alone cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let t = &self.telegram;
+        let api = url::Url::parse(&t.api_url)
+            .map_err(|e| invalid("telegram.api_url", format!("not a URL ({e})")))?;
+        if !matches!(api.scheme(), "http" | "https") {
+            return Err(invalid("telegram.api_url", "must be an http or https URL"));
+        }
+        if t.admins.contains(&0) || t.allowed_users.contains(&0) {
+            let key = if t.admins.contains(&0) {
+                "telegram.admins"
+            } else {
+                "telegram.allowed_users"
+            };
+            return Err(invalid(key, "user ids are positive numbers"));
+        }
+        // 2000 MB is the ceiling of a local telegram-bot-api server.
+        range("telegram.upload_limit_mb", t.upload_limit_mb, 1, 2000)?;
+        if !matches!(t.language.as_str(), "en" | "fa") {
+            return Err(invalid(
+                "telegram.language",
+                format!("'{}' is not supported (use \"en\" or \"fa\")", t.language),
+            ));
+        }
+        range(
+            "telegram.max_links_per_message",
+            t.max_links_per_message as u64,
+            1,
+            50,
+        )?;
+        range(
+            "telegram.progress_interval_secs",
+            t.progress_interval_secs,
+            1,
+            3600,
+        )?;
+        range(
+            "telegram.request_timeout_secs",
+            t.request_timeout_secs,
+            5,
+            86_400,
+        )?;
+        if self.storage.data_dir.as_os_str().is_empty() {
+            return Err(invalid("storage.data_dir", "must not be empty"));
+        }
+        range(
+            "storage.retention_days",
+            self.storage.retention_days,
+            0,
+            36_500,
+        )?;
+        let d = &self.downloader;
+        if d.ytdlp.trim().is_empty() {
+            return Err(invalid(
+                "downloader.ytdlp",
+                "must be \"auto\" or a path to yt-dlp",
+            ));
+        }
+        range("downloader.concurrency", d.concurrency as u64, 1, 64)?;
+        range("downloader.timeout_secs", d.timeout_secs, 1, 7 * 86_400)?;
+        range("downloader.max_attempts", d.max_attempts as u64, 1, 100)?;
+        range("downloader.max_rescues", d.max_rescues as u64, 1, 100)?;
+        range("downloader.lease_secs", d.lease_secs, 5, 86_400)?;
+        range("downloader.retry_base_secs", d.retry_base_secs, 1, 86_400)?;
+        let l = &self.limits;
+        range(
+            "limits.per_user_active",
+            l.per_user_active as u64,
+            1,
+            10_000,
+        )?;
+        range(
+            "limits.per_user_per_hour",
+            l.per_user_per_hour as u64,
+            1,
+            100_000,
+        )?;
+        range("limits.queue_capacity", l.queue_capacity, 1, 100_000_000)?;
+        range(
+            "limits.playlist_max_items",
+            l.playlist_max_items as u64,
+            1,
+            10_000,
+        )?;
+        let h = &self.health;
+        range("health.interval_secs", h.interval_secs, 1, 86_400)?;
+        range(
+            "health.alert_cooldown_secs",
+            h.alert_cooldown_secs,
+            0,
+            86_400 * 7,
+        )?;
+        percent(
+            "health.disk_free_percent_critical",
+            h.disk_free_percent_critical,
+        )?;
+        percent("health.memory_percent_warning", h.memory_percent_warning)?;
+        percent("health.cpu_percent_warning", h.cpu_percent_warning)?;
+        if !(h.downloads_dir_gb_warning.is_finite() && h.downloads_dir_gb_warning > 0.0) {
+            return Err(invalid(
+                "health.downloads_dir_gb_warning",
+                "must be a positive number of GB",
+            ));
+        }
+        if !h.metrics_listen.is_empty() && h.metrics_listen.parse::<SocketAddr>().is_err() {
+            return Err(invalid(
+                "health.metrics_listen",
+                format!(
+                    "'{}' is not an address like \"127.0.0.1:9184\"",
+                    h.metrics_listen
+                ),
+            ));
+        }
+        range(
+            "health.backlog_age_warning_secs",
+            h.backlog_age_warning_secs,
+            1,
+            86_400 * 30,
+        )?;
+        Ok(())
+    }
+
+    /// Only running the bot needs the token; reading the database does not.
+    pub fn require_token(&self) -> Result<(), ConfigError> {
+        let t = self.telegram.token.trim();
+        if t.is_empty() {
+            return Err(invalid(
+                "telegram.token",
+                "missing (set it in the file or in TGDL_TOKEN)",
+            ));
+        }
+        // Bot tokens look like "123456:ABC-def"; catching a pasted wrong value
+        // here beats a 401 loop later.
+        let ok = t
+            .split_once(':')
+            .is_some_and(|(id, rest)| id.parse::<u64>().is_ok() && !rest.is_empty());
+        if !ok {
+            return Err(invalid(
+                "telegram.token",
+                "does not look like a bot token (expected \"<digits>:<secret>\")",
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn db_dir(&self) -> PathBuf {
+        self.storage.data_dir.join("db")
+    }
+
+    pub fn downloads_dir(&self) -> PathBuf {
+        self.storage.data_dir.join("downloads")
+    }
+
+    pub fn tools_dir(&self) -> PathBuf {
+        self.storage.data_dir.join("tools")
+    }
+
+    pub fn is_admin(&self, user_id: u64) -> bool {
+        self.telegram.admins.contains(&user_id)
+    }
+
+    pub fn upload_limit_bytes(&self) -> u64 {
+        self.telegram.upload_limit_mb * 1024 * 1024
+    }
+}
+
+fn range(key: &str, v: u64, min: u64, max: u64) -> Result<(), ConfigError> {
+    if v < min || v > max {
+        return Err(invalid(
+            key,
+            format!("{v} is out of range ({min} to {max})"),
+        ));
+    }
+    Ok(())
+}
+
+fn percent(key: &str, v: f64) -> Result<(), ConfigError> {
+    if !(v.is_finite() && (0.0..=100.0).contains(&v)) {
+        return Err(invalid(key, format!("{v} is not a percentage (0 to 100)")));
+    }
+    Ok(())
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Every key in `given` must exist in `known`; tables are checked recursively
+/// so the error names the full dotted path.
+fn check_known_keys(
+    given: &toml::Table,
+    known: &toml::Table,
+    prefix: &str,
+) -> Result<(), ConfigError> {
+    for (k, v) in given {
+        let path = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        match known.get(k) {
+            None => return Err(ConfigError::UnknownKey(path)),
+            Some(toml::Value::Table(kt)) => match v {
+                toml::Value::Table(gt) => check_known_keys(gt, kt, &path)?,
+                _ => return Err(invalid(&path, "must be a table (a [section])")),
+            },
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_match_the_spec() {
+        let c = Config::parse("", None).unwrap();
+        assert_eq!(c.downloader.concurrency, 2);
+        assert_eq!(c.telegram.upload_limit_mb, 50);
+        assert_eq!(c.health.interval_secs, 60);
+        assert_eq!(c.health.alert_cooldown_secs, 300);
+        assert_eq!(c.limits.queue_capacity, 10_000);
+    }
+
+    #[test]
+    fn debug_never_shows_the_token() {
+        let c = Config::parse("[telegram]\ntoken = \"123:SECRETSECRET\"", None).unwrap();
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("SECRETSECRET"), "{dbg}");
+        assert!(dbg.contains("<redacted>"));
+    }
+}

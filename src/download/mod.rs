@@ -1,0 +1,24 @@
+//! Downloading with yt-dlp.
+//!
+//! - [`args`]: the command line, built once from [`YtDlpArgs`] (no shell,
+//!   `--ignore-config`, the link after `--`, output named from the job id and
+//!   the media id only, a format under the upload limit).
+//! - [`progress`]: parsing yt-dlp's stdout (our prefixed progress and meta
+//!   lines, and the max-filesize notice it prints while exiting 0).
+//! - [`classify`]: yt-dlp's stderr to a retryable or permanent
+//!   [`DownloadFailure`] with a stable [`Reason`] code.
+//! - [`process`]: running it in its own process group, draining both pipes,
+//!   and killing the whole group on cancel or timeout.
+//!
+//! The worker owns the policy (retries, backoff, cleaning); this module only
+//! reports what happened.
+
+pub mod args;
+pub mod classify;
+pub mod process;
+pub mod progress;
+
+pub use args::{job_dir, Want, YtDlpArgs};
+pub use classify::{classify, DownloadFailure, Reason};
+pub use process::{run_ytdlp, ytdlp_version, DownloadError, DownloadOutput};
+pub use progress::{MediaMeta, Progress};

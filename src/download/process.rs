@@ -1,0 +1,700 @@
+//! Running yt-dlp: one child process in its own process group, both pipes
+//! drained, progress fed to a callback, and a kill that takes the whole group
+//! (yt-dlp and the ffmpeg it starts) on cancel or timeout.
+
+use std::collections::VecDeque;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
+
+use super::args::YtDlpArgs;
+use super::classify::{self, DownloadFailure, Reason};
+use super::progress::{self, MediaMeta, Progress};
+
+/// How many stderr lines are kept for classification. yt-dlp's decisive
+/// `ERROR:` line is at the end; the ring only bounds memory when a run is
+/// chatty (a warning per fragment on a long HLS stream).
+const STDERR_RING: usize = 50;
+
+/// Longest line kept, in bytes; longer ones are cut (lines are only for
+/// parsing our own short prefixed lines and for error messages).
+const MAX_LINE: usize = 8 * 1024;
+
+/// After yt-dlp exits, how long its pipes may stay open. A grandchild that
+/// inherited them (a stray ffmpeg) would otherwise keep us reading forever.
+const PIPE_GRACE: Duration = Duration::from_secs(5);
+
+/// A downloaded file ready for upload.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DownloadOutput {
+    /// Inside the job's output folder (checked).
+    pub file_path: PathBuf,
+    pub title: Option<String>,
+    pub id: Option<String>,
+    pub ext: Option<String>,
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    /// Seconds.
+    pub duration: Option<f64>,
+    /// Bytes on disk, measured after the download.
+    pub filesize: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DownloadError {
+    #[error("download cancelled")]
+    Cancelled,
+    #[error("download timed out")]
+    TimedOut,
+    /// yt-dlp ran and failed; the text is its most relevant stderr line.
+    #[error("yt-dlp failed ({0}): {1}")]
+    Failed(DownloadFailure, String),
+    #[error("cannot start yt-dlp: {0}")]
+    Spawn(#[source] io::Error),
+    /// Waiting for yt-dlp or inspecting its file failed.
+    #[error("i/o error around yt-dlp: {0}")]
+    Io(#[source] io::Error),
+}
+
+impl DownloadError {
+    /// The classified failure, if yt-dlp itself failed.
+    pub fn failure(&self) -> Option<DownloadFailure> {
+        match self {
+            DownloadError::Failed(f, _) => Some(*f),
+            _ => None,
+        }
+    }
+
+    /// Whether the job should go back to the queue. A timeout and a local
+    /// i/o or spawn problem may pass; a cancellation is the user's decision.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            DownloadError::Cancelled => false,
+            DownloadError::TimedOut | DownloadError::Spawn(_) | DownloadError::Io(_) => true,
+            DownloadError::Failed(f, _) => f.is_retryable(),
+        }
+    }
+}
+
+/// Kills the child's process group when dropped while armed, so that a
+/// download future dropped mid-flight (its task aborted) takes its ffmpeg
+/// children with it; `kill_on_drop` alone reaches only yt-dlp itself.
+///
+/// It must be disarmed as soon as the child is reaped: after that the pid,
+/// and with it the group id, may be reused by an unrelated process.
+struct GroupKiller {
+    pgid: Option<libc::pid_t>,
+}
+
+impl GroupKiller {
+    fn kill(&mut self) {
+        if let Some(pgid) = self.pgid.take() {
+            // SAFETY: killpg has no memory-safety preconditions; the group is
+            // ours because its leader is our unreaped child.
+            unsafe {
+                libc::killpg(pgid, libc::SIGKILL);
+            }
+        }
+    }
+
+    fn disarm(&mut self) {
+        self.pgid = None;
+    }
+}
+
+impl Drop for GroupKiller {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Reads lines of arbitrary bytes; yt-dlp's output is UTF-8 in practice, but
+/// one stray byte must not stop the draining (a full pipe would block yt-dlp).
+struct Lines<R> {
+    reader: BufReader<R>,
+    buf: Vec<u8>,
+}
+
+impl<R: AsyncRead + Unpin> Lines<R> {
+    fn new(r: R) -> Self {
+        Lines {
+            reader: BufReader::new(r),
+            buf: Vec::new(),
+        }
+    }
+
+    /// The next line without its terminator; `None` at end of stream. Cancel
+    /// safe: a partial line stays in `buf` for the next call.
+    async fn next(&mut self) -> io::Result<Option<String>> {
+        let n = self.reader.read_until(b'\n', &mut self.buf).await?;
+        if n == 0 && self.buf.is_empty() {
+            return Ok(None);
+        }
+        let mut bytes = std::mem::take(&mut self.buf);
+        while matches!(bytes.last(), Some(b'\n' | b'\r')) {
+            bytes.pop();
+        }
+        bytes.truncate(MAX_LINE);
+        Ok(Some(String::from_utf8_lossy(&bytes).into_owned()))
+    }
+}
+
+/// What the stdout lines told us.
+#[derive(Default)]
+struct StdoutState {
+    meta: Option<MediaMeta>,
+    max_filesize_abort: Option<String>,
+}
+
+fn handle_stdout(line: &str, state: &mut StdoutState, on_progress: &mut impl FnMut(Progress)) {
+    // Progress lines may be preceded by `\r` (yt-dlp's line reset) even with
+    // --newline; every segment is a line of its own.
+    for seg in line.split('\r').filter(|s| !s.trim().is_empty()) {
+        if let Some(p) = progress::parse_progress(seg) {
+            on_progress(p);
+        } else if let Some(meta) = progress::parse_meta(seg) {
+            state.meta = Some(meta);
+        } else if progress::parse_max_filesize_abort(seg).is_some() {
+            state.max_filesize_abort = Some(seg.trim().to_owned());
+        } else {
+            tracing::trace!(target: "tgdl::ytdlp", stdout = seg);
+        }
+    }
+}
+
+fn push_ring(ring: &mut VecDeque<String>, line: String) {
+    if ring.len() == STDERR_RING {
+        ring.pop_front();
+    }
+    ring.push_back(line);
+}
+
+/// Runs yt-dlp with `args` until it exits, `cancel` fires or `timeout` passes.
+///
+/// Progress reports go to `on_progress` as they arrive (from this task, so the
+/// callback should be quick: e.g. store the latest value for a rate-limited
+/// status editor). On cancel or timeout the whole process group is killed
+/// with SIGKILL and reaped before this returns; partial `.part` files stay for
+/// a later `--continue`.
+pub async fn run_ytdlp(
+    args: &YtDlpArgs,
+    cancel: CancellationToken,
+    timeout: Duration,
+    mut on_progress: impl FnMut(Progress),
+) -> Result<DownloadOutput, DownloadError> {
+    if cancel.is_cancelled() {
+        return Err(DownloadError::Cancelled);
+    }
+    let mut cmd = Command::new(&args.binary);
+    cmd.args(args.to_args())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // Python buffers a piped stdout; progress must arrive as it happens.
+        .env("PYTHONUNBUFFERED", "1")
+        .kill_on_drop(true)
+        // Its own group: one killpg reaches yt-dlp and everything it spawns,
+        // and a Ctrl-C at our terminal does not reach it behind our back.
+        .process_group(0);
+    tracing::debug!(target: "tgdl::ytdlp", binary = %args.binary.display(), url = %args.url, "starting yt-dlp");
+    let mut child = cmd.spawn().map_err(DownloadError::Spawn)?;
+    let pgid = child
+        .id()
+        .and_then(|id| libc::pid_t::try_from(id).ok())
+        .ok_or_else(|| DownloadError::Spawn(io::Error::other("spawned child has no pid")))?;
+    let mut killer = GroupKiller { pgid: Some(pgid) };
+
+    let mut stdout = Lines::new(child.stdout.take().expect("stdout is piped"));
+    let mut stderr = Lines::new(child.stderr.take().expect("stderr is piped"));
+    let mut out_open = true;
+    let mut err_open = true;
+    let mut ring: VecDeque<String> = VecDeque::with_capacity(STDERR_RING);
+    let mut state = StdoutState::default();
+    let mut status: Option<ExitStatus> = None;
+
+    let deadline = tokio::time::sleep(timeout);
+    tokio::pin!(deadline);
+    let grace = tokio::time::sleep(Duration::MAX / 4);
+    tokio::pin!(grace);
+
+    while out_open || err_open || status.is_none() {
+        tokio::select! {
+            // Cancellation and the deadline first, so a chatty child cannot
+            // starve them.
+            biased;
+            _ = cancel.cancelled() => {
+                stop(&mut child, &mut killer, status.is_some()).await;
+                return Err(DownloadError::Cancelled);
+            }
+            _ = &mut deadline => {
+                stop(&mut child, &mut killer, status.is_some()).await;
+                return Err(DownloadError::TimedOut);
+            }
+            res = child.wait(), if status.is_none() => {
+                killer.disarm();
+                status = Some(res.map_err(DownloadError::Io)?);
+                grace.as_mut().reset(tokio::time::Instant::now() + PIPE_GRACE);
+            }
+            line = stdout.next(), if out_open => match line {
+                Ok(Some(line)) => handle_stdout(&line, &mut state, &mut on_progress),
+                Ok(None) | Err(_) => out_open = false,
+            },
+            line = stderr.next(), if err_open => match line {
+                Ok(Some(line)) => {
+                    tracing::debug!(target: "tgdl::ytdlp", stderr = %line);
+                    push_ring(&mut ring, line);
+                }
+                Ok(None) | Err(_) => err_open = false,
+            },
+            _ = &mut grace, if status.is_some() => {
+                tracing::warn!(target: "tgdl::ytdlp", "yt-dlp exited but its pipes stayed open; not reading further");
+                break;
+            }
+        }
+    }
+    let status = status.expect("loop ends only after the child was reaped");
+    finish(args, status, &ring, state).await
+}
+
+/// Kills the group (only while the leader is unreaped, see [`GroupKiller`])
+/// and reaps the leader so no zombie is left.
+async fn stop(child: &mut Child, killer: &mut GroupKiller, reaped: bool) {
+    if reaped {
+        return;
+    }
+    killer.kill();
+    if let Err(e) = child.wait().await {
+        tracing::warn!(target: "tgdl::ytdlp", error = %e, "reaping killed yt-dlp failed");
+    }
+}
+
+/// Turns a finished run into the file or a classified failure.
+async fn finish(
+    args: &YtDlpArgs,
+    status: ExitStatus,
+    ring: &VecDeque<String>,
+    state: StdoutState,
+) -> Result<DownloadOutput, DownloadError> {
+    let lines = || ring.iter().map(String::as_str);
+    if !status.success() {
+        let failure = classify::classify(lines());
+        let text = classify::summary(lines()).unwrap_or_else(|| format!("yt-dlp {status}"));
+        return Err(DownloadError::Failed(failure, text));
+    }
+    let meta = match state.meta {
+        Some(meta) => meta,
+        None => {
+            // Exit 0 without a file: yt-dlp's way of reporting --max-filesize.
+            return Err(match state.max_filesize_abort {
+                Some(line) => {
+                    DownloadError::Failed(DownloadFailure::Permanent(Reason::TooLarge), line)
+                }
+                None => DownloadError::Failed(
+                    DownloadFailure::Retryable(Reason::Unknown),
+                    classify::summary(lines())
+                        .unwrap_or_else(|| "yt-dlp exited without producing a file".to_owned()),
+                ),
+            });
+        }
+    };
+    let unusable =
+        |why: String| DownloadError::Failed(DownloadFailure::Retryable(Reason::Unknown), why);
+    let reported = meta
+        .filepath
+        .clone()
+        .ok_or_else(|| unusable("yt-dlp did not report the file path".to_owned()))?;
+    let file_path = checked_path(&args.output_dir, &reported)
+        .await
+        .map_err(|e| unusable(format!("yt-dlp reported {}: {e}", reported.display())))?;
+    let filesize = tokio::fs::metadata(&file_path)
+        .await
+        .map_err(DownloadError::Io)?
+        .len();
+    // --max-filesize only sees sizes announced up front; a merge or a
+    // conversion can still end above the limit.
+    if let Some(limit) = args.upload_limit {
+        if filesize > limit {
+            return Err(DownloadError::Failed(
+                DownloadFailure::Permanent(Reason::TooLarge),
+                format!("downloaded file is {filesize} bytes, over the {limit}-byte limit"),
+            ));
+        }
+    }
+    Ok(DownloadOutput {
+        file_path,
+        title: meta.title,
+        id: meta.id,
+        ext: meta.ext,
+        width: meta.width,
+        height: meta.height,
+        duration: meta.duration,
+        filesize,
+    })
+}
+
+/// The reported file, resolved, if it is a regular file inside the job's
+/// folder: the path comes from another program's output, and we are about to
+/// upload and later delete it.
+async fn checked_path(dir: &Path, reported: &Path) -> io::Result<PathBuf> {
+    let dir = tokio::fs::canonicalize(dir).await?;
+    let file = tokio::fs::canonicalize(reported).await?;
+    if !file.starts_with(&dir) {
+        return Err(io::Error::other("outside the job folder"));
+    }
+    if !tokio::fs::metadata(&file).await?.is_file() {
+        return Err(io::Error::other("not a regular file"));
+    }
+    Ok(file)
+}
+
+/// The version yt-dlp reports (`yt-dlp --version`), for `/health`.
+pub async fn ytdlp_version(binary: &Path) -> Result<String, DownloadError> {
+    let mut cmd = Command::new(binary);
+    cmd.arg("--version")
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .process_group(0);
+    let out = match tokio::time::timeout(Duration::from_secs(30), cmd.output()).await {
+        Ok(out) => out.map_err(DownloadError::Spawn)?,
+        Err(_) => return Err(DownloadError::TimedOut),
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    let version = text.lines().next().unwrap_or("").trim();
+    if !out.status.success() || version.is_empty() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let reason = classify::summary(err.lines())
+            .unwrap_or_else(|| format!("`{} --version` {}", binary.display(), out.status));
+        return Err(DownloadError::Failed(
+            DownloadFailure::Retryable(Reason::Unknown),
+            reason,
+        ));
+    }
+    Ok(version.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::download::args::Want;
+    use std::os::unix::fs::PermissionsExt;
+    use std::sync::{Arc, Mutex};
+    use uuid::Uuid;
+
+    /// A stand-in "yt-dlp": a shell script, so the process handling can be
+    /// tested exactly (groups, pipes, exit codes) without the network.
+    fn fake_ytdlp(dir: &Path, body: &str) -> PathBuf {
+        let path = dir.join("fake-yt-dlp");
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    }
+
+    fn args_for(tmp: &Path, bin: PathBuf) -> YtDlpArgs {
+        let a = YtDlpArgs::new(
+            bin,
+            "https://example.test/v",
+            tmp,
+            Uuid::now_v7(),
+            Want::Video,
+        );
+        std::fs::create_dir_all(&a.output_dir).unwrap();
+        a
+    }
+
+    /// Exists and is not a zombie (a killed orphan stays a zombie until
+    /// whatever is pid 1 in this container gets round to reaping it).
+    fn alive(pid: i32) -> bool {
+        // SAFETY: signal 0 only checks for existence.
+        let exists = unsafe { libc::kill(pid, 0) == 0 };
+        let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| {
+                s.rsplit_once(')')
+                    .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+            })
+            .unwrap_or(false);
+        exists && !zombie
+    }
+
+    async fn wait_for_pids(file: &Path, n: usize) -> Vec<i32> {
+        loop {
+            if let Ok(text) = std::fs::read_to_string(file) {
+                let pids: Vec<i32> = text
+                    .split_whitespace()
+                    .filter_map(|s| s.parse().ok())
+                    .collect();
+                if pids.len() >= n {
+                    return pids;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn success_reads_meta_and_progress_while_draining_both_pipes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let id = Uuid::now_v7();
+        let dir = crate::download::args::job_dir(tmp.path(), id);
+        // 2 MB on each pipe, far beyond a pipe buffer: if either were not
+        // drained the script would block and never print the meta line.
+        let script = format!(
+            r#"mkdir -p '{dir}'
+head -c 2000000 /dev/zero | tr '\0' 'e' | fold -w 100 >&2; echo >&2
+echo 'tgdl-progress downloading 50 100 NA 10.0 5 50.0'
+head -c 2000000 /dev/zero | tr '\0' 'o' | fold -w 100; echo
+printf 'hello' > '{dir}/abc.mp4'
+echo 'tgdl-progress finished 100 100 NA NA NA 100.0'
+echo 'tgdl-meta {{"id": "abc", "title": "T", "ext": "mp4", "width": 160, "height": 120, "duration": 2.0, "filepath": "{dir}/abc.mp4"}}'
+"#,
+            dir = dir.display()
+        );
+        let bin = fake_ytdlp(tmp.path(), &script);
+        let mut a = YtDlpArgs::new(bin, "https://example.test/v", tmp.path(), id, Want::Video);
+        a.upload_limit = Some(1000);
+        let mut seen = Vec::new();
+        let out = run_ytdlp(&a, CancellationToken::new(), Duration::from_secs(60), |p| {
+            seen.push(p)
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            out.file_path,
+            std::fs::canonicalize(dir.join("abc.mp4")).unwrap()
+        );
+        assert_eq!(out.filesize, 5);
+        assert_eq!(
+            (out.width, out.height, out.duration),
+            (Some(160), Some(120), Some(2.0))
+        );
+        assert_eq!(out.title.as_deref(), Some("T"));
+        assert_eq!(seen.len(), 2);
+        assert_eq!(seen[0].percent, Some(50.0));
+        assert!(seen[1].finished);
+    }
+
+    #[tokio::test]
+    async fn failure_is_classified_from_stderr() {
+        let tmp = tempfile::tempdir().unwrap();
+        let bin = fake_ytdlp(
+            tmp.path(),
+            "echo '[generic] Extracting URL: x'\necho 'WARNING: [generic] Falling back on generic information extractor' >&2\necho 'ERROR: Unsupported URL: https://example.test/v' >&2\nexit 1",
+        );
+        let a = args_for(tmp.path(), bin);
+        let err = run_ytdlp(
+            &a,
+            CancellationToken::new(),
+            Duration::from_secs(60),
+            |_| {},
+        )
+        .await
+        .unwrap_err();
+        match err {
+            DownloadError::Failed(f, line) => {
+                assert_eq!(f, DownloadFailure::Permanent(Reason::UnsupportedUrl));
+                assert_eq!(line, "ERROR: Unsupported URL: https://example.test/v");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn exit_zero_with_max_filesize_notice_is_too_large() {
+        let tmp = tempfile::tempdir().unwrap();
+        let bin = fake_ytdlp(
+            tmp.path(),
+            r"printf '\r[download] File is larger than max-filesize (26526 bytes > 10000 bytes). Aborting.\n'",
+        );
+        let a = args_for(tmp.path(), bin);
+        let err = run_ytdlp(
+            &a,
+            CancellationToken::new(),
+            Duration::from_secs(60),
+            |_| {},
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(
+            err.failure(),
+            Some(DownloadFailure::Permanent(Reason::TooLarge))
+        );
+        assert!(!err.is_retryable());
+    }
+
+    #[tokio::test]
+    async fn exit_zero_without_a_file_is_retryable_unknown() {
+        let tmp = tempfile::tempdir().unwrap();
+        let bin = fake_ytdlp(tmp.path(), "echo '[download] nothing to do'");
+        let a = args_for(tmp.path(), bin);
+        let err = run_ytdlp(
+            &a,
+            CancellationToken::new(),
+            Duration::from_secs(60),
+            |_| {},
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(
+            err.failure(),
+            Some(DownloadFailure::Retryable(Reason::Unknown))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_reported_file_outside_the_job_folder_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let outside = tmp.path().join("elsewhere.mp4");
+        std::fs::write(&outside, b"x").unwrap();
+        let bin = fake_ytdlp(
+            tmp.path(),
+            &format!(
+                r#"echo 'tgdl-meta {{"id": "x", "filepath": "{}"}}'"#,
+                outside.display()
+            ),
+        );
+        let a = args_for(tmp.path(), bin);
+        let err = run_ytdlp(
+            &a,
+            CancellationToken::new(),
+            Duration::from_secs(60),
+            |_| {},
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(err, DownloadError::Failed(DownloadFailure::Retryable(Reason::Unknown), ref m) if m.contains("outside")),
+            "{err:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_file_over_the_limit_after_download_is_too_large() {
+        let tmp = tempfile::tempdir().unwrap();
+        let id = Uuid::now_v7();
+        let dir = crate::download::args::job_dir(tmp.path(), id);
+        let bin = fake_ytdlp(
+            tmp.path(),
+            &format!(
+                "mkdir -p '{d}'\nhead -c 2048 /dev/zero > '{d}/m.mp4'\necho 'tgdl-meta {{\"filepath\": \"{d}/m.mp4\"}}'",
+                d = dir.display()
+            ),
+        );
+        let mut a = YtDlpArgs::new(bin, "https://example.test/v", tmp.path(), id, Want::Video);
+        a.upload_limit = Some(1024);
+        let err = run_ytdlp(
+            &a,
+            CancellationToken::new(),
+            Duration::from_secs(60),
+            |_| {},
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(
+            err.failure(),
+            Some(DownloadFailure::Permanent(Reason::TooLarge))
+        );
+    }
+
+    /// The script starts a grandchild (like yt-dlp starting ffmpeg) and
+    /// records both pids; cancelling must kill both, not just the script.
+    async fn group_is_killed(stop_by_cancel: bool) {
+        let tmp = tempfile::tempdir().unwrap();
+        let pids = tmp.path().join("pids");
+        let bin = fake_ytdlp(
+            tmp.path(),
+            &format!(
+                "sleep 300 &\necho $$ $! > '{}'\necho 'tgdl-progress downloading 1 10 NA NA NA 10.0'\nwait",
+                pids.display()
+            ),
+        );
+        let a = args_for(tmp.path(), bin);
+        let cancel = CancellationToken::new();
+        let (timeout, trigger) = if stop_by_cancel {
+            (Duration::from_secs(300), Some(cancel.clone()))
+        } else {
+            (Duration::from_secs(3), None)
+        };
+        let progressed = Arc::new(Mutex::new(false));
+        let p2 = progressed.clone();
+        let run = tokio::spawn({
+            let a = a.clone();
+            async move { run_ytdlp(&a, cancel, timeout, move |_| *p2.lock().unwrap() = true).await }
+        });
+        let pids = wait_for_pids(&pids, 2).await;
+        assert!(pids.iter().all(|&p| alive(p)));
+        if let Some(t) = trigger {
+            t.cancel();
+        }
+        let err = run.await.unwrap().unwrap_err();
+        if stop_by_cancel {
+            assert!(matches!(err, DownloadError::Cancelled), "{err:?}");
+        } else {
+            assert!(matches!(err, DownloadError::TimedOut), "{err:?}");
+        }
+        // The script itself was reaped by run_ytdlp; the orphaned sleep is
+        // reaped by init once killed, which may take a moment.
+        assert!(!alive(pids[0]), "yt-dlp stand-in survived");
+        for _ in 0..500 {
+            if !alive(pids[1]) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("grandchild {} survived", pids[1]);
+    }
+
+    #[tokio::test]
+    async fn cancel_kills_the_whole_process_group() {
+        group_is_killed(true).await;
+    }
+
+    #[tokio::test]
+    async fn timeout_kills_the_whole_process_group() {
+        group_is_killed(false).await;
+    }
+
+    #[tokio::test]
+    async fn already_cancelled_does_not_start() {
+        let tmp = tempfile::tempdir().unwrap();
+        let marker = tmp.path().join("ran");
+        let bin = fake_ytdlp(tmp.path(), &format!("touch '{}'", marker.display()));
+        let a = args_for(tmp.path(), bin);
+        let cancel = CancellationToken::new();
+        cancel.cancel();
+        let err = run_ytdlp(&a, cancel, Duration::from_secs(5), |_| {})
+            .await
+            .unwrap_err();
+        assert!(matches!(err, DownloadError::Cancelled));
+        assert!(!marker.exists());
+    }
+
+    #[tokio::test]
+    async fn missing_binary_is_a_spawn_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let a = args_for(tmp.path(), tmp.path().join("no-such-yt-dlp"));
+        let err = run_ytdlp(&a, CancellationToken::new(), Duration::from_secs(5), |_| {})
+            .await
+            .unwrap_err();
+        assert!(matches!(err, DownloadError::Spawn(_)), "{err:?}");
+        assert!(matches!(
+            ytdlp_version(&tmp.path().join("no-such-yt-dlp")).await,
+            Err(DownloadError::Spawn(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn version_is_the_first_stdout_line() {
+        let tmp = tempfile::tempdir().unwrap();
+        let bin = fake_ytdlp(tmp.path(), "echo 2025.01.02\necho extra");
+        assert_eq!(ytdlp_version(&bin).await.unwrap(), "2025.01.02");
+        let bad = fake_ytdlp(tmp.path(), "echo 'boom' >&2\nexit 3");
+        match ytdlp_version(&bad).await {
+            Err(DownloadError::Failed(_, msg)) => assert_eq!(msg, "boom"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,57 @@
+//! Key layouts of the sled trees. All integers are big-endian so that sled's
+//! byte order is numeric order, and job ids are UUIDv7 so id order is age.
+
+use crate::job::{JobId, JobState, Millis};
+
+pub const ID_LEN: usize = 16;
+
+/// `by_state`: `[state][job id]` -> user id (8 bytes). The user id lets a
+/// corrupt record be unlinked from the per-user trees without decoding it.
+pub fn state_key(state: JobState, id: JobId) -> [u8; 1 + ID_LEN] {
+    let mut k = [0u8; 1 + ID_LEN];
+    k[0] = state.as_u8();
+    k[1..].copy_from_slice(id.as_bytes());
+    k
+}
+
+/// `by_user`: `[user][job id]` -> empty.
+pub fn user_key(user: u64, id: JobId) -> [u8; 8 + ID_LEN] {
+    let mut k = [0u8; 8 + ID_LEN];
+    k[..8].copy_from_slice(&user.to_be_bytes());
+    k[8..].copy_from_slice(id.as_bytes());
+    k
+}
+
+/// `ready`: `[user][next attempt][job id]` -> empty. Queued jobs per user in
+/// the order they may run.
+pub fn ready_key(user: u64, next: Millis, id: JobId) -> [u8; 16 + ID_LEN] {
+    let mut k = [0u8; 16 + ID_LEN];
+    k[..8].copy_from_slice(&user.to_be_bytes());
+    k[8..16].copy_from_slice(&next.to_be_bytes());
+    k[16..].copy_from_slice(id.as_bytes());
+    k
+}
+
+/// `turns`: `[last served][user]` -> empty. Users with queued jobs, least
+/// recently served first: the fair scheduler walks this.
+pub fn turn_key(last_served: Millis, user: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&last_served.to_be_bytes());
+    k[8..].copy_from_slice(&user.to_be_bytes());
+    k
+}
+
+pub fn u64_at(b: &[u8], at: usize) -> Option<u64> {
+    b.get(at..at + 8)
+        .and_then(|s| s.try_into().ok())
+        .map(u64::from_be_bytes)
+}
+
+/// `meta` keys.
+pub const META_SCHEMA: &[u8] = b"schema_version";
+
+pub fn count_key(state: JobState) -> [u8; 6] {
+    let mut k = *b"count\0";
+    k[5] = state.as_u8();
+    k
+}

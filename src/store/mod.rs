@@ -1,0 +1,295 @@
+//! The durable job store: the [`JobStore`] boundary and its sled backend.
+//!
+//! The pipeline talks only to the trait, so a shared backend (PostgreSQL, for
+//! several machines) can later satisfy it without touching the pipeline. The
+//! store knows nothing about Telegram or yt-dlp: it keeps jobs, their indexes,
+//! counters, leases, the media cache and quarantine.
+//!
+//! The trait is synchronous on purpose: sled is synchronous and every change
+//! ends in an fsync. Async callers wrap calls in `spawn_blocking` (see
+//! [`crate::store::blocking`]) rather than stall the runtime.
+
+mod keys;
+mod sled_store;
+
+pub use sled_store::SledStore;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::codec::CodecError;
+use crate::job::{IllegalTransition, Job, JobId, JobState, MediaKind, Millis, NewJob};
+
+/// Limits checked atomically with an enqueue (SPEC "Access").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EnqueueLimits {
+    pub per_user_active: u32,
+    pub per_user_per_hour: u32,
+    pub queue_capacity: u64,
+    /// Admins are exempt from the per-user limits, not from the capacity.
+    pub exempt: bool,
+}
+
+impl EnqueueLimits {
+    pub fn from_config(l: &crate::config::LimitsConfig, exempt: bool) -> Self {
+        EnqueueLimits {
+            per_user_active: l.per_user_active,
+            per_user_per_hour: l.per_user_per_hour,
+            queue_capacity: l.queue_capacity,
+            exempt,
+        }
+    }
+}
+
+/// Why an enqueue was refused. Each carries what the user needs to hear.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("user already has {limit} active jobs")]
+    UserActive { limit: u32 },
+    #[error("user reached {limit} jobs per hour; next slot at {retry_at}")]
+    UserHourly { limit: u32, retry_at: Millis },
+    #[error("queue is full ({capacity} jobs)")]
+    QueueFull { capacity: u64 },
+}
+
+/// What the caller expects of the job it is changing. A mismatch is a
+/// [`StoreError::Conflict`], never a silent overwrite.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Expect {
+    pub state: JobState,
+    /// When set, the job's lease must belong to this owner: a worker whose
+    /// lease was taken over must not write over the new owner's work.
+    pub owner: Option<Uuid>,
+}
+
+impl Expect {
+    pub fn state(state: JobState) -> Self {
+        Expect { state, owner: None }
+    }
+
+    pub fn owned(state: JobState, owner: Uuid) -> Self {
+        Expect {
+            state,
+            owner: Some(owner),
+        }
+    }
+}
+
+/// A job accepted by [`JobStore::enqueue`].
+#[derive(Clone, Debug)]
+pub struct Enqueued {
+    pub job: Job,
+    /// Jobs waiting in `queued`, this one included.
+    pub position: u64,
+}
+
+/// Number of jobs per state, read in O(1) from maintained counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateCounts {
+    pub queued: u64,
+    pub downloading: u64,
+    pub uploading: u64,
+    pub cleaning: u64,
+    pub done: u64,
+    pub failed: u64,
+}
+
+impl StateCounts {
+    pub fn get(&self, s: JobState) -> u64 {
+        match s {
+            JobState::Queued => self.queued,
+            JobState::Downloading => self.downloading,
+            JobState::Uploading => self.uploading,
+            JobState::Cleaning => self.cleaning,
+            JobState::Done => self.done,
+            JobState::Failed => self.failed,
+        }
+    }
+
+    pub fn get_mut(&mut self, s: JobState) -> &mut u64 {
+        match s {
+            JobState::Queued => &mut self.queued,
+            JobState::Downloading => &mut self.downloading,
+            JobState::Uploading => &mut self.uploading,
+            JobState::Cleaning => &mut self.cleaning,
+            JobState::Done => &mut self.done,
+            JobState::Failed => &mut self.failed,
+        }
+    }
+
+    /// Jobs that count against the queue capacity.
+    pub fn active(&self) -> u64 {
+        self.queued + self.downloading + self.uploading + self.cleaning
+    }
+
+    pub fn total(&self) -> u64 {
+        self.active() + self.done + self.failed
+    }
+}
+
+/// A delivered media's Telegram handle, keyed by link + options.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CachedMedia {
+    pub file_id: String,
+    pub sent_as: MediaKind,
+    pub title: Option<String>,
+    pub file_size: Option<u64>,
+    pub cached_at: Millis,
+}
+
+/// A record that failed to decode, kept for an operator instead of crashing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuarantineEntry {
+    pub tree: String,
+    pub key: Vec<u8>,
+    pub bytes: Vec<u8>,
+    pub reason: String,
+    pub at: Millis,
+}
+
+/// Durable per-user bookkeeping used by the limits and the fair scheduler.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserRecord {
+    /// Jobs in queued, downloading, uploading or cleaning.
+    pub active: u32,
+    /// Jobs in queued (the scheduler's turn list holds users with any).
+    pub queued: u32,
+    /// Enqueue times within the last hour, oldest first (bounded by the
+    /// hourly limit, so the record stays small).
+    pub recent: Vec<Millis>,
+    /// When a job of this user was last claimed: the fair scheduler serves the
+    /// least recently served user first.
+    pub last_served: Millis,
+}
+
+/// What a full consistency check found (used by tests, the crash harness and
+/// `tgdl` diagnostics). Empty `problems` means every invariant holds.
+#[derive(Clone, Debug, Default)]
+pub struct InvariantReport {
+    pub jobs: u64,
+    pub recount: StateCounts,
+    pub counters: StateCounts,
+    pub quarantined: u64,
+    pub problems: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the database at {path} is in use by another tgdl process (is the bot running?)")]
+    Locked { path: String },
+    #[error("cannot open the database at {path}: {reason}")]
+    Open { path: String, reason: String },
+    #[error("the database was written by a newer tgdl (schema {found}, this build knows {known})")]
+    NewerSchema { found: u32, known: u32 },
+    #[error("job {0} not found")]
+    NotFound(JobId),
+    #[error("job {id} is {actual}, expected {expected}")]
+    Conflict {
+        id: JobId,
+        expected: JobState,
+        actual: JobState,
+    },
+    #[error("job {id} is owned by another worker")]
+    LeaseLost { id: JobId },
+    #[error(transparent)]
+    Illegal(#[from] IllegalTransition),
+    #[error("refused: {0}")]
+    Refused(#[from] Refusal),
+    #[error("record of job {id} is corrupt and was quarantined: {source}")]
+    Corrupt { id: JobId, source: CodecError },
+    #[error("user record {0} is corrupt")]
+    CorruptUser(u64),
+    #[error("codec: {0}")]
+    Codec(#[from] CodecError),
+    #[error("storage: {0}")]
+    Sled(#[from] sled::Error),
+}
+
+/// Looking a job up by the short id users see.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FindError {
+    #[error("no job matches '{0}'")]
+    NotFound(String),
+    #[error("'{0}' matches several jobs; give more of the id")]
+    Ambiguous(String),
+    #[error("'{0}' is not a job id")]
+    Invalid(String),
+}
+
+/// The store boundary the pipeline uses. Every method that changes a job is
+/// one atomic transaction over every tree it touches, flushed to disk before
+/// it returns `Ok`.
+pub trait JobStore: Send + Sync {
+    /// Create a queued job, checking the limits in the same transaction.
+    fn enqueue(
+        &self,
+        new: NewJob,
+        limits: EnqueueLimits,
+        now: Millis,
+    ) -> Result<Enqueued, StoreError>;
+
+    /// Claim the next runnable job (queued, `next_attempt_at <= now`), fair
+    /// across users, moving it to `downloading` with `owner` and a lease.
+    fn claim(&self, owner: Uuid, lease_ms: u64, now: Millis) -> Result<Option<Job>, StoreError>;
+
+    /// Change one job: check `expect`, apply `edit`, then move to `to` (when
+    /// given) if the transition table allows it. `edit` may run more than once
+    /// (the transaction retries on conflict), so it must only touch the job.
+    fn update(
+        &self,
+        id: JobId,
+        expect: Expect,
+        to: Option<JobState>,
+        now: Millis,
+        edit: &(dyn Fn(&mut Job) + Sync),
+    ) -> Result<Job, StoreError>;
+
+    fn get(&self, id: JobId) -> Result<Option<Job>, StoreError>;
+
+    /// Find a job by a prefix of its id (the short id users see).
+    fn find(&self, prefix: &str) -> Result<Result<Job, FindError>, StoreError>;
+
+    /// Jobs in one state, oldest first, at most `limit`. Reads the state
+    /// index only.
+    fn list_state(&self, state: JobState, limit: usize) -> Result<Vec<Job>, StoreError>;
+
+    /// One user's jobs, newest first, at most `limit`.
+    fn list_user(&self, user_id: u64, limit: usize) -> Result<Vec<Job>, StoreError>;
+
+    /// Jobs in downloading, uploading or cleaning: what recovery looks at.
+    fn in_flight(&self) -> Result<Vec<Job>, StoreError> {
+        let mut out = Vec::new();
+        for s in JobState::IN_FLIGHT {
+            out.extend(self.list_state(s, usize::MAX)?);
+        }
+        Ok(out)
+    }
+
+    fn counts(&self) -> Result<StateCounts, StoreError>;
+
+    fn cache_get(&self, key: &str) -> Result<Option<CachedMedia>, StoreError>;
+
+    /// Delete done and failed jobs last updated before `older_than`, at most
+    /// `batch` per call so a large backlog never blocks the store.
+    fn prune_finished(&self, older_than: Millis, batch: usize) -> Result<usize, StoreError>;
+
+    fn quarantined(&self) -> Result<Vec<QuarantineEntry>, StoreError>;
+
+    /// Full scan of every tree checking every invariant. Slow by design; for
+    /// tests and diagnostics, never on the hot path.
+    fn check_invariants(&self) -> Result<InvariantReport, StoreError>;
+}
+
+/// Run a store call on the blocking pool: store calls fsync.
+pub async fn blocking<S, T, F>(store: &std::sync::Arc<S>, f: F) -> Result<T, StoreError>
+where
+    S: JobStore + ?Sized + 'static,
+    T: Send + 'static,
+    F: FnOnce(&S) -> Result<T, StoreError> + Send + 'static,
+{
+    let store = store.clone();
+    match tokio::task::spawn_blocking(move || f(&store)).await {
+        Ok(r) => r,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}

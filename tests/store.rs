@@ -1,0 +1,530 @@
+//! The sled store on a real database in a temp dir: transitions, conflicts,
+//! limits, fair claiming, counters, cache, retention and quarantine.
+
+use tgdl::job::{
+    Delivery, ErrorClass, Job, JobError, JobId, JobOptions, JobState, MediaKind, NewJob,
+};
+use tgdl::store::{EnqueueLimits, Expect, FindError, JobStore, Refusal, SledStore, StoreError};
+use uuid::Uuid;
+
+const LOOSE: EnqueueLimits = EnqueueLimits {
+    per_user_active: 1000,
+    per_user_per_hour: 1000,
+    queue_capacity: 100_000,
+    exempt: false,
+};
+
+fn new_job(user: u64, url: &str) -> NewJob {
+    NewJob {
+        chat_id: user as i64,
+        user_id: user,
+        request_msg_id: 1,
+        lang: "en".into(),
+        url: url.into(),
+        options: JobOptions::default(),
+        parent: None,
+    }
+}
+
+fn open() -> (tempfile::TempDir, SledStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(&dir.path().join("db")).unwrap();
+    (dir, store)
+}
+
+fn assert_consistent(store: &SledStore) {
+    let r = store.check_invariants().unwrap();
+    assert!(
+        r.problems.is_empty(),
+        "invariants broken: {:#?}",
+        r.problems
+    );
+}
+
+/// Drive one job through the happy path, as the pipeline does.
+fn finish(store: &SledStore, owner: Uuid, job: &Job, now: u64) -> Job {
+    let up = store
+        .update(
+            job.id,
+            Expect::owned(JobState::Downloading, owner),
+            Some(JobState::Uploading),
+            now,
+            &|j| {
+                j.file_path = Some("/x/a.mp4".into());
+                j.file_size = Some(10);
+            },
+        )
+        .unwrap();
+    let cl = store
+        .update(
+            up.id,
+            Expect::owned(JobState::Uploading, owner),
+            Some(JobState::Cleaning),
+            now,
+            &|j| {
+                j.delivery = Some(Delivery {
+                    message_id: 9,
+                    file_id: "FILE".into(),
+                    sent_as: MediaKind::Video,
+                })
+            },
+        )
+        .unwrap();
+    store
+        .update(
+            cl.id,
+            Expect::state(JobState::Cleaning),
+            Some(JobState::Done),
+            now,
+            &|_| {},
+        )
+        .unwrap()
+}
+
+#[test]
+fn full_lifecycle_updates_indexes_counts_and_cache() {
+    let (_d, store) = open();
+    let owner = Uuid::now_v7();
+    let e = store
+        .enqueue(new_job(1, "https://a/1"), LOOSE, 1000)
+        .unwrap();
+    assert_eq!(e.position, 1);
+    assert_eq!(store.counts().unwrap().queued, 1);
+    assert_consistent(&store);
+
+    let claimed = store
+        .claim(owner, 60_000, 1000)
+        .unwrap()
+        .expect("a job is due");
+    assert_eq!(claimed.id, e.job.id);
+    assert_eq!(claimed.state, JobState::Downloading);
+    assert_eq!(claimed.lease.unwrap().owner, owner);
+    assert_eq!(claimed.lease.unwrap().until, 61_000);
+    assert!(store.claim(owner, 60_000, 1000).unwrap().is_none());
+    assert_eq!(store.in_flight().unwrap().len(), 1);
+
+    let done = finish(&store, owner, &claimed, 2000);
+    assert_eq!(done.state, JobState::Done);
+    assert!(done.lease.is_none(), "a finished job holds no lease");
+    let states: Vec<JobState> = done.history.iter().map(|h| h.0).collect();
+    use JobState::*;
+    assert_eq!(states, vec![Queued, Downloading, Uploading, Cleaning, Done]);
+    let c = store.counts().unwrap();
+    assert_eq!((c.queued, c.downloading, c.done), (0, 0, 1));
+    let cached = store.cache_get(&done.cache_key()).unwrap().expect("cached");
+    assert_eq!(cached.file_id, "FILE");
+    assert!(store.in_flight().unwrap().is_empty());
+    assert_consistent(&store);
+}
+
+#[test]
+fn stale_callers_get_a_conflict_not_an_overwrite() {
+    let (_d, store) = open();
+    let owner = Uuid::now_v7();
+    let e = store.enqueue(new_job(1, "https://a/1"), LOOSE, 1).unwrap();
+    let job = store.claim(owner, 1000, 1).unwrap().unwrap();
+    // Someone expecting it still queued is told what it really is.
+    let err = store
+        .update(
+            e.job.id,
+            Expect::state(JobState::Queued),
+            Some(JobState::Cleaning),
+            2,
+            &|_| {},
+        )
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::Conflict {
+                expected: JobState::Queued,
+                actual: JobState::Downloading,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    // Another owner cannot write over this one's work.
+    let err = store
+        .update(
+            job.id,
+            Expect::owned(JobState::Downloading, Uuid::now_v7()),
+            Some(JobState::Uploading),
+            2,
+            &|_| {},
+        )
+        .unwrap_err();
+    assert!(matches!(err, StoreError::LeaseLost { .. }), "{err:?}");
+    // An illegal move is refused and changes nothing.
+    let err = store
+        .update(
+            job.id,
+            Expect::state(JobState::Downloading),
+            Some(JobState::Done),
+            2,
+            &|_| {},
+        )
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Illegal(_)), "{err:?}");
+    assert_eq!(
+        store.get(job.id).unwrap().unwrap().state,
+        JobState::Downloading
+    );
+    assert_consistent(&store);
+}
+
+#[test]
+fn retry_requeues_with_backoff_and_claim_waits_for_it() {
+    let (_d, store) = open();
+    let owner = Uuid::now_v7();
+    store.enqueue(new_job(1, "https://a/1"), LOOSE, 0).unwrap();
+    let job = store.claim(owner, 1000, 0).unwrap().unwrap();
+    store
+        .update(
+            job.id,
+            Expect::owned(JobState::Downloading, owner),
+            Some(JobState::Queued),
+            10,
+            &|j| {
+                j.attempts += 1;
+                j.next_attempt_at = 5000;
+                j.last_error = Some(JobError {
+                    class: ErrorClass::Retryable,
+                    code: "network".into(),
+                    text: "connection reset".into(),
+                });
+            },
+        )
+        .unwrap();
+    assert_consistent(&store);
+    assert!(
+        store.claim(owner, 1000, 4999).unwrap().is_none(),
+        "not before its time"
+    );
+    let again = store.claim(owner, 1000, 5000).unwrap().unwrap();
+    assert_eq!(again.attempts, 1);
+    assert_consistent(&store);
+}
+
+#[test]
+fn claiming_is_fair_across_users() {
+    let (_d, store) = open();
+    let owner = Uuid::now_v7();
+    // User 1 floods 50 links first; user 2 sends one after.
+    for i in 0..50 {
+        store
+            .enqueue(new_job(1, &format!("https://a/{i}")), LOOSE, 1)
+            .unwrap();
+    }
+    store.enqueue(new_job(2, "https://b/1"), LOOSE, 2).unwrap();
+    let first = store.claim(owner, 1000, 10).unwrap().unwrap();
+    let second = store.claim(owner, 1000, 11).unwrap().unwrap();
+    let users = [first.user_id, second.user_id];
+    assert!(users.contains(&2), "user 2 was starved: {users:?}");
+    // Within a user, jobs run in the order they may run.
+    let next = store.claim(owner, 1000, 12).unwrap().unwrap();
+    assert_eq!(next.user_id, 1);
+    assert!(next.id > first.id.min(second.id));
+    assert_consistent(&store);
+}
+
+#[test]
+fn enqueue_enforces_limits_atomically() {
+    let (_d, store) = open();
+    let limits = EnqueueLimits {
+        per_user_active: 2,
+        per_user_per_hour: 3,
+        queue_capacity: 4,
+        exempt: false,
+    };
+    store
+        .enqueue(new_job(1, "https://a/1"), limits, 1000)
+        .unwrap();
+    store
+        .enqueue(new_job(1, "https://a/2"), limits, 1001)
+        .unwrap();
+    let err = store
+        .enqueue(new_job(1, "https://a/3"), limits, 1002)
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::Refused(Refusal::UserActive { limit: 2 })),
+        "{err:?}"
+    );
+
+    // Finish one: the active slot frees, but the hourly window remembers.
+    let owner = Uuid::now_v7();
+    let j = store.claim(owner, 1000, 1003).unwrap().unwrap();
+    finish(&store, owner, &j, 1004);
+    store
+        .enqueue(new_job(1, "https://a/3"), limits, 1005)
+        .unwrap();
+    let j = store.claim(owner, 1000, 1006).unwrap().unwrap();
+    finish(&store, owner, &j, 1007);
+    let err = store
+        .enqueue(new_job(1, "https://a/4"), limits, 1008)
+        .unwrap_err();
+    match err {
+        StoreError::Refused(Refusal::UserHourly { limit: 3, retry_at }) => {
+            assert_eq!(
+                retry_at,
+                1000 + 3_600_000,
+                "the oldest enqueue leaves the window first"
+            )
+        }
+        e => panic!("expected hourly refusal, got {e:?}"),
+    }
+    // An hour later it is accepted again.
+    store
+        .enqueue(new_job(1, "https://a/4"), limits, 1000 + 3_600_000)
+        .unwrap();
+
+    // Global capacity counts active jobs of everyone; admins are not exempt from it.
+    let admin = EnqueueLimits {
+        exempt: true,
+        ..limits
+    };
+    store
+        .enqueue(new_job(2, "https://b/1"), admin, 5_000_000)
+        .unwrap();
+    store
+        .enqueue(new_job(2, "https://b/2"), admin, 5_000_001)
+        .unwrap();
+    // Active now: a/2, a/4, b/1, b/2.
+    assert_eq!(store.counts().unwrap().active(), 4);
+    let err = store
+        .enqueue(new_job(2, "https://b/3"), admin, 5_000_003)
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::Refused(Refusal::QueueFull { capacity: 4 })),
+        "{err:?}"
+    );
+    assert_consistent(&store);
+}
+
+#[test]
+fn concurrent_claimers_never_take_the_same_job() {
+    let (_d, store) = open();
+    let store = std::sync::Arc::new(store);
+    for i in 0..40 {
+        store
+            .enqueue(new_job(i % 5, &format!("https://a/{i}")), LOOSE, 1)
+            .unwrap();
+    }
+    let handles: Vec<_> = (0..4)
+        .map(|_| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                let owner = Uuid::now_v7();
+                let mut got = Vec::new();
+                while let Some(j) = store.claim(owner, 1000, 2).unwrap() {
+                    got.push(j.id);
+                }
+                got
+            })
+        })
+        .collect();
+    let mut all: Vec<JobId> = handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
+    assert_eq!(all.len(), 40);
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 40, "a job was claimed twice");
+    assert_eq!(store.counts().unwrap().downloading, 40);
+    assert_consistent(&store);
+}
+
+#[test]
+fn find_by_short_id_and_list_by_user() {
+    let (_d, store) = open();
+    let a = store
+        .enqueue(new_job(7, "https://a/1"), LOOSE, 1)
+        .unwrap()
+        .job;
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    let b = store
+        .enqueue(new_job(7, "https://a/2"), LOOSE, 2)
+        .unwrap()
+        .job;
+    assert_eq!(store.find(&a.id.to_string()).unwrap().unwrap().id, a.id);
+    assert_eq!(
+        store.find("zz").unwrap(),
+        Err(FindError::Invalid("zz".into()))
+    );
+    assert_eq!(
+        store.find("ffffffff").unwrap(),
+        Err(FindError::NotFound("ffffffff".into()))
+    );
+    // Both ids share their first hex digits (same minute): ambiguous.
+    let common: String =
+        a.id.to_string()
+            .chars()
+            .zip(b.id.to_string().chars())
+            .take_while(|(x, y)| x == y)
+            .map(|(x, _)| x)
+            .collect();
+    if common.len() >= 4 {
+        assert!(matches!(
+            store.find(&common[..4]).unwrap(),
+            Err(FindError::Ambiguous(_))
+        ));
+    }
+    let mine = store.list_user(7, 10).unwrap();
+    assert_eq!(
+        mine.iter().map(|j| j.id).collect::<Vec<_>>(),
+        vec![b.id, a.id],
+        "newest first"
+    );
+    assert!(store.list_user(8, 10).unwrap().is_empty());
+}
+
+#[test]
+fn retention_prunes_old_finished_jobs_in_bounded_batches() {
+    let (_d, store) = open();
+    let owner = Uuid::now_v7();
+    for i in 0..5 {
+        store
+            .enqueue(new_job(1, &format!("https://a/{i}")), LOOSE, 1)
+            .unwrap();
+        let j = store.claim(owner, 1000, 1).unwrap().unwrap();
+        finish(&store, owner, &j, 1);
+    }
+    let keep = store
+        .enqueue(new_job(1, "https://a/live"), LOOSE, 2)
+        .unwrap()
+        .job;
+    let cutoff = tgdl::job::now_ms() + 10_000;
+    assert_eq!(store.prune_finished(cutoff, 2).unwrap(), 2);
+    assert_eq!(store.counts().unwrap().done, 3);
+    assert_consistent(&store);
+    assert_eq!(store.prune_finished(cutoff, 100).unwrap(), 3);
+    assert_eq!(store.counts().unwrap().done, 0);
+    assert!(
+        store.get(keep.id).unwrap().is_some(),
+        "active jobs are never pruned"
+    );
+    assert_eq!(store.list_user(1, 100).unwrap().len(), 1);
+    // Nothing is older than a cutoff in the past.
+    assert_eq!(store.prune_finished(0, 100).unwrap(), 0);
+    assert_consistent(&store);
+}
+
+#[test]
+fn a_corrupt_record_is_quarantined_and_unlinked_without_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let (bad, good) = {
+        let store = SledStore::open(&path).unwrap();
+        let bad = store
+            .enqueue(new_job(1, "https://a/bad"), LOOSE, 1)
+            .unwrap()
+            .job;
+        let good = store
+            .enqueue(new_job(1, "https://a/good"), LOOSE, 1)
+            .unwrap()
+            .job;
+        (bad, good)
+    };
+    // Scribble over one record with sled directly, as a disk error would.
+    {
+        let db = sled::open(&path).unwrap();
+        db.open_tree("jobs")
+            .unwrap()
+            .insert(bad.id.as_bytes(), &[1u8, 0xff, 0xfe][..])
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let store = SledStore::open(&path).unwrap();
+    let listed = store.list_state(JobState::Queued, 10).unwrap();
+    assert_eq!(
+        listed.iter().map(|j| j.id).collect::<Vec<_>>(),
+        vec![good.id]
+    );
+    let q = store.quarantined().unwrap();
+    assert_eq!(q.len(), 1);
+    assert_eq!(q[0].key, bad.id.as_bytes().to_vec());
+    assert_eq!(q[0].bytes, vec![1u8, 0xff, 0xfe]);
+    assert_eq!(store.counts().unwrap().queued, 1);
+    // The scheduler no longer offers the quarantined job.
+    let owner = Uuid::now_v7();
+    assert_eq!(store.claim(owner, 1000, 5).unwrap().unwrap().id, good.id);
+    assert!(store.claim(owner, 1000, 5).unwrap().is_none());
+    let r = store.check_invariants().unwrap();
+    assert!(r.problems.is_empty(), "{:#?}", r.problems);
+    assert_eq!(r.quarantined, 1);
+}
+
+#[test]
+fn a_second_process_sees_the_database_as_locked() {
+    let (dir, _store) = open();
+    // sled's lock is per process; a child process must be refused. The
+    // binary's `jobs` command is such a process.
+    let cfg = dir.path().join("config.toml");
+    std::fs::write(&cfg, format!("[storage]\ndata_dir = {:?}\n", dir.path())).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tgdl"))
+        .args(["jobs", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("the bot is running"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+}
+
+#[test]
+fn failed_jobs_reopen_only_by_retry_and_done_never() {
+    let (_d, store) = open();
+    let owner = Uuid::now_v7();
+    let e = store
+        .enqueue(new_job(1, "https://a/1"), LOOSE, 1)
+        .unwrap()
+        .job;
+    store
+        .update(
+            e.id,
+            Expect::state(JobState::Queued),
+            Some(JobState::Cleaning),
+            2,
+            &|j| {
+                j.failure = Some(JobError {
+                    class: ErrorClass::Permanent,
+                    code: "cancelled".into(),
+                    text: "cancelled".into(),
+                })
+            },
+        )
+        .unwrap();
+    let f = store
+        .update(
+            e.id,
+            Expect::state(JobState::Cleaning),
+            Some(JobState::Failed),
+            3,
+            &|_| {},
+        )
+        .unwrap();
+    assert_eq!(f.failure.as_ref().unwrap().code, "cancelled");
+    let again = store
+        .update(
+            e.id,
+            Expect::state(JobState::Failed),
+            Some(JobState::Queued),
+            4,
+            &|j| {
+                j.failure = None;
+                j.attempts = 0;
+            },
+        )
+        .unwrap();
+    assert_eq!(again.state, JobState::Queued);
+    let j = store.claim(owner, 1000, 5).unwrap().unwrap();
+    let d = finish(&store, owner, &j, 6);
+    for to in JobState::ALL {
+        assert!(store
+            .update(d.id, Expect::state(JobState::Done), Some(to), 7, &|_| {})
+            .is_err());
+    }
+    assert_consistent(&store);
+}
