@@ -1,1 +1,1030 @@
-fn main() {}
+//! `cargo bench --bench store`: what the durable job store costs, and what the
+//! obvious alternative (SQLite) would cost on the same machine in the same run.
+//!
+//! A plain `main` rather than criterion's harness: the interesting numbers are
+//! throughputs of fsync-bound work over a fixed time and medians of reads at
+//! sizes that take minutes to build, which criterion's sampling model does not
+//! fit. Every measurement prints as one row of a table with its unit.
+//!
+//! Environment:
+//! - `TGDL_BENCH_QUICK=1`: smaller sizes and shorter runs, for a CI smoke run.
+//! - `TGDL_BENCH_DIR=path`: where the durability measurements write (default:
+//!   cargo's per-target temp dir under `target/`, i.e. the real disk).
+//! - `TGDL_BENCH_SECS=n`: seconds per throughput measurement.
+//!
+//! Arguments (cargo passes `--bench`) are ignored.
+
+use std::hint::black_box;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use tgdl::codec;
+use tgdl::job::{now_ms, Delivery, Job, JobId, JobOptions, JobState, MediaKind, Millis, NewJob};
+use tgdl::store::{EnqueueLimits, Expect, JobStore, SledStore};
+use uuid::Uuid;
+
+/// Limits that never refuse: the benchmark measures the work of checking
+/// them, not refusals. `exempt` still leaves the capacity check in place.
+const OPEN_LIMITS: EnqueueLimits = EnqueueLimits {
+    per_user_active: u32::MAX,
+    per_user_per_hour: 20,
+    queue_capacity: u64::MAX,
+    exempt: true,
+};
+
+const LEASE_MS: u64 = 30 * 60 * 1000;
+
+struct Settings {
+    quick: bool,
+    /// Wall time of each throughput measurement.
+    secs: f64,
+    /// Stored-job totals at which the reads are timed.
+    sizes: Vec<u64>,
+    /// Jobs kept in downloading/uploading/cleaning at every size.
+    in_flight: u64,
+    seed_threads: usize,
+}
+
+impl Settings {
+    fn from_env() -> Self {
+        let quick = std::env::var("TGDL_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
+        let secs = std::env::var("TGDL_BENCH_SECS")
+            .ok()
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(if quick { 1.0 } else { 8.0 });
+        if quick {
+            Settings {
+                quick,
+                secs,
+                sizes: vec![1_000, 10_000],
+                in_flight: 100,
+                seed_threads: 2,
+            }
+        } else {
+            Settings {
+                quick,
+                secs,
+                sizes: vec![10_000, 100_000, 1_000_000],
+                in_flight: 1_000,
+                seed_threads: 2,
+            }
+        }
+    }
+}
+
+fn main() {
+    // harness = false: cargo hands us `--bench` (and maybe a filter); there is
+    // nothing to select, so every argument is ignored on purpose.
+    let started = Instant::now();
+    let s = Settings::from_env();
+    let disk_root = std::env::var_os("TGDL_BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")));
+    std::fs::create_dir_all(&disk_root).expect("create bench dir");
+    let disk = tempfile::Builder::new()
+        .prefix("tgdl-bench-")
+        .tempdir_in(&disk_root)
+        .expect("temp dir on disk");
+    // Seeding a million jobs with an fsync per transaction would take far too
+    // long on a real disk; tmpfs makes fsync nearly free and changes nothing
+    // about what the reads do.
+    let shm = Path::new("/dev/shm");
+    let seed_root = if fs_of(shm).is_some_and(|f| f.fstype == "tmpfs") {
+        shm.to_path_buf()
+    } else {
+        disk_root.clone()
+    };
+    let seed = tempfile::Builder::new()
+        .prefix("tgdl-bench-seed-")
+        .tempdir_in(&seed_root)
+        .expect("temp dir for seeding");
+
+    println!(
+        "tgdl store benchmarks ({} mode, {} s per throughput run, {} CPUs)",
+        if s.quick { "quick" } else { "full" },
+        s.secs,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!("durability runs in: {}", describe_fs(disk.path()));
+    println!("read-scale seeding: {}", describe_fs(seed.path()));
+    if fs_of(disk.path()).is_some_and(|f| f.fstype == "tmpfs") {
+        println!("WARNING: the durability directory is on tmpfs; fsync costs nothing there");
+    }
+    println!();
+
+    let mut rows: Vec<Row> = Vec::new();
+    let dur = Duration::from_secs_f64(s.secs);
+
+    // 0. What one fsync costs here: every durable number below is a small
+    // multiple of it, so it is what makes runs on different disks comparable.
+    let fsync = fsync_probe(disk.path(), Duration::from_secs_f64(s.secs.min(2.0)));
+    println!(
+        "disk: write 4 KiB + fdatasync: p50 {}, p99 {} ({} samples)",
+        fmt_dur(fsync.median),
+        fmt_dur(fsync.p99),
+        fsync.n
+    );
+    println!();
+
+    // 1. Durable enqueue.
+    let sled_enq = {
+        let store = SledStore::open(&disk.path().join("enqueue.sled")).expect("open sled");
+        run_threads(1, dur, |t| {
+            let store = &store;
+            move |i| {
+                sled_enqueue(store, new_job(t, i));
+                true
+            }
+        })
+    };
+    rows.push(Row::new("durable enqueue", "sled", 1, sled_enq));
+    let sqlite_enq = {
+        let path = disk.path().join("enqueue.sqlite");
+        init_sqlite(&path);
+        let conns = vec![open_sqlite(&path, SyncMode::Full)];
+        run_threads_with(conns, dur, |mut conn, t, i| {
+            sqlite_enqueue(&mut conn, &new_job(t, i), OPEN_LIMITS, now_ms());
+            (conn, true)
+        })
+    };
+    rows.push(Row::new(
+        "durable enqueue",
+        SyncMode::Full.label(),
+        1,
+        sqlite_enq,
+    ));
+
+    // 2. Lifecycle on sled, 1 and 4 workers sharing one store.
+    let mut sled_life = Vec::new();
+    for threads in [1, 4] {
+        let dir = disk.path().join(format!("life{threads}.sled"));
+        let store = Arc::new(SledStore::open(&dir).expect("open sled"));
+        let r = run_threads(threads, dur, |t| {
+            let store = store.clone();
+            let owner = Uuid::now_v7();
+            move |i| sled_lifecycle(&store, owner, t, i)
+        });
+        // A benchmark that corrupted the store would be measuring a bug.
+        let report = store.check_invariants().expect("check invariants");
+        assert!(report.problems.is_empty(), "{:#?}", report.problems);
+        assert_eq!(report.counters.done, r.ops, "every counted job is done");
+        sled_life.push(r);
+        rows.push(Row::new(LIFECYCLE, "sled", threads, r));
+    }
+
+    // 3. Lifecycle on SQLite, one connection per worker. FULL is the
+    // baseline asked for; NORMAL (WAL fsynced only at checkpoints) is shown
+    // too because sled 0.34's flush is sync_file_range, not fsync (see the
+    // note printed below), which sits between the two.
+    let mut sqlite_life = Vec::new();
+    for sync in [SyncMode::Full, SyncMode::Normal] {
+        for threads in [1, 4] {
+            let r = sqlite_lifecycle_run(disk.path(), sync, threads, dur);
+            sqlite_life.push((sync, threads, r));
+            rows.push(Row::new(LIFECYCLE, sync.label(), threads, r));
+        }
+    }
+    print_throughput(&rows);
+    println!();
+    println!("sled / SQLite throughput ratio (>1: sled is faster)");
+    println!(
+        "  durable enqueue, 1 thread  vs {}: {:>5.2}x",
+        SyncMode::Full.label(),
+        sled_enq.rate() / sqlite_enq.rate()
+    );
+    for (sync, threads, r) in &sqlite_life {
+        let sled = sled_life[if *threads == 1 { 0 } else { 1 }];
+        println!(
+            "  lifecycle, {threads} thread{} vs {}: {:>5.2}x",
+            if *threads == 1 { " " } else { "s" },
+            sync.label(),
+            sled.rate() / r.rate()
+        );
+    }
+    println!(
+        "  note: sled 0.34.7 makes a flush durable with sync_file_range(2) on Linux, which \
+         neither flushes the drive's write cache nor file metadata; its background \
+         thread fsyncs every flush_every_ms (500). SQLite FULL fdatasyncs each commit."
+    );
+    println!();
+    drop(disk);
+
+    // 4. Reads against a growing history.
+    read_scale(&s, seed.path());
+    drop(seed);
+
+    println!();
+    println!("total bench time: {:.1} s", started.elapsed().as_secs_f64());
+}
+
+// ---------------------------------------------------------------------------
+// Workloads
+
+/// Every job the bench creates is a distinct request (the store folds a
+/// repeated chat + message + link into the job it already has).
+static REQUEST: AtomicU64 = AtomicU64::new(1);
+
+fn new_job(thread: u64, i: u64) -> NewJob {
+    // A handful of users per worker so the fair scheduler has a turn list to
+    // walk, as it would with real traffic.
+    let user = thread * 100 + i % 8;
+    let req = REQUEST.fetch_add(1, Ordering::Relaxed);
+    NewJob {
+        chat_id: user as i64,
+        user_id: user,
+        request_msg_id: req as i32,
+        lang: "en".into(),
+        url: format!("https://www.youtube.com/watch?v=bench{req:011}"),
+        options: JobOptions::default(),
+        parent: None,
+    }
+}
+
+/// Enqueue through the store and insist it created a job: a request folded
+/// into an existing job would make the bench measure less work than it says.
+fn sled_enqueue(store: &SledStore, new: NewJob) -> Job {
+    let e = store.enqueue(new, OPEN_LIMITS, now_ms()).expect("enqueue");
+    assert!(!e.duplicate, "bench requests must be distinct");
+    e.job
+}
+
+/// What the downloader records before uploading.
+fn downloaded(j: &mut Job) {
+    j.file_path = Some(format!("/var/lib/tgdl/downloads/{}/video.mp4", j.id));
+    j.file_size = Some(48_213_776);
+    j.title = Some("A realistic video title of moderate length".into());
+}
+
+/// What the uploader records before cleaning.
+fn delivered(j: &mut Job) {
+    j.delivery = Some(Delivery {
+        message_id: 4242,
+        file_id: "BAACAgQAAxkDAAIBY2ZxQvbench_file_id_of_realistic_length_AAQ".into(),
+        sent_as: MediaKind::Video,
+    });
+}
+
+/// Enqueue one job, then claim whatever is due and drive it to done, as a
+/// worker does. Returns whether a job reached done.
+fn sled_lifecycle(store: &SledStore, owner: Uuid, t: u64, i: u64) -> bool {
+    sled_enqueue(store, new_job(t, i));
+    // Another worker may have taken the job just enqueued, and every queued
+    // one: then this worker has nothing to do this round.
+    let Some(job) = store.claim(owner, LEASE_MS, now_ms()).expect("claim") else {
+        return false;
+    };
+    let own = |s| Expect::owned(s, owner);
+    store
+        .update(
+            job.id,
+            own(JobState::Downloading),
+            Some(JobState::Uploading),
+            now_ms(),
+            &downloaded,
+        )
+        .expect("to uploading");
+    store
+        .update(
+            job.id,
+            own(JobState::Uploading),
+            Some(JobState::Cleaning),
+            now_ms(),
+            &delivered,
+        )
+        .expect("to cleaning");
+    store
+        .update(
+            job.id,
+            own(JobState::Cleaning),
+            Some(JobState::Done),
+            now_ms(),
+            &|_| {},
+        )
+        .expect("to done");
+    true
+}
+
+// ---------------------------------------------------------------------------
+// SQLite baseline: the schema and transactions a careful user would write for
+// the same job model, with the same record codec and the same transition
+// table, so the difference measured is the storage engine.
+
+const SQLITE_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS jobs (
+    id              BLOB PRIMARY KEY,
+    user_id         INTEGER NOT NULL,
+    state           INTEGER NOT NULL,
+    next_attempt_at INTEGER NOT NULL,
+    owner           BLOB,
+    lease_until     INTEGER,
+    created_at      INTEGER NOT NULL,
+    updated_at      INTEGER NOT NULL,
+    record          BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, next_attempt_at);
+CREATE INDEX IF NOT EXISTS jobs_by_user ON jobs (user_id, created_at);
+CREATE TABLE IF NOT EXISTS counters (
+    state INTEGER PRIMARY KEY,
+    n     INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS users (
+    user_id     INTEGER PRIMARY KEY,
+    active      INTEGER NOT NULL,
+    queued      INTEGER NOT NULL,
+    last_served INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS cache (
+    key     TEXT PRIMARY KEY,
+    file_id TEXT NOT NULL,
+    record  BLOB NOT NULL
+);
+";
+
+fn init_sqlite(path: &Path) {
+    let conn = open_sqlite(path, SyncMode::Full);
+    conn.execute_batch(SQLITE_SCHEMA).expect("schema");
+    for s in JobState::ALL {
+        conn.execute(
+            "INSERT OR IGNORE INTO counters (state, n) VALUES (?1, 0)",
+            [s.as_u8()],
+        )
+        .expect("counters");
+    }
+}
+
+/// SQLite's `synchronous` setting in WAL mode.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum SyncMode {
+    /// The WAL is fsynced at every commit: survives power loss.
+    Full,
+    /// The WAL is fsynced only at checkpoints: survives a process crash, may
+    /// lose the last commits on power loss.
+    Normal,
+}
+
+impl SyncMode {
+    fn label(self) -> &'static str {
+        match self {
+            SyncMode::Full => "sqlite FULL",
+            SyncMode::Normal => "sqlite NORMAL",
+        }
+    }
+}
+
+fn open_sqlite(path: &Path, sync: SyncMode) -> Connection {
+    let conn = Connection::open(path).expect("open sqlite");
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .expect("WAL");
+    let mode = if sync == SyncMode::Full {
+        "FULL"
+    } else {
+        "NORMAL"
+    };
+    conn.pragma_update(None, "synchronous", mode)
+        .expect("synchronous");
+    // Writers queue on the database lock rather than fail.
+    conn.busy_timeout(Duration::from_secs(30)).expect("busy");
+    conn
+}
+
+fn sqlite_enqueue(conn: &mut Connection, n: &NewJob, limits: EnqueueLimits, now: Millis) -> u64 {
+    let job = Job::new(JobId::new(), n.clone(), now);
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .expect("begin");
+    let active: u64 = tx
+        .prepare_cached("SELECT SUM(n) FROM counters WHERE state IN (1, 2, 3, 4)")
+        .and_then(|mut st| st.query_row([], |r| r.get(0)))
+        .expect("active");
+    assert!(active < limits.queue_capacity, "capacity");
+    let user_active: u32 = tx
+        .prepare_cached("SELECT active FROM users WHERE user_id = ?1")
+        .and_then(|mut st| st.query_row([job.user_id], |r| r.get(0)).optional())
+        .expect("user")
+        .unwrap_or(0);
+    let hourly: u32 = tx
+        .prepare_cached("SELECT COUNT(*) FROM jobs WHERE user_id = ?1 AND created_at > ?2")
+        .and_then(|mut st| {
+            st.query_row(params![job.user_id, now.saturating_sub(3_600_000)], |r| {
+                r.get(0)
+            })
+        })
+        .expect("hourly");
+    black_box((user_active, hourly));
+    tx.prepare_cached(
+        "INSERT INTO jobs (id, user_id, state, next_attempt_at, created_at, updated_at, record)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6)",
+    )
+    .and_then(|mut st| {
+        st.execute(params![
+            &job.id.as_bytes()[..],
+            job.user_id,
+            job.state.as_u8(),
+            job.next_attempt_at,
+            now,
+            codec::encode(&job).expect("encode"),
+        ])
+    })
+    .expect("insert job");
+    tx.prepare_cached(
+        "INSERT INTO users (user_id, active, queued, last_served) VALUES (?1, 1, 1, 0)
+         ON CONFLICT (user_id) DO UPDATE SET active = active + 1, queued = queued + 1",
+    )
+    .and_then(|mut st| st.execute([job.user_id]))
+    .expect("user");
+    bump(&tx, JobState::Queued, 1);
+    let position: u64 = tx
+        .prepare_cached("SELECT n FROM counters WHERE state = 1")
+        .and_then(|mut st| st.query_row([], |r| r.get(0)))
+        .expect("position");
+    tx.commit().expect("commit");
+    position
+}
+
+fn bump(tx: &rusqlite::Transaction, s: JobState, delta: i64) {
+    tx.prepare_cached("UPDATE counters SET n = n + ?2 WHERE state = ?1")
+        .and_then(|mut st| st.execute(params![s.as_u8(), delta]))
+        .expect("counter");
+}
+
+/// Claim the due job of the least recently served user.
+fn sqlite_claim(conn: &mut Connection, owner: Uuid, now: Millis) -> Option<Job> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .expect("begin");
+    let raw: Option<Vec<u8>> = tx
+        .prepare_cached(
+            "SELECT j.record FROM jobs j JOIN users u ON u.user_id = j.user_id
+             WHERE j.state = 1 AND j.next_attempt_at <= ?1
+             ORDER BY u.last_served, j.next_attempt_at, j.id LIMIT 1",
+        )
+        .and_then(|mut st| st.query_row([now], |r| r.get(0)).optional())
+        .expect("pick");
+    let raw = raw?;
+    let old: Job = codec::decode(&raw).expect("decode");
+    let mut job = old.clone();
+    job.enter(JobState::Downloading, now).expect("legal");
+    job.lease = Some(tgdl::job::Lease {
+        owner,
+        until: now + LEASE_MS,
+    });
+    let changed = tx
+        .prepare_cached(
+            "UPDATE jobs SET state = ?2, owner = ?3, lease_until = ?4, updated_at = ?5, record = ?6
+             WHERE id = ?1 AND state = ?7",
+        )
+        .and_then(|mut st| {
+            st.execute(params![
+                &job.id.as_bytes()[..],
+                job.state.as_u8(),
+                &owner.as_bytes()[..],
+                now + LEASE_MS,
+                now,
+                codec::encode(&job).expect("encode"),
+                old.state.as_u8(),
+            ])
+        })
+        .expect("claim");
+    assert_eq!(changed, 1, "BEGIN IMMEDIATE serialises claimers");
+    tx.prepare_cached(
+        "UPDATE users SET queued = queued - 1, last_served = MAX(last_served, ?2)
+         WHERE user_id = ?1",
+    )
+    .and_then(|mut st| st.execute(params![job.user_id, now]))
+    .expect("user");
+    bump(&tx, JobState::Queued, -1);
+    bump(&tx, JobState::Downloading, 1);
+    tx.commit().expect("commit");
+    Some(job)
+}
+
+/// The counterpart of `JobStore::update`: state and owner checked, edit
+/// applied, transition checked by the same table, counters and cache kept in
+/// the same transaction.
+fn sqlite_update(
+    conn: &mut Connection,
+    id: JobId,
+    expect: Expect,
+    to: JobState,
+    now: Millis,
+    edit: &dyn Fn(&mut Job),
+) -> Job {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .expect("begin");
+    let raw: Vec<u8> = tx
+        .prepare_cached("SELECT record FROM jobs WHERE id = ?1")
+        .and_then(|mut st| st.query_row([&id.as_bytes()[..]], |r| r.get(0)))
+        .expect("load");
+    let old: Job = codec::decode(&raw).expect("decode");
+    assert_eq!(old.state, expect.state, "conflict");
+    if let Some(owner) = expect.owner {
+        assert_eq!(old.lease.map(|l| l.owner), Some(owner), "lease lost");
+    }
+    let mut job = old.clone();
+    edit(&mut job);
+    job.enter(to, now).expect("legal");
+    let changed = tx
+        .prepare_cached(
+            "UPDATE jobs SET state = ?2, owner = ?3, lease_until = ?4, updated_at = ?5, record = ?6
+             WHERE id = ?1 AND state = ?7",
+        )
+        .and_then(|mut st| {
+            st.execute(params![
+                &id.as_bytes()[..],
+                job.state.as_u8(),
+                job.lease.map(|l| l.owner.as_bytes().to_vec()),
+                job.lease.map(|l| l.until),
+                now,
+                codec::encode(&job).expect("encode"),
+                old.state.as_u8(),
+            ])
+        })
+        .expect("update");
+    assert_eq!(changed, 1, "conflict");
+    bump(&tx, old.state, -1);
+    bump(&tx, job.state, 1);
+    if old.state == JobState::Uploading {
+        if let Some(d) = &job.delivery {
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO cache (key, file_id, record) VALUES (?1, ?2, ?3)",
+            )
+            .and_then(|mut st| {
+                st.execute(params![
+                    job.cache_key(),
+                    d.file_id,
+                    codec::encode(d).expect("encode")
+                ])
+            })
+            .expect("cache");
+        }
+    }
+    if job.state.is_finished() {
+        tx.prepare_cached("UPDATE users SET active = active - 1 WHERE user_id = ?1")
+            .and_then(|mut st| st.execute([job.user_id]))
+            .expect("user");
+    }
+    tx.commit().expect("commit");
+    job
+}
+
+const LIFECYCLE: &str = "lifecycle, 5 flushed tx/job";
+
+fn sqlite_lifecycle_run(dir: &Path, sync: SyncMode, threads: u64, dur: Duration) -> Throughput {
+    let path = dir.join(format!(
+        "life{threads}-{}.sqlite",
+        sync.label().replace(' ', "-")
+    ));
+    init_sqlite(&path);
+    let conns = (0..threads).map(|_| open_sqlite(&path, sync)).collect();
+    let r = run_threads_with(conns, dur, |mut conn, t, i| {
+        let owner = Uuid::from_u64_pair(0, t);
+        let ok = sqlite_lifecycle(&mut conn, owner, t, i);
+        (conn, ok)
+    });
+    let done: u64 = open_sqlite(&path, sync)
+        .query_row(
+            "SELECT n FROM counters WHERE state = ?1",
+            [JobState::Done.as_u8()],
+            |r| r.get(0),
+        )
+        .expect("count done");
+    assert_eq!(done, r.ops, "every counted job is done");
+    r
+}
+
+fn sqlite_lifecycle(conn: &mut Connection, owner: Uuid, t: u64, i: u64) -> bool {
+    sqlite_enqueue(conn, &new_job(t, i), OPEN_LIMITS, now_ms());
+    let Some(job) = sqlite_claim(conn, owner, now_ms()) else {
+        return false;
+    };
+    let own = |s| Expect::owned(s, owner);
+    sqlite_update(
+        conn,
+        job.id,
+        own(JobState::Downloading),
+        JobState::Uploading,
+        now_ms(),
+        &downloaded,
+    );
+    sqlite_update(
+        conn,
+        job.id,
+        own(JobState::Uploading),
+        JobState::Cleaning,
+        now_ms(),
+        &delivered,
+    );
+    sqlite_update(
+        conn,
+        job.id,
+        own(JobState::Cleaning),
+        JobState::Done,
+        now_ms(),
+        &|_| {},
+    );
+    true
+}
+
+// ---------------------------------------------------------------------------
+// Read scale: counts() and in_flight() as finished jobs pile up.
+
+fn read_scale(s: &Settings, dir: &Path) {
+    let path = dir.join("scale.sled");
+    let mut store = SledStore::open(&path).expect("open sled");
+    let owner = Uuid::now_v7();
+
+    // The in-flight set comes first and stays the same at every size: a third
+    // each in downloading, uploading and cleaning.
+    let t0 = Instant::now();
+    for i in 0..s.in_flight {
+        sled_enqueue(&store, new_job(999, i));
+    }
+    let mut n = 0u64;
+    while let Some(job) = store.claim(owner, LEASE_MS, now_ms()).expect("claim") {
+        let own = |s| Expect::owned(s, owner);
+        if n % 3 >= 1 {
+            store
+                .update(
+                    job.id,
+                    own(JobState::Downloading),
+                    Some(JobState::Uploading),
+                    now_ms(),
+                    &downloaded,
+                )
+                .expect("to uploading");
+        }
+        if n % 3 == 2 {
+            store
+                .update(
+                    job.id,
+                    own(JobState::Uploading),
+                    Some(JobState::Cleaning),
+                    now_ms(),
+                    &delivered,
+                )
+                .expect("to cleaning");
+        }
+        n += 1;
+    }
+    assert_eq!(n, s.in_flight);
+    let mut seed_time = t0.elapsed();
+    let mut stored = s.in_flight;
+
+    println!(
+        "reads with {} jobs in flight as finished jobs accumulate (sled)",
+        s.in_flight
+    );
+    println!(
+        "{:>10} | {:>12} | {:>14} | {:>16} | {:>18} | {:>10} | {:>11}",
+        "stored",
+        "seeded in",
+        "counts() p50",
+        "counts() p99",
+        "in_flight() p50",
+        "max",
+        "size on disk"
+    );
+    println!("{}", "-".repeat(110));
+    let mut results = Vec::new();
+    for &target in &s.sizes {
+        let t = Instant::now();
+        seed_finished(&store, target - stored, s.seed_threads);
+        seed_time += t.elapsed();
+        stored = target;
+
+        let c = store.counts().expect("counts");
+        assert_eq!(c.total(), stored);
+        assert_eq!(c.active(), s.in_flight);
+
+        let counts = time_reps(2001, || {
+            black_box(store.counts().expect("counts"));
+        });
+        let inflight = time_reps(if s.quick { 21 } else { 51 }, || {
+            let v = store.in_flight().expect("in_flight");
+            assert_eq!(v.len() as u64, s.in_flight);
+            black_box(v);
+        });
+        println!(
+            "{:>10} | {:>10.1} s | {:>14} | {:>16} | {:>18} | {:>10} | {:>8.0} MiB",
+            stored,
+            seed_time.as_secs_f64(),
+            fmt_dur(counts.median),
+            fmt_dur(counts.p99),
+            fmt_dur(inflight.median),
+            fmt_dur(inflight.max),
+            store.size_on_disk() as f64 / (1 << 20) as f64,
+        );
+        results.push((stored, counts, inflight));
+    }
+
+    // Recovery reads in_flight() right after opening: time the reopen (sled
+    // replays its log) and the first, cold call.
+    drop(store);
+    let t = Instant::now();
+    store = SledStore::open(&path).expect("reopen");
+    let reopen = t.elapsed();
+    let t = Instant::now();
+    let v = store.in_flight().expect("in_flight");
+    let cold = t.elapsed();
+    assert_eq!(v.len() as u64, s.in_flight);
+    let t = Instant::now();
+    black_box(store.counts().expect("counts"));
+    let cold_counts = t.elapsed();
+    println!(
+        "after reopen at {stored} stored: open {}, first in_flight() {}, first counts() {}",
+        fmt_dur(reopen),
+        fmt_dur(cold),
+        fmt_dur(cold_counts)
+    );
+    println!(
+        "seeding: {} finished jobs, 3 flushed transactions each (enqueue, queued->cleaning, \
+         cleaning->done), {} threads, {:.0} jobs/s",
+        stored - s.in_flight,
+        s.seed_threads,
+        (stored - s.in_flight) as f64 / seed_time.as_secs_f64()
+    );
+
+    let (_, first_c, first_f) = &results[0];
+    let (last_n, last_c, last_f) = results.last().expect("a size");
+    let verdict = |ok: bool| if ok { "PASS" } else { "FAIL" };
+    println!();
+    println!(
+        "targets at {last_n} stored: counts() p50 {} < 1 ms: {}; in_flight() p50 {} < 10 ms: {}",
+        fmt_dur(last_c.median),
+        verdict(last_c.median < Duration::from_millis(1)),
+        fmt_dur(last_f.median),
+        verdict(last_f.median < Duration::from_millis(10)),
+    );
+    println!(
+        "growth from {} to {last_n} stored: counts() x{:.2}, in_flight() x{:.2}",
+        results[0].0,
+        last_c.median.as_secs_f64() / first_c.median.as_secs_f64(),
+        last_f.median.as_secs_f64() / first_f.median.as_secs_f64(),
+    );
+}
+
+/// Add `n` finished jobs through the public API. Each takes the short path
+/// to done (queued -> cleaning -> done, what a cancel does), carrying the
+/// fields a delivered job has, so records are full size.
+fn seed_finished(store: &SledStore, n: u64, threads: usize) {
+    let next = AtomicU64::new(0);
+    std::thread::scope(|sc| {
+        for t in 0..threads as u64 {
+            let next = &next;
+            sc.spawn(move || loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    break;
+                }
+                // Many users, as a long-running bot accumulates.
+                let mut nj = new_job(1000 + t, i);
+                nj.user_id = 10_000 + i % 5_000;
+                let job = sled_enqueue(store, nj);
+                store
+                    .update(
+                        job.id,
+                        Expect::state(JobState::Queued),
+                        Some(JobState::Cleaning),
+                        now_ms(),
+                        &|j| {
+                            downloaded(j);
+                            delivered(j);
+                        },
+                    )
+                    .expect("to cleaning");
+                store
+                    .update(
+                        job.id,
+                        Expect::state(JobState::Cleaning),
+                        Some(JobState::Done),
+                        now_ms(),
+                        &|_| {},
+                    )
+                    .expect("to done");
+            });
+        }
+    });
+}
+
+// ---------------------------------------------------------------------------
+// Measurement plumbing
+
+#[derive(Clone, Copy)]
+struct Throughput {
+    ops: u64,
+    elapsed: Duration,
+}
+
+impl Throughput {
+    fn rate(&self) -> f64 {
+        self.ops as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+/// Run `threads` workers until `dur` has passed, each calling its closure
+/// with a sequence number; the closure says whether it completed an op.
+fn run_threads<F, M>(threads: u64, dur: Duration, make: M) -> Throughput
+where
+    M: Fn(u64) -> F,
+    F: FnMut(u64) -> bool + Send,
+{
+    let done = AtomicU64::new(0);
+    let start = Instant::now();
+    let deadline = start + dur;
+    std::thread::scope(|sc| {
+        for t in 0..threads {
+            let mut f = make(t);
+            let done = &done;
+            sc.spawn(move || {
+                let mut i = 0;
+                while Instant::now() < deadline {
+                    if f(i) {
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                    i += 1;
+                }
+            });
+        }
+    });
+    Throughput {
+        ops: done.into_inner(),
+        elapsed: start.elapsed(),
+    }
+}
+
+/// [`run_threads`] for workers that each own a value (a SQLite connection).
+fn run_threads_with<C: Send>(
+    conns: Vec<C>,
+    dur: Duration,
+    step: impl Fn(C, u64, u64) -> (C, bool) + Sync,
+) -> Throughput {
+    let done = AtomicU64::new(0);
+    let start = Instant::now();
+    let deadline = start + dur;
+    std::thread::scope(|sc| {
+        for (t, conn) in conns.into_iter().enumerate() {
+            let (done, step) = (&done, &step);
+            sc.spawn(move || {
+                let mut conn = Some(conn);
+                let mut i = 0;
+                while Instant::now() < deadline {
+                    let (c, ok) = step(conn.take().expect("conn"), t as u64, i);
+                    conn = Some(c);
+                    if ok {
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                    i += 1;
+                }
+            });
+        }
+    });
+    Throughput {
+        ops: done.into_inner(),
+        elapsed: start.elapsed(),
+    }
+}
+
+struct Row {
+    what: &'static str,
+    backend: &'static str,
+    threads: u64,
+    r: Throughput,
+}
+
+impl Row {
+    fn new(what: &'static str, backend: &'static str, threads: u64, r: Throughput) -> Self {
+        Row {
+            what,
+            backend,
+            threads,
+            r,
+        }
+    }
+}
+
+fn print_throughput(rows: &[Row]) {
+    println!(
+        "{:<28} | {:<13} | {:>7} | {:>8} | {:>14} | {:>18}",
+        "measurement", "backend", "threads", "jobs", "throughput", "wall time per job"
+    );
+    println!("{}", "-".repeat(102));
+    for r in rows {
+        println!(
+            "{:<28} | {:<13} | {:>7} | {:>8} | {:>8.0} jobs/s | {:>18}",
+            r.what,
+            r.backend,
+            r.threads,
+            r.r.ops,
+            r.r.rate(),
+            fmt_dur(Duration::from_secs_f64(1.0 / r.r.rate().max(1e-9)))
+        );
+    }
+}
+
+struct Stats {
+    n: usize,
+    median: Duration,
+    p99: Duration,
+    max: Duration,
+}
+
+fn time_reps(reps: usize, mut f: impl FnMut()) -> Stats {
+    // One untimed call so the first timed one is not paying for a cold cache.
+    f();
+    let v: Vec<Duration> = (0..reps)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed()
+        })
+        .collect();
+    stats(v)
+}
+
+fn stats(mut v: Vec<Duration>) -> Stats {
+    v.sort_unstable();
+    Stats {
+        n: v.len(),
+        median: v[v.len() / 2],
+        p99: v[(v.len() * 99 / 100).min(v.len() - 1)],
+        max: v[v.len() - 1],
+    }
+}
+
+/// Time `write 4 KiB + fdatasync` on a file in `dir` for about `dur`.
+fn fsync_probe(dir: &Path, dur: Duration) -> Stats {
+    use std::io::{Seek, SeekFrom, Write};
+    let mut f = std::fs::File::create(dir.join("fsync-probe")).expect("probe file");
+    let block = [7u8; 4096];
+    let deadline = Instant::now() + dur;
+    let mut v = Vec::new();
+    while Instant::now() < deadline || v.is_empty() {
+        let t = Instant::now();
+        f.seek(SeekFrom::Start(0)).expect("seek");
+        f.write_all(&block).expect("write");
+        f.sync_data().expect("fdatasync");
+        v.push(t.elapsed());
+    }
+    stats(v)
+}
+
+fn fmt_dur(d: Duration) -> String {
+    let ns = d.as_nanos() as f64;
+    if ns < 1e3 {
+        format!("{ns:.0} ns")
+    } else if ns < 1e6 {
+        format!("{:.1} µs", ns / 1e3)
+    } else if ns < 1e9 {
+        format!("{:.2} ms", ns / 1e6)
+    } else {
+        format!("{:.2} s", ns / 1e9)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Which filesystem a path is on, from /proc/self/mountinfo (Linux only; the
+// output says "unknown" elsewhere).
+
+struct Mount {
+    point: String,
+    fstype: String,
+    source: String,
+}
+
+fn fs_of(path: &Path) -> Option<Mount> {
+    let path = path.canonicalize().ok()?;
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let mut best: Option<Mount> = None;
+    for line in info.lines() {
+        // id parent major:minor root mountpoint options [optional...] - fstype source superopts
+        let (left, right) = line.split_once(" - ")?;
+        let point = left.split(' ').nth(4)?.replace("\\040", " ");
+        let mut r = right.split(' ');
+        let (fstype, source) = (r.next()?.to_string(), r.next()?.to_string());
+        if path.starts_with(&point) && best.as_ref().is_none_or(|b| point.len() >= b.point.len()) {
+            best = Some(Mount {
+                point,
+                fstype,
+                source,
+            });
+        }
+    }
+    best
+}
+
+fn describe_fs(path: &Path) -> String {
+    match fs_of(path) {
+        Some(m) => format!(
+            "{} ({} on {}, mounted at {})",
+            path.display(),
+            m.fstype,
+            m.source,
+            m.point
+        ),
+        None => format!("{} (filesystem unknown)", path.display()),
+    }
+}

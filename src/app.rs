@@ -1,47 +1,135 @@
-//! Wiring: open the store, start the tasks, wait for shutdown.
+//! Wiring: open the store, recover, start the bot and the workers, and stop
+//! them all in order when the shutdown future resolves.
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
+use teloxide::prelude::*;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-use crate::store::SledStore;
+use crate::core::Core;
+use crate::download::install;
+use crate::store::{JobStore, SledStore};
+use crate::worker::{spawn_workers, Pipeline};
+
+/// How long an upload in flight may continue after shutdown begins.
+pub const UPLOAD_GRACE: Duration = Duration::from_secs(3);
 
 /// Run the bot until `shutdown` resolves. Tests pass their own trigger.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    std::fs::create_dir_all(config.downloads_dir())
-        .with_context(|| format!("cannot create {}", config.downloads_dir().display()))?;
-    let store = Arc::new(SledStore::open(&config.db_dir())?);
-    tracing::info!(db = %store.path().display(), "store open");
-    shutdown.await;
-    tracing::info!("shutting down");
-    store.flush()?;
+    let config = Arc::new(config);
+    let downloads = config.downloads_dir();
+    std::fs::create_dir_all(&downloads)
+        .with_context(|| format!("cannot create {}", downloads.display()))?;
+    let store: Arc<dyn JobStore> = Arc::new(SledStore::open(&config.db_dir())?);
+    let core = Arc::new(Core::new(config.clone(), store.clone()));
+    tracing::info!(db = %config.db_dir().display(), boot = %core.boot_id, "store open");
+
+    let stop = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let serving = serve(core.clone(), stop.clone(), &tracker);
+    tokio::pin!(serving);
+    tokio::pin!(shutdown);
+    let result = tokio::select! {
+        r = &mut serving => r,
+        _ = &mut shutdown => {
+            tracing::info!("shutdown requested");
+            // Stop taking updates and jobs; let `serve` wind down in order.
+            stop.cancel();
+            serving.await
+        }
+    };
+
+    // Whatever happened, stop everything and make the store durable.
+    stop.cancel();
+    tracker.close();
+    if tokio::time::timeout(Duration::from_secs(4), tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some tasks did not stop in time");
+    }
+    core.store.flush()?;
+    tracing::info!("stopped");
+    result
+}
+
+async fn serve(
+    core: Arc<Core>,
+    stop: CancellationToken,
+    tracker: &TaskTracker,
+) -> anyhow::Result<()> {
+    let config = core.config.clone();
+    let ytdlp = install::resolve(&config.downloader.ytdlp, &config.tools_dir()).await?;
+    let version = crate::download::ytdlp_version(&ytdlp)
+        .await
+        .unwrap_or_else(|e| format!("unknown ({e})"));
+    let has_ffmpeg = install::find_on_path("ffmpeg").is_some();
+    tracing::info!(ytdlp = %ytdlp.display(), version, has_ffmpeg, "downloader ready");
+
+    let bot = crate::telegram::build_bot(&config)?;
+    let Some(me) = crate::telegram::wait_for_api(&bot, &stop).await? else {
+        return Ok(());
+    };
+    tracing::info!(username = ?me.username, "connected to the Bot API");
+    crate::telegram::set_commands(&bot).await;
+
+    let pipeline = Arc::new(Pipeline {
+        core: core.clone(),
+        bot: bot.clone(),
+        ytdlp,
+        has_ffmpeg,
+        shutdown: stop.clone(),
+        upload_grace: UPLOAD_GRACE,
+    });
+
+    // Recovery runs before any new work is taken.
+    let report = crate::recovery::recover(&core, false).await?;
+    if !report.is_empty() {
+        notify_admins(&bot, &config, &report.summary()).await;
+    }
+    for job in report.resumed {
+        let p = pipeline.clone();
+        tracker.spawn(async move {
+            if let Err(e) = p.run_job(job).await {
+                tracing::error!(error = %e, "resumed upload failed");
+            }
+        });
+    }
+
+    spawn_workers(pipeline, tracker);
+    crate::bot::run_dispatcher(bot, core, stop.clone()).await;
+    stop.cancelled().await;
     Ok(())
+}
+
+/// Send a text to every admin; failures are logged, never fatal.
+pub async fn notify_admins(bot: &Bot, config: &Config, text: &str) {
+    for admin in &config.telegram.admins {
+        if let Err(e) = bot.send_message(ChatId(*admin as i64), text).await {
+            tracing::warn!(admin, error = %e, "cannot notify admin");
+        }
+    }
 }
 
 /// Resolves on SIGTERM or Ctrl-C (SIGINT).
 pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot listen for SIGTERM; Ctrl-C only");
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGTERM; Ctrl-C only");
+            let _ = ctrl_c.await;
+            return;
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
     }
 }
 
@@ -55,7 +143,7 @@ pub fn run_blocking(config: Config) -> anyhow::Result<()> {
     rt.block_on(run(config, shutdown_signal()))
 }
 
-fn init_logging() {
+pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TGDL_LOG").unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new("info,sled=warn,reqwest=warn,hyper=warn")
     });

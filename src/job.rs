@@ -246,6 +246,14 @@ pub struct Delivery {
     pub sent_as: MediaKind,
 }
 
+/// Dimensions and length of downloaded media, when yt-dlp reported them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MediaInfo {
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    pub duration_secs: Option<u32>,
+}
+
 /// Who is working on a job and until when that claim holds. A lease that has
 /// expired, or an owner that is not a live process, makes the job an orphan.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -287,6 +295,8 @@ pub struct Job {
     pub file_path: Option<String>,
     pub file_size: Option<u64>,
     pub title: Option<String>,
+    /// What the downloaded media looks like, for `sendVideo`'s fields.
+    pub media: Option<MediaInfo>,
     pub delivery: Option<Delivery>,
     pub lease: Option<Lease>,
     /// A playlist's parent job, for its children.
@@ -329,6 +339,7 @@ impl Job {
             file_path: None,
             file_size: None,
             title: None,
+            media: None,
             delivery: None,
             lease: None,
             parent: n.parent,

@@ -10,15 +10,34 @@
 //! - [`codec`]: the versioned encoding of every stored record.
 //! - [`store`]: the [`store::JobStore`] boundary and its sled backend.
 //! - [`netguard`]: links from messages, and refusing private destinations.
-//! - [`download`]: running yt-dlp: arguments, progress, errors, processes.
+//! - [`download`]: running yt-dlp: arguments, progress, errors, processes,
+//!   and finding or installing it.
+//! - [`core`]: what handlers call: submit links, cancel, retry, look up.
+//! - [`bot`]: the thin Telegram handlers and the dispatcher.
+//! - [`telegram`]: the Bot API client, its errors, the status message.
+//! - [`worker`]: claim a job and move it through the stages, one step each.
+//! - [`upload`]: send a file or a cached `file_id` back to the chat.
+//! - [`cleanup`]: remove a job's folder and settle its outcome.
+//! - [`recovery`]: the pass at start that finishes what a crash left.
+//! - [`report`]: admin reports (`/health`).
+//! - [`i18n`]: every user-facing text, in English and Persian.
 //!
 //! ARCHITECTURE.md has the bird's-eye view and the invariants.
 
 pub mod app;
+pub mod bot;
+pub mod cleanup;
 pub mod cli;
 pub mod codec;
 pub mod config;
+pub mod core;
 pub mod download;
+pub mod i18n;
 pub mod job;
 pub mod netguard;
+pub mod recovery;
+pub mod report;
 pub mod store;
+pub mod telegram;
+pub mod upload;
+pub mod worker;

@@ -4,7 +4,7 @@
 
 use tgdl::codec;
 use tgdl::job::{
-    Delivery, ErrorClass, Job, JobError, JobId, JobOptions, JobState, Lease, MediaKind,
+    Delivery, ErrorClass, Job, JobError, JobId, JobOptions, JobState, Lease, MediaInfo, MediaKind,
 };
 use uuid::Uuid;
 
@@ -43,6 +43,11 @@ fn expected() -> Job {
         file_path: Some("data/downloads/019ad2f01c2a7b3e8f00112233445566/abc.m4a".into()),
         file_size: Some(1_234_567),
         title: Some("عنوان — title".into()),
+        media: Some(MediaInfo {
+            width: None,
+            height: None,
+            duration_secs: Some(215),
+        }),
         delivery: Some(Delivery {
             message_id: 44,
             file_id: "CQACAgIAAxkBAAIB".into(),

@@ -367,7 +367,7 @@ async fn long_polling_waits_for_a_push_and_offset_confirms() {
 
     let poll = tokio::spawn({
         let bot = bot.clone();
-        async move { bot.get_updates().timeout(30).await }
+        async move { bot.get_updates().timeout(10).await }
     });
     // Push only once the long poll is parked in the fake, so the update must wake it.
     fake.wait_for(
@@ -804,8 +804,12 @@ async fn ytdlp_fetches_unknown_binaries_and_refuses_pages_without_media_and_404(
     let server = MediaServer::fixtures().await;
     let dir = tempfile::tempdir().unwrap();
     // A binary that is not HTML is taken as a direct link: the bot's document fallback case.
-    let (ok, stdout, stderr) =
-        ytdlp(dir.path(), &["--print", "after_move:filepath"], &server.url("blob.bin")).await;
+    let (ok, stdout, stderr) = ytdlp(
+        dir.path(),
+        &["--print", "after_move:filepath"],
+        &server.url("blob.bin"),
+    )
+    .await;
     assert!(ok, "yt-dlp failed: {stderr}");
     let path = stdout.lines().last().expect("printed file path");
     assert!(std::fs::read(path).unwrap() == fixture_bytes("blob.bin"));

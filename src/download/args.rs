@@ -179,10 +179,10 @@ impl YtDlpArgs {
             "--no-quiet",
             "--progress",
             "--no-simulate",
-            // One progress line a second is plenty for a status message that
-            // is edited every few seconds, and keeps the pipe quiet.
-            "--progress-delta",
-            "1",
+            // No `--progress-delta`: yt-dlp reports once per block read and
+            // its blocks grow with the speed (up to 4 MiB), so the line rate
+            // stays modest, and a delta would hide every report during a
+            // fast burst (and needs yt-dlp 2024.07 or later).
             "--progress-template",
             PROGRESS_TEMPLATE,
             "--restrict-filenames",
@@ -199,14 +199,9 @@ impl YtDlpArgs {
         push(OsStr::new(&self.format_selector()));
         match (self.want, self.has_ffmpeg) {
             (Want::Video, true) => {
-                for s in [
-                    "-S",
-                    MP4_SORT,
-                    "--merge-output-format",
-                    "mp4",
-                    "--remux-video",
-                    "mp4",
-                ] {
+                // No `--remux-video`: a direct link to something that is not
+                // media (sent as a document) would fail post-processing.
+                for s in ["-S", MP4_SORT, "--merge-output-format", "mp4"] {
                     push(OsStr::new(s));
                 }
             }

@@ -273,7 +273,7 @@ fn http_status(lower: &str) -> Option<u16> {
 /// The `ERROR:` blocks of yt-dlp's stderr, last first: each is the `ERROR:`
 /// line plus any following lines that belong to it (yt-dlp's messages can
 /// span lines, e.g. geo-blocking lists countries on the next line).
-fn error_blocks<'a>(lines: &[&'a str]) -> Vec<String> {
+fn error_blocks(lines: &[&str]) -> Vec<String> {
     let mut blocks: Vec<String> = Vec::new();
     let mut current: Option<String> = None;
     for line in lines {

@@ -15,6 +15,7 @@
 
 pub mod args;
 pub mod classify;
+pub mod install;
 pub mod process;
 pub mod progress;
 

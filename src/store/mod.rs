@@ -81,6 +81,9 @@ pub struct Enqueued {
     pub job: Job,
     /// Jobs waiting in `queued`, this one included.
     pub position: u64,
+    /// The same link of the same message was enqueued before; `job` is that
+    /// earlier job and nothing new was created.
+    pub duplicate: bool,
 }
 
 /// Number of jobs per state, read in O(1) from maintained counters.
@@ -278,17 +281,27 @@ pub trait JobStore: Send + Sync {
     /// Full scan of every tree checking every invariant. Slow by design; for
     /// tests and diagnostics, never on the hot path.
     fn check_invariants(&self) -> Result<InvariantReport, StoreError>;
+
+    /// Whether one process at a time owns the store (sled holds a file
+    /// lock). Then any lease not held by this process is an orphan; a shared
+    /// backend would answer `false` and wait for leases to expire.
+    fn is_exclusive(&self) -> bool {
+        true
+    }
+
+    /// Make everything written so far durable (every change already is; this
+    /// is for shutdown).
+    fn flush(&self) -> Result<(), StoreError>;
 }
 
 /// Run a store call on the blocking pool: store calls fsync.
-pub async fn blocking<S, T, F>(store: &std::sync::Arc<S>, f: F) -> Result<T, StoreError>
+pub async fn blocking<T, F>(store: &std::sync::Arc<dyn JobStore>, f: F) -> Result<T, StoreError>
 where
-    S: JobStore + ?Sized + 'static,
     T: Send + 'static,
-    F: FnOnce(&S) -> Result<T, StoreError> + Send + 'static,
+    F: FnOnce(&dyn JobStore) -> Result<T, StoreError> + Send + 'static,
 {
     let store = store.clone();
-    match tokio::task::spawn_blocking(move || f(&store)).await {
+    match tokio::task::spawn_blocking(move || f(&*store)).await {
         Ok(r) => r,
         Err(e) => std::panic::resume_unwind(e.into_panic()),
     }

@@ -45,6 +45,7 @@ pub struct SledStore {
     ready: Tree,
     turns: Tree,
     cache: Tree,
+    requests: Tree,
     quarantine: Tree,
     meta: Tree,
 }
@@ -58,6 +59,7 @@ struct Tx<'a> {
     ready: &'a TransactionalTree,
     turns: &'a TransactionalTree,
     cache: &'a TransactionalTree,
+    requests: &'a TransactionalTree,
     meta: &'a TransactionalTree,
 }
 
@@ -98,6 +100,7 @@ impl SledStore {
             ready: open("ready")?,
             turns: open("turns")?,
             cache: open("cache")?,
+            requests: open("requests")?,
             quarantine: open("quarantine")?,
             meta: open("meta")?,
             db,
@@ -135,12 +138,6 @@ impl SledStore {
         self.db.size_on_disk().unwrap_or(0)
     }
 
-    /// Make everything written so far durable.
-    pub fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush()?;
-        Ok(())
-    }
-
     /// Run `f` as one transaction over every job tree, then flush. A job
     /// record that fails to decode aborts the transaction and is quarantined
     /// here, outside it.
@@ -153,12 +150,13 @@ impl SledStore {
             &self.ready,
             &self.turns,
             &self.cache,
+            &self.requests,
             &self.meta,
         );
         let mut rebuilt = false;
         loop {
             let res = trees.transaction(
-                |(jobs, by_state, by_user, users, ready, turns, cache, meta)| {
+                |(jobs, by_state, by_user, users, ready, turns, cache, requests, meta)| {
                     f(&Tx {
                         jobs,
                         by_state,
@@ -167,6 +165,7 @@ impl SledStore {
                         ready,
                         turns,
                         cache,
+                        requests,
                         meta,
                     })
                 },
@@ -247,12 +246,24 @@ impl SledStore {
             &self.ready,
             &self.turns,
             &self.cache,
+            &self.requests,
             &self.meta,
             &self.quarantine,
         );
         trees
             .transaction(
-                |(jobs, by_state, by_user, users, ready, turns, cache, meta, quarantine)| {
+                |(
+                    jobs,
+                    by_state,
+                    by_user,
+                    users,
+                    ready,
+                    turns,
+                    cache,
+                    requests,
+                    meta,
+                    quarantine,
+                )| {
                     let tx = Tx {
                         jobs,
                         by_state,
@@ -261,6 +272,7 @@ impl SledStore {
                         ready,
                         turns,
                         cache,
+                        requests,
                         meta,
                     };
                     let Some(raw) = jobs.get(id.as_bytes())? else {
@@ -481,13 +493,19 @@ fn apply(tx: &Tx, old: Option<&Job>, new: Option<&Job>, served_at: Option<Millis
         }
     }
 
-    // Per-user index.
+    // Per-user index, and the request index that makes intake idempotent.
     match (old.is_some(), new.is_some()) {
         (false, true) => {
             tx.by_user.insert(&keys::user_key(user, id), &[])?;
+            tx.requests.insert(keys::request_key(job), id.as_bytes())?;
         }
         (true, false) => {
             tx.by_user.remove(&keys::user_key(user, id))?;
+            let k = keys::request_key(job);
+            // Only unlink the request if it still points at this job.
+            if tx.requests.get(&k)?.as_deref() == Some(id.as_bytes().as_slice()) {
+                tx.requests.remove(k)?;
+            }
         }
         _ => {}
     }
@@ -556,6 +574,20 @@ impl JobStore for SledStore {
         let id = JobId::new();
         let job = Job::new(id, new, now);
         self.transact(|tx| {
+            // The same link of the same message again (Telegram redelivers
+            // updates that were not confirmed before a crash): the same job.
+            if let Some(existing) = tx.requests.get(keys::request_key(&job))? {
+                if let Some(prev) = JobId::from_slice(&existing) {
+                    if let Some(prev) = get_job(tx, prev)? {
+                        let position = get_count(tx, JobState::Queued)?;
+                        return Ok(Enqueued {
+                            job: prev,
+                            position,
+                            duplicate: true,
+                        });
+                    }
+                }
+            }
             let active = JobState::ALL
                 .into_iter()
                 .filter(|s| s.is_active())
@@ -605,6 +637,7 @@ impl JobStore for SledStore {
             Ok(Enqueued {
                 job: job.clone(),
                 position,
+                duplicate: false,
             })
         })
     }
@@ -837,6 +870,11 @@ impl JobStore for SledStore {
             }
         }
         Ok(out)
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
     }
 
     fn check_invariants(&self) -> Result<InvariantReport, StoreError> {

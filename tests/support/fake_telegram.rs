@@ -17,12 +17,23 @@
 //!   requests, and an API that is down altogether (connection refused).
 //!
 //! Not modelled: MarkdownV2 parsing (texts are stored as sent), webhooks, groups' permissions,
-//! media groups, inline mode.
+//! media groups, inline mode. A network error in the middle of a call is a [`Failure::Hold`]
+//! followed by [`FakeTelegram::go_offline`].
+//!
+//! ```ignore
+//! let fake = FakeTelegram::start().await;          // or offline(free_port()) + go_online()
+//! // give the bot fake.url() (teloxide) or fake.url_string() (config `api_url`)
+//! let msg_id = fake.push_text(42, 42, "https://127.0.0.1:1234/tiny.mp4", Some("en"));
+//! fake.fail_next("sendVideo", Failure::RetryAfter(1));
+//! let calls = fake.wait_for(|c| c.iter().any(|c| c.is("sendVideo") && c.succeeded()), WAIT).await;
+//! let video = calls.iter().rev().find(|c| c.is("sendVideo")).unwrap().file("video").unwrap();
+//! assert!(video.bytes == fixture_bytes("tiny.mp4"));
+//! ```
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Request, State};
 use axum::http::{header, StatusCode};
@@ -116,6 +127,10 @@ pub struct Call {
     pub status: Option<u16>,
     /// The JSON answer, `None` while the call is still being handled.
     pub response: Option<Value>,
+    /// When the request (its whole body) was received; for benchmarks, not for assertions.
+    pub received_at: Instant,
+    /// When the answer was ready.
+    pub answered_at: Option<Instant>,
 }
 
 impl Call {
@@ -1267,6 +1282,8 @@ async fn handle(State(app): State<App>, req: Request) -> Response {
             resent_file_id: None,
             status: None,
             response: None,
+            received_at: Instant::now(),
+            answered_at: None,
         });
         seq
     };
@@ -1299,6 +1316,7 @@ async fn handle(State(app): State<App>, req: Request) -> Response {
         let call = &mut st.calls[seq];
         call.status = Some(reply.status);
         call.response = Some(reply.body.clone());
+        call.answered_at = Some(Instant::now());
     }
     app.inner.changed.notify_waiters();
     respond(reply)

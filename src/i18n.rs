@@ -1,0 +1,395 @@
+//! The message catalog: every text a user sees, in English and Persian.
+//!
+//! Handlers and workers build a [`Msg`] (what to say, with its data) and
+//! [`render`] it in the user's [`Lang`]. Keeping every sentence here means a
+//! new language is one new match arm per message, and no user-facing string
+//! hides in the pipeline.
+
+use crate::job::Millis;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lang {
+    En,
+    Fa,
+}
+
+impl Lang {
+    /// Choose from Telegram's `language_code` ("fa", "fa-IR", "en-US"...),
+    /// falling back to the configured default.
+    pub fn pick(code: Option<&str>, default: Lang) -> Lang {
+        match code.map(|c| {
+            c.split(['-', '_'])
+                .next()
+                .unwrap_or("")
+                .to_ascii_lowercase()
+        }) {
+            Some(c) if c == "fa" => Lang::Fa,
+            Some(c) if c == "en" => Lang::En,
+            _ => default,
+        }
+    }
+
+    pub fn from_config(s: &str) -> Lang {
+        if s == "fa" {
+            Lang::Fa
+        } else {
+            Lang::En
+        }
+    }
+
+    pub fn code(self) -> &'static str {
+        match self {
+            Lang::En => "en",
+            Lang::Fa => "fa",
+        }
+    }
+}
+
+/// One line of a user's job list.
+#[derive(Clone, Debug)]
+pub struct JobLine {
+    pub short_id: String,
+    pub state: String,
+    pub url: String,
+}
+
+/// Everything the bot can say.
+#[derive(Clone, Debug)]
+pub enum Msg {
+    Help,
+    Accepted {
+        short_id: String,
+        position: u64,
+    },
+    NoLink,
+    IgnoredExtraLinks {
+        max: usize,
+    },
+    /// A link refused before a job exists; `code` is a netguard error code.
+    LinkRefused {
+        link: String,
+        code: &'static str,
+        detail: String,
+    },
+    LimitActive {
+        limit: u32,
+    },
+    LimitHourly {
+        limit: u32,
+        retry_at: Millis,
+        now: Millis,
+    },
+    QueueFull,
+    NotAllowed,
+    AdminOnly,
+    Downloading {
+        short_id: String,
+    },
+    Progress {
+        short_id: String,
+        percent: Option<f64>,
+        downloaded: u64,
+        total: Option<u64>,
+        speed: Option<f64>,
+        eta: Option<u64>,
+    },
+    Uploading {
+        short_id: String,
+    },
+    WaitingRetry {
+        short_id: String,
+        attempt: u32,
+        max: u32,
+    },
+    Delivered {
+        short_id: String,
+    },
+    /// A job failed; `code` is the stable error code.
+    Failed {
+        short_id: String,
+        code: String,
+        limit_mb: u64,
+    },
+    Cancelled {
+        short_id: String,
+    },
+    NotFound {
+        id: String,
+    },
+    Ambiguous {
+        id: String,
+    },
+    NotYours {
+        id: String,
+    },
+    AlreadyFinished {
+        short_id: String,
+        state: String,
+    },
+    Retried {
+        short_id: String,
+    },
+    NotRetryable {
+        short_id: String,
+        state: String,
+    },
+    UsageJob,
+    UsageCancel,
+    UsageRetry,
+    UsageAudio,
+    JobList {
+        lines: Vec<JobLine>,
+    },
+    NoJobs,
+    JobDetails {
+        text: String,
+    },
+    Internal,
+}
+
+fn size(bytes: u64) -> String {
+    let b = bytes as f64;
+    if b >= 1024.0 * 1024.0 * 1024.0 {
+        format!("{:.1} GB", b / 1024.0 / 1024.0 / 1024.0)
+    } else if b >= 1024.0 * 1024.0 {
+        format!("{:.1} MB", b / 1024.0 / 1024.0)
+    } else if b >= 1024.0 {
+        format!("{:.0} KB", b / 1024.0)
+    } else {
+        format!("{bytes} B")
+    }
+}
+
+fn duration(secs: u64) -> String {
+    if secs >= 3600 {
+        format!("{}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60)
+    } else {
+        format!("{}:{:02}", secs / 60, secs % 60)
+    }
+}
+
+/// Human text for a failure code, in the user's language.
+fn reason(lang: Lang, code: &str, limit_mb: u64) -> String {
+    use Lang::*;
+    let s = match (lang, code) {
+        (En, "unsupported_url") => "this site or link is not supported",
+        (Fa, "unsupported_url") => "این سایت یا لینک پشتیبانی نمی‌شود",
+        (En, "unavailable" | "http_404") => "the media is unavailable (removed or never existed)",
+        (Fa, "unavailable" | "http_404") => "این رسانه در دسترس نیست (حذف شده یا وجود ندارد)",
+        (En, "private") => "the media is private",
+        (Fa, "private") => "این رسانه خصوصی است",
+        (En, "geo_blocked") => "the media is blocked in the server's country",
+        (Fa, "geo_blocked") => "این رسانه در کشور سرور مسدود است",
+        (En, "http_403") => "the site refused access",
+        (Fa, "http_403") => "سایت اجازهٔ دسترسی نداد",
+        (En, "too_large") => return format!(
+            "the file is larger than the {limit_mb} MB upload limit and no smaller format exists"
+        ),
+        (Fa, "too_large") => {
+            return format!(
+                "حجم فایل از سقف ارسال {limit_mb} مگابایت بیشتر است و قالب کوچک‌تری وجود ندارد"
+            )
+        }
+        (En, "cancelled") => "cancelled",
+        (Fa, "cancelled") => "لغو شد",
+        (En, "crashed_repeatedly") => "the bot crashed repeatedly while working on it",
+        (Fa, "crashed_repeatedly") => "ربات هنگام کار روی آن چند بار از کار افتاد",
+        (En, "timeout") => "the download took too long",
+        (Fa, "timeout") => "دانلود بیش از حد طول کشید",
+        (En, "network" | "http_5xx" | "http_429") => {
+            "the site could not be reached, even after retries"
+        }
+        (Fa, "network" | "http_5xx" | "http_429") => "پس از چند تلاش هم به سایت دسترسی نشد",
+        (En, "login_required") => "the site requires a login for this media",
+        (Fa, "login_required") => "این سایت برای این رسانه ورود به حساب می‌خواهد",
+        (En, "upload_refused") => "Telegram refused the file",
+        (Fa, "upload_refused") => "تلگرام فایل را نپذیرفت",
+        (En, _) => "an unexpected error occurred",
+        (Fa, _) => "خطای پیش‌بینی‌نشده‌ای رخ داد",
+    };
+    s.to_string()
+}
+
+fn link_refusal(lang: Lang, code: &str, detail: &str) -> String {
+    use Lang::*;
+    match (lang, code) {
+        (En, "unsupported_scheme") => format!("only http and https links are accepted ({detail})"),
+        (Fa, "unsupported_scheme") => format!("فقط لینک‌های http و https پذیرفته می‌شوند ({detail})"),
+        (En, "private_address") => {
+            "links to private or local network addresses are not allowed".into()
+        }
+        (Fa, "private_address") => "لینک به نشانی‌های شبکهٔ خصوصی یا محلی مجاز نیست".into(),
+        (En, "unresolvable") => format!("the address could not be found ({detail})"),
+        (Fa, "unresolvable") => format!("نشانی پیدا نشد ({detail})"),
+        (En, "link_too_long") => "the link is too long".into(),
+        (Fa, "link_too_long") => "لینک بیش از حد طولانی است".into(),
+        (En, _) => "this is not a valid link".into(),
+        (Fa, _) => "این لینک معتبر نیست".into(),
+    }
+}
+
+/// Render a message in a language.
+pub fn render(lang: Lang, msg: &Msg) -> String {
+    use Lang::*;
+    match (lang, msg) {
+        (En, Msg::Help) => "Send me a link to a video or audio (YouTube and the other sites yt-dlp supports) and I will send you the file.\n\n\
+/audio <link> – audio only\n/jobs – your jobs\n/job <id> – one job\n/cancel <id> – cancel a job\n/retry <id> – retry a failed job\n/help – this text".into(),
+        (Fa, Msg::Help) => "لینک یک ویدیو یا صوت (یوتیوب و سایت‌های دیگری که yt-dlp پشتیبانی می‌کند) را بفرستید تا فایلش را برایتان بفرستم.\n\n\
+/audio <لینک> – فقط صوت\n/jobs – کارهای شما\n/job <شناسه> – یک کار\n/cancel <شناسه> – لغو کار\n/retry <شناسه> – تلاش دوباره برای کار ناموفق\n/help – همین راهنما".into(),
+        (En, Msg::Accepted { short_id, position }) => format!("✅ Accepted as job {short_id}. Position in queue: {position}."),
+        (Fa, Msg::Accepted { short_id, position }) => format!("✅ پذیرفته شد؛ کار {short_id}. جایگاه در صف: {position}."),
+        (En, Msg::NoLink) => "I did not find a link in your message. Send a link that starts with http:// or https://, or /help.".into(),
+        (Fa, Msg::NoLink) => "لینکی در پیام شما پیدا نکردم. لینکی که با http:// یا https:// شروع می‌شود بفرستید، یا /help.".into(),
+        (En, Msg::IgnoredExtraLinks { max }) => format!("Only the first {max} links of a message are taken."),
+        (Fa, Msg::IgnoredExtraLinks { max }) => format!("از هر پیام فقط {max} لینک اول پذیرفته می‌شود."),
+        (En, Msg::LinkRefused { link, code, detail }) => format!("❌ {link}: {}.", link_refusal(lang, code, detail)),
+        (Fa, Msg::LinkRefused { link, code, detail }) => format!("❌ {link}: {}.", link_refusal(lang, code, detail)),
+        (En, Msg::LimitActive { limit }) => format!("⏳ You already have {limit} jobs waiting or running. Try again when one of them finishes."),
+        (Fa, Msg::LimitActive { limit }) => format!("⏳ شما هم‌اکنون {limit} کار در صف یا در حال اجرا دارید. وقتی یکی تمام شد دوباره بفرستید."),
+        (En, Msg::LimitHourly { limit, retry_at, now }) => format!("⏳ You reached {limit} jobs per hour. Try again in {} minutes.", minutes_until(*retry_at, *now)),
+        (Fa, Msg::LimitHourly { limit, retry_at, now }) => format!("⏳ به سقف {limit} کار در ساعت رسیدید. {} دقیقهٔ دیگر دوباره امتحان کنید.", minutes_until(*retry_at, *now)),
+        (En, Msg::QueueFull) => "⏳ The queue is full right now. Please try again in a few minutes.".into(),
+        (Fa, Msg::QueueFull) => "⏳ صف در حال حاضر پر است. چند دقیقهٔ دیگر دوباره امتحان کنید.".into(),
+        (En, Msg::NotAllowed) => "Sorry, this bot is private.".into(),
+        (Fa, Msg::NotAllowed) => "متأسفم، این ربات خصوصی است.".into(),
+        (En, Msg::AdminOnly) => "This command is for the bot's admins only.".into(),
+        (Fa, Msg::AdminOnly) => "این دستور فقط برای مدیران ربات است.".into(),
+        (En, Msg::Downloading { short_id }) => format!("⬇️ Job {short_id}: downloading…"),
+        (Fa, Msg::Downloading { short_id }) => format!("⬇️ کار {short_id}: در حال دانلود…"),
+        (_, Msg::Progress { short_id, percent, downloaded, total, speed, eta }) => {
+            let mut parts = Vec::new();
+            if let Some(p) = percent {
+                parts.push(format!("{p:.0}%"));
+            }
+            parts.push(match total {
+                Some(t) => format!("{} / {}", size(*downloaded), size(*t)),
+                None => size(*downloaded),
+            });
+            if let Some(s) = speed {
+                parts.push(format!("{}/s", size(*s as u64)));
+            }
+            if let Some(e) = eta {
+                parts.push(match lang { En => format!("ETA {}", duration(*e)), Fa => format!("زمان باقی‌مانده {}", duration(*e)) });
+            }
+            match lang {
+                En => format!("⬇️ Job {short_id}: {}", parts.join(" · ")),
+                Fa => format!("⬇️ کار {short_id}: {}", parts.join(" · ")),
+            }
+        }
+        (En, Msg::Uploading { short_id }) => format!("⬆️ Job {short_id}: sending the file…"),
+        (Fa, Msg::Uploading { short_id }) => format!("⬆️ کار {short_id}: در حال ارسال فایل…"),
+        (En, Msg::WaitingRetry { short_id, attempt, max }) => format!("🔁 Job {short_id}: a temporary error; retrying (attempt {attempt} of {max})."),
+        (Fa, Msg::WaitingRetry { short_id, attempt, max }) => format!("🔁 کار {short_id}: خطای موقت؛ تلاش دوباره ({attempt} از {max})."),
+        (En, Msg::Delivered { short_id }) => format!("✅ Job {short_id}: sent."),
+        (Fa, Msg::Delivered { short_id }) => format!("✅ کار {short_id}: ارسال شد."),
+        (En, Msg::Failed { short_id, code, limit_mb }) => format!("❌ Job {short_id} failed: {}.", reason(lang, code, *limit_mb)),
+        (Fa, Msg::Failed { short_id, code, limit_mb }) => format!("❌ کار {short_id} ناموفق بود: {}.", reason(lang, code, *limit_mb)),
+        (En, Msg::Cancelled { short_id }) => format!("🛑 Job {short_id} cancelled."),
+        (Fa, Msg::Cancelled { short_id }) => format!("🛑 کار {short_id} لغو شد."),
+        (En, Msg::NotFound { id }) => format!("No job {id} found. /jobs lists yours."),
+        (Fa, Msg::NotFound { id }) => format!("کاری با شناسهٔ {id} پیدا نشد. /jobs کارهای شما را نشان می‌دهد."),
+        (En, Msg::Ambiguous { id }) => format!("{id} matches several jobs; send more of the id."),
+        (Fa, Msg::Ambiguous { id }) => format!("{id} با چند کار جور است؛ بخش بیشتری از شناسه را بفرستید."),
+        (En, Msg::NotYours { id }) => format!("Job {id} is not yours."),
+        (Fa, Msg::NotYours { id }) => format!("کار {id} متعلق به شما نیست."),
+        (En, Msg::AlreadyFinished { short_id, state }) => format!("Job {short_id} is already {state}."),
+        (Fa, Msg::AlreadyFinished { short_id, state }) => format!("کار {short_id} از قبل {} است.", state_fa(state)),
+        (En, Msg::Retried { short_id }) => format!("🔁 Job {short_id} is queued again."),
+        (Fa, Msg::Retried { short_id }) => format!("🔁 کار {short_id} دوباره در صف قرار گرفت."),
+        (En, Msg::NotRetryable { short_id, state }) => format!("Job {short_id} is {state}; only failed jobs can be retried."),
+        (Fa, Msg::NotRetryable { short_id, state }) => format!("کار {short_id} {} است؛ فقط کارهای ناموفق را می‌توان دوباره اجرا کرد.", state_fa(state)),
+        (En, Msg::UsageJob) => "Usage: /job <id>".into(),
+        (Fa, Msg::UsageJob) => "روش استفاده: /job <شناسه>".into(),
+        (En, Msg::UsageCancel) => "Usage: /cancel <id>".into(),
+        (Fa, Msg::UsageCancel) => "روش استفاده: /cancel <شناسه>".into(),
+        (En, Msg::UsageRetry) => "Usage: /retry <id>".into(),
+        (Fa, Msg::UsageRetry) => "روش استفاده: /retry <شناسه>".into(),
+        (En, Msg::UsageAudio) => "Usage: /audio <link>".into(),
+        (Fa, Msg::UsageAudio) => "روش استفاده: /audio <لینک>".into(),
+        (_, Msg::JobList { lines }) => {
+            let head = match lang { En => "Your jobs:", Fa => "کارهای شما:" };
+            let mut s = head.to_string();
+            for l in lines {
+                let st = match lang { En => l.state.clone(), Fa => state_fa(&l.state).to_string() };
+                s.push_str(&format!("\n{} · {} · {}", l.short_id, st, l.url));
+            }
+            s
+        }
+        (En, Msg::NoJobs) => "You have no jobs yet. Send a link!".into(),
+        (Fa, Msg::NoJobs) => "هنوز کاری ندارید. یک لینک بفرستید!".into(),
+        (_, Msg::JobDetails { text }) => text.clone(),
+        (En, Msg::Internal) => "Something went wrong on our side; please try again shortly.".into(),
+        (Fa, Msg::Internal) => "مشکلی در سمت ما پیش آمد؛ لطفاً کمی بعد دوباره امتحان کنید.".into(),
+    }
+}
+
+fn minutes_until(at: Millis, now: Millis) -> u64 {
+    at.saturating_sub(now).div_ceil(60_000).max(1)
+}
+
+fn state_fa(state: &str) -> &'static str {
+    match state {
+        "queued" => "در صف",
+        "downloading" => "در حال دانلود",
+        "uploading" => "در حال ارسال",
+        "cleaning" => "در حال پاک‌سازی",
+        "done" => "انجام‌شده",
+        "failed" => "ناموفق",
+        _ => "نامشخص",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn language_is_picked_from_the_code_with_a_default() {
+        assert_eq!(Lang::pick(Some("fa"), Lang::En), Lang::Fa);
+        assert_eq!(Lang::pick(Some("fa-IR"), Lang::En), Lang::Fa);
+        assert_eq!(Lang::pick(Some("en-US"), Lang::Fa), Lang::En);
+        assert_eq!(Lang::pick(Some("de"), Lang::Fa), Lang::Fa);
+        assert_eq!(Lang::pick(None, Lang::En), Lang::En);
+    }
+
+    #[test]
+    fn too_large_names_the_limit_in_both_languages() {
+        let m = Msg::Failed {
+            short_id: "abcd1234".into(),
+            code: "too_large".into(),
+            limit_mb: 50,
+        };
+        assert!(render(Lang::En, &m).contains("50 MB"));
+        assert!(render(Lang::Fa, &m).contains("50 مگابایت"));
+    }
+
+    #[test]
+    fn hourly_limit_says_when_to_try_again() {
+        let m = Msg::LimitHourly {
+            limit: 20,
+            retry_at: 10 * 60_000 + 1,
+            now: 0,
+        };
+        assert!(
+            render(Lang::En, &m).contains("11 minutes"),
+            "{}",
+            render(Lang::En, &m)
+        );
+    }
+
+    #[test]
+    fn progress_shows_percent_size_speed_and_eta() {
+        let m = Msg::Progress {
+            short_id: "x".into(),
+            percent: Some(42.4),
+            downloaded: 5 * 1024 * 1024,
+            total: Some(12 * 1024 * 1024),
+            speed: Some(1024.0 * 1024.0),
+            eta: Some(75),
+        };
+        assert_eq!(
+            render(Lang::En, &m),
+            "⬇️ Job x: 42% · 5.0 MB / 12.0 MB · 1.0 MB/s · ETA 1:15"
+        );
+    }
+}
