@@ -144,11 +144,14 @@ pub fn run_blocking(config: Config) -> anyhow::Result<()> {
 }
 
 pub fn init_logging() {
+    // sled's own messages duplicate the one line we print for a store that
+    // cannot be opened; TGDL_LOG can bring them back.
     let filter = tracing_subscriber::EnvFilter::try_from_env("TGDL_LOG").unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,sled=warn,reqwest=warn,hyper=warn")
+        tracing_subscriber::EnvFilter::new("info,sled=off,reqwest=warn,hyper=warn")
     });
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .try_init();
 }

@@ -50,6 +50,14 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run the recovery pass on the database of a stopped bot (the bot runs
+    /// it at every start); with --dry-run, only print what it would do.
+    Recover {
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Print the health report (the same as /health).
+    Health,
 }
 
 /// A failure with the exit code it maps to.
@@ -132,6 +140,23 @@ fn dispatch(cli: Cli) -> Result<(), CliError> {
             } else {
                 print_table(&jobs);
             }
+            Ok(())
+        }
+        Command::Recover { dry_run } => {
+            let store = open_offline(&config)?;
+            let report = crate::recovery::recover_offline(&store, &config, dry_run)
+                .map_err(anyhow::Error::from)?;
+            if dry_run {
+                println!("dry run: nothing was changed");
+            }
+            println!("{}", crate::recovery::describe(&report));
+            Ok(())
+        }
+        Command::Health => {
+            let store = open_offline(&config)?;
+            let text =
+                crate::report::offline_health(&config, &store).map_err(anyhow::Error::from)?;
+            println!("{text}");
             Ok(())
         }
         Command::Job { id, json } => {

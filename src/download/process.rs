@@ -201,6 +201,19 @@ pub async fn run_ytdlp(
         // Its own group: one killpg reaches yt-dlp and everything it spawns,
         // and a Ctrl-C at our terminal does not reach it behind our back.
         .process_group(0);
+    // If the bot dies without a chance to kill it (SIGKILL, OOM), the kernel
+    // kills yt-dlp too, so no download outlives the bot and races the
+    // resumed one after restart. (It fires when the spawning thread exits:
+    // a runtime worker thread, which lives as long as the bot.)
+    // SAFETY: prctl is async-signal-safe and touches no memory of ours.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
     tracing::debug!(target: "tgdl::ytdlp", binary = %args.binary.display(), url = %args.url, "starting yt-dlp");
     let mut child = cmd.spawn().map_err(DownloadError::Spawn)?;
     let pgid = child

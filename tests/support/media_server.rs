@@ -251,6 +251,21 @@ impl MediaServer {
         );
         requests
     }
+
+    /// Like [`MediaServer::wait_for`], but `None` instead of a panic on timeout.
+    pub async fn try_wait_for(
+        &self,
+        mut pred: impl FnMut(&[MediaRequest]) -> bool,
+        timeout: Duration,
+    ) -> Option<Vec<MediaRequest>> {
+        let met = wait_until(
+            &self.inner.changed,
+            || pred(&self.inner.lock().requests),
+            timeout,
+        )
+        .await;
+        met.then(|| self.requests())
+    }
 }
 
 fn content_type_for(path: &Path) -> &'static str {

@@ -14,6 +14,7 @@
 // Each test binary includes this module with `mod support;` and uses a different subset of it.
 #![allow(dead_code)]
 
+pub mod binary;
 pub mod bot;
 pub mod fake_telegram;
 pub mod media_server;

@@ -1,0 +1,123 @@
+//! Running the real `tgdl` binary as a child process, in its own process
+//! group so a test can SIGKILL or SIGTERM it the way an operator (or the
+//! kernel) would.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct BotProcess {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+/// Write `config` (TOML text) to `dir/config.toml` and return its path.
+pub fn write_config(dir: &Path, text: &str) -> PathBuf {
+    let path = dir.join("config.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+impl BotProcess {
+    /// Start `tgdl run --config PATH`; its log goes to `log` (appended).
+    pub fn start(config: &Path, log: &Path) -> BotProcess {
+        use std::os::unix::process::CommandExt;
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_tgdl"))
+            .args(["run", "--config"])
+            .arg(config)
+            .env(
+                "TGDL_LOG",
+                "info,tgdl=debug,sled=warn,hyper=warn,reqwest=warn",
+            )
+            .env_remove("TGDL_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .process_group(0)
+            .spawn()
+            .expect("start tgdl");
+        BotProcess {
+            child,
+            log: log.to_path_buf(),
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// SIGKILL the whole process group, as `kill -9 -PGID` would.
+    pub fn kill9(&mut self) {
+        unsafe {
+            libc::killpg(self.pid(), libc::SIGKILL);
+        }
+        let _ = self.child.wait();
+    }
+
+    pub fn sigterm(&self) {
+        unsafe {
+            libc::kill(self.pid(), libc::SIGTERM);
+        }
+    }
+
+    /// Wait for exit, polling `try_wait` (a child's exit has no async signal
+    /// here); `None` on timeout.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return Some(s);
+            }
+            if start.elapsed() > timeout {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for BotProcess {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            unsafe {
+                libc::killpg(self.pid(), libc::SIGKILL);
+            }
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Processes whose command line contains `needle` (e.g. a data dir path):
+/// used to prove no yt-dlp or ffmpeg outlives the bot.
+pub fn processes_mentioning(needle: &str) -> Vec<(i32, String)> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if pid == std::process::id() as i32 {
+            continue;
+        }
+        let Ok(raw) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&raw).replace('\0', " ");
+        // Zombies have an empty cmdline; they are gone for our purpose.
+        if cmd.contains(needle) {
+            out.push((pid, cmd));
+        }
+    }
+    out
+}
