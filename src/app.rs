@@ -70,6 +70,22 @@ async fn serve(
         .unwrap_or_else(|e| format!("unknown ({e})"));
     let has_ffmpeg = install::find_on_path("ffmpeg").is_some();
     tracing::info!(ytdlp = %ytdlp.display(), version, has_ffmpeg, "downloader ready");
+    *core.health.ytdlp_version.write().unwrap() = version;
+    core.health
+        .ffmpeg
+        .store(has_ffmpeg, std::sync::atomic::Ordering::Relaxed);
+    if !config.health.metrics_listen.is_empty() {
+        let addr: std::net::SocketAddr = config.health.metrics_listen.parse()?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("health.metrics_listen: cannot listen on {addr}"))?;
+        tracing::info!(%addr, "metrics listener");
+        tracker.spawn(crate::metrics::serve_on(
+            listener,
+            core.clone(),
+            stop.clone(),
+        ));
+    }
 
     let bot = crate::telegram::build_bot(&config)?;
     let Some(me) = crate::telegram::wait_for_api(&bot, &stop).await? else {
@@ -89,6 +105,8 @@ async fn serve(
 
     // Recovery runs before any new work is taken.
     let report = crate::recovery::recover(&core, false).await?;
+    core.metrics
+        .rescues((report.requeued.len() + report.resumed.len() + report.failed.len()) as u64);
     if !report.is_empty() {
         notify_admins(&bot, &config, &report.summary()).await;
     }
@@ -101,6 +119,12 @@ async fn serve(
         });
     }
 
+    let monitor = crate::health::Monitor::new(
+        core.clone(),
+        Some(bot.clone()),
+        Box::new(crate::health::SysinfoProbe::new(&config.downloads_dir())),
+    );
+    tracker.spawn(monitor.run(stop.clone()));
     spawn_workers(pipeline, tracker);
     crate::bot::run_dispatcher(bot, core, stop.clone()).await;
     stop.cancelled().await;

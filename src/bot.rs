@@ -56,7 +56,25 @@ fn parse_command(text: &str) -> Option<(String, String)> {
     Some((name, arg.trim().to_string()))
 }
 
+/// Telegram's message length limit, in characters (UTF-16 units, to be safe).
+const TEXT_MAX: usize = 4096;
+
 async fn reply(bot: &Bot, msg: &Message, text: String) -> ResponseResult<Message> {
+    let text = if text.encode_utf16().count() > TEXT_MAX {
+        let mut cut = String::new();
+        let mut used = 0;
+        for c in text.chars() {
+            if used + c.len_utf16() > TEXT_MAX - 1 {
+                break;
+            }
+            used += c.len_utf16();
+            cut.push(c);
+        }
+        cut.push('…');
+        cut
+    } else {
+        text
+    };
     bot.send_message(msg.chat.id, text)
         .reply_parameters(ReplyParameters::new(msg.id).allow_sending_without_reply())
         .await
@@ -101,6 +119,17 @@ async fn on_message(bot: Bot, msg: Message, core: Arc<Core>) -> ResponseResult<(
                 };
                 return submit(&bot, &msg, &core, lang, text, entities, options).await;
             }
+            // Admins see the whole queue; `/jobs failed` the recent failures.
+            "jobs" if asker.admin && arg.eq_ignore_ascii_case("failed") => {
+                match crate::report::admin_failures(&core, 20).await {
+                    Ok(t) => t,
+                    Err(e) => internal(lang, e),
+                }
+            }
+            "jobs" if asker.admin => match crate::report::admin_jobs(&core).await {
+                Ok(t) => t,
+                Err(e) => internal(lang, e),
+            },
             "jobs" => match core::user_jobs(&core, user_id, 15).await {
                 Ok(jobs) if jobs.is_empty() => say(Msg::NoJobs),
                 Ok(jobs) => say(Msg::JobList {

@@ -65,6 +65,7 @@ pub async fn finish_cleaning(core: &Core, job: Job) -> Result<Job, CleanupError>
         JobState::Done
     };
     let id = job.id;
+    let before = job.clone();
     let done = store::blocking(&core.store, move |s| {
         s.update(
             id,
@@ -78,5 +79,6 @@ pub async fn finish_cleaning(core: &Core, job: Job) -> Result<Job, CleanupError>
         )
     })
     .await?;
+    core.metrics.record(&before, &done);
     Ok(done)
 }

@@ -153,9 +153,8 @@ fn dispatch(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Command::Health => {
-            let store = open_offline(&config)?;
-            let text =
-                crate::report::offline_health(&config, &store).map_err(anyhow::Error::from)?;
+            let store: std::sync::Arc<dyn JobStore> = std::sync::Arc::new(open_offline(&config)?);
+            let text = crate::report::offline_health(&config, store)?;
             println!("{text}");
             Ok(())
         }

@@ -28,6 +28,9 @@ pub struct Core {
     /// Wakes idle workers when a job is queued.
     pub wake: Notify,
     pub default_lang: Lang,
+    /// Latest health sample and the disk guard.
+    pub health: crate::health::HealthState,
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl Core {
@@ -40,6 +43,8 @@ impl Core {
             running: Mutex::new(HashMap::new()),
             wake: Notify::new(),
             default_lang,
+            health: crate::health::HealthState::default(),
+            metrics: crate::metrics::Metrics::default(),
         }
     }
 

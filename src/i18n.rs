@@ -110,6 +110,9 @@ pub enum Msg {
         code: String,
         limit_mb: u64,
     },
+    WaitingForDisk {
+        short_id: String,
+    },
     Cancelled {
         short_id: String,
     },
@@ -182,9 +185,11 @@ fn reason(lang: Lang, code: &str, limit_mb: u64) -> String {
         (Fa, "geo_blocked") => "این رسانه در کشور سرور مسدود است",
         (En, "http_403") => "the site refused access",
         (Fa, "http_403") => "سایت اجازهٔ دسترسی نداد",
-        (En, "too_large") => return format!(
+        (En, "too_large") => {
+            return format!(
             "the file is larger than the {limit_mb} MB upload limit and no smaller format exists"
-        ),
+        )
+        }
         (Fa, "too_large") => {
             return format!(
                 "حجم فایل از سقف ارسال {limit_mb} مگابایت بیشتر است و قالب کوچک‌تری وجود ندارد"
@@ -284,6 +289,8 @@ pub fn render(lang: Lang, msg: &Msg) -> String {
         (Fa, Msg::Delivered { short_id }) => format!("✅ کار {short_id}: ارسال شد."),
         (En, Msg::Failed { short_id, code, limit_mb }) => format!("❌ Job {short_id} failed: {}.", reason(lang, code, *limit_mb)),
         (Fa, Msg::Failed { short_id, code, limit_mb }) => format!("❌ کار {short_id} ناموفق بود: {}.", reason(lang, code, *limit_mb)),
+        (En, Msg::WaitingForDisk { short_id }) => format!("⏸ Job {short_id} is waiting: the server is low on disk space. It will start by itself when space is back."),
+        (Fa, Msg::WaitingForDisk { short_id }) => format!("⏸ کار {short_id} در انتظار است: فضای دیسک سرور کم است. وقتی فضا آزاد شود خودش شروع می‌شود."),
         (En, Msg::Cancelled { short_id }) => format!("🛑 Job {short_id} cancelled."),
         (Fa, Msg::Cancelled { short_id }) => format!("🛑 کار {short_id} لغو شد."),
         (En, Msg::NotFound { id }) => format!("No job {id} found. /jobs lists yours."),

@@ -42,12 +42,12 @@ impl JobId {
         Uuid::from_slice(b).ok().map(JobId)
     }
 
-    /// What users see: the first 8 hex digits. The random part of a v7 id
-    /// starts after 12 hex digits, so two jobs created in the same millisecond
-    /// share this prefix; lookups by prefix therefore report ambiguity instead
-    /// of guessing.
+    /// What users see: the last 8 hex digits. They come from the random
+    /// part of the v7 id (the first digits are the timestamp, shared by every
+    /// job of the same minute); the store keeps an index of them, and a
+    /// rare collision is reported as ambiguous instead of guessed.
     pub fn short(&self) -> String {
-        self.0.simple().to_string()[..8].to_string()
+        self.0.simple().to_string()[24..].to_string()
     }
 
     /// Creation time encoded in the UUIDv7.

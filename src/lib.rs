@@ -19,7 +19,9 @@
 //! - [`upload`]: send a file or a cached `file_id` back to the chat.
 //! - [`cleanup`]: remove a job's folder and settle its outcome.
 //! - [`recovery`]: the pass at start that finishes what a crash left.
-//! - [`report`]: admin reports (`/health`).
+//! - [`health`]: the sampler, alert rules, alerts and the disk guard.
+//! - [`metrics`]: Prometheus counters and the `/metrics`, `/healthz` listener.
+//! - [`report`]: admin reports (`/health`, `/jobs` for admins).
 //! - [`i18n`]: every user-facing text, in English and Persian.
 //!
 //! ARCHITECTURE.md has the bird's-eye view and the invariants.
@@ -32,8 +34,10 @@ pub mod codec;
 pub mod config;
 pub mod core;
 pub mod download;
+pub mod health;
 pub mod i18n;
 pub mod job;
+pub mod metrics;
 pub mod netguard;
 pub mod recovery;
 pub mod report;

@@ -1,29 +1,178 @@
-//! Text reports for admins (`/health`, `tgdl health`). Rendered from
-//! counters the store maintains, never from a scan of all jobs.
+//! Text reports for admins: `/health` (and `tgdl health`), and the admin
+//! view of `/jobs`. Rendered from the latest health sample and the store's
+//! maintained counters, never from a scan of all jobs.
 
+use std::sync::Arc;
+
+use crate::config::Config;
 use crate::core::Core;
-use crate::job::JobState;
-use crate::store::{self, StoreError};
+use crate::health::{rules, Condition, Monitor, Sample, SysinfoProbe};
+use crate::job::{now_ms, Job, JobState};
+use crate::store::{self, JobStore, StoreError};
 
-/// The `/health` text.
-pub async fn health_text(core: &Core) -> Result<String, StoreError> {
-    let counts = store::blocking(&core.store, |s| s.counts()).await?;
-    let mut out = String::from("tgdl health\n");
-    for s in JobState::ALL {
-        out.push_str(&format!("{:<12}{}\n", s.name(), counts.get(s)));
+const GB: f64 = 1024.0 * 1024.0 * 1024.0;
+const MB: f64 = 1024.0 * 1024.0;
+
+/// Render a sample and its conditions.
+pub fn render_health(s: &Sample, conditions: &[Condition]) -> String {
+    let status = rules::status(conditions);
+    let icon = match status {
+        rules::Status::Healthy => "🟢",
+        rules::Status::Warning => "🟠",
+        rules::Status::Critical => "🔴",
+    };
+    let c = &s.counts;
+    let mut out = format!("{icon} tgdl is {}\n\n", status.name());
+    out.push_str(&format!(
+        "disk free: {:.1} GB ({:.1} %)\nmemory: {:.0} %  cpu: {:.0} %\ndownloads folder: {:.1} MB  database: {:.1} MB\nbot: {:.1} MB resident, {} threads, {} open files\n",
+        s.system.disk_free_bytes as f64 / GB,
+        s.system.disk_free_percent(),
+        s.system.memory_percent,
+        s.system.cpu_percent,
+        s.downloads_dir_bytes as f64 / MB,
+        s.db_bytes as f64 / MB,
+        s.system.process_rss_bytes as f64 / MB,
+        s.system.threads,
+        s.system.open_files,
+    ));
+    out.push_str(&format!(
+        "queue: {} queued, {} downloading, {} uploading, {} cleaning\n",
+        c.queued, c.downloading, c.uploading, c.cleaning
+    ));
+    if let Some(age) = s.oldest_queued_age_secs {
+        out.push_str(&format!("oldest queued: {age} s\n"));
+    }
+    out.push_str(&format!(
+        "last hour: {} done, {} failed ({:.0} % failures)\nall time: {} done, {} failed\n",
+        s.done_last_hour,
+        s.failed_last_hour,
+        s.failure_rate() * 100.0,
+        c.done,
+        c.failed
+    ));
+    out.push_str(&format!(
+        "yt-dlp {}, ffmpeg {}\nuptime: {} s\n",
+        s.ytdlp_version,
+        if s.ffmpeg { "present" } else { "missing" },
+        s.uptime_secs
+    ));
+    if !conditions.is_empty() {
+        out.push_str("\nwarnings:\n");
+        for cond in conditions {
+            out.push_str(&format!(
+                "• {}: {}\n  → {}\n",
+                cond.kind.code(),
+                cond.detail,
+                cond.kind.advice()
+            ));
+        }
+    }
+    out
+}
+
+/// The `/health` text: the monitor's latest sample, or a fresh one if the
+/// monitor has not run yet.
+pub async fn health_text(core: &Arc<Core>) -> Result<String, StoreError> {
+    if let Some((s, c)) = core.health.latest() {
+        return Ok(render_health(&s, &c));
+    }
+    let mut m = Monitor::new(
+        core.clone(),
+        None,
+        Box::new(SysinfoProbe::new(&core.config.downloads_dir())),
+    );
+    let s = m.sample().await?;
+    let c = rules::Rules::new(core.config.health.clone()).evaluate(&s);
+    Ok(render_health(&s, &c))
+}
+
+/// `tgdl health` on a stopped bot's database.
+pub fn offline_health(config: &Config, store: Arc<dyn JobStore>) -> anyhow::Result<String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let core = Arc::new(Core::new(Arc::new(config.clone()), store));
+    let ytdlp = crate::download::install::find_on_path("yt-dlp");
+    if let Some(bin) = ytdlp {
+        if let Ok(v) = rt.block_on(crate::download::ytdlp_version(&bin)) {
+            *core.health.ytdlp_version.write().unwrap() = v;
+        }
+    }
+    core.health.ffmpeg.store(
+        crate::download::install::find_on_path("ffmpeg").is_some(),
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    let text = rt.block_on(health_text(&core))?;
+    Ok(format!(
+        "{text}\n(sampled by `tgdl health`; the bot is not running)"
+    ))
+}
+
+/// `/jobs` for an admin: counts per state and every active job.
+pub async fn admin_jobs(core: &Core) -> Result<String, StoreError> {
+    let (counts, active) = store::blocking(&core.store, |s| {
+        let mut active = Vec::new();
+        for st in [
+            JobState::Downloading,
+            JobState::Uploading,
+            JobState::Cleaning,
+            JobState::Queued,
+        ] {
+            active.extend(s.list_state(st, 50)?);
+        }
+        Ok((s.counts()?, active))
+    })
+    .await?;
+    let mut out = format!(
+        "jobs: {} queued, {} downloading, {} uploading, {} cleaning, {} done, {} failed\n",
+        counts.queued,
+        counts.downloading,
+        counts.uploading,
+        counts.cleaning,
+        counts.done,
+        counts.failed
+    );
+    if active.is_empty() {
+        out.push_str("no active jobs");
+    }
+    let now = now_ms();
+    for j in active {
+        out.push_str(&format!(
+            "\n{} · user {} · {} · {} s · {}",
+            j.id.short(),
+            j.user_id,
+            j.state,
+            now.saturating_sub(j.created_at) / 1000,
+            j.url
+        ));
     }
     Ok(out)
 }
 
-/// `tgdl health` on a stopped bot's database.
-pub fn offline_health(
-    _config: &crate::config::Config,
-    store: &dyn store::JobStore,
-) -> Result<String, StoreError> {
-    let counts = store.counts()?;
-    let mut out = String::from("tgdl health\n");
-    for s in JobState::ALL {
-        out.push_str(&format!("{:<12}{}\n", s.name(), counts.get(s)));
+/// `/jobs failed` for an admin: the most recent failures with reasons.
+pub async fn admin_failures(core: &Core, limit: usize) -> Result<String, StoreError> {
+    // The failed index is in id (creation) order; read it from the end.
+    let failed: Vec<Job> = store::blocking(&core.store, move |s| {
+        s.list_state_rev(JobState::Failed, limit)
+    })
+    .await?;
+    if failed.is_empty() {
+        return Ok("no failed jobs".into());
+    }
+    let mut out = String::from("recent failures:");
+    for j in failed {
+        let why = j
+            .failure
+            .as_ref()
+            .map(|e| format!("{}: {}", e.code, e.text))
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "\n{} · user {} · {} · {}",
+            j.id.short(),
+            j.user_id,
+            j.url,
+            why
+        ));
     }
     Ok(out)
 }

@@ -221,4 +221,13 @@ impl StatusMessage {
     pub fn message_id(&self) -> Option<i32> {
         self.message.map(|m| m.0)
     }
+
+    /// Start editing `message_id` when it became known only after this was
+    /// built (a worker can claim a job before the handler has recorded its
+    /// acknowledgement).
+    pub fn attach(&mut self, message_id: i32) {
+        if self.message.is_none() {
+            self.message = Some(MessageId(message_id));
+        }
+    }
 }

@@ -122,7 +122,10 @@ impl Pipeline {
             .store(move |s| s.update(id, expect, to, now_ms(), &edit))
             .await
         {
-            Ok(j) => Ok(Some(j)),
+            Ok(j) => {
+                self.core.metrics.record(job, &j);
+                Ok(Some(j))
+            }
             Err(StoreError::Conflict { .. })
             | Err(StoreError::LeaseLost { .. })
             | Err(StoreError::NotFound(_)) => {
@@ -135,11 +138,21 @@ impl Pipeline {
 
     /// Claim the next due job (queued -> downloading).
     pub async fn claim(&self) -> StepResult {
+        // The disk guard: while free disk is critical, jobs wait in `queued`
+        // (none fails for lack of space) until the monitor sees space again.
+        if self.core.health.is_paused() {
+            return Ok(StepOutcome::Idle);
+        }
         let owner = self.core.boot_id;
         let lease = self.core.config.downloader.lease_secs * 1000;
         Ok(
             match self.store(move |s| s.claim(owner, lease, now_ms())).await? {
-                Some(job) => StepOutcome::Advanced(job),
+                Some(job) => {
+                    self.core
+                        .metrics
+                        .transition(JobState::Queued, JobState::Downloading);
+                    StepOutcome::Advanced(job)
+                }
                 None => StepOutcome::Idle,
             },
         )
@@ -259,18 +272,31 @@ impl Pipeline {
             tokio::select! {
                 r = &mut run => break r,
                 _ = progress_tick.tick() => {
+                    if status.message_id().is_none() {
+                        // Claimed before the handler recorded its
+                        // acknowledgement: look for it again.
+                        let id = job.id;
+                        if let Ok(Some(j)) = self.store(move |s| s.get(id)).await {
+                            if let Some(m) = j.status_msg_id {
+                                status.attach(m);
+                            }
+                        }
+                    }
                     let latest = rx.borrow().clone();
-                    if let Some(p) = latest {
-                        let text = render(lang, &Msg::Progress {
+                    let text = match latest {
+                        Some(p) => render(lang, &Msg::Progress {
                             short_id: short.clone(),
                             percent: p.percent,
                             downloaded: p.downloaded,
                             total: p.total,
                             speed: p.speed,
                             eta: p.eta,
-                        });
-                        status.update(&text).await;
-                    }
+                        }),
+                        None => render(lang, &Msg::Downloading {
+                            short_id: short.clone(),
+                        }),
+                    };
+                    status.update(&text).await;
                 }
                 _ = lease_tick.tick() => {
                     if !self.renew_lease(&job).await {
@@ -321,6 +347,12 @@ impl Pipeline {
             }
             Err(DownloadError::Cancelled) => self.cancelled(&job).await,
             Err(e) => {
+                // An error yt-dlp could not name often means a site changed
+                // and the extractor is out of date: the health task counts them.
+                if matches!(&e, DownloadError::Failed(f, _) if f.reason() == crate::download::Reason::Unknown)
+                {
+                    self.core.health.note_extractor_error(now_ms());
+                }
                 let (class, code) = match &e {
                     DownloadError::Failed(f, _) => (
                         if f.is_retryable() {

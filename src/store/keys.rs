@@ -67,3 +67,23 @@ pub fn count_key(state: JobState) -> [u8; 6] {
     k[5] = state.as_u8();
     k
 }
+
+/// `meta`: `fin\0[state][minute]` -> count of jobs that entered `state`
+/// (done or failed) in that minute. Read for "done and failed in the last
+/// hour" without scanning jobs; old minutes are pruned with retention.
+pub fn finished_key(state: JobState, minute: u64) -> [u8; 13] {
+    let mut k = [0u8; 13];
+    k[..4].copy_from_slice(b"fin\0");
+    k[4] = state.as_u8();
+    k[5..].copy_from_slice(&minute.to_be_bytes());
+    k
+}
+
+/// `shorts`: `[last 4 bytes of the id][id]` -> empty. Finds a job by the
+/// short id users see (its last 8 hex digits).
+pub fn short_key(id: JobId) -> [u8; 4 + ID_LEN] {
+    let mut k = [0u8; 4 + ID_LEN];
+    k[..4].copy_from_slice(&id.as_bytes()[12..]);
+    k[4..].copy_from_slice(id.as_bytes());
+    k
+}

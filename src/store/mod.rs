@@ -256,6 +256,9 @@ pub trait JobStore: Send + Sync {
     /// index only.
     fn list_state(&self, state: JobState, limit: usize) -> Result<Vec<Job>, StoreError>;
 
+    /// Jobs in one state, newest first, at most `limit`.
+    fn list_state_rev(&self, state: JobState, limit: usize) -> Result<Vec<Job>, StoreError>;
+
     /// One user's jobs, newest first, at most `limit`.
     fn list_user(&self, user_id: u64, limit: usize) -> Result<Vec<Job>, StoreError>;
 
@@ -275,6 +278,18 @@ pub trait JobStore: Send + Sync {
     /// Delete done and failed jobs last updated before `older_than`, at most
     /// `batch` per call so a large backlog never blocks the store.
     fn prune_finished(&self, older_than: Millis, batch: usize) -> Result<usize, StoreError>;
+
+    /// Jobs that entered done and failed since `since` (minute resolution),
+    /// from counters maintained as jobs finish.
+    fn finished_since(&self, since: Millis) -> Result<(u64, u64), StoreError>;
+
+    /// Write and flush a marker: `/healthz` answers 503 when this fails.
+    fn probe_write(&self) -> Result<(), StoreError>;
+
+    /// Bytes the database takes on disk.
+    fn size_on_disk(&self) -> u64 {
+        0
+    }
 
     fn quarantined(&self) -> Result<Vec<QuarantineEntry>, StoreError>;
 

@@ -37,6 +37,10 @@ const HOUR_MS: Millis = 3_600_000;
 
 pub struct SledStore {
     db: Db,
+    /// sled's `flush` writes with `sync_file_range`, which does not reach
+    /// the drive's cache or file metadata; an `fdatasync` on the data file
+    /// after it makes a flushed change survive power loss, not only a crash.
+    data_file: Option<std::fs::File>,
     path: PathBuf,
     jobs: Tree,
     by_state: Tree,
@@ -46,6 +50,7 @@ pub struct SledStore {
     turns: Tree,
     cache: Tree,
     requests: Tree,
+    shorts: Tree,
     quarantine: Tree,
     meta: Tree,
 }
@@ -60,6 +65,7 @@ struct Tx<'a> {
     turns: &'a TransactionalTree,
     cache: &'a TransactionalTree,
     requests: &'a TransactionalTree,
+    shorts: &'a TransactionalTree,
     meta: &'a TransactionalTree,
 }
 
@@ -101,8 +107,10 @@ impl SledStore {
             turns: open("turns")?,
             cache: open("cache")?,
             requests: open("requests")?,
+            shorts: open("shorts")?,
             quarantine: open("quarantine")?,
             meta: open("meta")?,
+            data_file: std::fs::File::open(dir.join("db")).ok(),
             db,
         };
         match store.meta.get(keys::META_SCHEMA)? {
@@ -129,13 +137,18 @@ impl SledStore {
         Ok(store)
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// Flush sled, then fdatasync its data file (see `data_file`).
+    fn sync(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        if let Some(f) = &self.data_file {
+            f.sync_data()
+                .map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
+        }
+        Ok(())
     }
 
-    /// Bytes the database takes on disk (for `/health`).
-    pub fn size_on_disk(&self) -> u64 {
-        self.db.size_on_disk().unwrap_or(0)
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// Run `f` as one transaction over every job tree, then flush. A job
@@ -151,12 +164,13 @@ impl SledStore {
             &self.turns,
             &self.cache,
             &self.requests,
+            &self.shorts,
             &self.meta,
         );
         let mut rebuilt = false;
         loop {
             let res = trees.transaction(
-                |(jobs, by_state, by_user, users, ready, turns, cache, requests, meta)| {
+                |(jobs, by_state, by_user, users, ready, turns, cache, requests, shorts, meta)| {
                     f(&Tx {
                         jobs,
                         by_state,
@@ -166,13 +180,14 @@ impl SledStore {
                         turns,
                         cache,
                         requests,
+                        shorts,
                         meta,
                     })
                 },
             );
             return match res {
                 Ok(v) => {
-                    self.db.flush()?;
+                    self.sync()?;
                     Ok(v)
                 }
                 Err(TransactionError::Abort(StoreError::Corrupt { id, source })) => {
@@ -247,6 +262,7 @@ impl SledStore {
             &self.turns,
             &self.cache,
             &self.requests,
+            &self.shorts,
             &self.meta,
             &self.quarantine,
         );
@@ -261,6 +277,7 @@ impl SledStore {
                     turns,
                     cache,
                     requests,
+                    shorts,
                     meta,
                     quarantine,
                 )| {
@@ -273,6 +290,7 @@ impl SledStore {
                         turns,
                         cache,
                         requests,
+                        shorts,
                         meta,
                     };
                     let Some(raw) = jobs.get(id.as_bytes())? else {
@@ -288,6 +306,7 @@ impl SledStore {
                     let entry = codec::encode(&entry).map_err(|e| TxError::Abort(e.into()))?;
                     quarantine.insert(qkey("jobs", id.as_bytes()), entry)?;
                     jobs.remove(id.as_bytes())?;
+                    shorts.remove(&keys::short_key(id))?;
                     for s in JobState::ALL {
                         let Some(v) = by_state.remove(&keys::state_key(s, id))? else {
                             continue;
@@ -320,7 +339,7 @@ impl SledStore {
                 TransactionError::Abort(e) => e,
                 TransactionError::Storage(e) => e.into(),
             })?;
-        self.db.flush()?;
+        self.sync()?;
         Ok(())
     }
 
@@ -372,7 +391,7 @@ impl SledStore {
         }
         self.users
             .insert(user.to_be_bytes(), codec::encode(&rec)?)?;
-        self.db.flush()?;
+        self.sync()?;
         Ok(())
     }
 
@@ -493,14 +512,27 @@ fn apply(tx: &Tx, old: Option<&Job>, new: Option<&Job>, served_at: Option<Millis
         }
     }
 
+    // Finished-per-minute counters for the health report.
+    if let Some(s) = new_state.filter(|s| s.is_finished() && old_state != new_state) {
+        let k = keys::finished_key(s, job.updated_at / 60_000);
+        let n = tx
+            .meta
+            .get(k)?
+            .and_then(|v| keys::u64_at(&v, 0))
+            .unwrap_or(0);
+        tx.meta.insert(&k, &(n + 1).to_be_bytes())?;
+    }
+
     // Per-user index, and the request index that makes intake idempotent.
     match (old.is_some(), new.is_some()) {
         (false, true) => {
             tx.by_user.insert(&keys::user_key(user, id), &[])?;
             tx.requests.insert(keys::request_key(job), id.as_bytes())?;
+            tx.shorts.insert(&keys::short_key(id), &[])?;
         }
         (true, false) => {
             tx.by_user.remove(&keys::user_key(user, id))?;
+            tx.shorts.remove(&keys::short_key(id))?;
             let k = keys::request_key(job);
             // Only unlink the request if it still points at this job.
             if tx.requests.get(&k)?.as_deref() == Some(id.as_bytes().as_slice()) {
@@ -753,13 +785,26 @@ impl JobStore for SledStore {
         let bytes: Vec<u8> = (0..p.len() / 2)
             .map(|i| u8::from_str_radix(&p[2 * i..2 * i + 2], 16).unwrap_or(0))
             .collect();
+        // Up to 8 digits: the short id users see (the id's last digits), or a
+        // prefix of it. Longer: a prefix of the full id.
+        let short = p.len() <= 8;
+        let (tree, id_at) = if short {
+            (&self.shorts, 4)
+        } else {
+            (&self.jobs, 0)
+        };
         let mut found: Option<JobId> = None;
-        for k in self.jobs.scan_prefix(&bytes).keys() {
+        for k in tree.scan_prefix(&bytes).keys() {
             let k = k?;
-            let Some(id) = JobId::from_slice(&k) else {
+            let Some(id) = JobId::from_slice(&k[id_at..]) else {
                 continue;
             };
-            if !id.to_string().starts_with(&p) {
+            let matches = if short {
+                id.short().starts_with(&p)
+            } else {
+                id.to_string().starts_with(&p)
+            };
+            if !matches {
                 continue;
             }
             if found.is_some() {
@@ -777,6 +822,14 @@ impl JobStore for SledStore {
 
     fn list_state(&self, state: JobState, limit: usize) -> Result<Vec<Job>, StoreError> {
         self.jobs_from_index(self.by_state.scan_prefix([state.as_u8()]).keys(), 1, limit)
+    }
+
+    fn list_state_rev(&self, state: JobState, limit: usize) -> Result<Vec<Job>, StoreError> {
+        self.jobs_from_index(
+            self.by_state.scan_prefix([state.as_u8()]).keys().rev(),
+            1,
+            limit,
+        )
     }
 
     fn list_user(&self, user_id: u64, limit: usize) -> Result<Vec<Job>, StoreError> {
@@ -817,13 +870,28 @@ impl JobStore for SledStore {
                 self.quarantine
                     .insert(qkey("cache", key.as_bytes()), codec::encode(&entry)?)?;
                 self.cache.remove(key.as_bytes())?;
-                self.db.flush()?;
+                self.sync()?;
                 Ok(None)
             }
         }
     }
 
     fn prune_finished(&self, older_than: Millis, batch: usize) -> Result<usize, StoreError> {
+        // Minute counters older than a day are of no use to the report.
+        let day_ago = crate::job::now_ms().saturating_sub(24 * HOUR_MS) / 60_000;
+        for state in [JobState::Done, JobState::Failed] {
+            let from = keys::finished_key(state, 0);
+            let to = keys::finished_key(state, day_ago);
+            let old: Vec<sled::IVec> = self
+                .meta
+                .range(from..to)
+                .keys()
+                .take(batch)
+                .collect::<Result<_, _>>()?;
+            for k in old {
+                self.meta.remove(k)?;
+            }
+        }
         let mut pruned = 0;
         for state in [JobState::Done, JobState::Failed] {
             // Ids sort by creation, and a job finishes after it is created:
@@ -860,6 +928,29 @@ impl JobStore for SledStore {
         Ok(pruned)
     }
 
+    fn finished_since(&self, since: Millis) -> Result<(u64, u64), StoreError> {
+        let mut out = [0u64; 2];
+        for (i, state) in [JobState::Done, JobState::Failed].into_iter().enumerate() {
+            let from = keys::finished_key(state, since / 60_000);
+            let to = keys::finished_key(state, u64::MAX);
+            for kv in self.meta.range(from..=to) {
+                let (_, v) = kv?;
+                out[i] += keys::u64_at(&v, 0).unwrap_or(0);
+            }
+        }
+        Ok((out[0], out[1]))
+    }
+
+    fn probe_write(&self) -> Result<(), StoreError> {
+        self.meta
+            .insert(b"healthz", &crate::job::now_ms().to_be_bytes())?;
+        self.sync()
+    }
+
+    fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+
     fn quarantined(&self) -> Result<Vec<QuarantineEntry>, StoreError> {
         let mut out = Vec::new();
         for v in self.quarantine.iter().values() {
@@ -873,7 +964,7 @@ impl JobStore for SledStore {
     }
 
     fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush()?;
+        self.sync()?;
         Ok(())
     }
 

@@ -126,6 +126,12 @@ impl TestBot {
         }
     }
 
+    /// Whether `run` is still going (it has not returned, with an error or
+    /// otherwise). A bot that crashed or gave up is not running.
+    pub fn is_running(&self) -> bool {
+        self.handle.as_ref().is_some_and(|h| !h.is_finished())
+    }
+
     pub fn downloads(&self) -> PathBuf {
         self.config.downloads_dir()
     }
@@ -149,8 +155,24 @@ impl TestBot {
     }
 
     /// Open the database (the bot must be stopped: sled allows one opener).
+    ///
+    /// sled releases its file lock when the last of its background I/O
+    /// threads lets go of the database, which can be a moment after the bot's
+    /// last handle is dropped; there is nothing to be notified by, so a
+    /// `Locked` answer is retried for a few seconds.
     pub fn store(&self) -> tgdl::store::SledStore {
-        tgdl::store::SledStore::open(&self.config.db_dir()).expect("open db after stop")
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            match tgdl::store::SledStore::open(&self.config.db_dir()) {
+                Ok(store) => return store,
+                Err(tgdl::store::StoreError::Locked { .. })
+                    if std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                Err(e) => panic!("open db after stop: {e:?}"),
+            }
+        }
     }
 }
 

@@ -1,0 +1,444 @@
+//! Health: alerts reach the admin through the fake Bot API (once per
+//! cooldown, then "resolved"), the disk guard pauses and resumes claiming,
+//! admin commands, and /metrics parsed as Prometheus text.
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use support::bot::{media, TestBot, ADMIN};
+use support::fake_telegram::FakeTelegram;
+use tgdl::config::Config;
+use tgdl::core::{self, Core, LinkRequest};
+use tgdl::health::{Monitor, Probe, SystemSample};
+use tgdl::i18n::Lang;
+use tgdl::job::{JobOptions, JobState};
+use tgdl::store::{JobStore, SledStore};
+use tgdl::worker::{Pipeline, StepOutcome};
+
+const T: Duration = Duration::from_secs(30);
+const GB: u64 = 1 << 30;
+
+/// A probe the test controls: the same interface the sysinfo probe
+/// implements, fed with the machine state the test needs.
+#[derive(Clone)]
+struct Scripted(Arc<Mutex<SystemSample>>);
+
+impl Probe for Scripted {
+    fn system(&mut self) -> SystemSample {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+fn normal() -> SystemSample {
+    SystemSample {
+        disk_total_bytes: 100 * GB,
+        disk_free_bytes: 60 * GB,
+        memory_percent: 30.0,
+        cpu_percent: 5.0,
+        process_rss_bytes: 20 << 20,
+        threads: 8,
+        open_files: 12,
+    }
+}
+
+fn core_for(api: &FakeTelegram, dir: &std::path::Path, extra: &str) -> Arc<Core> {
+    let config: Config = support::bot::test_config(dir, api, extra);
+    std::fs::create_dir_all(config.downloads_dir()).unwrap();
+    let store: Arc<dyn JobStore> = Arc::new(SledStore::open(&config.db_dir()).unwrap());
+    Arc::new(Core::new(Arc::new(config), store))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_condition_alerts_the_admin_once_per_cooldown_then_resolves() {
+    let api = FakeTelegram::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let core = core_for(
+        &api,
+        dir.path(),
+        "[health]\nalert_cooldown_secs = 3600\nmemory_percent_warning = 50",
+    );
+    let machine = Scripted(Arc::new(Mutex::new(normal())));
+    let mut monitor = Monitor::new(core.clone(), Some(api.bot()), Box::new(machine.clone()));
+
+    assert!(
+        monitor.tick().await.unwrap().alerts.is_empty(),
+        "healthy: no alert"
+    );
+    machine.0.lock().unwrap().memory_percent = 91.0;
+    let tick = monitor.tick().await.unwrap();
+    assert_eq!(tick.alerts.len(), 1);
+    let to_admin = api
+        .wait_for_messages(ADMIN as i64, |m| !m.is_empty(), T)
+        .await;
+    let text = to_admin[0].text.clone().unwrap();
+    assert!(
+        text.contains("memory_high") && text.contains("91 %"),
+        "{text}"
+    );
+    assert!(text.contains("What to do"), "{text}");
+    // Still high: no second alert within the cooldown.
+    monitor.tick().await.unwrap();
+    monitor.tick().await.unwrap();
+    assert_eq!(api.sent_messages(ADMIN as i64).len(), 1);
+    // It clears: one "resolved".
+    machine.0.lock().unwrap().memory_percent = 30.0;
+    monitor.tick().await.unwrap();
+    let msgs = api
+        .wait_for_messages(ADMIN as i64, |m| m.len() >= 2, T)
+        .await;
+    assert!(msgs[1]
+        .text
+        .as_deref()
+        .unwrap()
+        .contains("resolved: memory_high"));
+    monitor.tick().await.unwrap();
+    assert_eq!(api.sent_messages(ADMIN as i64).len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_alert_that_cannot_be_delivered_stops_nothing() {
+    let api = FakeTelegram::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let core = core_for(&api, dir.path(), "[health]\nmemory_percent_warning = 50");
+    let machine = Scripted(Arc::new(Mutex::new(SystemSample {
+        memory_percent: 95.0,
+        ..normal()
+    })));
+    let mut monitor = Monitor::new(core.clone(), Some(api.bot()), Box::new(machine));
+    api.fail_next("sendMessage", support::fake_telegram::Failure::Forbidden);
+    let tick = monitor.tick().await.expect("the tick completes");
+    assert_eq!(tick.alerts.len(), 1);
+    assert!(
+        core.health.latest().is_some(),
+        "the sample was still recorded"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_disk_guard_pauses_claiming_tells_users_and_resumes() {
+    let api = FakeTelegram::start().await;
+    let media = media().await;
+    let dir = tempfile::tempdir().unwrap();
+    let core = core_for(&api, dir.path(), "");
+    let machine = Scripted(Arc::new(Mutex::new(normal())));
+    let mut monitor = Monitor::new(core.clone(), Some(api.bot()), Box::new(machine.clone()));
+    let pipeline = Pipeline {
+        core: core.clone(),
+        bot: api.bot(),
+        ytdlp: tgdl::download::install::find_on_path("yt-dlp")
+            .expect("yt-dlp on PATH (.ci/run installs it)"),
+        has_ffmpeg: true,
+        shutdown: tokio_util::sync::CancellationToken::new(),
+        upload_grace: Duration::from_secs(1),
+    };
+    // A user's link is accepted and has its status message.
+    let report = core::submit(
+        &core,
+        LinkRequest {
+            chat_id: 77,
+            user_id: 77,
+            message_id: 1,
+            lang: Lang::En,
+            text: media.url("/tiny.mp4"),
+            entities: vec![],
+            options: JobOptions::default(),
+        },
+    )
+    .await
+    .unwrap();
+    let job = match &report.outcomes[0] {
+        core::Submission::Accepted { job, .. } => job.clone(),
+        other => panic!("{other:?}"),
+    };
+    let status = api.bot();
+    use teloxide::prelude::Requester;
+    let sent = status
+        .send_message(teloxide::types::ChatId(77), "Accepted")
+        .await
+        .unwrap();
+    core::attach_status(&core, job.id, sent.id.0).await.unwrap();
+
+    // The disk fills: claiming pauses, the job waits, the user is told why.
+    machine.0.lock().unwrap().disk_free_bytes = 5 * GB;
+    let tick = monitor.tick().await.unwrap();
+    assert!(tick.paused);
+    assert!(matches!(pipeline.claim().await.unwrap(), StepOutcome::Idle));
+    assert_eq!(
+        core.store.get(job.id).unwrap().unwrap().state,
+        JobState::Queued
+    );
+    let msgs = api
+        .wait_for_messages(
+            77,
+            |m| {
+                m.iter().any(|m| {
+                    m.text
+                        .as_deref()
+                        .is_some_and(|t| t.contains("low on disk space"))
+                })
+            },
+            T,
+        )
+        .await;
+    assert!(!msgs.is_empty());
+    // Still low: still paused, and no job failed for it.
+    monitor.tick().await.unwrap();
+    assert!(matches!(pipeline.claim().await.unwrap(), StepOutcome::Idle));
+    assert_eq!(core.store.counts().unwrap().failed, 0);
+
+    // Space returns: claiming resumes by itself.
+    machine.0.lock().unwrap().disk_free_bytes = 50 * GB;
+    assert!(!monitor.tick().await.unwrap().paused);
+    match pipeline.claim().await.unwrap() {
+        StepOutcome::Advanced(j) => assert_eq!(j.id, job.id),
+        other => panic!("expected a claim, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn admin_commands_work_and_refuse_non_admins() {
+    let api = FakeTelegram::start().await;
+    let media = media().await;
+    let _bot = TestBot::start(&api, "").await;
+    let user = 4242i64;
+    // A job that fails (404), for /jobs failed, /job and /retry.
+    api.push_text(user, user as u64, &media.url("/404"), None);
+    let failed = api
+        .wait_for_messages(
+            user,
+            |m| {
+                m.iter()
+                    .any(|m| m.text.as_deref().is_some_and(|t| t.contains("failed")))
+            },
+            T,
+        )
+        .await;
+    let short = failed
+        .iter()
+        .find_map(|m| {
+            m.text
+                .as_deref()
+                .and_then(|t| t.split("Job ").nth(1))
+                .map(|t| t[..8].to_string())
+        })
+        .expect("a short id");
+
+    // Non-admins: /health is refused.
+    api.push_text(user, user as u64, "/health", None);
+    api.wait_for_messages(
+        user,
+        |m| {
+            m.iter()
+                .any(|m| m.text.as_deref() == Some("This command is for the bot's admins only."))
+        },
+        T,
+    )
+    .await;
+
+    // Admin /health: status line and figures.
+    let admin = ADMIN as i64;
+    api.push_text(admin, ADMIN, "/health", None);
+    let m = api
+        .wait_for_messages(
+            admin,
+            |m| {
+                m.iter()
+                    .any(|m| m.text.as_deref().is_some_and(|t| t.contains("tgdl is")))
+            },
+            T,
+        )
+        .await;
+    let health = m
+        .iter()
+        .filter_map(|m| m.text.clone())
+        .find(|t| t.contains("tgdl is"))
+        .unwrap();
+    for needle in [
+        "disk free",
+        "memory",
+        "queue:",
+        "last hour",
+        "yt-dlp",
+        "uptime",
+    ] {
+        assert!(health.contains(needle), "{needle} in {health}");
+    }
+    // Admin /jobs: counts per state; /jobs failed: the failure with its reason.
+    api.push_text(admin, ADMIN, "/jobs", None);
+    api.wait_for_messages(
+        admin,
+        |m| {
+            m.iter().any(|m| {
+                m.text
+                    .as_deref()
+                    .is_some_and(|t| t.starts_with("jobs:") && t.contains("1 failed"))
+            })
+        },
+        T,
+    )
+    .await;
+    api.push_text(admin, ADMIN, "/jobs failed", None);
+    api.wait_for_messages(
+        admin,
+        |m| {
+            m.iter().any(|m| {
+                m.text.as_deref().is_some_and(|t| {
+                    t.contains("recent failures") && t.contains(&short) && t.contains("http_404")
+                })
+            })
+        },
+        T,
+    )
+    .await;
+    // Admin /job on another user's job shows its history.
+    api.push_text(admin, ADMIN, &format!("/job {short}"), None);
+    api.wait_for_messages(
+        admin,
+        |m| {
+            m.iter().any(|m| {
+                m.text
+                    .as_deref()
+                    .is_some_and(|t| t.contains("history:") && t.contains("failed"))
+            })
+        },
+        T,
+    )
+    .await;
+    // Admin /retry on another user's failed job requeues it.
+    api.push_text(admin, ADMIN, &format!("/retry {short}"), None);
+    api.wait_for_messages(
+        admin,
+        |m| {
+            m.iter().any(|m| {
+                m.text
+                    .as_deref()
+                    .is_some_and(|t| t.contains("queued again"))
+            })
+        },
+        T,
+    )
+    .await;
+    // A non-owner, non-admin cannot touch it.
+    api.push_text(5555, 5555, &format!("/cancel {short}"), None);
+    api.wait_for_messages(
+        5555,
+        |m| {
+            m.iter()
+                .any(|m| m.text.as_deref().is_some_and(|t| t.contains("not yours")))
+        },
+        T,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn admin_cancel_works_on_any_job() {
+    let api = FakeTelegram::start().await;
+    let media = media().await;
+    let _bot = TestBot::start(&api, "[downloader]\nconcurrency = 1").await;
+    let user = 4243i64;
+    // Hold the worker with a slow download so the second job stays queued.
+    api.push_text(
+        user,
+        user as u64,
+        &media.url("/slow/clip.mp4?burst=1024&chunk=1024&delay_ms=200"),
+        None,
+    );
+    api.push_text(user, user as u64, &media.url("/tiny.mp4?second"), None);
+    // Status messages are edited later; the acknowledgements as sent carry
+    // the short ids.
+    let acks = api
+        .wait_for(
+            |calls| {
+                calls
+                    .iter()
+                    .filter(|c| {
+                        c.is("sendMessage")
+                            && c.text().is_some_and(|t| t.contains("Accepted as job "))
+                    })
+                    .count()
+                    >= 2
+            },
+            T,
+        )
+        .await;
+    let shorts: Vec<String> = acks
+        .iter()
+        .filter(|c| c.is("sendMessage"))
+        .filter_map(|c| c.text())
+        .filter(|t| t.contains("Accepted as job "))
+        .map(|t| t.split("job ").nth(1).unwrap()[..8].to_string())
+        .collect();
+    let admin = ADMIN as i64;
+    for s in &shorts {
+        api.push_text(admin, ADMIN, &format!("/cancel {s}"), None);
+    }
+    api.wait_for_messages(
+        admin,
+        |m| {
+            m.iter()
+                .filter(|m| m.text.as_deref().is_some_and(|t| t.contains("cancelled")))
+                .count()
+                >= 2
+        },
+        T,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn metrics_parse_as_prometheus_text_and_healthz_answers() {
+    let api = FakeTelegram::start().await;
+    let media = media().await;
+    let port = support::free_port();
+    let bot = TestBot::start(
+        &api,
+        &format!("[health]\nmetrics_listen = \"127.0.0.1:{port}\"\ninterval_secs = 1"),
+    )
+    .await;
+    api.push_text(31, 31, &media.url("/tiny.mp4"), None);
+    api.wait_for_call("deleteMessage", T).await;
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    // The listener starts with the bot; the job is done, so the metrics
+    // carry its transitions.
+    let text = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
+        .expect("valid exposition format");
+    let value = |name: &str, label: Option<(&str, &str)>| -> f64 {
+        scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name && label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
+            .map(|s| match s.value {
+                prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                _ => f64::NAN,
+            })
+            .unwrap_or_else(|| panic!("{name} {label:?} missing in:\n{text}"))
+    };
+    assert_eq!(value("tgdl_jobs", Some(("state", "done"))), 1.0);
+    assert_eq!(value("tgdl_jobs", Some(("state", "queued"))), 0.0);
+    assert!(value("tgdl_transitions_total", Some(("to", "done"))) >= 1.0);
+    assert!(value("tgdl_uploaded_bytes_total", None) > 0.0);
+    assert!(
+        scrape
+            .samples
+            .iter()
+            .any(|s| s.metric == "tgdl_stage_duration_seconds"),
+        "histogram present"
+    );
+    let r = client.get(format!("{base}/healthz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    drop(bot);
+}
