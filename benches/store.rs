@@ -240,6 +240,7 @@ fn new_job(thread: u64, i: u64) -> NewJob {
         url: format!("https://www.youtube.com/watch?v=bench{req:011}"),
         options: JobOptions::default(),
         parent: None,
+        not_before: None,
     }
 }
 

@@ -6,21 +6,26 @@ use std::sync::Arc;
 
 use teloxide::dispatching::UpdateFilterExt;
 use teloxide::prelude::*;
-use teloxide::types::{MessageId, ReplyParameters};
+use teloxide::types::{
+    CallbackQuery, InlineKeyboardButton, InlineKeyboardMarkup, MessageId, ReplyParameters,
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::core::{
-    self, Access, Asker, CancelOutcome, Core, LinkRequest, Lookup, RetryOutcome, Submission,
+    self, Access, Asker, CancelOutcome, ChooseOutcome, Core, LinkRequest, Lookup, RetryOutcome,
+    Submission,
 };
 use crate::i18n::{render, JobLine, Lang, Msg};
-use crate::job::{now_ms, Job, JobOptions, MediaKind};
+use crate::job::{now_ms, Job, JobId, JobOptions, MediaKind};
 use crate::netguard::LinkEntity;
-use crate::store::Refusal;
+use crate::store::{Refusal, UserSettings};
 
 /// Run long polling until `shutdown` fires. Updates in flight finish first,
 /// so an accepted link is always answered.
 pub async fn run_dispatcher(bot: Bot, core: Arc<Core>, shutdown: CancellationToken) {
-    let handler = dptree::entry().branch(Update::filter_message().endpoint(on_message));
+    let handler = dptree::entry()
+        .branch(Update::filter_message().endpoint(on_message))
+        .branch(Update::filter_callback_query().endpoint(on_callback));
     let mut dispatcher = Dispatcher::builder(bot, handler)
         .dependencies(dptree::deps![core])
         .default_handler(|_| async {})
@@ -88,8 +93,18 @@ async fn on_message(bot: Bot, msg: Message, core: Arc<Core>) -> ResponseResult<(
         return Ok(());
     }
     let user_id = user.id.0;
-    let lang = Lang::pick(user.language_code.as_deref(), core.default_lang);
     let access = core.access(user_id);
+    let settings = if access == Access::Denied {
+        UserSettings::default()
+    } else {
+        core::user_settings(&core, user_id)
+            .await
+            .unwrap_or_default()
+    };
+    let lang = Lang::pick(
+        settings.lang.as_deref().or(user.language_code.as_deref()),
+        core.default_lang,
+    );
     if access == Access::Denied {
         reply(&bot, &msg, render(lang, &Msg::NotAllowed)).await?;
         return Ok(());
@@ -113,11 +128,20 @@ async fn on_message(bot: Bot, msg: Message, core: Arc<Core>) -> ResponseResult<(
             "start" | "help" => say(Msg::Help),
             "audio" if arg.is_empty() => say(Msg::UsageAudio),
             "audio" => {
+                // Asked for audio explicitly: no choice to offer.
                 let options = JobOptions {
                     kind: MediaKind::Audio,
                     max_height: None,
                 };
-                return submit(&bot, &msg, &core, lang, text, entities, options).await;
+                return submit(&bot, &msg, &core, lang, text, entities, options, false).await;
+            }
+            "settings" => {
+                let (text, keyboard) = settings_view(lang, &settings);
+                bot.send_message(msg.chat.id, text)
+                    .reply_markup(keyboard)
+                    .reply_parameters(ReplyParameters::new(msg.id).allow_sending_without_reply())
+                    .await?;
+                return Ok(());
             }
             // Admins see the whole queue; `/jobs failed` the recent failures.
             "jobs" if asker.admin && arg.eq_ignore_ascii_case("failed") => {
@@ -179,18 +203,15 @@ async fn on_message(bot: Bot, msg: Message, core: Arc<Core>) -> ResponseResult<(
         reply(&bot, &msg, out).await?;
         return Ok(());
     }
-    submit(
-        &bot,
-        &msg,
-        &core,
-        lang,
-        text,
-        entities,
-        JobOptions::default(),
-    )
-    .await
+    let options = JobOptions {
+        kind: settings.kind,
+        max_height: settings.max_height,
+    };
+    let ask = settings.ask && core.config.telegram.choice_wait_secs > 0;
+    submit(&bot, &msg, &core, lang, text, entities, options, ask).await
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn submit(
     bot: &Bot,
     msg: &Message,
@@ -199,6 +220,7 @@ async fn submit(
     text: String,
     entities: Vec<LinkEntity>,
     options: JobOptions,
+    ask: bool,
 ) -> ResponseResult<()> {
     let Some(user) = msg.from.as_ref() else {
         return Ok(());
@@ -211,6 +233,8 @@ async fn submit(
         text,
         entities,
         options,
+        // While the user may still choose, workers leave the job alone.
+        not_before: ask.then(|| now_ms() + core.config.telegram.choice_wait_secs * 1000),
     };
     let report = match core::submit(core, req).await {
         Ok(r) => r,
@@ -242,13 +266,14 @@ async fn submit(
                         position,
                     },
                 );
-                let sent = bot
-                    .send_message(msg.chat.id, text)
-                    .reply_parameters(
-                        ReplyParameters::new(MessageId(job.request_msg_id))
-                            .allow_sending_without_reply(),
-                    )
-                    .await?;
+                let mut send = bot.send_message(msg.chat.id, text).reply_parameters(
+                    ReplyParameters::new(MessageId(job.request_msg_id))
+                        .allow_sending_without_reply(),
+                );
+                if ask {
+                    send = send.reply_markup(choice_keyboard(lang, job.id));
+                }
+                let sent = send.await?;
                 if let Err(e) = core::attach_status(core, job.id, sent.id.0).await {
                     tracing::warn!(job = %job.id, error = %e, "cannot record the status message");
                 }
@@ -347,6 +372,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn button_data_round_trips_and_fits_telegram_limits() {
+        let id = JobId::new();
+        for k in [MediaKind::Video, MediaKind::Audio, MediaKind::Document] {
+            let data = format!("k:{id}:{}", kind_code(k));
+            assert!(data.len() <= 64);
+            assert_eq!(parse_press(&data), Some(Press::Choose(id, k)));
+        }
+        assert_eq!(parse_press(&format!("c:{id}")), Some(Press::Cancel(id)));
+        assert_eq!(
+            parse_press("s:q:720"),
+            Some(Press::Setting("q".into(), "720".into()))
+        );
+        assert_eq!(parse_press("k:nope:v"), None);
+        assert_eq!(parse_press("zzz"), None);
+    }
+
+    #[test]
     fn commands_parse_with_bot_names_and_arguments() {
         assert_eq!(parse_command("/start"), Some(("start".into(), "".into())));
         assert_eq!(
@@ -360,5 +402,313 @@ mod tests {
         assert_eq!(parse_command("https://e.com/x"), None);
         assert_eq!(parse_command("/"), None);
         assert_eq!(parse_command("/../etc"), None);
+    }
+}
+
+fn button(label: impl Into<String>, data: String) -> InlineKeyboardButton {
+    InlineKeyboardButton::callback(label.into(), data)
+}
+
+/// Video / Audio / Document / Cancel under a new job's status message.
+/// Callback data stays well under Telegram's 64 bytes: `k:<id>:<v|a|d>`.
+fn choice_keyboard(lang: Lang, id: JobId) -> InlineKeyboardMarkup {
+    let l = |en: &str, fa: &str| {
+        if lang == Lang::Fa {
+            fa.to_string()
+        } else {
+            en.to_string()
+        }
+    };
+    InlineKeyboardMarkup::new(vec![
+        vec![
+            button(l("🎬 Video", "🎬 ویدیو"), format!("k:{id}:v")),
+            button(l("🎵 Audio", "🎵 صوت"), format!("k:{id}:a")),
+            button(l("📄 Document", "📄 فایل"), format!("k:{id}:d")),
+        ],
+        vec![button(l("✖ Cancel", "✖ لغو"), format!("c:{id}"))],
+    ])
+}
+
+const QUALITIES: [u32; 4] = [1080, 720, 480, 360];
+
+/// The `/settings` text and its buttons (`s:<field>:<value>`).
+fn settings_view(lang: Lang, s: &UserSettings) -> (String, InlineKeyboardMarkup) {
+    let fa = lang == Lang::Fa;
+    let quality = s.max_height.map(|h| format!("{h}p")).unwrap_or_else(|| {
+        if fa {
+            "بهترین".into()
+        } else {
+            "best".into()
+        }
+    });
+    let language = s.lang.clone().unwrap_or_else(|| {
+        if fa {
+            "خودکار".into()
+        } else {
+            "auto".into()
+        }
+    });
+    let text = if fa {
+        format!(
+            "تنظیمات شما:\nنوع: {}\nکیفیت: {}\nپرسیدن برای هر لینک: {}\nزبان: {}",
+            kind_label(lang, s.kind),
+            quality,
+            if s.ask { "بله" } else { "خیر" },
+            language
+        )
+    } else {
+        format!(
+            "Your settings:\nformat: {}\nquality: {}\nask on each link: {}\nlanguage: {}",
+            kind_label(lang, s.kind),
+            quality,
+            if s.ask { "yes" } else { "no" },
+            language
+        )
+    };
+    let mark = |on: bool, label: String| if on { format!("• {label}") } else { label };
+    let kinds = [MediaKind::Video, MediaKind::Audio, MediaKind::Document].map(|k| {
+        button(
+            mark(s.kind == k, kind_label(lang, k)),
+            format!("s:k:{}", kind_code(k)),
+        )
+    });
+    let mut qualities = vec![button(
+        mark(
+            s.max_height.is_none(),
+            if fa {
+                "بهترین".into()
+            } else {
+                "best".into()
+            },
+        ),
+        "s:q:0".into(),
+    )];
+    qualities.extend(QUALITIES.map(|h| {
+        button(
+            mark(s.max_height == Some(h), format!("{h}p")),
+            format!("s:q:{h}"),
+        )
+    }));
+    let ask = if fa {
+        if s.ask {
+            "پرسیدن: روشن"
+        } else {
+            "پرسیدن: خاموش"
+        }
+    } else if s.ask {
+        "ask: on"
+    } else {
+        "ask: off"
+    };
+    let langs = vec![
+        button(
+            mark(s.lang.as_deref() == Some("en"), "English".into()),
+            "s:l:en".into(),
+        ),
+        button(
+            mark(s.lang.as_deref() == Some("fa"), "فارسی".into()),
+            "s:l:fa".into(),
+        ),
+        button(
+            mark(
+                s.lang.is_none(),
+                if fa {
+                    "خودکار".into()
+                } else {
+                    "auto".into()
+                },
+            ),
+            "s:l:-".into(),
+        ),
+    ];
+    let keyboard = InlineKeyboardMarkup::new(vec![
+        kinds.to_vec(),
+        qualities,
+        vec![button(ask, format!("s:a:{}", if s.ask { 0 } else { 1 }))],
+        langs,
+    ]);
+    (text, keyboard)
+}
+
+fn kind_code(k: MediaKind) -> char {
+    match k {
+        MediaKind::Video => 'v',
+        MediaKind::Audio => 'a',
+        MediaKind::Document => 'd',
+    }
+}
+
+fn kind_from_code(c: &str) -> Option<MediaKind> {
+    match c {
+        "v" => Some(MediaKind::Video),
+        "a" => Some(MediaKind::Audio),
+        "d" => Some(MediaKind::Document),
+        _ => None,
+    }
+}
+
+fn kind_label(lang: Lang, k: MediaKind) -> String {
+    let fa = lang == Lang::Fa;
+    match k {
+        MediaKind::Video => {
+            if fa {
+                "ویدیو"
+            } else {
+                "video"
+            }
+        }
+        MediaKind::Audio => {
+            if fa {
+                "صوت"
+            } else {
+                "audio"
+            }
+        }
+        MediaKind::Document => {
+            if fa {
+                "فایل"
+            } else {
+                "document"
+            }
+        }
+    }
+    .to_string()
+}
+
+/// What a callback button asks for.
+#[derive(Debug, PartialEq, Eq)]
+enum Press {
+    Choose(JobId, MediaKind),
+    Cancel(JobId),
+    Setting(String, String),
+}
+
+fn parse_press(data: &str) -> Option<Press> {
+    let mut parts = data.splitn(3, ':');
+    match (parts.next()?, parts.next(), parts.next()) {
+        ("k", Some(id), Some(k)) => Some(Press::Choose(id.parse().ok()?, kind_from_code(k)?)),
+        ("c", Some(id), None) => Some(Press::Cancel(id.parse().ok()?)),
+        ("s", Some(field), Some(value)) => {
+            Some(Press::Setting(field.to_string(), value.to_string()))
+        }
+        _ => None,
+    }
+}
+
+/// Inline buttons: the choice on a new job, its cancel, and `/settings`.
+async fn on_callback(bot: Bot, q: CallbackQuery, core: Arc<Core>) -> ResponseResult<()> {
+    let user_id = q.from.id.0;
+    let access = core.access(user_id);
+    let settings = core::user_settings(&core, user_id)
+        .await
+        .unwrap_or_default();
+    let lang = Lang::pick(
+        settings.lang.as_deref().or(q.from.language_code.as_deref()),
+        core.default_lang,
+    );
+    let asker = Asker {
+        user_id,
+        admin: access == Access::Admin,
+    };
+    let message = q.regular_message().map(|m| (m.chat.id, m.id));
+    let press = q.data.as_deref().and_then(parse_press);
+    let answer = |text: String| {
+        let bot = bot.clone();
+        let id = q.id.clone();
+        async move { bot.answer_callback_query(id).text(text).await.map(|_| ()) }
+    };
+    if access == Access::Denied {
+        return answer(render(lang, &Msg::NotAllowed)).await;
+    }
+    match press {
+        None => answer(render(lang, &Msg::Help)).await,
+        Some(Press::Choose(id, kind)) => {
+            let text = match core::choose(&core, asker, id, kind).await {
+                Ok(ChooseOutcome::Chosen(j)) => {
+                    let line = render(
+                        lang,
+                        &Msg::Chosen {
+                            short_id: j.id.short(),
+                            kind: kind_label(lang, kind),
+                        },
+                    );
+                    if let Some((chat, mid)) = message {
+                        // Replacing the text drops the buttons.
+                        let _ = bot.edit_message_text(chat, mid, line.clone()).await;
+                    }
+                    line
+                }
+                Ok(ChooseOutcome::TooLate(j)) => render(
+                    lang,
+                    &Msg::TooLate {
+                        short_id: j.id.short(),
+                    },
+                ),
+                Ok(ChooseOutcome::Lookup(l)) => lookup_text(lang, l, &id.short()),
+                Err(e) => internal(lang, e),
+            };
+            answer(text).await
+        }
+        Some(Press::Cancel(id)) => {
+            let text = match core::cancel(&core, asker, &id.to_string()).await {
+                Ok(CancelOutcome::Cancelled(j)) => {
+                    let line = render(
+                        lang,
+                        &Msg::Cancelled {
+                            short_id: j.id.short(),
+                        },
+                    );
+                    if let Some((chat, mid)) = message {
+                        let _ = bot.edit_message_text(chat, mid, line.clone()).await;
+                    }
+                    line
+                }
+                Ok(CancelOutcome::AlreadyFinished(j)) => render(
+                    lang,
+                    &Msg::AlreadyFinished {
+                        short_id: j.id.short(),
+                        state: j.state.name().into(),
+                    },
+                ),
+                Ok(CancelOutcome::Lookup(l)) => lookup_text(lang, l, &id.short()),
+                Err(e) => internal(lang, e),
+            };
+            answer(text).await
+        }
+        Some(Press::Setting(field, value)) => {
+            let changed = core::change_settings(&core, user_id, move |s| {
+                match (field.as_str(), value.as_str()) {
+                    ("k", v) => {
+                        if let Some(k) = kind_from_code(v) {
+                            s.kind = k
+                        }
+                    }
+                    ("q", v) => s.max_height = v.parse::<u32>().ok().filter(|h| *h > 0),
+                    ("a", v) => s.ask = v == "1",
+                    ("l", "en") => s.lang = Some("en".into()),
+                    ("l", "fa") => s.lang = Some("fa".into()),
+                    ("l", _) => s.lang = None,
+                    _ => {}
+                }
+            })
+            .await;
+            match changed {
+                Ok(new) => {
+                    let lang = Lang::pick(
+                        new.lang.as_deref().or(q.from.language_code.as_deref()),
+                        core.default_lang,
+                    );
+                    let (text, keyboard) = settings_view(lang, &new);
+                    if let Some((chat, mid)) = message {
+                        let _ = bot
+                            .edit_message_text(chat, mid, text)
+                            .reply_markup(keyboard)
+                            .await;
+                    }
+                    answer(render(lang, &Msg::Saved)).await
+                }
+                Err(e) => answer(internal(lang, e)).await,
+            }
+        }
     }
 }

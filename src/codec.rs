@@ -78,6 +78,7 @@ mod tests {
                 url: "https://example.com/watch?v=1".into(),
                 options: JobOptions::default(),
                 parent: None,
+                not_before: None,
             },
             1_700_000_000_000,
         )

@@ -63,6 +63,9 @@ pub struct TelegramConfig {
     pub progress_interval_secs: u64,
     /// HTTP timeout for Bot API calls, uploads included.
     pub request_timeout_secs: u64,
+    /// Seconds a user has to pick video, audio or document on a new link
+    /// before their default applies (0: never ask).
+    pub choice_wait_secs: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -139,6 +142,7 @@ impl Default for TelegramConfig {
             max_links_per_message: 5,
             progress_interval_secs: 3,
             request_timeout_secs: 600,
+            choice_wait_secs: 5,
         }
     }
 }
@@ -301,6 +305,7 @@ impl Config {
             1,
             3600,
         )?;
+        range("telegram.choice_wait_secs", t.choice_wait_secs, 0, 600)?;
         range(
             "telegram.request_timeout_secs",
             t.request_timeout_secs,

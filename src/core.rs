@@ -86,6 +86,8 @@ pub struct LinkRequest {
     pub text: String,
     pub entities: Vec<LinkEntity>,
     pub options: JobOptions,
+    /// Hold the jobs until then (the choice window).
+    pub not_before: Option<crate::job::Millis>,
 }
 
 #[derive(Clone, Debug)]
@@ -145,6 +147,7 @@ pub async fn submit(core: &Core, req: LinkRequest) -> Result<SubmitReport, Store
             url: url.to_string(),
             options: req.options.clone(),
             parent: None,
+            not_before: req.not_before,
         };
         match core.call(move |s| s.enqueue(new, limits, now_ms())).await {
             Ok(e) => {
@@ -246,9 +249,35 @@ pub async fn cancel(core: &Core, asker: Asker, id: &str) -> Result<CancelOutcome
         Lookup::Found(j) => *j,
         other => return Ok(CancelOutcome::Lookup(other)),
     };
+    // A playlist: cancelling the parent cancels every child still active.
+    let children = playlist_children(core, &job).await?;
+    if !children.is_empty() {
+        for child in &children {
+            Box::pin(cancel_one(core, child.clone())).await?;
+        }
+        if job.state.is_finished() || job.state == JobState::Cleaning {
+            return Ok(CancelOutcome::Cancelled(job));
+        }
+    }
     if job.state.is_finished() || job.state == JobState::Cleaning {
         return Ok(CancelOutcome::AlreadyFinished(job));
     }
+    cancel_one(core, job).await
+}
+
+/// Active children of a playlist job (read from the user's own index).
+async fn playlist_children(core: &Core, parent: &Job) -> Result<Vec<Job>, StoreError> {
+    let (user, id) = (parent.user_id, parent.id);
+    let jobs = core.call(move |s| s.list_user(user, 10_000)).await?;
+    Ok(jobs
+        .into_iter()
+        .filter(|j| j.parent == Some(id) && j.state.is_active() && j.state != JobState::Cleaning)
+        .collect())
+}
+
+/// Stop one job: signal its worker if it runs here, else move it to
+/// cleaning and clean it now.
+async fn cancel_one(core: &Core, job: Job) -> Result<CancelOutcome, StoreError> {
     let token = core.running.lock().unwrap().get(&job.id).cloned();
     if let Some(token) = token {
         token.cancel();
@@ -344,4 +373,75 @@ pub async fn retry(core: &Core, asker: Asker, id: &str) -> Result<RetryOutcome, 
 /// A user's most recent jobs.
 pub async fn user_jobs(core: &Core, user_id: u64, limit: usize) -> Result<Vec<Job>, StoreError> {
     core.call(move |s| s.list_user(user_id, limit)).await
+}
+
+/// A user's settings (defaults when never changed).
+pub async fn user_settings(
+    core: &Core,
+    user_id: u64,
+) -> Result<crate::store::UserSettings, StoreError> {
+    Ok(core
+        .call(move |s| s.settings(user_id))
+        .await?
+        .unwrap_or_default())
+}
+
+/// Change a user's settings and return the new ones.
+pub async fn change_settings(
+    core: &Core,
+    user_id: u64,
+    change: impl FnOnce(&mut crate::store::UserSettings) + Send + 'static,
+) -> Result<crate::store::UserSettings, StoreError> {
+    core.call(move |s| {
+        let mut settings = s.settings(user_id)?.unwrap_or_default();
+        change(&mut settings);
+        s.put_settings(user_id, &settings)?;
+        Ok(settings)
+    })
+    .await
+}
+
+#[derive(Debug)]
+pub enum ChooseOutcome {
+    /// The job will run with the chosen kind, now.
+    Chosen(Job),
+    /// A worker already started it with the default.
+    TooLate(Job),
+    Lookup(Lookup),
+}
+
+/// The user pressed Video, Audio or Document on a waiting job.
+pub async fn choose(
+    core: &Core,
+    asker: Asker,
+    id: JobId,
+    kind: crate::job::MediaKind,
+) -> Result<ChooseOutcome, StoreError> {
+    let job = match lookup(core, asker, &id.to_string()).await? {
+        Lookup::Found(j) => *j,
+        other => return Ok(ChooseOutcome::Lookup(other)),
+    };
+    if job.state != JobState::Queued {
+        return Ok(ChooseOutcome::TooLate(job));
+    }
+    let res = core
+        .call(move |s| {
+            let now = now_ms();
+            s.update(id, Expect::state(JobState::Queued), None, now, &|j| {
+                j.options.kind = kind;
+                j.next_attempt_at = j.next_attempt_at.min(now);
+            })
+        })
+        .await;
+    match res {
+        Ok(j) => {
+            core.wake.notify_waiters();
+            Ok(ChooseOutcome::Chosen(j))
+        }
+        Err(StoreError::Conflict { actual, .. }) => Ok(ChooseOutcome::TooLate(Job {
+            state: actual,
+            ..job
+        })),
+        Err(e) => Err(e),
+    }
 }

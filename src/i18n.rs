@@ -110,6 +110,20 @@ pub enum Msg {
         code: String,
         limit_mb: u64,
     },
+    Chosen {
+        short_id: String,
+        kind: String,
+    },
+    TooLate {
+        short_id: String,
+    },
+    Saved,
+    Playlist {
+        short_id: String,
+        title: String,
+        count: usize,
+        skipped: Vec<String>,
+    },
     WaitingForDisk {
         short_id: String,
     },
@@ -238,9 +252,9 @@ pub fn render(lang: Lang, msg: &Msg) -> String {
     use Lang::*;
     match (lang, msg) {
         (En, Msg::Help) => "Send me a link to a video or audio (YouTube and the other sites yt-dlp supports) and I will send you the file.\n\n\
-/audio <link> – audio only\n/jobs – your jobs\n/job <id> – one job\n/cancel <id> – cancel a job\n/retry <id> – retry a failed job\n/help – this text".into(),
+/audio <link> – audio only\n/settings – your defaults\n/jobs – your jobs\n/job <id> – one job\n/cancel <id> – cancel a job\n/retry <id> – retry a failed job\n/help – this text".into(),
         (Fa, Msg::Help) => "لینک یک ویدیو یا صوت (یوتیوب و سایت‌های دیگری که yt-dlp پشتیبانی می‌کند) را بفرستید تا فایلش را برایتان بفرستم.\n\n\
-/audio <لینک> – فقط صوت\n/jobs – کارهای شما\n/job <شناسه> – یک کار\n/cancel <شناسه> – لغو کار\n/retry <شناسه> – تلاش دوباره برای کار ناموفق\n/help – همین راهنما".into(),
+/audio <لینک> – فقط صوت\n/settings – تنظیمات پیش‌فرض شما\n/jobs – کارهای شما\n/job <شناسه> – یک کار\n/cancel <شناسه> – لغو کار\n/retry <شناسه> – تلاش دوباره برای کار ناموفق\n/help – همین راهنما".into(),
         (En, Msg::Accepted { short_id, position }) => format!("✅ Accepted as job {short_id}. Position in queue: {position}."),
         (Fa, Msg::Accepted { short_id, position }) => format!("✅ پذیرفته شد؛ کار {short_id}. جایگاه در صف: {position}."),
         (En, Msg::NoLink) => "I did not find a link in your message. Send a link that starts with http:// or https://, or /help.".into(),
@@ -289,6 +303,32 @@ pub fn render(lang: Lang, msg: &Msg) -> String {
         (Fa, Msg::Delivered { short_id }) => format!("✅ کار {short_id}: ارسال شد."),
         (En, Msg::Failed { short_id, code, limit_mb }) => format!("❌ Job {short_id} failed: {}.", reason(lang, code, *limit_mb)),
         (Fa, Msg::Failed { short_id, code, limit_mb }) => format!("❌ کار {short_id} ناموفق بود: {}.", reason(lang, code, *limit_mb)),
+        (En, Msg::Chosen { short_id, kind }) => format!("✅ Job {short_id}: {kind}. Starting soon…"),
+        (Fa, Msg::Chosen { short_id, kind }) => format!("✅ کار {short_id}: {kind}. به‌زودی شروع می‌شود…"),
+        (En, Msg::TooLate { short_id }) => format!("Job {short_id} has already started with your default."),
+        (Fa, Msg::TooLate { short_id }) => format!("کار {short_id} با پیش‌فرض شما شروع شده است."),
+        (En, Msg::Saved) => "Saved.".into(),
+        (En, Msg::Playlist { short_id, title, count, skipped }) => {
+            let mut t = format!("📃 Playlist {title} (job {short_id}): {count} item(s) will come, one by one.");
+            if !skipped.is_empty() {
+                t.push_str(&format!("\nSkipped {}:", skipped.len()));
+                for s in skipped.iter().take(20) {
+                    t.push_str(&format!("\n• {s}"));
+                }
+            }
+            t
+        }
+        (Fa, Msg::Playlist { short_id, title, count, skipped }) => {
+            let mut t = format!("📃 فهرست پخش {title} (کار {short_id}): {count} مورد یکی‌یکی فرستاده می‌شود.");
+            if !skipped.is_empty() {
+                t.push_str(&format!("\n{} مورد کنار گذاشته شد:", skipped.len()));
+                for s in skipped.iter().take(20) {
+                    t.push_str(&format!("\n• {s}"));
+                }
+            }
+            t
+        }
+        (Fa, Msg::Saved) => "ذخیره شد.".into(),
         (En, Msg::WaitingForDisk { short_id }) => format!("⏸ Job {short_id} is waiting: the server is low on disk space. It will start by itself when space is back."),
         (Fa, Msg::WaitingForDisk { short_id }) => format!("⏸ کار {short_id} در انتظار است: فضای دیسک سرور کم است. وقتی فضا آزاد شود خودش شروع می‌شود."),
         (En, Msg::Cancelled { short_id }) => format!("🛑 Job {short_id} cancelled."),

@@ -313,6 +313,9 @@ pub struct NewJob {
     pub url: String,
     pub options: JobOptions,
     pub parent: Option<JobId>,
+    /// Not claimed before this time: the short wait in which a user may
+    /// pick video, audio or document before their default applies.
+    pub not_before: Option<Millis>,
 }
 
 impl Job {
@@ -333,7 +336,7 @@ impl Job {
             history: vec![(JobState::Queued, now)],
             created_at: now,
             updated_at: now,
-            next_attempt_at: now,
+            next_attempt_at: n.not_before.unwrap_or(now).max(now),
             last_error: None,
             failure: None,
             file_path: None,
@@ -501,6 +504,7 @@ mod tests {
                 url: "https://example.com/a".into(),
                 options: JobOptions::default(),
                 parent: None,
+                not_before: None,
             },
             1,
         )

@@ -55,6 +55,7 @@ pub async fn set_commands(bot: &Bot) {
         ("start", "Start and show help"),
         ("help", "How to use the bot"),
         ("audio", "Download audio only: /audio <link>"),
+        ("settings", "Your defaults: format, quality, language"),
         ("jobs", "Your jobs"),
         ("job", "One job: /job <id>"),
         ("cancel", "Cancel a job: /cancel <id>"),

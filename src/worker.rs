@@ -210,6 +210,33 @@ impl Pipeline {
     }
 
     async fn download(&self, job: Job, cancel: &CancellationToken) -> StepResult {
+        // A playlist becomes one child job per item; a child is never
+        // expanded again.
+        if job.parent.is_none() && !crate::download::probe::is_direct_media(&job.url) {
+            let timeout = Duration::from_secs(120.min(self.core.config.downloader.timeout_secs));
+            match crate::download::probe::probe(&self.ytdlp, &job.url, cancel, timeout).await {
+                Ok(Some(playlist)) => return self.expand_playlist(job, playlist).await,
+                Ok(None)
+                | Err(DownloadError::TimedOut | DownloadError::Io(_) | DownloadError::Failed(..)) =>
+                    {}
+                Err(DownloadError::Cancelled) if self.shutdown.is_cancelled() => {
+                    return self.requeue_for_shutdown(&job).await
+                }
+                Err(DownloadError::Cancelled) => return self.cancelled(&job).await,
+                Err(DownloadError::Spawn(e)) => {
+                    let mut status = self.status(&job);
+                    return self
+                        .error(
+                            &job,
+                            ErrorClass::Retryable,
+                            "local_error",
+                            e.to_string(),
+                            &mut status,
+                        )
+                        .await;
+                }
+            }
+        }
         let key = job.cache_key();
         if let Some(_hit) = self.store(move |s| s.cache_get(&key)).await? {
             // Delivered before: skip the download, upload by file_id.
@@ -497,11 +524,103 @@ impl Pipeline {
         .await
     }
 
+    /// Turn a playlist job into child jobs, one per item up to
+    /// `limits.playlist_max_items`, then finish the parent. Idempotent: a
+    /// rescued parent probes again and the request index returns the
+    /// children already made.
+    async fn expand_playlist(
+        &self,
+        job: Job,
+        playlist: crate::download::probe::Playlist,
+    ) -> StepResult {
+        let cfg = &self.core.config;
+        let max = cfg.limits.playlist_max_items as usize;
+        let admin = cfg.is_admin(job.user_id);
+        // The parent holds one of the user's active slots until it finishes.
+        let mut limits = crate::store::EnqueueLimits::from_config(&cfg.limits, admin);
+        limits.per_user_active = limits.per_user_active.saturating_add(1);
+        let mut taken = 0usize;
+        let mut skipped: Vec<String> = Vec::new();
+        for (i, item) in playlist.items.iter().enumerate() {
+            let name = item.title.clone().unwrap_or_else(|| item.url.clone());
+            if i >= max {
+                skipped.push(format!("{} ({})", name, "over the playlist limit"));
+                continue;
+            }
+            let url = match crate::netguard::parse_link(&item.url) {
+                Ok(u) => u,
+                Err(e) => {
+                    skipped.push(format!("{name} ({})", e.code()));
+                    continue;
+                }
+            };
+            if let Err(e) =
+                crate::netguard::check_destination(&url, cfg.security.allow_private_networks).await
+            {
+                skipped.push(format!("{name} ({})", e.code()));
+                continue;
+            }
+            let new = crate::job::NewJob {
+                chat_id: job.chat_id,
+                user_id: job.user_id,
+                request_msg_id: job.request_msg_id,
+                lang: job.lang.clone(),
+                url: url.to_string(),
+                options: job.options.clone(),
+                parent: Some(job.id),
+                not_before: None,
+            };
+            match self.store(move |s| s.enqueue(new, limits, now_ms())).await {
+                Ok(_) => taken += 1,
+                Err(StoreError::Refused(r)) => skipped.push(format!("{name} ({r})")),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.core.wake.notify_waiters();
+        let lang = self.lang(&job);
+        let summary = render(
+            lang,
+            &Msg::Playlist {
+                short_id: job.id.short(),
+                title: playlist.title.clone().unwrap_or_default(),
+                count: taken,
+                skipped,
+            },
+        );
+        let id = job.id;
+        let fresh = self.store(move |s| s.get(id)).await?.unwrap_or(job.clone());
+        let mut status = self.status(&fresh);
+        if !status.force(&summary).await {
+            let _ = self
+                .bot
+                .send_message(ChatId(job.chat_id), summary)
+                .reply_parameters(
+                    ReplyParameters::new(MessageId(job.request_msg_id))
+                        .allow_sending_without_reply(),
+                )
+                .await;
+        }
+        let title = playlist.title;
+        Ok(
+            match self
+                .transition(&job, Some(JobState::Cleaning), move |j| {
+                    j.title = title.clone()
+                })
+                .await?
+            {
+                Some(j) => StepOutcome::Advanced(j),
+                None => StepOutcome::Lost(job.id),
+            },
+        )
+    }
+
     async fn clean(&self, job: Job) -> StepResult {
         let done = cleanup::finish_cleaning(&self.core, job).await?;
         let lang = self.lang(&done);
         let mut status = self.status(&done);
         match &done.failure {
+            // A playlist parent: its status message carries the summary.
+            None if done.delivery.is_none() => {}
             None => status.delete().await,
             Some(f) if f.code == "chat_unreachable" => {}
             Some(f) => {

@@ -144,6 +144,7 @@ async fn the_disk_guard_pauses_claiming_tells_users_and_resumes() {
             text: media.url("/tiny.mp4"),
             entities: vec![],
             options: JobOptions::default(),
+            not_before: None,
         },
     )
     .await

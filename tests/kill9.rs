@@ -29,6 +29,7 @@ fn config_text(dir: &Path, api: &str) -> String {
 token = "123456:TEST-token"
 api_url = "{api}"
 progress_interval_secs = 1
+choice_wait_secs = 0
 [storage]
 data_dir = "{}"
 [downloader]

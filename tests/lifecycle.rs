@@ -24,6 +24,7 @@ token = "123456:TEST-token"
 api_url = "{api}"
 admins = [9000]
 progress_interval_secs = 1
+choice_wait_secs = 0
 [storage]
 data_dir = "{}"
 [downloader]

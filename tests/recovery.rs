@@ -45,6 +45,7 @@ fn leave(core: &Core, n: u32, state: JobState, file: Option<&[u8]>, rescues: u32
                 url: format!("https://example.com/{n}"),
                 options: JobOptions::default(),
                 parent: None,
+                not_before: None,
             },
             LOOSE,
             now_ms(),
@@ -190,6 +191,7 @@ fn orphan_rules_follow_owner_and_lease() {
             url: "https://e/x".into(),
             options: JobOptions::default(),
             parent: None,
+            not_before: None,
         },
         0,
     );

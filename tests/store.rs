@@ -23,6 +23,7 @@ fn new_job(user: u64, url: &str) -> NewJob {
         url: url.into(),
         options: JobOptions::default(),
         parent: None,
+        not_before: None,
     }
 }
 

@@ -138,6 +138,7 @@ fn crash_child() {
                     url: format!("https://example.com/{}", rng.random::<u32>()),
                     options: JobOptions::default(),
                     parent: None,
+                    not_before: None,
                 },
                 limits,
                 now_ms(),

@@ -16,6 +16,7 @@
 pub mod args;
 pub mod classify;
 pub mod install;
+pub mod probe;
 pub mod process;
 pub mod progress;
 

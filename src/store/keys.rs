@@ -41,14 +41,13 @@ pub fn turn_key(last_served: Millis, user: u64) -> [u8; 16] {
     k
 }
 
-/// `requests`: `[chat][request message][kind][url]` -> job id. One link of
-/// one message with one set of options is one job, however often the update
-/// arrives.
+/// `requests`: `[chat][request message][url]` -> job id. One link of one
+/// message is one job, however often the update arrives. (Not the options:
+/// the user may still change them after the job exists.)
 pub fn request_key(job: &crate::job::Job) -> Vec<u8> {
-    let mut k = Vec::with_capacity(13 + job.url.len());
+    let mut k = Vec::with_capacity(12 + job.url.len());
     k.extend_from_slice(&job.chat_id.to_be_bytes());
     k.extend_from_slice(&job.request_msg_id.to_be_bytes());
-    k.push(job.options.kind as u8);
     k.extend_from_slice(job.url.as_bytes());
     k
 }

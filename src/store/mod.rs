@@ -165,6 +165,29 @@ pub struct UserRecord {
     pub last_served: Millis,
 }
 
+/// A user's defaults (`/settings`), kept durably.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserSettings {
+    pub kind: MediaKind,
+    /// Preferred maximum video height; `None` for the best that fits.
+    pub max_height: Option<u32>,
+    /// Offer the Video / Audio / Document choice on each link.
+    pub ask: bool,
+    /// Reply language; `None` follows Telegram's `language_code`.
+    pub lang: Option<String>,
+}
+
+impl Default for UserSettings {
+    fn default() -> Self {
+        UserSettings {
+            kind: MediaKind::Video,
+            max_height: None,
+            ask: true,
+            lang: None,
+        }
+    }
+}
+
 /// What a full consistency check found (used by tests, the crash harness and
 /// `tgdl` diagnostics). Empty `problems` means every invariant holds.
 #[derive(Clone, Debug, Default)]
@@ -292,6 +315,11 @@ pub trait JobStore: Send + Sync {
     }
 
     fn quarantined(&self) -> Result<Vec<QuarantineEntry>, StoreError>;
+
+    /// A user's saved settings, if they ever changed any.
+    fn settings(&self, user_id: u64) -> Result<Option<UserSettings>, StoreError>;
+
+    fn put_settings(&self, user_id: u64, settings: &UserSettings) -> Result<(), StoreError>;
 
     /// Full scan of every tree checking every invariant. Slow by design; for
     /// tests and diagnostics, never on the hot path.

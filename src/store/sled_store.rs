@@ -51,6 +51,7 @@ pub struct SledStore {
     cache: Tree,
     requests: Tree,
     shorts: Tree,
+    settings: Tree,
     quarantine: Tree,
     meta: Tree,
 }
@@ -108,6 +109,7 @@ impl SledStore {
             cache: open("cache")?,
             requests: open("requests")?,
             shorts: open("shorts")?,
+            settings: open("settings")?,
             quarantine: open("quarantine")?,
             meta: open("meta")?,
             data_file: std::fs::File::open(dir.join("db")).ok(),
@@ -949,6 +951,39 @@ impl JobStore for SledStore {
 
     fn size_on_disk(&self) -> u64 {
         self.db.size_on_disk().unwrap_or(0)
+    }
+
+    fn settings(&self, user_id: u64) -> Result<Option<UserSettings>, StoreError> {
+        let Some(b) = self.settings.get(user_id.to_be_bytes())? else {
+            return Ok(None);
+        };
+        match codec::decode::<UserSettings>(&b) {
+            Ok(s) => Ok(Some(s)),
+            Err(e) => {
+                // Settings are a convenience: a corrupt record falls back to
+                // defaults, and the bytes are kept for the operator.
+                let entry = QuarantineEntry {
+                    tree: "settings".into(),
+                    key: user_id.to_be_bytes().to_vec(),
+                    bytes: b.to_vec(),
+                    reason: e.to_string(),
+                    at: crate::job::now_ms(),
+                };
+                self.quarantine.insert(
+                    qkey("settings", &user_id.to_be_bytes()),
+                    codec::encode(&entry)?,
+                )?;
+                self.settings.remove(user_id.to_be_bytes())?;
+                self.sync()?;
+                Ok(None)
+            }
+        }
+    }
+
+    fn put_settings(&self, user_id: u64, settings: &UserSettings) -> Result<(), StoreError> {
+        self.settings
+            .insert(user_id.to_be_bytes(), codec::encode(settings)?)?;
+        self.sync()
     }
 
     fn quarantined(&self) -> Result<Vec<QuarantineEntry>, StoreError> {

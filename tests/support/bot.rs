@@ -32,6 +32,7 @@ token = "{TOKEN}"
 api_url = "{api}"
 admins = [{ADMIN}]
 progress_interval_secs = 1
+choice_wait_secs = 0
 [storage]
 data_dir = "{data}"
 [downloader]

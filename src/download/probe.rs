@@ -1,0 +1,186 @@
+//! One probe of a link before downloading it: is it a playlist (anything
+//! yt-dlp reports as one, a web page with several media included), and what
+//! are its items?
+//!
+//! `yt-dlp --flat-playlist -J` lists a playlist without extracting every
+//! item. Direct media links (by extension) skip the probe: it costs one
+//! yt-dlp start-up, and a file cannot be a playlist.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde::Deserialize;
+use tokio::io::AsyncReadExt;
+use tokio::process::Command;
+use tokio_util::sync::CancellationToken;
+
+use super::process::DownloadError;
+
+/// A playlist's items, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Playlist {
+    pub title: Option<String>,
+    pub items: Vec<PlaylistItem>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlaylistItem {
+    pub url: String,
+    pub title: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Info {
+    #[serde(rename = "_type")]
+    kind: Option<String>,
+    title: Option<String>,
+    #[serde(default)]
+    entries: Vec<Option<Entry>>,
+}
+
+#[derive(Deserialize)]
+struct Entry {
+    url: Option<String>,
+    webpage_url: Option<String>,
+    title: Option<String>,
+}
+
+const MEDIA_EXT: &[&str] = &[
+    "mp4", "m4v", "mov", "webm", "mkv", "avi", "mp3", "m4a", "aac", "ogg", "opus", "flac", "wav",
+];
+
+/// Whether the link's path names a media file (no probe needed).
+pub fn is_direct_media(url: &str) -> bool {
+    url::Url::parse(url)
+        .ok()
+        .and_then(|u| {
+            u.path()
+                .rsplit('.')
+                .next()
+                .map(|e| MEDIA_EXT.contains(&e.to_ascii_lowercase().as_str()))
+        })
+        .unwrap_or(false)
+}
+
+/// Parse `-J` output: `Some` for a playlist with at least two items.
+pub fn parse(json: &[u8]) -> Option<Playlist> {
+    let info: Info = serde_json::from_slice(json).ok()?;
+    if info.kind.as_deref() != Some("playlist") {
+        return None;
+    }
+    let items: Vec<PlaylistItem> = info
+        .entries
+        .into_iter()
+        .flatten()
+        .filter_map(|e| {
+            Some(PlaylistItem {
+                url: e.url.or(e.webpage_url)?,
+                title: e.title,
+            })
+        })
+        .collect();
+    (items.len() >= 2).then_some(Playlist {
+        title: info.title,
+        items,
+    })
+}
+
+/// Run the probe. `Ok(None)`: a single media (or a probe that failed, in
+/// which case the download that follows reports the real error).
+pub async fn probe(
+    ytdlp: &Path,
+    url: &str,
+    cancel: &CancellationToken,
+    timeout: Duration,
+) -> Result<Option<Playlist>, DownloadError> {
+    let mut cmd = Command::new(ytdlp);
+    cmd.args([
+        "--ignore-config",
+        "--flat-playlist",
+        "-J",
+        "--no-warnings",
+        "--",
+    ])
+    .arg(url)
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null())
+    .kill_on_drop(true)
+    .process_group(0);
+    // As for downloads: never outlive the bot.
+    // SAFETY: prctl is async-signal-safe and touches no memory of ours.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().map_err(DownloadError::Spawn)?;
+    let pgid = child.id().map(|p| p as i32);
+    let mut stdout = child.stdout.take().expect("piped");
+    let read = async {
+        let mut buf = Vec::new();
+        // Bounded: a page that lists thousands of formats is still a few MB.
+        (&mut stdout).take(64 << 20).read_to_end(&mut buf).await?;
+        child.wait().await.map(|status| (status, buf))
+    };
+    let kill = || {
+        if let Some(pg) = pgid {
+            // SAFETY: signalling a process group we created.
+            unsafe {
+                libc::killpg(pg, libc::SIGKILL);
+            }
+        }
+    };
+    tokio::select! {
+        r = read => {
+            let (status, buf) = r.map_err(DownloadError::Io)?;
+            Ok(if status.success() { parse(&buf) } else { None })
+        }
+        _ = cancel.cancelled() => { kill(); Err(DownloadError::Cancelled) }
+        _ = tokio::time::sleep(timeout) => { kill(); Err(DownloadError::TimedOut) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn direct_media_links_skip_the_probe() {
+        assert!(is_direct_media("http://h/a/clip.MP4?x=1"));
+        assert!(is_direct_media("https://h/song.m4a"));
+        assert!(!is_direct_media("https://www.youtube.com/watch?v=x"));
+        assert!(!is_direct_media("http://h/page.html"));
+    }
+
+    #[test]
+    fn a_generic_page_with_three_videos_is_a_playlist() {
+        let json = br#"{"_type":"playlist","title":"Three clips","entries":[
+            {"url":"http://h/a.mp4","title":"Three clips (1)","webpage_url":"http://h/p"},
+            {"url":"http://h/b.mp4","title":"Three clips (2)"},
+            {"_type":"url","url":"https://www.youtube.com/watch?v=x","title":"yt"}]}"#;
+        let p = parse(json).unwrap();
+        assert_eq!(p.title.as_deref(), Some("Three clips"));
+        let urls: Vec<&str> = p.items.iter().map(|i| i.url.as_str()).collect();
+        assert_eq!(
+            urls,
+            [
+                "http://h/a.mp4",
+                "http://h/b.mp4",
+                "https://www.youtube.com/watch?v=x"
+            ]
+        );
+    }
+
+    #[test]
+    fn single_media_and_garbage_are_not_playlists() {
+        assert_eq!(parse(br#"{"_type":"video","url":"http://h/a.mp4"}"#), None);
+        assert_eq!(
+            parse(br#"{"_type":"playlist","entries":[{"url":"http://h/a.mp4"}]}"#),
+            None
+        );
+        assert_eq!(parse(b"not json"), None);
+    }
+}

@@ -1,0 +1,386 @@
+//! Issue 6 through the fake Bot API, real yt-dlp and the media server: the
+//! Video / Audio / Document buttons, "don't ask", settings that survive a
+//! restart, and playlists (in order, capped, and surviving kill -9).
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::Value;
+use support::binary::{write_config, BotProcess};
+use support::bot::{media, TestBot};
+use support::fake_telegram::{Call, FakeTelegram};
+use support::fixture_bytes;
+use tgdl::job::JobState;
+use tgdl::store::JobStore;
+
+const T: Duration = Duration::from_secs(60);
+/// Long enough that the default never applies before the test presses.
+const ASK: &str = "[telegram]\nchoice_wait_secs = 120";
+
+/// The callback data of every button on a sent message.
+fn buttons(call: &Call) -> Vec<(String, String)> {
+    call.param("reply_markup")
+        .and_then(|m| match m {
+            Value::String(s) => serde_json::from_str::<Value>(s).ok(),
+            v => Some(v.clone()),
+        })
+        .and_then(|m| m.get("inline_keyboard").cloned())
+        .and_then(|k| k.as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .flat_map(|row| row.as_array().cloned().unwrap_or_default())
+        .filter_map(|b| {
+            Some((
+                b["text"].as_str()?.to_string(),
+                b["callback_data"].as_str()?.to_string(),
+            ))
+        })
+        .collect()
+}
+
+/// Send a link and return the acknowledgement call (with its buttons).
+async fn ack(api: &FakeTelegram, chat: i64, link: &str) -> Call {
+    let accepted = |c: &Call| {
+        c.is("sendMessage") && c.succeeded() && c.text().is_some_and(|t| t.contains("Accepted"))
+    };
+    let n = api.calls().iter().filter(|c| accepted(c)).count();
+    api.push_text(chat, chat as u64, link, None);
+    let calls = api
+        .wait_for(|c| c.iter().filter(|c| accepted(c)).count() > n, T)
+        .await;
+    calls
+        .into_iter()
+        .rfind(|c| accepted(c) && c.chat_id() == Some(chat))
+        .unwrap()
+}
+
+fn message_id(call: &Call) -> i32 {
+    call.result().unwrap()["message_id"].as_i64().unwrap() as i32
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn each_button_leads_to_its_upload_method() {
+    let api = FakeTelegram::start().await;
+    let media = media().await;
+    let _bot = TestBot::start(&api, ASK).await;
+    for (chat, label, method, field) in [
+        (501i64, "Video", "sendVideo", "video"),
+        (502, "Audio", "sendAudio", "audio"),
+        (503, "Document", "sendDocument", "document"),
+    ] {
+        let a = ack(&api, chat, &media.url(&format!("/tiny.mp4?{label}"))).await;
+        let b = buttons(&a);
+        let labels: Vec<&str> = b.iter().map(|(t, _)| t.as_str()).collect();
+        assert!(labels.iter().any(|l| l.contains("Cancel")), "{labels:?}");
+        let (_, data) = b
+            .iter()
+            .find(|(t, _)| t.contains(label))
+            .unwrap_or_else(|| panic!("{label} in {labels:?}"));
+        api.push_callback(chat, chat as u64, message_id(&a), data);
+        api.wait_for(|c| c.iter().any(|c| c.is("answerCallbackQuery")), T)
+            .await;
+        let sent = api
+            .wait_for(
+                |c| {
+                    c.iter()
+                        .any(|c| c.is(method) && c.chat_id() == Some(chat) && c.succeeded())
+                },
+                T,
+            )
+            .await;
+        let call = sent
+            .iter()
+            .find(|c| c.is(method) && c.chat_id() == Some(chat))
+            .unwrap();
+        let file = call
+            .file(field)
+            .unwrap_or_else(|| panic!("{method} uploads a {field}"));
+        if method != "sendAudio" {
+            assert_eq!(file.bytes, fixture_bytes("tiny.mp4"), "{method} bytes");
+        } else {
+            assert!(
+                file.file_name
+                    .as_deref()
+                    .is_some_and(|n| n.ends_with(".mp3")),
+                "extracted audio: {:?}",
+                file.file_name
+            );
+        }
+        for other in ["sendVideo", "sendAudio", "sendDocument"]
+            .into_iter()
+            .filter(|m| *m != method)
+        {
+            assert!(
+                !api.calls_to(other)
+                    .iter()
+                    .any(|c| c.chat_id() == Some(chat)),
+                "{other} not used for {label}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_cancel_button_cancels_the_waiting_job() {
+    let api = FakeTelegram::start().await;
+    let media = media().await;
+    let mut bot = TestBot::start(&api, ASK).await;
+    let a = ack(&api, 504, &media.url("/tiny.mp4?c")).await;
+    let (_, data) = buttons(&a)
+        .into_iter()
+        .find(|(t, _)| t.contains("Cancel"))
+        .unwrap();
+    api.push_callback(504, 504, message_id(&a), &data);
+    api.wait_for_messages(
+        504,
+        |m| {
+            m.iter()
+                .any(|m| m.text.as_deref().is_some_and(|t| t.contains("cancelled")))
+        },
+        T,
+    )
+    .await;
+    bot.stop().await.unwrap();
+    let failed = bot.store().list_state(JobState::Failed, 10).unwrap();
+    assert_eq!(failed[0].failure.as_ref().unwrap().code, "cancelled");
+    assert_eq!(api.count("sendVideo"), 0);
+}
+
+/// Open /settings and press a button by its callback data.
+async fn press_setting(api: &FakeTelegram, chat: i64, data: &str) {
+    let n = api.count("answerCallbackQuery");
+    api.push_text(chat, chat as u64, "/settings", None);
+    let views = |c: &[Call]| {
+        c.iter()
+            .filter(|c| {
+                c.is("sendMessage")
+                    && c.succeeded()
+                    && c.text().is_some_and(|t| t.starts_with("Your settings"))
+            })
+            .count()
+    };
+    let before = views(&api.calls());
+    let calls = api.wait_for(|c| views(c) > before, T).await;
+    let view = calls
+        .iter()
+        .rev()
+        .find(|c| {
+            c.is("sendMessage")
+                && c.succeeded()
+                && c.text().is_some_and(|t| t.starts_with("Your settings"))
+        })
+        .unwrap();
+    assert!(
+        buttons(view).iter().any(|(_, d)| d == data),
+        "{data} offered: {:?}",
+        buttons(view)
+    );
+    api.push_callback(chat, chat as u64, message_id(view), data);
+    api.wait_for(
+        |c| c.iter().filter(|c| c.is("answerCallbackQuery")).count() > n,
+        T,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_user_who_chose_not_to_be_asked_is_not_asked() {
+    let api = FakeTelegram::start().await;
+    let media = media().await;
+    let _bot = TestBot::start(&api, ASK).await;
+    press_setting(&api, 505, "s:a:0").await;
+    let a = ack(&api, 505, &media.url("/tiny.mp4?noask")).await;
+    assert!(buttons(&a).is_empty(), "no buttons: {:?}", buttons(&a));
+    // Delivered without any press, long before the 120 s choice window.
+    api.wait_for(
+        |c| {
+            c.iter()
+                .any(|c| c.is("sendVideo") && c.chat_id() == Some(505) && c.succeeded())
+        },
+        T,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn settings_survive_a_restart_and_apply_to_new_links() {
+    let api = FakeTelegram::start().await;
+    let media = media().await;
+    let mut bot = TestBot::start(&api, ASK).await;
+    press_setting(&api, 506, "s:k:a").await;
+    press_setting(&api, 506, "s:a:0").await;
+    bot.stop().await.unwrap();
+    bot.launch();
+    api.push_text(506, 506, "/settings", None);
+    api.wait_for(
+        |c| {
+            c.iter().any(|c| {
+                c.is("sendMessage")
+                    && c.text().is_some_and(|t| {
+                        t.contains("format: audio") && t.contains("ask on each link: no")
+                    })
+            })
+        },
+        T,
+    )
+    .await;
+    // The saved default applies: audio, without asking.
+    api.push_text(506, 506, &media.url("/tiny.mp4?after-restart"), None);
+    api.wait_for(
+        |c| {
+            c.iter()
+                .any(|c| c.is("sendAudio") && c.chat_id() == Some(506) && c.succeeded())
+        },
+        T,
+    )
+    .await;
+}
+
+fn deliveries(api: &FakeTelegram, chat: i64) -> Vec<Vec<u8>> {
+    api.calls_to("sendVideo")
+        .iter()
+        .filter(|c| c.chat_id() == Some(chat) && c.succeeded())
+        .map(|c| c.file("video").unwrap().bytes.clone())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_page_with_three_videos_is_delivered_as_three_items_in_order() {
+    let api = FakeTelegram::start().await;
+    let media = media().await;
+    let mut bot = TestBot::start(&api, "[downloader]\nconcurrency = 1").await;
+    let page = media.add_video_page("three", &["clip.mp4", "tiny.mp4", "clip.mp4?second"]);
+    api.push_text(507, 507, &page, None);
+    api.wait_for(
+        |c| {
+            c.iter()
+                .filter(|c| c.is("sendVideo") && c.chat_id() == Some(507) && c.succeeded())
+                .count()
+                >= 3
+        },
+        T,
+    )
+    .await;
+    let got = deliveries(&api, 507);
+    assert_eq!(
+        got,
+        vec![
+            fixture_bytes("clip.mp4"),
+            fixture_bytes("tiny.mp4"),
+            fixture_bytes("clip.mp4")
+        ]
+    );
+    let summary = api
+        .calls()
+        .into_iter()
+        .filter(|c| c.chat_id() == Some(507))
+        .filter_map(|c| c.text().map(str::to_string))
+        .find(|t| t.contains("Playlist"))
+        .expect("the user is told how many items will come");
+    assert!(summary.contains("3 item(s)"), "{summary}");
+    bot.stop().await.unwrap();
+    let store = bot.store();
+    let done = store.list_state(JobState::Done, 10).unwrap();
+    assert_eq!(done.len(), 4, "a parent and three children");
+    let parent = done.iter().find(|j| j.parent.is_none()).unwrap();
+    assert!(done.iter().filter(|j| j.parent == Some(parent.id)).count() == 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_playlist_over_the_maximum_names_what_it_skipped() {
+    let api = FakeTelegram::start().await;
+    let media = media().await;
+    let _bot = TestBot::start(
+        &api,
+        "[downloader]\nconcurrency = 1\n[limits]\nplaylist_max_items = 2",
+    )
+    .await;
+    let page = media.add_video_page("capped", &["tiny.mp4?1", "tiny.mp4?2", "clip.mp4?3"]);
+    api.push_text(508, 508, &page, None);
+    api.wait_for(
+        |c| {
+            c.iter()
+                .filter(|c| c.is("sendVideo") && c.chat_id() == Some(508) && c.succeeded())
+                .count()
+                >= 2
+        },
+        T,
+    )
+    .await;
+    let summary = api
+        .calls()
+        .into_iter()
+        .filter(|c| c.chat_id() == Some(508))
+        .filter_map(|c| c.text().map(str::to_string))
+        .find(|t| t.contains("Playlist"))
+        .unwrap();
+    assert!(
+        summary.contains("2 item(s)")
+            && summary.contains("Skipped 1")
+            && summary.contains("capped (3)"),
+        "{summary}"
+    );
+    assert_eq!(
+        deliveries(&api, 508),
+        vec![fixture_bytes("tiny.mp4"), fixture_bytes("tiny.mp4")]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killing_the_bot_mid_playlist_loses_no_item() {
+    let api = FakeTelegram::start().await;
+    let media = media().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        &format!(
+            "[telegram]\ntoken = \"123456:TEST-token\"\napi_url = \"{}\"\nchoice_wait_secs = 0\n[storage]\ndata_dir = \"{}\"\n[downloader]\nconcurrency = 1\nretry_base_secs = 1\n[security]\nallow_private_networks = true\n",
+            api.url_string(),
+            dir.path().join("data").display()
+        ),
+    );
+    let log = dir.path().join("bot.log");
+    let slow = "slow/clip.mp4?burst=16384&chunk=4096&delay_ms=30";
+    let page = media.add_video_page("killed", &["tiny.mp4?k1", slow, "tiny.mp4?k3"]);
+    let mut bot = BotProcess::start(&cfg, &log);
+    api.push_text(509, 509, &page, None);
+    // Kill while the second item downloads.
+    media
+        .wait_for(
+            |r| {
+                r.iter()
+                    .any(|r| r.path == "/slow/clip.mp4" && r.bytes_sent > 20_000)
+            },
+            T,
+        )
+        .await;
+    bot.kill9();
+    let mut bot = BotProcess::start(&cfg, &log);
+    api.wait_for(
+        |c| {
+            c.iter()
+                .filter(|c| c.is("sendVideo") && c.chat_id() == Some(509) && c.succeeded())
+                .count()
+                >= 3
+        },
+        T,
+    )
+    .await;
+    let got = deliveries(&api, 509);
+    for fixture in ["tiny.mp4", "clip.mp4"] {
+        assert!(got.contains(&fixture_bytes(fixture)), "{fixture} delivered");
+    }
+    bot.sigterm();
+    tokio::task::spawn_blocking(move || bot.wait_timeout(Duration::from_secs(10)))
+        .await
+        .unwrap();
+    let store = tgdl::store::SledStore::open(&dir.path().join("data/db")).unwrap();
+    let children: Vec<_> = store
+        .list_state(JobState::Done, 10)
+        .unwrap()
+        .into_iter()
+        .filter(|j| j.parent.is_some())
+        .collect();
+    assert_eq!(children.len(), 3, "every item became a job and finished");
+}
