@@ -1,0 +1,638 @@
+//! `cargo bench --bench health`: what the health monitor costs (issue 5).
+//!
+//! 1. The sampler's own cost: process CPU time (user + system, from
+//!    `getrusage(RUSAGE_SELF)`, so the blocking-pool threads that read the
+//!    store and walk the downloads folder are counted too) of N calls of
+//!    `SysinfoProbe::system()` alone, of `Monitor::sample()` (which calls the
+//!    probe, walks the downloads folder and reads the store's counters), and
+//!    of `Monitor::tick()` (a sample plus rules, alerts and retention
+//!    pruning), on a store with 10,000 jobs. Expressed as % of one core at
+//!    the default `health.interval_secs` (60 s). Target: under 1 %.
+//! 2. `/health` with 1,000,000 stored jobs (1,000 of them in flight):
+//!    `tgdl::report::health_text`, both as a running bot answers it (from the
+//!    monitor's latest sample) and on a bot whose monitor has not sampled yet
+//!    (a fresh `Monitor::sample` + rules + `render_health`). p50 and p99.
+//!    Target: under 5 ms.
+//!
+//! Seeds go through the public API (as in `benches/store.rs`) in `/dev/shm`
+//! when it is tmpfs. The 1,000,000-job store of `benches/recovery.rs` is
+//! reused when that bench has built it (the same layout); otherwise this
+//! bench seeds its own and keeps it for later runs.
+//!
+//! Environment:
+//! - `TGDL_BENCH_QUICK=1`: 10,000 jobs instead of 1,000,000 for part 2 and
+//!   fewer repetitions, for a smoke run.
+//! - `TGDL_BENCH_SEED_DIR=path`: where seeds are kept (default
+//!   `/dev/shm/tgdl-bench-recovery` when tmpfs, else `target/tmp`).
+//!
+//! Arguments (cargo passes `--bench`) are ignored.
+
+use std::hint::black_box;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tgdl::config::Config;
+use tgdl::core::Core;
+use tgdl::health::{Monitor, Probe, SysinfoProbe};
+use tgdl::job::{now_ms, Delivery, Job, JobOptions, JobState, MediaKind, NewJob};
+use tgdl::store::{EnqueueLimits, Expect, JobStore, SledStore};
+use uuid::Uuid;
+
+const OPEN_LIMITS: EnqueueLimits = EnqueueLimits {
+    per_user_active: u32::MAX,
+    per_user_per_hour: 20,
+    queue_capacity: u64::MAX,
+    exempt: true,
+};
+const LEASE_MS: u64 = 30 * 60 * 1000;
+
+struct Settings {
+    quick: bool,
+    /// Calls per CPU-time measurement.
+    calls: u64,
+    /// Stored jobs for the `/health` timing.
+    big: u64,
+    in_flight: u64,
+    /// Timed `/health` calls.
+    reps: usize,
+}
+
+impl Settings {
+    fn from_env() -> Self {
+        let quick = std::env::var("TGDL_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
+        if quick {
+            Settings {
+                quick,
+                calls: 100,
+                big: 10_000,
+                in_flight: 100,
+                reps: 200,
+            }
+        } else {
+            Settings {
+                quick,
+                calls: 1_000,
+                big: 1_000_000,
+                in_flight: 1_000,
+                reps: 2_000,
+            }
+        }
+    }
+}
+
+fn main() {
+    let started = Instant::now();
+    let s = Settings::from_env();
+    let shm = Path::new("/dev/shm");
+    let root = match std::env::var_os("TGDL_BENCH_SEED_DIR") {
+        Some(p) => PathBuf::from(p),
+        None if fs_of(shm).is_some_and(|f| f.fstype == "tmpfs") => shm.join("tgdl-bench-recovery"),
+        None => PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("tgdl-bench-recovery"),
+    };
+    std::fs::create_dir_all(&root).expect("create seed root");
+    let scratch = tempfile::Builder::new()
+        .prefix("health-")
+        .tempdir_in(&root)
+        .expect("scratch dir");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+
+    println!(
+        "tgdl health benchmark ({} mode, {} CPUs, load average {})",
+        if s.quick { "quick" } else { "full" },
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        loadavg()
+    );
+    println!("stores in: {}", describe_fs(&root));
+    println!();
+
+    // 1. The sampler's cost on a store with 10,000 jobs.
+    let small = scratch.path().join("small");
+    let t = Instant::now();
+    seed_store(&small.join("data"), 10_000, 100);
+    println!(
+        "part 1 store: 10000 jobs (100 in flight) seeded in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    let core = open_core(&small.join("data"));
+    let interval = core.config.health.interval_secs;
+    let mut rows = Vec::new();
+    {
+        let mut probe = SysinfoProbe::new(&core.config.downloads_dir());
+        rows.push(cpu_cost("SysinfoProbe::system()", s.calls, || {
+            black_box(probe.system());
+        }));
+    }
+    {
+        let mut m = monitor(&core);
+        rows.push(cpu_cost(
+            "Monitor::sample() (probe + store + folder)",
+            s.calls,
+            || {
+                black_box(rt.block_on(m.sample()).expect("sample"));
+            },
+        ));
+    }
+    {
+        let mut m = monitor(&core);
+        rows.push(cpu_cost(
+            "Monitor::tick() (sample + rules + prune)",
+            s.calls,
+            || {
+                black_box(rt.block_on(m.tick()).expect("tick"));
+            },
+        ));
+    }
+    // What the process burns doing nothing for as long (sled's flusher,
+    // tokio's idle workers): the noise floor of the numbers above.
+    let idle = idle_cpu(Duration::from_secs(if s.quick { 1 } else { 3 }));
+    println!();
+    println!(
+        "(1) the sampler's own cost: process CPU time (user + sys) of {} back-to-back calls, \
+         store with 10000 jobs",
+        s.calls
+    );
+    println!(
+        "{:<44} | {:>12} | {:>13} | {:>26}",
+        "what",
+        "CPU per call",
+        "wall per call",
+        format!("% of one core every {interval} s")
+    );
+    println!("{}", "-".repeat(106));
+    for r in &rows {
+        let per = r.cpu / r.calls as u32;
+        println!(
+            "{:<44} | {:>12} | {:>13} | {:>24.5} %",
+            r.what,
+            fmt_dur(per),
+            fmt_dur(r.wall / r.calls as u32),
+            per.as_secs_f64() / interval as f64 * 100.0
+        );
+    }
+    println!(
+        "noise floor: the idle process burns {:.3} % of one core (measured over {} s)",
+        idle * 100.0,
+        if s.quick { 1 } else { 3 }
+    );
+    let tick_pct = rows
+        .last()
+        .map(|r| (r.cpu / r.calls as u32).as_secs_f64() / interval as f64 * 100.0)
+        .unwrap_or(0.0);
+    println!(
+        "target: a full tick every {interval} s < 1 % of one core: {:.5} %: {}",
+        tick_pct,
+        if tick_pct < 1.0 { "PASS" } else { "FAIL" }
+    );
+    drop(core);
+    let _ = std::fs::remove_dir_all(&small);
+    println!();
+
+    // 2. /health with a big store.
+    let (src, how) = big_store(&s, &root);
+    let big = scratch.path().join("big");
+    copy_dir(&src, &big);
+    println!("part 2 store: {} ({how})", src.display());
+    let t = Instant::now();
+    let core = open_core(&big.join("data"));
+    let opened = t.elapsed();
+    let counts = core.store.counts().expect("counts");
+    assert_eq!(counts.total(), s.big);
+    println!(
+        "{} stored jobs, {} active, {:.0} MiB on disk; open took {}",
+        counts.total(),
+        counts.active(),
+        core.store.size_on_disk() as f64 / (1 << 20) as f64,
+        fmt_dur(opened)
+    );
+
+    // A bot whose monitor has not sampled yet: every call samples afresh.
+    let t = Instant::now();
+    let text = rt
+        .block_on(tgdl::report::health_text(&core))
+        .expect("health_text");
+    let cold = t.elapsed();
+    assert!(text.contains("tgdl is"), "{text}");
+    let fresh = time_reps(s.reps, || {
+        black_box(
+            rt.block_on(tgdl::report::health_text(&core))
+                .expect("health_text"),
+        );
+    });
+    // A running bot: the monitor ticked, `/health` renders its sample.
+    let mut m = monitor(&core);
+    let t = Instant::now();
+    rt.block_on(m.tick()).expect("tick");
+    let tick = t.elapsed();
+    let cached = time_reps(s.reps, || {
+        black_box(
+            rt.block_on(tgdl::report::health_text(&core))
+                .expect("health_text"),
+        );
+    });
+    let sample = time_reps(s.reps.min(500), || {
+        black_box(rt.block_on(m.sample()).expect("sample"));
+    });
+    // Where a fresh sample's time goes: the in-flight jobs it decodes (for
+    // stuck-job detection) against the maintained counters.
+    let store = core.store.clone();
+    let in_flight = time_reps(s.reps.min(500), || {
+        black_box(store.in_flight().expect("in_flight"));
+    });
+    let counts_t = time_reps(s.reps, || {
+        black_box(store.counts().expect("counts"));
+    });
+    println!();
+    println!(
+        "(2) /health with {} stored jobs ({} in flight): tgdl::report::health_text, {} calls each",
+        s.big, s.in_flight, s.reps
+    );
+    println!(
+        "{:<58} | {:>10} | {:>10} | {:>10}",
+        "path", "p50", "p99", "max"
+    );
+    println!("{}", "-".repeat(96));
+    let line = |what: &str, st: &Stats| {
+        println!(
+            "{:<58} | {:>10} | {:>10} | {:>10}",
+            what,
+            fmt_dur(st.median),
+            fmt_dur(st.p99),
+            fmt_dur(st.max)
+        );
+    };
+    line("running bot: render the monitor's latest sample", &cached);
+    line(
+        "no sample yet: Monitor::sample + rules + render_health",
+        &fresh,
+    );
+    line(
+        &format!("Monitor::sample alone ({} calls)", s.reps.min(500)),
+        &sample,
+    );
+    line(
+        &format!(
+            "  of which store.in_flight() ({} jobs decoded)",
+            s.in_flight
+        ),
+        &in_flight,
+    );
+    line("  of which store.counts() (maintained counters)", &counts_t);
+    println!(
+        "first call after open (cold sled cache): {}; first Monitor::tick: {}",
+        fmt_dur(cold),
+        fmt_dur(tick)
+    );
+    let ok = |d: Duration| {
+        if d < Duration::from_millis(5) {
+            "PASS"
+        } else {
+            "FAIL"
+        }
+    };
+    println!(
+        "target < 5 ms at {} stored: running bot p99 {}: {}; no sample yet p99 {}: {}",
+        s.big,
+        fmt_dur(cached.p99),
+        ok(cached.p99),
+        fmt_dur(fresh.p99),
+        ok(fresh.p99)
+    );
+    println!();
+    // A dead owner's in-flight jobs are all "stuck", and the list makes the
+    // text long; show its head only.
+    let head: String = text.chars().take(900).collect();
+    println!(
+        "the text measured ({} characters; the bot cuts replies at 4096):\n{head}{}",
+        text.chars().count(),
+        if head.len() < text.len() { "…" } else { "" }
+    );
+    drop(m);
+    drop(core);
+    drop(rt);
+    println!(
+        "total bench time {:.0} s (load average now {})",
+        started.elapsed().as_secs_f64(),
+        loadavg()
+    );
+}
+
+fn open_core(data: &Path) -> Arc<Core> {
+    let mut config = Config::default();
+    config.storage.data_dir = data.to_path_buf();
+    let store: Arc<dyn JobStore> = Arc::new(SledStore::open(&config.db_dir()).expect("open store"));
+    let core = Arc::new(Core::new(Arc::new(config), store));
+    *core.health.ytdlp_version.write().unwrap() = "2026.10.26".into();
+    core
+}
+
+fn monitor(core: &Arc<Core>) -> Monitor {
+    Monitor::new(
+        core.clone(),
+        None,
+        Box::new(SysinfoProbe::new(&core.config.downloads_dir())),
+    )
+}
+
+// ---------------------------------------------------------------------------
+// CPU time
+
+struct CpuRow {
+    what: &'static str,
+    calls: u64,
+    cpu: Duration,
+    wall: Duration,
+}
+
+/// Process CPU time (user + system, every thread).
+fn process_cpu() -> Duration {
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `ru` is a valid out pointer for getrusage.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    assert_eq!(rc, 0, "getrusage");
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+fn cpu_cost(what: &'static str, calls: u64, mut f: impl FnMut()) -> CpuRow {
+    // One untimed call: the first refresh allocates sysinfo's tables.
+    f();
+    let (c0, w0) = (process_cpu(), Instant::now());
+    for _ in 0..calls {
+        f();
+    }
+    CpuRow {
+        what,
+        calls,
+        cpu: process_cpu() - c0,
+        wall: w0.elapsed(),
+    }
+}
+
+/// The fraction of one core the process uses while idle for `d`.
+fn idle_cpu(d: Duration) -> f64 {
+    let c0 = process_cpu();
+    std::thread::sleep(d);
+    (process_cpu() - c0).as_secs_f64() / d.as_secs_f64()
+}
+
+// ---------------------------------------------------------------------------
+// Stores
+
+/// The big store's source: the recovery bench's restarted crash image when
+/// it exists, else one of our own (seeded once and kept).
+fn big_store(s: &Settings, root: &Path) -> (PathBuf, &'static str) {
+    let mode = if s.quick { "quick" } else { "full" };
+    let theirs = root
+        .join(format!("v1-{mode}-{}", s.in_flight))
+        .join(format!("seed-{}", s.big));
+    if theirs.join("ready").exists() {
+        return (
+            theirs.join("restarted"),
+            "seeded by benches/recovery.rs, reused",
+        );
+    }
+    let ours = root.join(format!("health-v1-{}-{}", s.big, s.in_flight));
+    if ours.join("ready").exists() {
+        return (ours.join("image"), "seeded by an earlier run, reused");
+    }
+    let _ = std::fs::remove_dir_all(&ours);
+    let t = Instant::now();
+    println!(
+        "seeding {} jobs through the public API (minutes at 1,000,000)...",
+        s.big
+    );
+    seed_store(&ours.join("image").join("data"), s.big, s.in_flight);
+    std::fs::write(ours.join("ready"), b"").expect("marker");
+    println!("seeded in {:.0} s", t.elapsed().as_secs_f64());
+    (ours.join("image"), "seeded now")
+}
+
+/// `n` jobs, `in_flight` of them in downloading/uploading/cleaning (a third
+/// each) and the rest done, plus a downloads folder with two jobs' files.
+fn seed_store(data: &Path, n: u64, in_flight: u64) {
+    let store = SledStore::open(&data.join("db")).expect("open store");
+    let owner = Uuid::now_v7();
+    for i in 0..in_flight {
+        sled_enqueue(&store, new_job(999, i));
+    }
+    let mut k = 0u64;
+    while let Some(job) = store.claim(owner, LEASE_MS, now_ms()).expect("claim") {
+        let own = |s| Expect::owned(s, owner);
+        if k % 3 >= 1 {
+            store
+                .update(
+                    job.id,
+                    own(JobState::Downloading),
+                    Some(JobState::Uploading),
+                    now_ms(),
+                    &downloaded,
+                )
+                .expect("to uploading");
+        }
+        if k % 3 == 2 {
+            store
+                .update(
+                    job.id,
+                    own(JobState::Uploading),
+                    Some(JobState::Cleaning),
+                    now_ms(),
+                    &delivered,
+                )
+                .expect("to cleaning");
+        }
+        if k < 2 {
+            let d = data
+                .join("downloads")
+                .join(job.id.0.hyphenated().to_string());
+            std::fs::create_dir_all(&d).expect("job dir");
+            std::fs::write(d.join("video.f137.mp4.part"), vec![0u8; 1 << 20]).expect("file");
+            std::fs::write(d.join("video.f140.m4a"), vec![0u8; 1 << 18]).expect("file");
+        }
+        k += 1;
+    }
+    assert_eq!(k, in_flight);
+    seed_finished(&store, n - in_flight, 2);
+    store.flush().expect("flush");
+}
+
+static REQUEST: AtomicU64 = AtomicU64::new(1);
+
+fn new_job(thread: u64, i: u64) -> NewJob {
+    let user = thread * 100 + i % 8;
+    let req = REQUEST.fetch_add(1, Ordering::Relaxed);
+    NewJob {
+        chat_id: user as i64,
+        user_id: user,
+        request_msg_id: req as i32,
+        lang: "en".into(),
+        url: format!("https://www.youtube.com/watch?v=bench{req:011}"),
+        options: JobOptions::default(),
+        parent: None,
+        not_before: None,
+    }
+}
+
+fn sled_enqueue(store: &SledStore, new: NewJob) -> Job {
+    let e = store.enqueue(new, OPEN_LIMITS, now_ms()).expect("enqueue");
+    assert!(!e.duplicate, "bench requests must be distinct");
+    e.job
+}
+
+fn downloaded(j: &mut Job) {
+    j.file_path = Some(format!("/var/lib/tgdl/downloads/{}/video.mp4", j.id));
+    j.file_size = Some(48_213_776);
+    j.title = Some("A realistic video title of moderate length".into());
+}
+
+fn delivered(j: &mut Job) {
+    j.delivery = Some(Delivery {
+        message_id: 4242,
+        file_id: "BAACAgQAAxkDAAIBY2ZxQvbench_file_id_of_realistic_length_AAQ".into(),
+        sent_as: MediaKind::Video,
+    });
+}
+
+/// Finished jobs as `benches/store.rs` seeds them.
+fn seed_finished(store: &SledStore, n: u64, threads: usize) {
+    let next = AtomicU64::new(0);
+    std::thread::scope(|sc| {
+        for t in 0..threads as u64 {
+            let next = &next;
+            sc.spawn(move || loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    break;
+                }
+                let mut nj = new_job(1000 + t, i);
+                nj.user_id = 10_000 + i % 5_000;
+                let job = sled_enqueue(store, nj);
+                store
+                    .update(
+                        job.id,
+                        Expect::state(JobState::Queued),
+                        Some(JobState::Cleaning),
+                        now_ms(),
+                        &|j| {
+                            downloaded(j);
+                            delivered(j);
+                        },
+                    )
+                    .expect("to cleaning");
+                store
+                    .update(
+                        job.id,
+                        Expect::state(JobState::Cleaning),
+                        Some(JobState::Done),
+                        now_ms(),
+                        &|_| {},
+                    )
+                    .expect("to done");
+            });
+        }
+    });
+}
+
+// ---------------------------------------------------------------------------
+// Measurement plumbing
+
+struct Stats {
+    median: Duration,
+    p99: Duration,
+    max: Duration,
+}
+
+fn time_reps(reps: usize, mut f: impl FnMut()) -> Stats {
+    f();
+    let mut v: Vec<Duration> = (0..reps)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed()
+        })
+        .collect();
+    v.sort_unstable();
+    Stats {
+        median: v[v.len() / 2],
+        p99: v[(v.len() * 99 / 100).min(v.len() - 1)],
+        max: v[v.len() - 1],
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("create copy dir");
+    for e in std::fs::read_dir(from).expect("read dir") {
+        let e = e.expect("dir entry");
+        let target = to.join(e.file_name());
+        if e.file_type().expect("file type").is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).expect("copy file");
+        }
+    }
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".into())
+}
+
+fn fmt_dur(d: Duration) -> String {
+    let ns = d.as_nanos() as f64;
+    if ns < 1e3 {
+        format!("{ns:.0} ns")
+    } else if ns < 1e6 {
+        format!("{:.1} µs", ns / 1e3)
+    } else if ns < 1e9 {
+        format!("{:.2} ms", ns / 1e6)
+    } else {
+        format!("{:.2} s", ns / 1e9)
+    }
+}
+
+struct Mount {
+    point: String,
+    fstype: String,
+    source: String,
+}
+
+/// The filesystem of `path`, from /proc/self/mountinfo (Linux).
+fn fs_of(path: &Path) -> Option<Mount> {
+    let path = path.canonicalize().ok()?;
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let mut best: Option<Mount> = None;
+    for line in info.lines() {
+        let (left, right) = line.split_once(" - ")?;
+        let point = left.split(' ').nth(4)?.replace("\\040", " ");
+        let mut r = right.split(' ');
+        let (fstype, source) = (r.next()?.to_string(), r.next()?.to_string());
+        if path.starts_with(&point) && best.as_ref().is_none_or(|b| point.len() >= b.point.len()) {
+            best = Some(Mount {
+                point,
+                fstype,
+                source,
+            });
+        }
+    }
+    best
+}
+
+fn describe_fs(path: &Path) -> String {
+    match fs_of(path) {
+        Some(m) => format!(
+            "{} ({} on {}, mounted at {})",
+            path.display(),
+            m.fstype,
+            m.source,
+            m.point
+        ),
+        None => format!("{} (filesystem unknown)", path.display()),
+    }
+}
