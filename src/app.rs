@@ -65,12 +65,20 @@ async fn serve(
 ) -> anyhow::Result<()> {
     let config = core.config.clone();
     let ytdlp = install::resolve(&config.downloader.ytdlp, &config.tools_dir()).await?;
-    let version = crate::download::ytdlp_version(&ytdlp)
-        .await
-        .unwrap_or_else(|e| format!("unknown ({e})"));
     let has_ffmpeg = install::find_on_path("ffmpeg").is_some();
-    tracing::info!(ytdlp = %ytdlp.display(), version, has_ffmpeg, "downloader ready");
-    *core.health.ytdlp_version.write().unwrap() = version;
+    tracing::info!(ytdlp = %ytdlp.display(), has_ffmpeg, "downloader ready");
+    // Asking yt-dlp its version costs a Python start-up (0.3-0.5 s): do it
+    // beside the start rather than before serving.
+    {
+        let (core, ytdlp) = (core.clone(), ytdlp.clone());
+        tracker.spawn(async move {
+            let version = crate::download::ytdlp_version(&ytdlp)
+                .await
+                .unwrap_or_else(|e| format!("unknown ({e})"));
+            tracing::info!(version, "yt-dlp version");
+            *core.health.ytdlp_version.write().unwrap() = version;
+        });
+    }
     core.health
         .ffmpeg
         .store(has_ffmpeg, std::sync::atomic::Ordering::Relaxed);

@@ -10,7 +10,7 @@ use std::path::Path;
 use crate::core::Core;
 use crate::download::job_dir;
 use crate::job::{now_ms, Job, JobState};
-use crate::store::{self, Expect, StoreError};
+use crate::store::{Expect, JobStore, StoreError};
 
 /// Size of a file or folder tree in bytes (what removing it frees).
 pub fn tree_size(path: &Path) -> u64 {
@@ -47,15 +47,14 @@ pub enum CleanupError {
 
 /// Finish a job in `cleaning`: remove its files, then move it to `failed`
 /// when it carries a failure, else to `done`. If the files cannot be removed
-/// the job stays in `cleaning` (the next pass tries again) and the error is
-/// returned.
-pub async fn finish_cleaning(core: &Core, job: Job) -> Result<Job, CleanupError> {
-    let downloads = core.config.downloads_dir();
-    let j = job.clone();
-    let removed = tokio::task::spawn_blocking(move || remove_job_dir(&downloads, &j))
-        .await
-        .unwrap_or_else(|e| Err(io::Error::other(e.to_string())));
-    if let Err(e) = removed {
+/// the job stays in `cleaning` (the next start tries again) and the error is
+/// returned. Blocking: file removal and an fsync.
+pub fn finish_cleaning_blocking(
+    store: &dyn JobStore,
+    downloads: &Path,
+    job: &Job,
+) -> Result<Job, CleanupError> {
+    if let Err(e) = remove_job_dir(downloads, job) {
         tracing::error!(job = %job.id, error = %e, "cannot remove job files; will retry at next start");
         return Err(e.into());
     }
@@ -64,21 +63,27 @@ pub async fn finish_cleaning(core: &Core, job: Job) -> Result<Job, CleanupError>
     } else {
         JobState::Done
     };
-    let id = job.id;
+    Ok(store.update(
+        job.id,
+        Expect::state(JobState::Cleaning),
+        Some(to),
+        now_ms(),
+        &|j| {
+            j.lease = None;
+            j.file_path = None;
+        },
+    )?)
+}
+
+/// [`finish_cleaning_blocking`] on the blocking pool, recorded in metrics.
+pub async fn finish_cleaning(core: &Core, job: Job) -> Result<Job, CleanupError> {
+    let downloads = core.config.downloads_dir();
+    let store = core.store.clone();
     let before = job.clone();
-    let done = store::blocking(&core.store, move |s| {
-        s.update(
-            id,
-            Expect::state(JobState::Cleaning),
-            Some(to),
-            now_ms(),
-            &|j| {
-                j.lease = None;
-                j.file_path = None;
-            },
-        )
-    })
-    .await?;
+    let done =
+        tokio::task::spawn_blocking(move || finish_cleaning_blocking(&*store, &downloads, &job))
+            .await
+            .unwrap_or_else(|e| Err(io::Error::other(e.to_string()).into()))?;
     core.metrics.record(&before, &done);
     Ok(done)
 }

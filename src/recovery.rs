@@ -9,7 +9,7 @@ use std::path::Path;
 
 use uuid::Uuid;
 
-use crate::cleanup::{remove_job_dir, tree_size};
+use crate::cleanup::tree_size;
 use crate::core::Core;
 use crate::job::{now_ms, ErrorClass, Job, JobError, JobId, JobState, Lease, Millis};
 use crate::store::{Expect, JobStore, StoreError};
@@ -206,26 +206,11 @@ fn finish_cleaning_blocking(
     downloads: &Path,
     job: Job,
 ) -> Result<(), StoreError> {
-    if let Err(e) = remove_job_dir(downloads, &job) {
-        tracing::error!(job = %job.id, error = %e, "cannot remove job files");
-        return Ok(());
+    match crate::cleanup::finish_cleaning_blocking(s, downloads, &job) {
+        // Left in `cleaning` for the next start; not a reason to stop here.
+        Ok(_) | Err(crate::cleanup::CleanupError::Io(_)) => Ok(()),
+        Err(crate::cleanup::CleanupError::Store(e)) => Err(e),
     }
-    let to = if job.failure.is_some() {
-        JobState::Failed
-    } else {
-        JobState::Done
-    };
-    s.update(
-        job.id,
-        Expect::state(JobState::Cleaning),
-        Some(to),
-        now_ms(),
-        &|j| {
-            j.lease = None;
-            j.file_path = None;
-        },
-    )
-    .map(|_| ())
 }
 
 /// Delete every entry of the downloads folder that belongs to no live job.

@@ -397,6 +397,37 @@ impl SledStore {
         Ok(())
     }
 
+    /// Read a non-job record; one that does not decode is moved to the
+    /// quarantine (kept for the operator) and reads as absent.
+    fn get_or_quarantine<T: serde::de::DeserializeOwned>(
+        &self,
+        tree: &Tree,
+        name: &str,
+        key: &[u8],
+    ) -> Result<Option<T>, StoreError> {
+        let Some(b) = tree.get(key)? else {
+            return Ok(None);
+        };
+        match codec::decode::<T>(&b) {
+            Ok(v) => Ok(Some(v)),
+            Err(e) => {
+                tracing::error!(tree = name, error = %e, "corrupt record, quarantining");
+                let entry = QuarantineEntry {
+                    tree: name.into(),
+                    key: key.to_vec(),
+                    bytes: b.to_vec(),
+                    reason: e.to_string(),
+                    at: crate::job::now_ms(),
+                };
+                self.quarantine
+                    .insert(qkey(name, key), codec::encode(&entry)?)?;
+                tree.remove(key)?;
+                self.sync()?;
+                Ok(None)
+            }
+        }
+    }
+
     fn jobs_from_index(
         &self,
         keys_iter: impl Iterator<Item = sled::Result<sled::IVec>>,
@@ -855,27 +886,8 @@ impl JobStore for SledStore {
     }
 
     fn cache_get(&self, key: &str) -> Result<Option<CachedMedia>, StoreError> {
-        let Some(b) = self.cache.get(key.as_bytes())? else {
-            return Ok(None);
-        };
-        match codec::decode::<CachedMedia>(&b) {
-            Ok(c) => Ok(Some(c)),
-            Err(e) => {
-                // A corrupt cache entry costs one download, nothing more.
-                let entry = QuarantineEntry {
-                    tree: "cache".into(),
-                    key: key.as_bytes().to_vec(),
-                    bytes: b.to_vec(),
-                    reason: e.to_string(),
-                    at: crate::job::now_ms(),
-                };
-                self.quarantine
-                    .insert(qkey("cache", key.as_bytes()), codec::encode(&entry)?)?;
-                self.cache.remove(key.as_bytes())?;
-                self.sync()?;
-                Ok(None)
-            }
-        }
+        // A corrupt cache entry costs one download, nothing more.
+        self.get_or_quarantine(&self.cache, "cache", key.as_bytes())
     }
 
     fn prune_finished(&self, older_than: Millis, batch: usize) -> Result<usize, StoreError> {
@@ -954,30 +966,8 @@ impl JobStore for SledStore {
     }
 
     fn settings(&self, user_id: u64) -> Result<Option<UserSettings>, StoreError> {
-        let Some(b) = self.settings.get(user_id.to_be_bytes())? else {
-            return Ok(None);
-        };
-        match codec::decode::<UserSettings>(&b) {
-            Ok(s) => Ok(Some(s)),
-            Err(e) => {
-                // Settings are a convenience: a corrupt record falls back to
-                // defaults, and the bytes are kept for the operator.
-                let entry = QuarantineEntry {
-                    tree: "settings".into(),
-                    key: user_id.to_be_bytes().to_vec(),
-                    bytes: b.to_vec(),
-                    reason: e.to_string(),
-                    at: crate::job::now_ms(),
-                };
-                self.quarantine.insert(
-                    qkey("settings", &user_id.to_be_bytes()),
-                    codec::encode(&entry)?,
-                )?;
-                self.settings.remove(user_id.to_be_bytes())?;
-                self.sync()?;
-                Ok(None)
-            }
-        }
+        // Settings are a convenience: a corrupt record falls back to defaults.
+        self.get_or_quarantine(&self.settings, "settings", &user_id.to_be_bytes())
     }
 
     fn put_settings(&self, user_id: u64, settings: &UserSettings) -> Result<(), StoreError> {
