@@ -7,10 +7,12 @@
 //!    small `tiny.mp4` links from several users through the fake Bot API and
 //!    real yt-dlp against the loopback media server. Every link has its own
 //!    query string so the bot's media cache cannot answer from an earlier
-//!    upload. The bot's own overhead is its wall time per job minus yt-dlp's
-//!    own run time, where yt-dlp's run time is measured by running exactly the
-//!    argument list the bot builds (`YtDlpArgs::to_args`) standalone, at the
-//!    same concurrency, against the same server, just before the bot runs.
+//!    upload. The bot's own overhead is its worker time per job minus yt-dlp's
+//!    own run time. yt-dlp's run time is measured twice: inside the bot, by a
+//!    wrapper script that times the real yt-dlp (same load as the bot's jobs),
+//!    and standalone, by running exactly the argument list the bot builds
+//!    (`YtDlpArgs::to_args`) at the same concurrency against the same server
+//!    just before the bot runs.
 //! 2. Acknowledgement latency. The release binary runs as a child process (as
 //!    it is deployed) against the fake API in this process; a burst of links
 //!    is pushed at once and each link's latency is from the moment it was
@@ -781,6 +783,23 @@ fn proc_status(pid: u32) -> Option<ProcStatus> {
     })
 }
 
+/// CPU time (user + system) a process has used so far, all its threads
+/// included and its children not.
+fn cpu_time(pid: &str) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name, which may contain spaces.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|v| v.parse().unwrap_or(0))
+        .collect();
+    // utime and stime are fields 14 and 15 of the file, 12 and 13 here.
+    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_millis(ticks * 1000 / hz)
+}
+
 fn tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
@@ -860,6 +879,7 @@ async fn burst(settings: &Settings) -> (Section, Section) {
     };
 
     eprintln!("burst: {n} links from {BURST_USERS} users");
+    let (bot_cpu0, harness_cpu0) = (cpu_time(&pid.to_string()), cpu_time("self"));
     let start = Instant::now();
     let mut pushed = HashMap::with_capacity(n);
     for i in 0..n {
@@ -880,6 +900,8 @@ async fn burst(settings: &Settings) -> (Section, Section) {
             Duration::from_secs(120),
         )
         .await;
+    let bot_cpu = cpu_time(&pid.to_string()).saturating_sub(bot_cpu0);
+    let harness_cpu = cpu_time("self").saturating_sub(harness_cpu0);
     stop_sampling.cancel();
     let _ = sampler.await;
     let after = proc_status(pid).unwrap_or_default();
@@ -945,6 +967,20 @@ async fn burst(settings: &Settings) -> (Section, Section) {
             &verdict(p99 < Duration::from_millis(200), "< 200 ms"),
         ),
         row("max", ms(*latencies.last().expect("latencies")), ""),
+        row(
+            "tgdl CPU time during the burst",
+            format!(
+                "{} ({:.2} ms per link)",
+                ms(bot_cpu),
+                bot_cpu.as_secs_f64() * 1000.0 / n as f64
+            ),
+            "",
+        ),
+        row(
+            "bench process CPU (fake API, media server)",
+            ms(harness_cpu),
+            "",
+        ),
         row(
             "first link in -> last reply",
             format!(

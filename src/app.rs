@@ -170,6 +170,10 @@ pub fn run_blocking(config: Config) -> anyhow::Result<()> {
     init_logging();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        // Store calls run on the blocking pool; a burst of links must queue
+        // there rather than start hundreds of threads (tokio's default cap
+        // is 512) that each wait for the same fsync.
+        .max_blocking_threads(16)
         .build()
         .context("cannot start the async runtime")?;
     rt.block_on(run(config, shutdown_signal()))

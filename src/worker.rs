@@ -290,8 +290,12 @@ impl Pipeline {
             },
         );
         tokio::pin!(run);
-        let mut progress_tick =
-            tokio::time::interval(Duration::from_secs(cfg.telegram.progress_interval_secs));
+        // Tick at half the edit interval: `StatusMessage` enforces the
+        // interval itself, and a tick that lands just short of it would
+        // otherwise wait a whole extra interval.
+        let mut progress_tick = tokio::time::interval(Duration::from_millis(
+            (cfg.telegram.progress_interval_secs * 500).max(250),
+        ));
         let mut lease_tick =
             tokio::time::interval(Duration::from_millis(cfg.downloader.lease_secs * 1000 / 3));
         lease_tick.tick().await;

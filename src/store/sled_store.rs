@@ -41,6 +41,12 @@ pub struct SledStore {
     /// the drive's cache or file metadata; an `fdatasync` on the data file
     /// after it makes a flushed change survive power loss, not only a crash.
     data_file: Option<std::fs::File>,
+    /// Group commit: every committed write takes a ticket; a sync covers
+    /// every ticket issued before it started, so concurrent writers share
+    /// one flush and one fdatasync instead of queueing one each.
+    tickets: std::sync::atomic::AtomicU64,
+    synced: std::sync::atomic::AtomicU64,
+    sync_lock: std::sync::Mutex<()>,
     path: PathBuf,
     jobs: Tree,
     by_state: Tree,
@@ -113,6 +119,9 @@ impl SledStore {
             quarantine: open("quarantine")?,
             meta: open("meta")?,
             data_file: std::fs::File::open(dir.join("db")).ok(),
+            tickets: std::sync::atomic::AtomicU64::new(0),
+            synced: std::sync::atomic::AtomicU64::new(0),
+            sync_lock: std::sync::Mutex::new(()),
             db,
         };
         match store.meta.get(keys::META_SCHEMA)? {
@@ -140,12 +149,25 @@ impl SledStore {
     }
 
     /// Flush sled, then fdatasync its data file (see `data_file`).
+    ///
+    /// Called after the caller's write is committed in memory. Writers that
+    /// arrive while a sync runs wait for the lock and usually find their
+    /// ticket already covered by the next one.
     fn sync(&self) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let mine = self.tickets.fetch_add(1, SeqCst) + 1;
+        let _guard = self.sync_lock.lock().unwrap_or_else(|e| e.into_inner());
+        if self.synced.load(SeqCst) >= mine {
+            return Ok(());
+        }
+        // Everything committed before this read is in what we flush now.
+        let covered = self.tickets.load(SeqCst);
         self.db.flush()?;
         if let Some(f) = &self.data_file {
             f.sync_data()
                 .map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
         }
+        self.synced.store(covered, SeqCst);
         Ok(())
     }
 
