@@ -133,6 +133,14 @@ async fn serve(
         Box::new(crate::health::SysinfoProbe::new(&config.downloads_dir())),
     );
     tracker.spawn(monitor.run(stop.clone()));
+    let probe_tx = crate::quality::spawn(
+        core.clone(),
+        bot.clone(),
+        pipeline.ytdlp.clone(),
+        tracker,
+        stop.clone(),
+    );
+    let _ = core.quality_probe.set(probe_tx);
     spawn_workers(pipeline, tracker);
     crate::bot::run_dispatcher(bot, core, stop.clone()).await;
     stop.cancelled().await;

@@ -271,11 +271,14 @@ async fn submit(
                         .allow_sending_without_reply(),
                 );
                 if ask {
-                    send = send.reply_markup(choice_keyboard(lang, job.id));
+                    send = send.reply_markup(choice_keyboard(lang, job.id, &[]));
                 }
                 let sent = send.await?;
                 if let Err(e) = core::attach_status(core, job.id, sent.id.0).await {
                     tracing::warn!(job = %job.id, error = %e, "cannot record the status message");
+                }
+                if ask {
+                    core::offer_quality(core, job.id);
                 }
             }
             Submission::BadLink { link, error } => refusals.push(render(
@@ -381,6 +384,10 @@ mod tests {
         }
         assert_eq!(parse_press(&format!("c:{id}")), Some(Press::Cancel(id)));
         assert_eq!(
+            parse_press(&format!("q:{id}:720")),
+            Some(Press::Quality(id, 720))
+        );
+        assert_eq!(
             parse_press("s:q:720"),
             Some(Press::Setting("q".into(), "720".into()))
         );
@@ -409,9 +416,11 @@ fn button(label: impl Into<String>, data: String) -> InlineKeyboardButton {
     InlineKeyboardButton::callback(label.into(), data)
 }
 
-/// Video / Audio / Document / Cancel under a new job's status message.
-/// Callback data stays well under Telegram's 64 bytes: `k:<id>:<v|a|d>`.
-fn choice_keyboard(lang: Lang, id: JobId) -> InlineKeyboardMarkup {
+/// Video / Audio / Document / Cancel under a new job's status message, and
+/// a row of video heights once the quality probe found more than one.
+/// Callback data stays well under Telegram's 64 bytes: `k:<id>:<v|a|d>`,
+/// `q:<id>:<height>`, `c:<id>`.
+pub(crate) fn choice_keyboard(lang: Lang, id: JobId, heights: &[u32]) -> InlineKeyboardMarkup {
     let l = |en: &str, fa: &str| {
         if lang == Lang::Fa {
             fa.to_string()
@@ -419,14 +428,21 @@ fn choice_keyboard(lang: Lang, id: JobId) -> InlineKeyboardMarkup {
             en.to_string()
         }
     };
-    InlineKeyboardMarkup::new(vec![
-        vec![
-            button(l("🎬 Video", "🎬 ویدیو"), format!("k:{id}:v")),
-            button(l("🎵 Audio", "🎵 صوت"), format!("k:{id}:a")),
-            button(l("📄 Document", "📄 فایل"), format!("k:{id}:d")),
-        ],
-        vec![button(l("✖ Cancel", "✖ لغو"), format!("c:{id}"))],
-    ])
+    let mut rows = vec![vec![
+        button(l("🎬 Video", "🎬 ویدیو"), format!("k:{id}:v")),
+        button(l("🎵 Audio", "🎵 صوت"), format!("k:{id}:a")),
+        button(l("📄 Document", "📄 فایل"), format!("k:{id}:d")),
+    ]];
+    if heights.len() > 1 {
+        rows.push(
+            heights
+                .iter()
+                .map(|h| button(format!("{h}p"), format!("q:{id}:{h}")))
+                .collect(),
+        );
+    }
+    rows.push(vec![button(l("✖ Cancel", "✖ لغو"), format!("c:{id}"))]);
+    InlineKeyboardMarkup::new(rows)
 }
 
 const QUALITIES: [u32; 4] = [1080, 720, 480, 360];
@@ -579,6 +595,7 @@ fn kind_label(lang: Lang, k: MediaKind) -> String {
 #[derive(Debug, PartialEq, Eq)]
 enum Press {
     Choose(JobId, MediaKind),
+    Quality(JobId, u32),
     Cancel(JobId),
     Setting(String, String),
 }
@@ -588,6 +605,7 @@ fn parse_press(data: &str) -> Option<Press> {
     match (parts.next()?, parts.next(), parts.next()) {
         ("k", Some(id), Some(k)) => Some(Press::Choose(id.parse().ok()?, kind_from_code(k)?)),
         ("c", Some(id), None) => Some(Press::Cancel(id.parse().ok()?)),
+        ("q", Some(id), Some(h)) => Some(Press::Quality(id.parse().ok()?, h.parse().ok()?)),
         ("s", Some(field), Some(value)) => {
             Some(Press::Setting(field.to_string(), value.to_string()))
         }
@@ -634,6 +652,32 @@ async fn on_callback(bot: Bot, q: CallbackQuery, core: Arc<Core>) -> ResponseRes
                     );
                     if let Some((chat, mid)) = message {
                         // Replacing the text drops the buttons.
+                        let _ = bot.edit_message_text(chat, mid, line.clone()).await;
+                    }
+                    line
+                }
+                Ok(ChooseOutcome::TooLate(j)) => render(
+                    lang,
+                    &Msg::TooLate {
+                        short_id: j.id.short(),
+                    },
+                ),
+                Ok(ChooseOutcome::Lookup(l)) => lookup_text(lang, l, &id.short()),
+                Err(e) => internal(lang, e),
+            };
+            answer(text).await
+        }
+        Some(Press::Quality(id, height)) => {
+            let text = match core::choose_quality(&core, asker, id, height).await {
+                Ok(ChooseOutcome::Chosen(j)) => {
+                    let line = render(
+                        lang,
+                        &Msg::Chosen {
+                            short_id: j.id.short(),
+                            kind: format!("{} ≤{height}p", kind_label(lang, MediaKind::Video)),
+                        },
+                    );
+                    if let Some((chat, mid)) = message {
                         let _ = bot.edit_message_text(chat, mid, line.clone()).await;
                     }
                     line

@@ -31,6 +31,9 @@ pub struct Core {
     /// Latest health sample and the disk guard.
     pub health: crate::health::HealthState,
     pub metrics: crate::metrics::Metrics,
+    /// Where to ask for a quality probe of a job waiting for its choice
+    /// (set when the bot runs; absent in tools and some tests).
+    pub quality_probe: std::sync::OnceLock<tokio::sync::mpsc::Sender<JobId>>,
 }
 
 impl Core {
@@ -45,6 +48,7 @@ impl Core {
             default_lang,
             health: crate::health::HealthState::default(),
             metrics: crate::metrics::Metrics::default(),
+            quality_probe: std::sync::OnceLock::new(),
         }
     }
 
@@ -429,6 +433,51 @@ pub async fn choose(
             let now = now_ms();
             s.update(id, Expect::state(JobState::Queued), None, now, &|j| {
                 j.options.kind = kind;
+                j.next_attempt_at = j.next_attempt_at.min(now);
+            })
+        })
+        .await;
+    match res {
+        Ok(j) => {
+            core.wake.notify_waiters();
+            Ok(ChooseOutcome::Chosen(j))
+        }
+        Err(StoreError::Conflict { actual, .. }) => Ok(ChooseOutcome::TooLate(Job {
+            state: actual,
+            ..job
+        })),
+        Err(e) => Err(e),
+    }
+}
+
+/// Ask the background prober to offer quality buttons for a waiting job.
+/// Never blocks: when the prober is busy, the job just gets its default.
+pub fn offer_quality(core: &Core, id: JobId) {
+    if let Some(tx) = core.quality_probe.get() {
+        let _ = tx.try_send(id);
+    }
+}
+
+/// The user pressed a quality button: video at most that tall, now.
+pub async fn choose_quality(
+    core: &Core,
+    asker: Asker,
+    id: JobId,
+    height: u32,
+) -> Result<ChooseOutcome, StoreError> {
+    let job = match lookup(core, asker, &id.to_string()).await? {
+        Lookup::Found(j) => *j,
+        other => return Ok(ChooseOutcome::Lookup(other)),
+    };
+    if job.state != JobState::Queued {
+        return Ok(ChooseOutcome::TooLate(job));
+    }
+    let res = core
+        .call(move |s| {
+            let now = now_ms();
+            s.update(id, Expect::state(JobState::Queued), None, now, &|j| {
+                j.options.kind = crate::job::MediaKind::Video;
+                j.options.max_height = Some(height);
                 j.next_attempt_at = j.next_attempt_at.min(now);
             })
         })

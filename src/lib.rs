@@ -16,6 +16,7 @@
 //! - [`bot`]: the thin Telegram handlers and the dispatcher.
 //! - [`telegram`]: the Bot API client, its errors, the status message.
 //! - [`worker`]: claim a job and move it through the stages, one step each.
+//! - [`quality`]: the background probe that offers video heights as buttons.
 //! - [`upload`]: send a file or a cached `file_id` back to the chat.
 //! - [`cleanup`]: remove a job's folder and settle its outcome.
 //! - [`recovery`]: the pass at start that finishes what a crash left.
@@ -39,6 +40,7 @@ pub mod i18n;
 pub mod job;
 pub mod metrics;
 pub mod netguard;
+pub mod quality;
 pub mod recovery;
 pub mod report;
 pub mod store;

@@ -214,9 +214,14 @@ impl Pipeline {
         // expanded again.
         if job.parent.is_none() && !crate::download::probe::is_direct_media(&job.url) {
             let timeout = Duration::from_secs(120.min(self.core.config.downloader.timeout_secs));
-            match crate::download::probe::probe(&self.ytdlp, &job.url, cancel, timeout).await {
-                Ok(Some(playlist)) => return self.expand_playlist(job, playlist).await,
-                Ok(None)
+            let limit = Some(self.core.config.upload_limit_bytes());
+            match crate::download::probe::probe(&self.ytdlp, &job.url, limit, cancel, timeout).await
+            {
+                Ok(crate::download::probe::Probed {
+                    playlist: Some(playlist),
+                    ..
+                }) => return self.expand_playlist(job, playlist).await,
+                Ok(_)
                 | Err(DownloadError::TimedOut | DownloadError::Io(_) | DownloadError::Failed(..)) =>
                     {}
                 Err(DownloadError::Cancelled) if self.shutdown.is_cancelled() => {

@@ -384,3 +384,108 @@ async fn killing_the_bot_mid_playlist_loses_no_item() {
         .collect();
     assert_eq!(children.len(), 3, "every item became a job and finished");
 }
+
+/// Two HLS renditions (240p and 120p) behind one master playlist, made with
+/// ffmpeg in a temp dir: a link with more than one quality on offer.
+fn two_quality_hls(dir: &std::path::Path) {
+    let status = std::process::Command::new("ffmpeg")
+        .current_dir(dir)
+        .args([
+            "-loglevel",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=size=320x240:rate=10",
+            "-t",
+            "2",
+        ])
+        .args([
+            "-filter_complex",
+            "[0:v]split=2[a][b];[b]scale=160:120[b2]",
+            "-map",
+            "[a]",
+            "-map",
+            "[b2]",
+        ])
+        .args([
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-g",
+            "10",
+            "-f",
+            "hls",
+            "-hls_time",
+            "1",
+        ])
+        .args([
+            "-hls_playlist_type",
+            "vod",
+            "-var_stream_map",
+            "v:0 v:1",
+            "out_%v.m3u8",
+        ])
+        .status()
+        .expect("ffmpeg runs (.ci/run installs it)");
+    assert!(status.success());
+    std::fs::write(
+        dir.join("master.m3u8"),
+        "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-STREAM-INF:BANDWIDTH=300000,RESOLUTION=320x240\nout_0.m3u8\n#EXT-X-STREAM-INF:BANDWIDTH=100000,RESOLUTION=160x120\nout_1.m3u8\n",
+    )
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn quality_buttons_offer_the_heights_and_the_choice_is_used() {
+    let api = FakeTelegram::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    two_quality_hls(dir.path());
+    let media = support::media_server::MediaServer::start(dir.path()).await;
+    let mut bot = TestBot::start(&api, ASK).await;
+    let a = ack(&api, 510, &media.url("/master.m3u8")).await;
+    // The probe adds a row of heights to the status message.
+    let calls = api
+        .wait_for(
+            |c| {
+                c.iter()
+                    .any(|c| c.is("editMessageReplyMarkup") && c.chat_id() == Some(510))
+            },
+            T,
+        )
+        .await;
+    let edit = calls
+        .iter()
+        .find(|c| c.is("editMessageReplyMarkup") && c.chat_id() == Some(510))
+        .unwrap();
+    let offered = buttons(edit);
+    let labels: Vec<&str> = offered.iter().map(|(t, _)| t.as_str()).collect();
+    assert!(
+        labels.contains(&"240p") && labels.contains(&"120p"),
+        "{labels:?}"
+    );
+    let (_, data) = offered.iter().find(|(t, _)| t == "120p").unwrap();
+    api.push_callback(510, 510, message_id(&a), data);
+    let sent = api
+        .wait_for(
+            |c| {
+                c.iter()
+                    .any(|c| c.is("sendVideo") && c.chat_id() == Some(510) && c.succeeded())
+            },
+            T,
+        )
+        .await;
+    let video = sent
+        .iter()
+        .find(|c| c.is("sendVideo") && c.chat_id() == Some(510))
+        .unwrap();
+    assert_eq!(
+        video.param_i64("height"),
+        Some(120),
+        "the 120p rendition was downloaded"
+    );
+    bot.stop().await.unwrap();
+    let done = bot.store().list_state(JobState::Done, 10).unwrap();
+    assert_eq!(done[0].options.max_height, Some(120));
+}

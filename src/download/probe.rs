@@ -30,6 +30,15 @@ pub struct PlaylistItem {
     pub title: Option<String>,
 }
 
+/// What one probe learned.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Probed {
+    pub playlist: Option<Playlist>,
+    /// Video heights on offer (highest first) that fit under the upload
+    /// limit as far as the sizes are known.
+    pub heights: Vec<u32>,
+}
+
 #[derive(Deserialize)]
 struct Info {
     #[serde(rename = "_type")]
@@ -37,6 +46,16 @@ struct Info {
     title: Option<String>,
     #[serde(default)]
     entries: Vec<Option<Entry>>,
+    #[serde(default)]
+    formats: Vec<Format>,
+}
+
+#[derive(Deserialize)]
+struct Format {
+    height: Option<u32>,
+    vcodec: Option<String>,
+    filesize: Option<u64>,
+    filesize_approx: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -63,9 +82,37 @@ pub fn is_direct_media(url: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// Parse `-J` output: a playlist (two or more items), or a single media's
+/// video heights under `limit` bytes.
+pub fn parse_probe(json: &[u8], limit: Option<u64>) -> Probed {
+    let Ok(info) = serde_json::from_slice::<Info>(json) else {
+        return Probed::default();
+    };
+    let mut heights: Vec<u32> = info
+        .formats
+        .iter()
+        .filter(|f| f.vcodec.as_deref() != Some("none"))
+        .filter(|f| match (limit, f.filesize.or(f.filesize_approx)) {
+            (Some(l), Some(size)) => size <= l,
+            _ => true,
+        })
+        .filter_map(|f| f.height.filter(|h| *h > 0))
+        .collect();
+    heights.sort_unstable_by(|a, b| b.cmp(a));
+    heights.dedup();
+    Probed {
+        playlist: playlist_of(info),
+        heights,
+    }
+}
+
 /// Parse `-J` output: `Some` for a playlist with at least two items.
 pub fn parse(json: &[u8]) -> Option<Playlist> {
     let info: Info = serde_json::from_slice(json).ok()?;
+    playlist_of(info)
+}
+
+fn playlist_of(info: Info) -> Option<Playlist> {
     if info.kind.as_deref() != Some("playlist") {
         return None;
     }
@@ -86,14 +133,15 @@ pub fn parse(json: &[u8]) -> Option<Playlist> {
     })
 }
 
-/// Run the probe. `Ok(None)`: a single media (or a probe that failed, in
-/// which case the download that follows reports the real error).
+/// Run the probe. An empty result for a probe that failed: the download
+/// that follows reports the real error.
 pub async fn probe(
     ytdlp: &Path,
     url: &str,
+    limit: Option<u64>,
     cancel: &CancellationToken,
     timeout: Duration,
-) -> Result<Option<Playlist>, DownloadError> {
+) -> Result<Probed, DownloadError> {
     let mut cmd = Command::new(ytdlp);
     cmd.args([
         "--ignore-config",
@@ -136,7 +184,7 @@ pub async fn probe(
     tokio::select! {
         r = read => {
             let (status, buf) = r.map_err(DownloadError::Io)?;
-            Ok(if status.success() { parse(&buf) } else { None })
+            Ok(if status.success() { parse_probe(&buf, limit) } else { Probed::default() })
         }
         _ = cancel.cancelled() => { kill(); Err(DownloadError::Cancelled) }
         _ = tokio::time::sleep(timeout) => { kill(); Err(DownloadError::TimedOut) }
@@ -172,6 +220,20 @@ mod tests {
                 "https://www.youtube.com/watch?v=x"
             ]
         );
+    }
+
+    #[test]
+    fn heights_on_offer_fit_the_limit_highest_first() {
+        let json = br#"{"_type":"video","formats":[
+            {"height":1080,"vcodec":"avc1","filesize":900000000},
+            {"height":720,"vcodec":"avc1","filesize_approx":40000000},
+            {"height":480,"vcodec":"avc1"},
+            {"height":480,"vcodec":"vp9"},
+            {"vcodec":"none","filesize":1000}]}"#;
+        let p = parse_probe(json, Some(50_000_000));
+        assert_eq!(p.heights, vec![720, 480]);
+        assert!(p.playlist.is_none());
+        assert_eq!(parse_probe(b"garbage", None), Probed::default());
     }
 
     #[test]
