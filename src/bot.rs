@@ -613,6 +613,44 @@ fn parse_press(data: &str) -> Option<Press> {
     }
 }
 
+/// Apply a choice and say what happened; on success the status message
+/// becomes the chosen line (replacing the text drops the buttons).
+#[allow(clippy::too_many_arguments)]
+async fn chosen_text(
+    bot: &Bot,
+    core: &Core,
+    asker: Asker,
+    lang: Lang,
+    id: JobId,
+    choice: core::Choice,
+    label: String,
+    message: Option<(ChatId, MessageId)>,
+) -> String {
+    match core::choose(core, asker, id, choice).await {
+        Ok(ChooseOutcome::Chosen(j)) => {
+            let line = render(
+                lang,
+                &Msg::Chosen {
+                    short_id: j.id.short(),
+                    kind: label,
+                },
+            );
+            if let Some((chat, mid)) = message {
+                let _ = bot.edit_message_text(chat, mid, line.clone()).await;
+            }
+            line
+        }
+        Ok(ChooseOutcome::TooLate(j)) => render(
+            lang,
+            &Msg::TooLate {
+                short_id: j.id.short(),
+            },
+        ),
+        Ok(ChooseOutcome::Lookup(l)) => lookup_text(lang, l, &id.short()),
+        Err(e) => internal(lang, e),
+    }
+}
+
 /// Inline buttons: the choice on a new job, its cancel, and `/settings`.
 async fn on_callback(bot: Bot, q: CallbackQuery, core: Arc<Core>) -> ResponseResult<()> {
     let user_id = q.from.id.0;
@@ -641,56 +679,33 @@ async fn on_callback(bot: Bot, q: CallbackQuery, core: Arc<Core>) -> ResponseRes
     match press {
         None => answer(render(lang, &Msg::Help)).await,
         Some(Press::Choose(id, kind)) => {
-            let text = match core::choose(&core, asker, id, kind).await {
-                Ok(ChooseOutcome::Chosen(j)) => {
-                    let line = render(
-                        lang,
-                        &Msg::Chosen {
-                            short_id: j.id.short(),
-                            kind: kind_label(lang, kind),
-                        },
-                    );
-                    if let Some((chat, mid)) = message {
-                        // Replacing the text drops the buttons.
-                        let _ = bot.edit_message_text(chat, mid, line.clone()).await;
-                    }
-                    line
-                }
-                Ok(ChooseOutcome::TooLate(j)) => render(
-                    lang,
-                    &Msg::TooLate {
-                        short_id: j.id.short(),
-                    },
-                ),
-                Ok(ChooseOutcome::Lookup(l)) => lookup_text(lang, l, &id.short()),
-                Err(e) => internal(lang, e),
-            };
+            let label = kind_label(lang, kind);
+            let text = chosen_text(
+                &bot,
+                &core,
+                asker,
+                lang,
+                id,
+                core::Choice::Kind(kind),
+                label,
+                message,
+            )
+            .await;
             answer(text).await
         }
         Some(Press::Quality(id, height)) => {
-            let text = match core::choose_quality(&core, asker, id, height).await {
-                Ok(ChooseOutcome::Chosen(j)) => {
-                    let line = render(
-                        lang,
-                        &Msg::Chosen {
-                            short_id: j.id.short(),
-                            kind: format!("{} ≤{height}p", kind_label(lang, MediaKind::Video)),
-                        },
-                    );
-                    if let Some((chat, mid)) = message {
-                        let _ = bot.edit_message_text(chat, mid, line.clone()).await;
-                    }
-                    line
-                }
-                Ok(ChooseOutcome::TooLate(j)) => render(
-                    lang,
-                    &Msg::TooLate {
-                        short_id: j.id.short(),
-                    },
-                ),
-                Ok(ChooseOutcome::Lookup(l)) => lookup_text(lang, l, &id.short()),
-                Err(e) => internal(lang, e),
-            };
+            let label = format!("{} ≤{height}p", kind_label(lang, MediaKind::Video));
+            let text = chosen_text(
+                &bot,
+                &core,
+                asker,
+                lang,
+                id,
+                core::Choice::Height(height),
+                label,
+                message,
+            )
+            .await;
             answer(text).await
         }
         Some(Press::Cancel(id)) => {

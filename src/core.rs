@@ -414,12 +414,21 @@ pub enum ChooseOutcome {
     Lookup(Lookup),
 }
 
-/// The user pressed Video, Audio or Document on a waiting job.
+/// What the user picked for a waiting job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Choice {
+    Kind(crate::job::MediaKind),
+    /// Video at most this tall.
+    Height(u32),
+}
+
+/// The user pressed a button on a waiting job: store the choice and start
+/// it now. A job a worker already took keeps its default ("too late").
 pub async fn choose(
     core: &Core,
     asker: Asker,
     id: JobId,
-    kind: crate::job::MediaKind,
+    choice: Choice,
 ) -> Result<ChooseOutcome, StoreError> {
     let job = match lookup(core, asker, &id.to_string()).await? {
         Lookup::Found(j) => *j,
@@ -432,7 +441,13 @@ pub async fn choose(
         .call(move |s| {
             let now = now_ms();
             s.update(id, Expect::state(JobState::Queued), None, now, &|j| {
-                j.options.kind = kind;
+                match choice {
+                    Choice::Kind(kind) => j.options.kind = kind,
+                    Choice::Height(h) => {
+                        j.options.kind = crate::job::MediaKind::Video;
+                        j.options.max_height = Some(h);
+                    }
+                }
                 j.next_attempt_at = j.next_attempt_at.min(now);
             })
         })
@@ -455,42 +470,5 @@ pub async fn choose(
 pub fn offer_quality(core: &Core, id: JobId) {
     if let Some(tx) = core.quality_probe.get() {
         let _ = tx.try_send(id);
-    }
-}
-
-/// The user pressed a quality button: video at most that tall, now.
-pub async fn choose_quality(
-    core: &Core,
-    asker: Asker,
-    id: JobId,
-    height: u32,
-) -> Result<ChooseOutcome, StoreError> {
-    let job = match lookup(core, asker, &id.to_string()).await? {
-        Lookup::Found(j) => *j,
-        other => return Ok(ChooseOutcome::Lookup(other)),
-    };
-    if job.state != JobState::Queued {
-        return Ok(ChooseOutcome::TooLate(job));
-    }
-    let res = core
-        .call(move |s| {
-            let now = now_ms();
-            s.update(id, Expect::state(JobState::Queued), None, now, &|j| {
-                j.options.kind = crate::job::MediaKind::Video;
-                j.options.max_height = Some(height);
-                j.next_attempt_at = j.next_attempt_at.min(now);
-            })
-        })
-        .await;
-    match res {
-        Ok(j) => {
-            core.wake.notify_waiters();
-            Ok(ChooseOutcome::Chosen(j))
-        }
-        Err(StoreError::Conflict { actual, .. }) => Ok(ChooseOutcome::TooLate(Job {
-            state: actual,
-            ..job
-        })),
-        Err(e) => Err(e),
     }
 }
