@@ -34,6 +34,7 @@
 //!
 //! Arguments (cargo passes `--bench`) are ignored.
 
+mod common;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
@@ -44,6 +45,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::{loadavg, tgdl_binary};
 use support::bot::{TestBot, TOKEN};
 use support::fake_telegram::{Call, FakeTelegram};
 use support::media_server::MediaServer;
@@ -84,14 +86,8 @@ struct Settings {
 
 impl Settings {
     fn from_env() -> Self {
-        let quick = std::env::var("TGDL_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
-        let num = |key: &str, default: usize| {
-            std::env::var(key)
-                .ok()
-                .and_then(|v| v.parse::<usize>().ok())
-                .filter(|n| *n > 0)
-                .unwrap_or(default)
-        };
+        let quick = common::quick();
+        let num = |key: &str, default: usize| common::env_count(key).unwrap_or(default);
         let only = std::env::var("TGDL_BENCH_ONLY")
             .ok()
             .filter(|o| !o.is_empty());
@@ -172,15 +168,6 @@ fn main() {
         sections
     });
     print_table(&sections, &load_before, &loadavg());
-}
-
-/// The 1-minute load average: every number here is CPU-bound on a small
-/// machine, so other work running alongside shows up in them.
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
-        .unwrap_or_else(|| "?".into())
 }
 
 /// One block of the printed table, with the notes that say how it was measured.
@@ -739,23 +726,6 @@ async fn end_to_end(settings: &Settings, ytdlp: &Path) -> Section {
 // ---------------------------------------------------------------------------
 // 2 and 3. Burst against the release binary
 // ---------------------------------------------------------------------------
-
-/// The release binary next to this bench's own executable. Cargo builds every
-/// binary of the package before its benches and points this variable at it
-/// (`target/release/tgdl` under `cargo bench`).
-fn tgdl_binary() -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_BIN_EXE_tgdl"));
-    if !path.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = std::process::Command::new(cargo)
-            .args(["build", "--release", "--bin", "tgdl"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .expect("run cargo build");
-        assert!(status.success(), "cargo build --release --bin tgdl failed");
-    }
-    path
-}
 
 /// The lines of `/proc/<pid>/status` this benchmark reports.
 #[derive(Clone, Copy, Default)]

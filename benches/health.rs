@@ -27,26 +27,22 @@
 //!
 //! Arguments (cargo passes `--bench`) are ignored.
 
+mod common;
+
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::{
+    copy_dir, describe_fs, fmt_dur, loadavg, new_job, seed_finished, seed_in_flight, time_reps,
+    Stats,
+};
 use tgdl::config::Config;
 use tgdl::core::Core;
 use tgdl::health::{Monitor, Probe, SysinfoProbe};
-use tgdl::job::{now_ms, Delivery, Job, JobOptions, JobState, MediaKind, NewJob};
-use tgdl::store::{EnqueueLimits, Expect, JobStore, SledStore};
+use tgdl::store::{JobStore, SledStore};
 use uuid::Uuid;
-
-const OPEN_LIMITS: EnqueueLimits = EnqueueLimits {
-    per_user_active: u32::MAX,
-    per_user_per_hour: 20,
-    queue_capacity: u64::MAX,
-    exempt: true,
-};
-const LEASE_MS: u64 = 30 * 60 * 1000;
 
 struct Settings {
     quick: bool,
@@ -61,7 +57,7 @@ struct Settings {
 
 impl Settings {
     fn from_env() -> Self {
-        let quick = std::env::var("TGDL_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
+        let quick = common::quick();
         if quick {
             Settings {
                 quick,
@@ -85,12 +81,7 @@ impl Settings {
 fn main() {
     let started = Instant::now();
     let s = Settings::from_env();
-    let shm = Path::new("/dev/shm");
-    let root = match std::env::var_os("TGDL_BENCH_SEED_DIR") {
-        Some(p) => PathBuf::from(p),
-        None if fs_of(shm).is_some_and(|f| f.fstype == "tmpfs") => shm.join("tgdl-bench-recovery"),
-        None => PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("tgdl-bench-recovery"),
-    };
+    let root = common::seed_dir();
     std::fs::create_dir_all(&root).expect("create seed root");
     let scratch = tempfile::Builder::new()
         .prefix("health-")
@@ -417,222 +408,13 @@ fn big_store(s: &Settings, root: &Path) -> (PathBuf, &'static str) {
 /// each) and the rest done, plus a downloads folder with two jobs' files.
 fn seed_store(data: &Path, n: u64, in_flight: u64) {
     let store = SledStore::open(&data.join("db")).expect("open store");
-    let owner = Uuid::now_v7();
-    for i in 0..in_flight {
-        sled_enqueue(&store, new_job(999, i));
+    let ids = seed_in_flight(&store, in_flight, Uuid::now_v7(), |i| new_job(999, i));
+    for (id, _) in ids.iter().take(2) {
+        let d = data.join("downloads").join(id.hyphenated().to_string());
+        std::fs::create_dir_all(&d).expect("job dir");
+        std::fs::write(d.join("video.f137.mp4.part"), vec![0u8; 1 << 20]).expect("file");
+        std::fs::write(d.join("video.f140.m4a"), vec![0u8; 1 << 18]).expect("file");
     }
-    let mut k = 0u64;
-    while let Some(job) = store.claim(owner, LEASE_MS, now_ms()).expect("claim") {
-        let own = |s| Expect::owned(s, owner);
-        if k % 3 >= 1 {
-            store
-                .update(
-                    job.id,
-                    own(JobState::Downloading),
-                    Some(JobState::Uploading),
-                    now_ms(),
-                    &downloaded,
-                )
-                .expect("to uploading");
-        }
-        if k % 3 == 2 {
-            store
-                .update(
-                    job.id,
-                    own(JobState::Uploading),
-                    Some(JobState::Cleaning),
-                    now_ms(),
-                    &delivered,
-                )
-                .expect("to cleaning");
-        }
-        if k < 2 {
-            let d = data
-                .join("downloads")
-                .join(job.id.0.hyphenated().to_string());
-            std::fs::create_dir_all(&d).expect("job dir");
-            std::fs::write(d.join("video.f137.mp4.part"), vec![0u8; 1 << 20]).expect("file");
-            std::fs::write(d.join("video.f140.m4a"), vec![0u8; 1 << 18]).expect("file");
-        }
-        k += 1;
-    }
-    assert_eq!(k, in_flight);
     seed_finished(&store, n - in_flight, 2);
     store.flush().expect("flush");
-}
-
-static REQUEST: AtomicU64 = AtomicU64::new(1);
-
-fn new_job(thread: u64, i: u64) -> NewJob {
-    let user = thread * 100 + i % 8;
-    let req = REQUEST.fetch_add(1, Ordering::Relaxed);
-    NewJob {
-        chat_id: user as i64,
-        user_id: user,
-        request_msg_id: req as i32,
-        lang: "en".into(),
-        url: format!("https://www.youtube.com/watch?v=bench{req:011}"),
-        options: JobOptions::default(),
-        parent: None,
-        not_before: None,
-    }
-}
-
-fn sled_enqueue(store: &SledStore, new: NewJob) -> Job {
-    let e = store.enqueue(new, OPEN_LIMITS, now_ms()).expect("enqueue");
-    assert!(!e.duplicate, "bench requests must be distinct");
-    e.job
-}
-
-fn downloaded(j: &mut Job) {
-    j.file_path = Some(format!("/var/lib/tgdl/downloads/{}/video.mp4", j.id));
-    j.file_size = Some(48_213_776);
-    j.title = Some("A realistic video title of moderate length".into());
-}
-
-fn delivered(j: &mut Job) {
-    j.delivery = Some(Delivery {
-        message_id: 4242,
-        file_id: "BAACAgQAAxkDAAIBY2ZxQvbench_file_id_of_realistic_length_AAQ".into(),
-        sent_as: MediaKind::Video,
-    });
-}
-
-/// Finished jobs as `benches/store.rs` seeds them.
-fn seed_finished(store: &SledStore, n: u64, threads: usize) {
-    let next = AtomicU64::new(0);
-    std::thread::scope(|sc| {
-        for t in 0..threads as u64 {
-            let next = &next;
-            sc.spawn(move || loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= n {
-                    break;
-                }
-                let mut nj = new_job(1000 + t, i);
-                nj.user_id = 10_000 + i % 5_000;
-                let job = sled_enqueue(store, nj);
-                store
-                    .update(
-                        job.id,
-                        Expect::state(JobState::Queued),
-                        Some(JobState::Cleaning),
-                        now_ms(),
-                        &|j| {
-                            downloaded(j);
-                            delivered(j);
-                        },
-                    )
-                    .expect("to cleaning");
-                store
-                    .update(
-                        job.id,
-                        Expect::state(JobState::Cleaning),
-                        Some(JobState::Done),
-                        now_ms(),
-                        &|_| {},
-                    )
-                    .expect("to done");
-            });
-        }
-    });
-}
-
-// ---------------------------------------------------------------------------
-// Measurement plumbing
-
-struct Stats {
-    median: Duration,
-    p99: Duration,
-    max: Duration,
-}
-
-fn time_reps(reps: usize, mut f: impl FnMut()) -> Stats {
-    f();
-    let mut v: Vec<Duration> = (0..reps)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed()
-        })
-        .collect();
-    v.sort_unstable();
-    Stats {
-        median: v[v.len() / 2],
-        p99: v[(v.len() * 99 / 100).min(v.len() - 1)],
-        max: v[v.len() - 1],
-    }
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("create copy dir");
-    for e in std::fs::read_dir(from).expect("read dir") {
-        let e = e.expect("dir entry");
-        let target = to.join(e.file_name());
-        if e.file_type().expect("file type").is_dir() {
-            copy_dir(&e.path(), &target);
-        } else {
-            std::fs::copy(e.path(), &target).expect("copy file");
-        }
-    }
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
-        .unwrap_or_else(|| "?".into())
-}
-
-fn fmt_dur(d: Duration) -> String {
-    let ns = d.as_nanos() as f64;
-    if ns < 1e3 {
-        format!("{ns:.0} ns")
-    } else if ns < 1e6 {
-        format!("{:.1} µs", ns / 1e3)
-    } else if ns < 1e9 {
-        format!("{:.2} ms", ns / 1e6)
-    } else {
-        format!("{:.2} s", ns / 1e9)
-    }
-}
-
-struct Mount {
-    point: String,
-    fstype: String,
-    source: String,
-}
-
-/// The filesystem of `path`, from /proc/self/mountinfo (Linux).
-fn fs_of(path: &Path) -> Option<Mount> {
-    let path = path.canonicalize().ok()?;
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let mut best: Option<Mount> = None;
-    for line in info.lines() {
-        let (left, right) = line.split_once(" - ")?;
-        let point = left.split(' ').nth(4)?.replace("\\040", " ");
-        let mut r = right.split(' ');
-        let (fstype, source) = (r.next()?.to_string(), r.next()?.to_string());
-        if path.starts_with(&point) && best.as_ref().is_none_or(|b| point.len() >= b.point.len()) {
-            best = Some(Mount {
-                point,
-                fstype,
-                source,
-            });
-        }
-    }
-    best
-}
-
-fn describe_fs(path: &Path) -> String {
-    match fs_of(path) {
-        Some(m) => format!(
-            "{} ({} on {}, mounted at {})",
-            path.display(),
-            m.fstype,
-            m.source,
-            m.point
-        ),
-        None => format!("{} (filesystem unknown)", path.display()),
-    }
 }

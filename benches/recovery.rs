@@ -38,31 +38,26 @@
 //!
 //! Arguments (cargo passes `--bench`) are ignored.
 
+mod common;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
+use common::{
+    copy_dir, describe_fs, fmt_dur, is_tmpfs, loadavg, median, new_job, seed_finished,
+    seed_in_flight, tgdl_binary, LEASE_MS,
+};
 use support::bot::TOKEN;
 use support::fake_telegram::FakeTelegram;
 use tgdl::config::Config;
 use tgdl::download::install;
-use tgdl::job::{now_ms, Delivery, Job, JobOptions, JobState, Lease, MediaKind, NewJob};
-use tgdl::store::{EnqueueLimits, Expect, JobStore, SledStore};
+use tgdl::job::{now_ms, JobState, Lease};
+use tgdl::store::{Expect, JobStore, SledStore};
 use uuid::Uuid;
 
-/// Limits that never refuse (as in `benches/store.rs`).
-const OPEN_LIMITS: EnqueueLimits = EnqueueLimits {
-    per_user_active: u32::MAX,
-    per_user_per_hour: 20,
-    queue_capacity: u64::MAX,
-    exempt: true,
-};
-
-const LEASE_MS: u64 = 30 * 60 * 1000;
 /// Bump when the seed layout changes, so stale seeds are not reused.
 const SEED_VERSION: &str = "v1";
 
@@ -77,13 +72,9 @@ struct Settings {
 
 impl Settings {
     fn from_env() -> Self {
-        let quick = std::env::var("TGDL_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
-        let reps = std::env::var("TGDL_BENCH_REPS")
-            .ok()
-            .and_then(|v| v.parse::<usize>().ok())
-            .filter(|n| *n > 0)
-            .unwrap_or(if quick { 1 } else { 3 });
-        let reseed = std::env::var("TGDL_BENCH_RESEED").is_ok_and(|v| !v.is_empty() && v != "0");
+        let quick = common::quick();
+        let reps = common::env_count("TGDL_BENCH_REPS").unwrap_or(if quick { 1 } else { 3 });
+        let reseed = common::env_flag("TGDL_BENCH_RESEED");
         Settings {
             quick,
             sizes: if quick {
@@ -126,13 +117,7 @@ impl Image {
 fn main() {
     let started = Instant::now();
     let s = Settings::from_env();
-    let shm = Path::new("/dev/shm");
-    let seed_root = match std::env::var_os("TGDL_BENCH_SEED_DIR") {
-        Some(p) => PathBuf::from(p),
-        None if fs_of(shm).is_some_and(|f| f.fstype == "tmpfs") => shm.join("tgdl-bench-recovery"),
-        None => PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("tgdl-bench-recovery"),
-    };
-    let seed_root = seed_root.join(format!(
+    let seed_root = common::seed_dir().join(format!(
         "{SEED_VERSION}-{}-{}",
         if s.quick { "quick" } else { "full" },
         s.in_flight
@@ -155,7 +140,7 @@ fn main() {
         loadavg()
     );
     println!("seeds and runs in: {}", describe_fs(&seed_root));
-    if fs_of(&seed_root).is_some_and(|f| f.fstype == "tmpfs") {
+    if is_tmpfs(&seed_root) {
         println!(
             "NOTE: tmpfs: reads and fsync cost nothing here; on a disk the first open also \
              reads the whole log (cold page cache) and each recovered job costs an fsync"
@@ -269,7 +254,14 @@ fn ensure_seeds(s: &Settings, root: &Path) -> Vec<Seed> {
     let dead_owner = Uuid::now_v7();
 
     let t0 = Instant::now();
-    let ids = seed_in_flight(&store, s.in_flight, dead_owner);
+    // In flight: claimed by the dead owner, a third each left in downloading,
+    // uploading and cleaning. Links point at a closed loopback port, so a bot
+    // that retries them after recovery never reaches the network.
+    let ids = seed_in_flight(&store, s.in_flight, dead_owner, |i| {
+        let mut nj = new_job(999, i);
+        nj.url = format!("http://127.0.0.1:9/bench/{i}.mp4");
+        nj
+    });
     // Partial files of the jobs that were downloading (kept by recovery), and
     // a few folders that belong to no job (deleted by it).
     let downloads = data.join("downloads");
@@ -333,51 +325,6 @@ fn ensure_seeds(s: &Settings, root: &Path) -> Vec<Seed> {
     seeds
 }
 
-/// Jobs in flight, claimed by `owner`: a third each left in downloading,
-/// uploading and cleaning. Links point at a closed loopback port, so a bot
-/// that retries them after recovery never reaches the network.
-fn seed_in_flight(store: &SledStore, n: u64, owner: Uuid) -> Vec<(Uuid, JobState)> {
-    for i in 0..n {
-        let mut nj = new_job(999, i);
-        nj.url = format!("http://127.0.0.1:9/bench/{i}.mp4");
-        sled_enqueue(store, nj);
-    }
-    let mut out = Vec::new();
-    let mut k = 0u64;
-    while let Some(job) = store.claim(owner, LEASE_MS, now_ms()).expect("claim") {
-        let own = |s| Expect::owned(s, owner);
-        let mut state = JobState::Downloading;
-        if k % 3 >= 1 {
-            store
-                .update(
-                    job.id,
-                    own(JobState::Downloading),
-                    Some(JobState::Uploading),
-                    now_ms(),
-                    &downloaded,
-                )
-                .expect("to uploading");
-            state = JobState::Uploading;
-        }
-        if k % 3 == 2 {
-            store
-                .update(
-                    job.id,
-                    own(JobState::Uploading),
-                    Some(JobState::Cleaning),
-                    now_ms(),
-                    &delivered,
-                )
-                .expect("to cleaning");
-            state = JobState::Cleaning;
-        }
-        out.push((job.id.0, state));
-        k += 1;
-    }
-    assert_eq!(k, n);
-    out
-}
-
 /// The heartbeat of the owner: one flushed write per in-flight job.
 fn renew_leases(store: &SledStore, ids: &[(Uuid, JobState)], owner: Uuid) {
     for (id, state) in ids {
@@ -396,85 +343,6 @@ fn renew_leases(store: &SledStore, ids: &[(Uuid, JobState)], owner: Uuid) {
             )
             .expect("renew lease");
     }
-}
-
-/// Every job the bench creates is a distinct request.
-static REQUEST: AtomicU64 = AtomicU64::new(1);
-
-fn new_job(thread: u64, i: u64) -> NewJob {
-    let user = thread * 100 + i % 8;
-    let req = REQUEST.fetch_add(1, Ordering::Relaxed);
-    NewJob {
-        chat_id: user as i64,
-        user_id: user,
-        request_msg_id: req as i32,
-        lang: "en".into(),
-        url: format!("https://www.youtube.com/watch?v=bench{req:011}"),
-        options: JobOptions::default(),
-        parent: None,
-        not_before: None,
-    }
-}
-
-fn sled_enqueue(store: &SledStore, new: NewJob) -> Job {
-    let e = store.enqueue(new, OPEN_LIMITS, now_ms()).expect("enqueue");
-    assert!(!e.duplicate, "bench requests must be distinct");
-    e.job
-}
-
-fn downloaded(j: &mut Job) {
-    j.file_path = Some(format!("/var/lib/tgdl/downloads/{}/video.mp4", j.id));
-    j.file_size = Some(48_213_776);
-    j.title = Some("A realistic video title of moderate length".into());
-}
-
-fn delivered(j: &mut Job) {
-    j.delivery = Some(Delivery {
-        message_id: 4242,
-        file_id: "BAACAgQAAxkDAAIBY2ZxQvbench_file_id_of_realistic_length_AAQ".into(),
-        sent_as: MediaKind::Video,
-    });
-}
-
-/// `n` finished jobs through the public API, as `benches/store.rs` seeds
-/// them: queued -> cleaning -> done with the fields of a delivered job.
-fn seed_finished(store: &SledStore, n: u64, threads: usize) {
-    let next = AtomicU64::new(0);
-    std::thread::scope(|sc| {
-        for t in 0..threads as u64 {
-            let next = &next;
-            sc.spawn(move || loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= n {
-                    break;
-                }
-                let mut nj = new_job(1000 + t, i);
-                nj.user_id = 10_000 + i % 5_000;
-                let job = sled_enqueue(store, nj);
-                store
-                    .update(
-                        job.id,
-                        Expect::state(JobState::Queued),
-                        Some(JobState::Cleaning),
-                        now_ms(),
-                        &|j| {
-                            downloaded(j);
-                            delivered(j);
-                        },
-                    )
-                    .expect("to cleaning");
-                store
-                    .update(
-                        job.id,
-                        Expect::state(JobState::Cleaning),
-                        Some(JobState::Done),
-                        now_ms(),
-                        &|_| {},
-                    )
-                    .expect("to done");
-            });
-        }
-    });
 }
 
 // ---------------------------------------------------------------------------
@@ -589,21 +457,6 @@ async fn binary_start(api: &FakeTelegram, binary: &Path, ytdlp: &Path, dir: &Pat
     }
 }
 
-/// The release binary next to this bench (cargo builds it before benches).
-fn tgdl_binary() -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_BIN_EXE_tgdl"));
-    if !path.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = std::process::Command::new(cargo)
-            .args(["build", "--release", "--bin", "tgdl"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .expect("run cargo build");
-        assert!(status.success(), "cargo build --release --bin tgdl failed");
-    }
-    path
-}
-
 /// yt-dlp from PATH, as an absolute path so the bot installs nothing. A
 /// pyenv shim is a shell script that adds its own start-up to every call;
 /// the interpreter's own entry point is used instead when pyenv names it.
@@ -624,7 +477,7 @@ fn ytdlp_path() -> PathBuf {
 }
 
 fn time_ytdlp_version(ytdlp: &Path) -> Duration {
-    let mut v: Vec<Duration> = (0..5)
+    let v: Vec<Duration> = (0..5)
         .map(|_| {
             let t = Instant::now();
             let out = std::process::Command::new(ytdlp)
@@ -636,8 +489,7 @@ fn time_ytdlp_version(ytdlp: &Path) -> Duration {
             t.elapsed()
         })
         .collect();
-    v.sort_unstable();
-    v[v.len() / 2]
+    median(v)
 }
 
 // ---------------------------------------------------------------------------
@@ -649,11 +501,6 @@ struct Row {
     db_bytes: u64,
     pass: Vec<Pass>,
     start: Vec<Start>,
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort_unstable();
-    v[v.len() / 2]
 }
 
 fn max(v: impl IntoIterator<Item = Duration>) -> Duration {
@@ -749,79 +596,6 @@ fn print_tables(s: &Settings, rows: &[Row]) {
 // ---------------------------------------------------------------------------
 // Files
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("create copy dir");
-    for e in std::fs::read_dir(from).expect("read dir") {
-        let e = e.expect("dir entry");
-        let target = to.join(e.file_name());
-        if e.file_type().expect("file type").is_dir() {
-            copy_dir(&e.path(), &target);
-        } else {
-            std::fs::copy(e.path(), &target).expect("copy file");
-        }
-    }
-}
-
 fn dir_size(p: &Path) -> u64 {
     tgdl::cleanup::tree_size(p)
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
-        .unwrap_or_else(|| "?".into())
-}
-
-fn fmt_dur(d: Duration) -> String {
-    let ns = d.as_nanos() as f64;
-    if ns < 1e3 {
-        format!("{ns:.0} ns")
-    } else if ns < 1e6 {
-        format!("{:.1} µs", ns / 1e3)
-    } else if ns < 1e9 {
-        format!("{:.2} ms", ns / 1e6)
-    } else {
-        format!("{:.2} s", ns / 1e9)
-    }
-}
-
-struct Mount {
-    point: String,
-    fstype: String,
-    source: String,
-}
-
-/// The filesystem of `path`, from /proc/self/mountinfo (Linux).
-fn fs_of(path: &Path) -> Option<Mount> {
-    let path = path.canonicalize().ok()?;
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let mut best: Option<Mount> = None;
-    for line in info.lines() {
-        let (left, right) = line.split_once(" - ")?;
-        let point = left.split(' ').nth(4)?.replace("\\040", " ");
-        let mut r = right.split(' ');
-        let (fstype, source) = (r.next()?.to_string(), r.next()?.to_string());
-        if path.starts_with(&point) && best.as_ref().is_none_or(|b| point.len() >= b.point.len()) {
-            best = Some(Mount {
-                point,
-                fstype,
-                source,
-            });
-        }
-    }
-    best
-}
-
-fn describe_fs(path: &Path) -> String {
-    match fs_of(path) {
-        Some(m) => format!(
-            "{} ({} on {}, mounted at {})",
-            path.display(),
-            m.fstype,
-            m.source,
-            m.point
-        ),
-        None => format!("{} (filesystem unknown)", path.display()),
-    }
 }

@@ -14,28 +14,23 @@
 //!
 //! Arguments (cargo passes `--bench`) are ignored.
 
+mod common;
+
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::{
+    advance, delivered, describe_fs, downloaded, fmt_dur, is_tmpfs, new_job, seed_finished,
+    seed_in_flight, sled_enqueue, stats, time_reps, Stats, LEASE_MS, OPEN_LIMITS,
+};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use tgdl::codec;
-use tgdl::job::{now_ms, Delivery, Job, JobId, JobOptions, JobState, MediaKind, Millis, NewJob};
+use tgdl::job::{now_ms, Job, JobId, JobState, Millis, NewJob};
 use tgdl::store::{EnqueueLimits, Expect, JobStore, SledStore};
 use uuid::Uuid;
-
-/// Limits that never refuse: the benchmark measures the work of checking
-/// them, not refusals. `exempt` still leaves the capacity check in place.
-const OPEN_LIMITS: EnqueueLimits = EnqueueLimits {
-    per_user_active: u32::MAX,
-    per_user_per_hour: 20,
-    queue_capacity: u64::MAX,
-    exempt: true,
-};
-
-const LEASE_MS: u64 = 30 * 60 * 1000;
 
 struct Settings {
     quick: bool,
@@ -50,7 +45,7 @@ struct Settings {
 
 impl Settings {
     fn from_env() -> Self {
-        let quick = std::env::var("TGDL_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
+        let quick = common::quick();
         let secs = std::env::var("TGDL_BENCH_SECS")
             .ok()
             .and_then(|v| v.parse::<f64>().ok())
@@ -92,7 +87,7 @@ fn main() {
     // long on a real disk; tmpfs makes fsync nearly free and changes nothing
     // about what the reads do.
     let shm = Path::new("/dev/shm");
-    let seed_root = if fs_of(shm).is_some_and(|f| f.fstype == "tmpfs") {
+    let seed_root = if is_tmpfs(shm) {
         shm.to_path_buf()
     } else {
         disk_root.clone()
@@ -110,7 +105,7 @@ fn main() {
     );
     println!("durability runs in: {}", describe_fs(disk.path()));
     println!("read-scale seeding: {}", describe_fs(seed.path()));
-    if fs_of(disk.path()).is_some_and(|f| f.fstype == "tmpfs") {
+    if is_tmpfs(disk.path()) {
         println!("WARNING: the durability directory is on tmpfs; fsync costs nothing there");
     }
     println!();
@@ -223,51 +218,6 @@ fn main() {
 // ---------------------------------------------------------------------------
 // Workloads
 
-/// Every job the bench creates is a distinct request (the store folds a
-/// repeated chat + message + link into the job it already has).
-static REQUEST: AtomicU64 = AtomicU64::new(1);
-
-fn new_job(thread: u64, i: u64) -> NewJob {
-    // A handful of users per worker so the fair scheduler has a turn list to
-    // walk, as it would with real traffic.
-    let user = thread * 100 + i % 8;
-    let req = REQUEST.fetch_add(1, Ordering::Relaxed);
-    NewJob {
-        chat_id: user as i64,
-        user_id: user,
-        request_msg_id: req as i32,
-        lang: "en".into(),
-        url: format!("https://www.youtube.com/watch?v=bench{req:011}"),
-        options: JobOptions::default(),
-        parent: None,
-        not_before: None,
-    }
-}
-
-/// Enqueue through the store and insist it created a job: a request folded
-/// into an existing job would make the bench measure less work than it says.
-fn sled_enqueue(store: &SledStore, new: NewJob) -> Job {
-    let e = store.enqueue(new, OPEN_LIMITS, now_ms()).expect("enqueue");
-    assert!(!e.duplicate, "bench requests must be distinct");
-    e.job
-}
-
-/// What the downloader records before uploading.
-fn downloaded(j: &mut Job) {
-    j.file_path = Some(format!("/var/lib/tgdl/downloads/{}/video.mp4", j.id));
-    j.file_size = Some(48_213_776);
-    j.title = Some("A realistic video title of moderate length".into());
-}
-
-/// What the uploader records before cleaning.
-fn delivered(j: &mut Job) {
-    j.delivery = Some(Delivery {
-        message_id: 4242,
-        file_id: "BAACAgQAAxkDAAIBY2ZxQvbench_file_id_of_realistic_length_AAQ".into(),
-        sent_as: MediaKind::Video,
-    });
-}
-
 /// Enqueue one job, then claim whatever is due and drive it to done, as a
 /// worker does. Returns whether a job reached done.
 fn sled_lifecycle(store: &SledStore, owner: Uuid, t: u64, i: u64) -> bool {
@@ -277,34 +227,12 @@ fn sled_lifecycle(store: &SledStore, owner: Uuid, t: u64, i: u64) -> bool {
     let Some(job) = store.claim(owner, LEASE_MS, now_ms()).expect("claim") else {
         return false;
     };
-    let own = |s| Expect::owned(s, owner);
-    store
-        .update(
-            job.id,
-            own(JobState::Downloading),
-            Some(JobState::Uploading),
-            now_ms(),
-            &downloaded,
-        )
-        .expect("to uploading");
-    store
-        .update(
-            job.id,
-            own(JobState::Uploading),
-            Some(JobState::Cleaning),
-            now_ms(),
-            &delivered,
-        )
-        .expect("to cleaning");
-    store
-        .update(
-            job.id,
-            own(JobState::Cleaning),
-            Some(JobState::Done),
-            now_ms(),
-            &|_| {},
-        )
-        .expect("to done");
+    let step = |from, to, edit: &(dyn Fn(&mut Job) + Sync)| {
+        advance(store, job.id, Expect::owned(from, owner), to, edit);
+    };
+    step(JobState::Downloading, JobState::Uploading, &downloaded);
+    step(JobState::Uploading, JobState::Cleaning, &delivered);
+    step(JobState::Cleaning, JobState::Done, &|_| {});
     true
 }
 
@@ -343,6 +271,11 @@ CREATE TABLE IF NOT EXISTS cache (
     record  BLOB NOT NULL
 );
 ";
+
+/// A job's new state, lease and record, if it is still in the state read.
+const SQLITE_MOVE: &str =
+    "UPDATE jobs SET state = ?2, owner = ?3, lease_until = ?4, updated_at = ?5, record = ?6
+             WHERE id = ?1 AND state = ?7";
 
 fn init_sqlite(path: &Path) {
     let conn = open_sqlite(path, SyncMode::Full);
@@ -473,10 +406,7 @@ fn sqlite_claim(conn: &mut Connection, owner: Uuid, now: Millis) -> Option<Job> 
         until: now + LEASE_MS,
     });
     let changed = tx
-        .prepare_cached(
-            "UPDATE jobs SET state = ?2, owner = ?3, lease_until = ?4, updated_at = ?5, record = ?6
-             WHERE id = ?1 AND state = ?7",
-        )
+        .prepare_cached(SQLITE_MOVE)
         .and_then(|mut st| {
             st.execute(params![
                 &job.id.as_bytes()[..],
@@ -529,10 +459,7 @@ fn sqlite_update(
     edit(&mut job);
     job.enter(to, now).expect("legal");
     let changed = tx
-        .prepare_cached(
-            "UPDATE jobs SET state = ?2, owner = ?3, lease_until = ?4, updated_at = ?5, record = ?6
-             WHERE id = ?1 AND state = ?7",
-        )
+        .prepare_cached(SQLITE_MOVE)
         .and_then(|mut st| {
             st.execute(params![
                 &id.as_bytes()[..],
@@ -602,31 +529,12 @@ fn sqlite_lifecycle(conn: &mut Connection, owner: Uuid, t: u64, i: u64) -> bool 
     let Some(job) = sqlite_claim(conn, owner, now_ms()) else {
         return false;
     };
-    let own = |s| Expect::owned(s, owner);
-    sqlite_update(
-        conn,
-        job.id,
-        own(JobState::Downloading),
-        JobState::Uploading,
-        now_ms(),
-        &downloaded,
-    );
-    sqlite_update(
-        conn,
-        job.id,
-        own(JobState::Uploading),
-        JobState::Cleaning,
-        now_ms(),
-        &delivered,
-    );
-    sqlite_update(
-        conn,
-        job.id,
-        own(JobState::Cleaning),
-        JobState::Done,
-        now_ms(),
-        &|_| {},
-    );
+    let mut step = |from, to, edit: &dyn Fn(&mut Job)| {
+        sqlite_update(conn, job.id, Expect::owned(from, owner), to, now_ms(), edit);
+    };
+    step(JobState::Downloading, JobState::Uploading, &downloaded);
+    step(JobState::Uploading, JobState::Cleaning, &delivered);
+    step(JobState::Cleaning, JobState::Done, &|_| {});
     true
 }
 
@@ -641,37 +549,7 @@ fn read_scale(s: &Settings, dir: &Path) {
     // The in-flight set comes first and stays the same at every size: a third
     // each in downloading, uploading and cleaning.
     let t0 = Instant::now();
-    for i in 0..s.in_flight {
-        sled_enqueue(&store, new_job(999, i));
-    }
-    let mut n = 0u64;
-    while let Some(job) = store.claim(owner, LEASE_MS, now_ms()).expect("claim") {
-        let own = |s| Expect::owned(s, owner);
-        if n % 3 >= 1 {
-            store
-                .update(
-                    job.id,
-                    own(JobState::Downloading),
-                    Some(JobState::Uploading),
-                    now_ms(),
-                    &downloaded,
-                )
-                .expect("to uploading");
-        }
-        if n % 3 == 2 {
-            store
-                .update(
-                    job.id,
-                    own(JobState::Uploading),
-                    Some(JobState::Cleaning),
-                    now_ms(),
-                    &delivered,
-                )
-                .expect("to cleaning");
-        }
-        n += 1;
-    }
-    assert_eq!(n, s.in_flight);
+    seed_in_flight(&store, s.in_flight, owner, |i| new_job(999, i));
     let mut seed_time = t0.elapsed();
     let mut stored = s.in_flight;
 
@@ -768,49 +646,6 @@ fn read_scale(s: &Settings, dir: &Path) {
     );
 }
 
-/// Add `n` finished jobs through the public API. Each takes the short path
-/// to done (queued -> cleaning -> done, what a cancel does), carrying the
-/// fields a delivered job has, so records are full size.
-fn seed_finished(store: &SledStore, n: u64, threads: usize) {
-    let next = AtomicU64::new(0);
-    std::thread::scope(|sc| {
-        for t in 0..threads as u64 {
-            let next = &next;
-            sc.spawn(move || loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= n {
-                    break;
-                }
-                // Many users, as a long-running bot accumulates.
-                let mut nj = new_job(1000 + t, i);
-                nj.user_id = 10_000 + i % 5_000;
-                let job = sled_enqueue(store, nj);
-                store
-                    .update(
-                        job.id,
-                        Expect::state(JobState::Queued),
-                        Some(JobState::Cleaning),
-                        now_ms(),
-                        &|j| {
-                            downloaded(j);
-                            delivered(j);
-                        },
-                    )
-                    .expect("to cleaning");
-                store
-                    .update(
-                        job.id,
-                        Expect::state(JobState::Cleaning),
-                        Some(JobState::Done),
-                        now_ms(),
-                        &|_| {},
-                    )
-                    .expect("to done");
-            });
-        }
-    });
-}
-
 // ---------------------------------------------------------------------------
 // Measurement plumbing
 
@@ -828,9 +663,9 @@ impl Throughput {
 
 /// Run `threads` workers until `dur` has passed, each calling its closure
 /// with a sequence number; the closure says whether it completed an op.
-fn run_threads<F, M>(threads: u64, dur: Duration, make: M) -> Throughput
+fn run_threads<F, M>(threads: u64, dur: Duration, mut make: M) -> Throughput
 where
-    M: Fn(u64) -> F,
+    M: FnMut(u64) -> F,
     F: FnMut(u64) -> bool + Send,
 {
     let done = AtomicU64::new(0);
@@ -863,30 +698,17 @@ fn run_threads_with<C: Send>(
     dur: Duration,
     step: impl Fn(C, u64, u64) -> (C, bool) + Sync,
 ) -> Throughput {
-    let done = AtomicU64::new(0);
-    let start = Instant::now();
-    let deadline = start + dur;
-    std::thread::scope(|sc| {
-        for (t, conn) in conns.into_iter().enumerate() {
-            let (done, step) = (&done, &step);
-            sc.spawn(move || {
-                let mut conn = Some(conn);
-                let mut i = 0;
-                while Instant::now() < deadline {
-                    let (c, ok) = step(conn.take().expect("conn"), t as u64, i);
-                    conn = Some(c);
-                    if ok {
-                        done.fetch_add(1, Ordering::Relaxed);
-                    }
-                    i += 1;
-                }
-            });
+    let threads = conns.len() as u64;
+    let mut conns = conns.into_iter();
+    let step = &step;
+    run_threads(threads, dur, |t| {
+        let mut conn = conns.next();
+        move |i| {
+            let (c, ok) = step(conn.take().expect("conn"), t, i);
+            conn = Some(c);
+            ok
         }
-    });
-    Throughput {
-        ops: done.into_inner(),
-        elapsed: start.elapsed(),
-    }
+    })
 }
 
 struct Row {
@@ -926,36 +748,6 @@ fn print_throughput(rows: &[Row]) {
     }
 }
 
-struct Stats {
-    n: usize,
-    median: Duration,
-    p99: Duration,
-    max: Duration,
-}
-
-fn time_reps(reps: usize, mut f: impl FnMut()) -> Stats {
-    // One untimed call so the first timed one is not paying for a cold cache.
-    f();
-    let v: Vec<Duration> = (0..reps)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed()
-        })
-        .collect();
-    stats(v)
-}
-
-fn stats(mut v: Vec<Duration>) -> Stats {
-    v.sort_unstable();
-    Stats {
-        n: v.len(),
-        median: v[v.len() / 2],
-        p99: v[(v.len() * 99 / 100).min(v.len() - 1)],
-        max: v[v.len() - 1],
-    }
-}
-
 /// Time `write 4 KiB + fdatasync` on a file in `dir` for about `dur`.
 fn fsync_probe(dir: &Path, dur: Duration) -> Stats {
     use std::io::{Seek, SeekFrom, Write};
@@ -971,61 +763,4 @@ fn fsync_probe(dir: &Path, dur: Duration) -> Stats {
         v.push(t.elapsed());
     }
     stats(v)
-}
-
-fn fmt_dur(d: Duration) -> String {
-    let ns = d.as_nanos() as f64;
-    if ns < 1e3 {
-        format!("{ns:.0} ns")
-    } else if ns < 1e6 {
-        format!("{:.1} µs", ns / 1e3)
-    } else if ns < 1e9 {
-        format!("{:.2} ms", ns / 1e6)
-    } else {
-        format!("{:.2} s", ns / 1e9)
-    }
-}
-
-// ---------------------------------------------------------------------------
-// Which filesystem a path is on, from /proc/self/mountinfo (Linux only; the
-// output says "unknown" elsewhere).
-
-struct Mount {
-    point: String,
-    fstype: String,
-    source: String,
-}
-
-fn fs_of(path: &Path) -> Option<Mount> {
-    let path = path.canonicalize().ok()?;
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let mut best: Option<Mount> = None;
-    for line in info.lines() {
-        // id parent major:minor root mountpoint options [optional...] - fstype source superopts
-        let (left, right) = line.split_once(" - ")?;
-        let point = left.split(' ').nth(4)?.replace("\\040", " ");
-        let mut r = right.split(' ');
-        let (fstype, source) = (r.next()?.to_string(), r.next()?.to_string());
-        if path.starts_with(&point) && best.as_ref().is_none_or(|b| point.len() >= b.point.len()) {
-            best = Some(Mount {
-                point,
-                fstype,
-                source,
-            });
-        }
-    }
-    best
-}
-
-fn describe_fs(path: &Path) -> String {
-    match fs_of(path) {
-        Some(m) => format!(
-            "{} ({} on {}, mounted at {})",
-            path.display(),
-            m.fstype,
-            m.source,
-            m.point
-        ),
-        None => format!("{} (filesystem unknown)", path.display()),
-    }
 }

@@ -1,0 +1,337 @@
+//! Helpers shared by the bench binaries (each includes this with
+//! `mod common;`): settings from the environment, seeding stores through the
+//! public API, timing and formatting, and which filesystem a path is on.
+//! Each bench uses a subset, hence the `dead_code` allowance.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tgdl::job::{now_ms, Delivery, Job, JobId, JobOptions, JobState, MediaKind, NewJob};
+use tgdl::store::{EnqueueLimits, Expect, JobStore, SledStore};
+use uuid::Uuid;
+
+// ---------------------------------------------------------------------------
+// Environment
+
+/// Whether `key` is set to something other than empty or `0`.
+pub fn env_flag(key: &str) -> bool {
+    std::env::var(key).is_ok_and(|v| !v.is_empty() && v != "0")
+}
+
+/// `TGDL_BENCH_QUICK=1`: smaller sizes and shorter runs, for a smoke run.
+pub fn quick() -> bool {
+    env_flag("TGDL_BENCH_QUICK")
+}
+
+/// A positive count from `key`, if it is set to one.
+pub fn env_count(key: &str) -> Option<usize> {
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| *n > 0)
+}
+
+/// Where seed stores are kept: `TGDL_BENCH_SEED_DIR`, else
+/// `/dev/shm/tgdl-bench-recovery` when `/dev/shm` is tmpfs, else under
+/// cargo's per-target temp dir. Seeding goes through the public API with a
+/// flush per transaction, which would take far too long on a real disk.
+pub fn seed_dir() -> PathBuf {
+    let shm = Path::new("/dev/shm");
+    match std::env::var_os("TGDL_BENCH_SEED_DIR") {
+        Some(p) => PathBuf::from(p),
+        None if is_tmpfs(shm) => shm.join("tgdl-bench-recovery"),
+        None => PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("tgdl-bench-recovery"),
+    }
+}
+
+/// The release binary next to this bench's own executable. Cargo builds every
+/// binary of the package before its benches and points this variable at it
+/// (`target/release/tgdl` under `cargo bench`).
+pub fn tgdl_binary() -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_BIN_EXE_tgdl"));
+    if !path.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = std::process::Command::new(cargo)
+            .args(["build", "--release", "--bin", "tgdl"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "cargo build --release --bin tgdl failed");
+    }
+    path
+}
+
+/// The 1-minute load average: every number here is CPU-bound on a small
+/// machine, so other work running alongside shows up in them.
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".into())
+}
+
+// ---------------------------------------------------------------------------
+// Jobs and stores
+
+/// Limits that never refuse: the benchmarks measure the work of checking
+/// them, not refusals. `exempt` still leaves the capacity check in place.
+pub const OPEN_LIMITS: EnqueueLimits = EnqueueLimits {
+    per_user_active: u32::MAX,
+    per_user_per_hour: 20,
+    queue_capacity: u64::MAX,
+    exempt: true,
+};
+
+pub const LEASE_MS: u64 = 30 * 60 * 1000;
+
+/// Every job a bench creates is a distinct request (the store folds a
+/// repeated chat + message + link into the job it already has).
+static REQUEST: AtomicU64 = AtomicU64::new(1);
+
+pub fn new_job(thread: u64, i: u64) -> NewJob {
+    // A handful of users per worker so the fair scheduler has a turn list to
+    // walk, as it would with real traffic.
+    let user = thread * 100 + i % 8;
+    let req = REQUEST.fetch_add(1, Ordering::Relaxed);
+    NewJob {
+        chat_id: user as i64,
+        user_id: user,
+        request_msg_id: req as i32,
+        lang: "en".into(),
+        url: format!("https://www.youtube.com/watch?v=bench{req:011}"),
+        options: JobOptions::default(),
+        parent: None,
+        not_before: None,
+    }
+}
+
+/// Enqueue through the store and insist it created a job: a request folded
+/// into an existing job would make the bench measure less work than it says.
+pub fn sled_enqueue(store: &SledStore, new: NewJob) -> Job {
+    let e = store.enqueue(new, OPEN_LIMITS, now_ms()).expect("enqueue");
+    assert!(!e.duplicate, "bench requests must be distinct");
+    e.job
+}
+
+/// What the downloader records before uploading.
+pub fn downloaded(j: &mut Job) {
+    j.file_path = Some(format!("/var/lib/tgdl/downloads/{}/video.mp4", j.id));
+    j.file_size = Some(48_213_776);
+    j.title = Some("A realistic video title of moderate length".into());
+}
+
+/// What the uploader records before cleaning.
+pub fn delivered(j: &mut Job) {
+    j.delivery = Some(Delivery {
+        message_id: 4242,
+        file_id: "BAACAgQAAxkDAAIBY2ZxQvbench_file_id_of_realistic_length_AAQ".into(),
+        sent_as: MediaKind::Video,
+    });
+}
+
+/// One flushed transition of job `id` from what `expect` says to `to`,
+/// applying `edit` on the way.
+pub fn advance(
+    store: &SledStore,
+    id: JobId,
+    expect: Expect,
+    to: JobState,
+    edit: &(dyn Fn(&mut Job) + Sync),
+) {
+    if let Err(e) = store.update(id, expect, Some(to), now_ms(), edit) {
+        panic!("to {to}: {e:?}");
+    }
+}
+
+/// `n` jobs in flight, made by `make(i)` and claimed by `owner`: a third
+/// each left in downloading, uploading and cleaning. Returns each job's id
+/// and state, in the order they were claimed.
+pub fn seed_in_flight(
+    store: &SledStore,
+    n: u64,
+    owner: Uuid,
+    make: impl Fn(u64) -> NewJob,
+) -> Vec<(Uuid, JobState)> {
+    for i in 0..n {
+        sled_enqueue(store, make(i));
+    }
+    let mut out = Vec::new();
+    while let Some(job) = store.claim(owner, LEASE_MS, now_ms()).expect("claim") {
+        let k = out.len() as u64;
+        let own = |s| Expect::owned(s, owner);
+        let mut state = JobState::Downloading;
+        if k % 3 >= 1 {
+            state = JobState::Uploading;
+            advance(
+                store,
+                job.id,
+                own(JobState::Downloading),
+                state,
+                &downloaded,
+            );
+        }
+        if k % 3 == 2 {
+            state = JobState::Cleaning;
+            advance(store, job.id, own(JobState::Uploading), state, &delivered);
+        }
+        out.push((job.id.0, state));
+    }
+    assert_eq!(out.len() as u64, n);
+    out
+}
+
+/// Add `n` finished jobs through the public API. Each takes the short path
+/// to done (queued -> cleaning -> done, what a cancel does), carrying the
+/// fields a delivered job has, so records are full size.
+pub fn seed_finished(store: &SledStore, n: u64, threads: usize) {
+    let next = AtomicU64::new(0);
+    std::thread::scope(|sc| {
+        for t in 0..threads as u64 {
+            let next = &next;
+            sc.spawn(move || loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    break;
+                }
+                // Many users, as a long-running bot accumulates.
+                let mut nj = new_job(1000 + t, i);
+                nj.user_id = 10_000 + i % 5_000;
+                let job = sled_enqueue(store, nj);
+                let both = |j: &mut Job| {
+                    downloaded(j);
+                    delivered(j);
+                };
+                advance(
+                    store,
+                    job.id,
+                    Expect::state(JobState::Queued),
+                    JobState::Cleaning,
+                    &both,
+                );
+                advance(
+                    store,
+                    job.id,
+                    Expect::state(JobState::Cleaning),
+                    JobState::Done,
+                    &|_| {},
+                );
+            });
+        }
+    });
+}
+
+// ---------------------------------------------------------------------------
+// Timing
+
+pub struct Stats {
+    pub n: usize,
+    pub median: Duration,
+    pub p99: Duration,
+    pub max: Duration,
+}
+
+/// `reps` timed calls of `f`, after one untimed call so the first timed one
+/// is not paying for a cold cache.
+pub fn time_reps(reps: usize, mut f: impl FnMut()) -> Stats {
+    f();
+    let v: Vec<Duration> = (0..reps)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed()
+        })
+        .collect();
+    stats(v)
+}
+
+pub fn stats(mut v: Vec<Duration>) -> Stats {
+    v.sort_unstable();
+    Stats {
+        n: v.len(),
+        median: v[v.len() / 2],
+        p99: v[(v.len() * 99 / 100).min(v.len() - 1)],
+        max: v[v.len() - 1],
+    }
+}
+
+pub fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort_unstable();
+    v[v.len() / 2]
+}
+
+pub fn fmt_dur(d: Duration) -> String {
+    let ns = d.as_nanos() as f64;
+    if ns < 1e3 {
+        format!("{ns:.0} ns")
+    } else if ns < 1e6 {
+        format!("{:.1} µs", ns / 1e3)
+    } else if ns < 1e9 {
+        format!("{:.2} ms", ns / 1e6)
+    } else {
+        format!("{:.2} s", ns / 1e9)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Files, and which filesystem a path is on, from /proc/self/mountinfo (Linux
+// only; the output says "unknown" elsewhere).
+
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("create copy dir");
+    for e in std::fs::read_dir(from).expect("read dir") {
+        let e = e.expect("dir entry");
+        let target = to.join(e.file_name());
+        if e.file_type().expect("file type").is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).expect("copy file");
+        }
+    }
+}
+
+pub struct Mount {
+    pub point: String,
+    pub fstype: String,
+    pub source: String,
+}
+
+pub fn fs_of(path: &Path) -> Option<Mount> {
+    let path = path.canonicalize().ok()?;
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let mut best: Option<Mount> = None;
+    for line in info.lines() {
+        // id parent major:minor root mountpoint options [optional...] - fstype source superopts
+        let (left, right) = line.split_once(" - ")?;
+        let point = left.split(' ').nth(4)?.replace("\\040", " ");
+        let mut r = right.split(' ');
+        let (fstype, source) = (r.next()?.to_string(), r.next()?.to_string());
+        if path.starts_with(&point) && best.as_ref().is_none_or(|b| point.len() >= b.point.len()) {
+            best = Some(Mount {
+                point,
+                fstype,
+                source,
+            });
+        }
+    }
+    best
+}
+
+pub fn is_tmpfs(path: &Path) -> bool {
+    fs_of(path).is_some_and(|f| f.fstype == "tmpfs")
+}
+
+pub fn describe_fs(path: &Path) -> String {
+    match fs_of(path) {
+        Some(m) => format!(
+            "{} ({} on {}, mounted at {})",
+            path.display(),
+            m.fstype,
+            m.source,
+            m.point
+        ),
+        None => format!("{} (filesystem unknown)", path.display()),
+    }
+}
