@@ -274,8 +274,18 @@ async fn submit(
                     send = send.reply_markup(choice_keyboard(lang, job.id, &[]));
                 }
                 let sent = send.await?;
-                if let Err(e) = core::attach_status(core, job.id, sent.id.0).await {
-                    tracing::warn!(job = %job.id, error = %e, "cannot record the status message");
+                match core::attach_status(core, job.id, sent.id.0).await {
+                    // Finished before its status message was recorded (a
+                    // cache hit, a fast failure): the worker has already sent
+                    // the file or its own failure reply, so the
+                    // acknowledgement has nothing left to say.
+                    Ok(Some(j)) if j.state.is_finished() => {
+                        let _ = bot.delete_message(msg.chat.id, sent.id).await;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(job = %job.id, error = %e, "cannot record the status message")
+                    }
                 }
                 if ask {
                     core::offer_quality(core, job.id);

@@ -176,21 +176,27 @@ pub async fn submit(core: &Core, req: LinkRequest) -> Result<SubmitReport, Store
 
 /// Record the status message the handler sent for a job, whatever state the
 /// job has reached meanwhile (a worker may already hold it).
-pub async fn attach_status(core: &Core, id: JobId, message_id: i32) -> Result<(), StoreError> {
+/// Returns the job as recorded: a fast job (a cache hit, an early failure)
+/// may already be finished, and then the caller settles the message itself.
+pub async fn attach_status(
+    core: &Core,
+    id: JobId,
+    message_id: i32,
+) -> Result<Option<Job>, StoreError> {
     core.call(move |s| {
         for _ in 0..8 {
             let Some(job) = s.get(id)? else {
-                return Ok(());
+                return Ok(None);
             };
             match s.update(id, Expect::state(job.state), None, now_ms(), &|j| {
                 j.status_msg_id = Some(message_id)
             }) {
-                Ok(_) => return Ok(()),
+                Ok(j) => return Ok(Some(j)),
                 Err(StoreError::Conflict { .. }) => continue,
                 Err(e) => return Err(e),
             }
         }
-        Ok(())
+        Ok(None)
     })
     .await
 }

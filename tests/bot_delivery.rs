@@ -107,6 +107,20 @@ async fn a_second_request_is_answered_from_the_cache_without_downloading() {
         downloads_before,
         "no second download"
     );
+    // However fast the cache hit finished, the acknowledgement does not
+    // linger: it is removed once the file is there.
+    api.wait_for_messages(
+        1002,
+        |m| {
+            !m.iter().any(|m| {
+                !m.deleted
+                    && m.from_bot
+                    && m.text.as_deref().is_some_and(|t| t.contains("Accepted"))
+            })
+        },
+        T,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
