@@ -147,7 +147,16 @@ async fn run(cycles: usize) -> Stats {
         sent.insert((user, id), fixture);
     }
     api.clear_failures();
+    let polls_before = api.count("getUpdates");
     let mut bot = BotProcess::start(&cfg, &log);
+    // Serving before anything else: a SIGTERM that arrives before the bot
+    // has installed its handler would just terminate it (exit by signal),
+    // which is not the shutdown this test checks.
+    api.wait_for(
+        |c| c.iter().filter(|c| c.is("getUpdates")).count() > polls_before,
+        Duration::from_secs(60),
+    )
+    .await;
     let expected = sent.len();
     let delivered_all = api
         .try_wait_for(
