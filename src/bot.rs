@@ -170,17 +170,7 @@ async fn on_message(bot: Bot, msg: Message, core: Arc<Core>) -> ResponseResult<(
                 Err(e) => internal(lang, e),
             },
             "cancel" if arg.is_empty() => say(Msg::UsageCancel),
-            "cancel" => match core::cancel(&core, asker, &arg).await {
-                Ok(CancelOutcome::Cancelled(j)) => say(Msg::Cancelled {
-                    short_id: j.id.short(),
-                }),
-                Ok(CancelOutcome::AlreadyFinished(j)) => say(Msg::AlreadyFinished {
-                    short_id: j.id.short(),
-                    state: j.state.name().into(),
-                }),
-                Ok(CancelOutcome::Lookup(l)) => lookup_text(lang, l, &arg),
-                Err(e) => internal(lang, e),
-            },
+            "cancel" => cancel_text(lang, core::cancel(&core, asker, &arg).await, &arg).0,
             "retry" if arg.is_empty() => say(Msg::UsageRetry),
             "retry" => match core::retry(&core, asker, &arg).await {
                 Ok(RetryOutcome::Requeued(j)) => say(Msg::Retried {
@@ -623,6 +613,38 @@ fn parse_press(data: &str) -> Option<Press> {
     }
 }
 
+/// What `/cancel` and the Cancel button say, and whether the job was
+/// cancelled (the button then turns the status message into that line).
+fn cancel_text(
+    lang: Lang,
+    outcome: Result<CancelOutcome, crate::store::StoreError>,
+    id: &str,
+) -> (String, bool) {
+    match outcome {
+        Ok(CancelOutcome::Cancelled(j)) => (
+            render(
+                lang,
+                &Msg::Cancelled {
+                    short_id: j.id.short(),
+                },
+            ),
+            true,
+        ),
+        Ok(CancelOutcome::AlreadyFinished(j)) => (
+            render(
+                lang,
+                &Msg::AlreadyFinished {
+                    short_id: j.id.short(),
+                    state: j.state.name().into(),
+                },
+            ),
+            false,
+        ),
+        Ok(CancelOutcome::Lookup(l)) => (lookup_text(lang, l, id), false),
+        Err(e) => (internal(lang, e), false),
+    }
+}
+
 /// Apply a choice and say what happened; on success the status message
 /// becomes the chosen line (replacing the text drops the buttons).
 #[allow(clippy::too_many_arguments)]
@@ -719,29 +741,14 @@ async fn on_callback(bot: Bot, q: CallbackQuery, core: Arc<Core>) -> ResponseRes
             answer(text).await
         }
         Some(Press::Cancel(id)) => {
-            let text = match core::cancel(&core, asker, &id.to_string()).await {
-                Ok(CancelOutcome::Cancelled(j)) => {
-                    let line = render(
-                        lang,
-                        &Msg::Cancelled {
-                            short_id: j.id.short(),
-                        },
-                    );
-                    if let Some((chat, mid)) = message {
-                        let _ = bot.edit_message_text(chat, mid, line.clone()).await;
-                    }
-                    line
-                }
-                Ok(CancelOutcome::AlreadyFinished(j)) => render(
-                    lang,
-                    &Msg::AlreadyFinished {
-                        short_id: j.id.short(),
-                        state: j.state.name().into(),
-                    },
-                ),
-                Ok(CancelOutcome::Lookup(l)) => lookup_text(lang, l, &id.short()),
-                Err(e) => internal(lang, e),
-            };
+            let (text, cancelled) = cancel_text(
+                lang,
+                core::cancel(&core, asker, &id.to_string()).await,
+                &id.short(),
+            );
+            if let (true, Some((chat, mid))) = (cancelled, message) {
+                let _ = bot.edit_message_text(chat, mid, text.clone()).await;
+            }
             answer(text).await
         }
         Some(Press::Setting(field, value)) => {
