@@ -85,17 +85,10 @@ async fn status_becomes(
 
 /// Every job in the store, oldest first per state.
 fn all_jobs(store: &dyn JobStore) -> Vec<Job> {
-    [
-        JobState::Queued,
-        JobState::Downloading,
-        JobState::Uploading,
-        JobState::Cleaning,
-        JobState::Done,
-        JobState::Failed,
-    ]
-    .into_iter()
-    .flat_map(|s| store.list_state(s, usize::MAX).unwrap())
-    .collect()
+    JobState::ALL
+        .into_iter()
+        .flat_map(|s| store.list_state(s, usize::MAX).unwrap())
+        .collect()
 }
 
 /// The one job of `user`, which must exist alone.
