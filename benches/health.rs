@@ -9,7 +9,7 @@
 //!    pruning), on a store with 10,000 jobs. Expressed as % of one core at
 //!    the default `health.interval_secs` (60 s). Target: under 1 %.
 //! 2. `/health` with 1,000,000 stored jobs (1,000 of them in flight):
-//!    `tgdl::report::health_text`, both as a running bot answers it (from the
+//!    `tgdl::ops::report::health_text`, both as a running bot answers it (from the
 //!    monitor's latest sample) and on a bot whose monitor has not sampled yet
 //!    (a fresh `Monitor::sample` + rules + `render_health`). p50 and p99.
 //!    Target: under 5 ms.
@@ -39,8 +39,9 @@ use common::{
     Stats,
 };
 use tgdl::config::Config;
-use tgdl::core::Core;
-use tgdl::health::{Monitor, Probe, SysinfoProbe};
+use tgdl::ops::health::HealthState;
+use tgdl::ops::health::{Monitor, Probe, SysinfoProbe};
+use tgdl::pipeline::JobService;
 use tgdl::store::{JobStore, SledStore};
 use uuid::Uuid;
 
@@ -111,10 +112,10 @@ fn main() {
         t.elapsed().as_secs_f64()
     );
     let core = open_core(&small.join("data"));
-    let interval = core.config.health.interval_secs;
+    let interval = core.jobs.config.health.interval_secs;
     let mut rows = Vec::new();
     {
-        let mut probe = SysinfoProbe::new(&core.config.downloads_dir());
+        let mut probe = SysinfoProbe::new(&core.jobs.config.downloads_dir());
         rows.push(cpu_cost("SysinfoProbe::system()", s.calls, || {
             black_box(probe.system());
         }));
@@ -192,26 +193,26 @@ fn main() {
     let t = Instant::now();
     let core = open_core(&big.join("data"));
     let opened = t.elapsed();
-    let counts = core.store.counts().expect("counts");
+    let counts = core.jobs.store.counts().expect("counts");
     assert_eq!(counts.total(), s.big);
     println!(
         "{} stored jobs, {} active, {:.0} MiB on disk; open took {}",
         counts.total(),
         counts.active(),
-        core.store.size_on_disk() as f64 / (1 << 20) as f64,
+        core.jobs.store.size_on_disk() as f64 / (1 << 20) as f64,
         fmt_dur(opened)
     );
 
     // A bot whose monitor has not sampled yet: every call samples afresh.
     let t = Instant::now();
     let text = rt
-        .block_on(tgdl::report::health_text(&core))
+        .block_on(tgdl::ops::report::health_text(&core.jobs, &core.health))
         .expect("health_text");
     let cold = t.elapsed();
     assert!(text.contains("tgdl is"), "{text}");
     let fresh = time_reps(s.reps, || {
         black_box(
-            rt.block_on(tgdl::report::health_text(&core))
+            rt.block_on(tgdl::ops::report::health_text(&core.jobs, &core.health))
                 .expect("health_text"),
         );
     });
@@ -222,7 +223,7 @@ fn main() {
     let tick = t.elapsed();
     let cached = time_reps(s.reps, || {
         black_box(
-            rt.block_on(tgdl::report::health_text(&core))
+            rt.block_on(tgdl::ops::report::health_text(&core.jobs, &core.health))
                 .expect("health_text"),
         );
     });
@@ -231,7 +232,7 @@ fn main() {
     });
     // Where a fresh sample's time goes: the in-flight jobs it decodes (for
     // stuck-job detection) against the maintained counters.
-    let store = core.store.clone();
+    let store = core.jobs.store.clone();
     let in_flight = time_reps(s.reps.min(500), || {
         black_box(store.in_flight().expect("in_flight"));
     });
@@ -240,7 +241,7 @@ fn main() {
     });
     println!();
     println!(
-        "(2) /health with {} stored jobs ({} in flight): tgdl::report::health_text, {} calls each",
+        "(2) /health with {} stored jobs ({} in flight): tgdl::ops::report::health_text, {} calls each",
         s.big, s.in_flight, s.reps
     );
     println!(
@@ -313,20 +314,28 @@ fn main() {
     );
 }
 
+/// The job service and the health state of one bot, as `app::run` wires them.
+struct Core {
+    jobs: Arc<JobService>,
+    health: Arc<HealthState>,
+}
+
 fn open_core(data: &Path) -> Arc<Core> {
     let mut config = Config::default();
     config.storage.data_dir = data.to_path_buf();
     let store: Arc<dyn JobStore> = Arc::new(SledStore::open(&config.db_dir()).expect("open store"));
-    let core = Arc::new(Core::new(Arc::new(config), store));
-    *core.health.ytdlp_version.write().unwrap() = "2026.10.26".into();
-    core
+    let jobs = Arc::new(JobService::new(Arc::new(config), store, None));
+    let health = Arc::new(HealthState::default());
+    *health.ytdlp_version.write().unwrap() = "2026.10.26".into();
+    Arc::new(Core { jobs, health })
 }
 
 fn monitor(core: &Arc<Core>) -> Monitor {
     Monitor::new(
-        core.clone(),
+        core.jobs.clone(),
+        core.health.clone(),
         None,
-        Box::new(SysinfoProbe::new(&core.config.downloads_dir())),
+        Box::new(SysinfoProbe::new(&core.jobs.config.downloads_dir())),
     )
 }
 

@@ -27,8 +27,8 @@ use common::{
     seed_in_flight, sled_enqueue, stats, time_reps, Stats, LEASE_MS, OPEN_LIMITS,
 };
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
-use tgdl::codec;
 use tgdl::job::{now_ms, Job, JobId, JobState, Millis, NewJob};
+use tgdl::store::codec;
 use tgdl::store::{EnqueueLimits, Expect, JobStore, SledStore};
 use uuid::Uuid;
 

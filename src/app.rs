@@ -6,15 +6,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use teloxide::prelude::*;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::botapi::{self, notify_admins};
 use crate::config::Config;
-use crate::core::Core;
 use crate::download::install;
+use crate::ops::health::{HealthState, Monitor, SysinfoProbe};
+use crate::ops::http::{self, Observed};
+use crate::pipeline::{quality, recovery, spawn_workers, JobService, Pipeline};
 use crate::store::{JobStore, SledStore};
-use crate::worker::{spawn_workers, Pipeline};
+use crate::telegram::{self, commands, Deps};
 
 /// How long an upload in flight may continue after shutdown begins.
 pub const UPLOAD_GRACE: Duration = Duration::from_secs(3);
@@ -26,12 +28,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     std::fs::create_dir_all(&downloads)
         .with_context(|| format!("cannot create {}", downloads.display()))?;
     let store: Arc<dyn JobStore> = Arc::new(SledStore::open(&config.db_dir())?);
-    let core = Arc::new(Core::new(config.clone(), store.clone()));
-    tracing::info!(db = %config.db_dir().display(), boot = %core.boot_id, "store open");
+    let (probe_tx, probe_rx) = quality::queue();
+    let jobs = Arc::new(JobService::new(config.clone(), store, Some(probe_tx)));
+    tracing::info!(db = %config.db_dir().display(), owner = %jobs.owner, "store open");
 
     let stop = CancellationToken::new();
     let tracker = TaskTracker::new();
-    let serving = serve(core.clone(), stop.clone(), &tracker);
+    let serving = serve(jobs.clone(), probe_rx, stop.clone(), &tracker);
     tokio::pin!(serving);
     tokio::pin!(shutdown);
     let result = tokio::select! {
@@ -53,57 +56,58 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     {
         tracing::warn!("some tasks did not stop in time");
     }
-    core.store.flush()?;
+    jobs.store.flush()?;
     tracing::info!("stopped");
     result
 }
 
 async fn serve(
-    core: Arc<Core>,
+    jobs: Arc<JobService>,
+    probe_rx: tokio::sync::mpsc::Receiver<crate::job::JobId>,
     stop: CancellationToken,
     tracker: &TaskTracker,
 ) -> anyhow::Result<()> {
-    let config = core.config.clone();
+    let config = jobs.config.clone();
+    let health = Arc::new(HealthState::default());
     let ytdlp = install::resolve(&config.downloader.ytdlp, &config.tools_dir()).await?;
     let has_ffmpeg = install::find_on_path("ffmpeg").is_some();
     tracing::info!(ytdlp = %ytdlp.display(), has_ffmpeg, "downloader ready");
     // Asking yt-dlp its version costs a Python start-up (0.3-0.5 s): do it
     // beside the start rather than before serving.
     {
-        let (core, ytdlp) = (core.clone(), ytdlp.clone());
+        let (health, ytdlp) = (health.clone(), ytdlp.clone());
         tracker.spawn(async move {
             let version = crate::download::ytdlp_version(&ytdlp)
                 .await
                 .unwrap_or_else(|e| format!("unknown ({e})"));
             tracing::info!(version, "yt-dlp version");
-            *core.health.ytdlp_version.write().unwrap() = version;
+            *health.ytdlp_version.write().unwrap() = version;
         });
     }
-    core.health
+    health
         .ffmpeg
         .store(has_ffmpeg, std::sync::atomic::Ordering::Relaxed);
-    if !config.health.metrics_listen.is_empty() {
-        let addr: std::net::SocketAddr = config.health.metrics_listen.parse()?;
+    if let Some(addr) = config.health.metrics_listen {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("health.metrics_listen: cannot listen on {addr}"))?;
         tracing::info!(%addr, "metrics listener");
-        tracker.spawn(crate::metrics::serve_on(
-            listener,
-            core.clone(),
-            stop.clone(),
-        ));
+        let observed = Observed {
+            jobs: jobs.clone(),
+            health: health.clone(),
+        };
+        tracker.spawn(http::serve_on(listener, observed, stop.clone()));
     }
 
-    let bot = crate::telegram::build_bot(&config)?;
-    let Some(me) = crate::telegram::wait_for_api(&bot, &stop).await? else {
+    let bot = botapi::build_bot(&config)?;
+    let Some(me) = botapi::wait_for_api(&bot, &stop).await? else {
         return Ok(());
     };
     tracing::info!(username = ?me.username, "connected to the Bot API");
-    crate::telegram::set_commands(&bot).await;
+    commands::set_commands(&bot).await;
 
     let pipeline = Arc::new(Pipeline {
-        core: core.clone(),
+        jobs: jobs.clone(),
         bot: bot.clone(),
         ytdlp,
         has_ffmpeg,
@@ -112,8 +116,8 @@ async fn serve(
     });
 
     // Recovery runs before any new work is taken.
-    let report = crate::recovery::recover(&core, false).await?;
-    core.metrics
+    let report = recovery::recover(&jobs, false).await?;
+    jobs.metrics
         .rescues((report.requeued.len() + report.resumed.len() + report.failed.len()) as u64);
     if !report.is_empty() {
         notify_admins(&bot, &config, &report.summary()).await;
@@ -127,33 +131,30 @@ async fn serve(
         });
     }
 
-    let monitor = crate::health::Monitor::new(
-        core.clone(),
+    let monitor = Monitor::new(
+        jobs.clone(),
+        health.clone(),
         Some(bot.clone()),
-        Box::new(crate::health::SysinfoProbe::new(&config.downloads_dir())),
+        Box::new(SysinfoProbe::new(&config.downloads_dir())),
     );
     tracker.spawn(monitor.run(stop.clone()));
-    let probe_tx = crate::quality::spawn(
-        core.clone(),
+    quality::spawn(
+        jobs.clone(),
         bot.clone(),
         pipeline.ytdlp.clone(),
+        probe_rx,
         tracker,
         stop.clone(),
     );
-    let _ = core.quality_probe.set(probe_tx);
     spawn_workers(pipeline, tracker);
-    crate::bot::run_dispatcher(bot, core, stop.clone()).await;
+    let deps = Arc::new(Deps {
+        jobs,
+        health,
+        username: me.username.clone().unwrap_or_default(),
+    });
+    telegram::run_dispatcher(bot, deps, stop.clone()).await;
     stop.cancelled().await;
     Ok(())
-}
-
-/// Send a text to every admin; failures are logged, never fatal.
-pub async fn notify_admins(bot: &Bot, config: &Config, text: &str) {
-    for admin in &config.telegram.admins {
-        if let Err(e) = bot.send_message(ChatId(*admin as i64), text).await {
-            tracing::warn!(admin, error = %e, "cannot notify admin");
-        }
-    }
 }
 
 /// Resolves on SIGTERM or Ctrl-C (SIGINT).

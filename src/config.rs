@@ -2,9 +2,11 @@
 //!
 //! Key names are a contract with operators. A misspelt key must not be
 //! silently ignored (the operator would run with a default they did not
-//! choose), so every key in the file is checked against the set this build
-//! knows, which is derived from [`Config::default`] itself: adding a field
-//! here is all it takes to make it known.
+//! choose), so every section refuses fields it does not have
+//! (`deny_unknown_fields`) and `serde_path_to_error` names the full dotted
+//! path of whatever is wrong: adding a field here is all it takes to make it
+//! known. Unset optional values are `Option`s (`""` in the file also reads
+//! as unset, as the specification writes them).
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -34,7 +36,7 @@ fn invalid(key: &str, problem: impl Into<String>) -> ConfigError {
 }
 
 #[derive(Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub telegram: TelegramConfig,
     pub storage: StorageConfig,
@@ -45,7 +47,7 @@ pub struct Config {
 }
 
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct TelegramConfig {
     /// Bot token; `TGDL_TOKEN` overrides it. Never logged (see the Debug impl).
     pub token: String,
@@ -69,7 +71,7 @@ pub struct TelegramConfig {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct StorageConfig {
     /// Database in `data_dir/db`, files in `data_dir/downloads`. A relative
     /// path is relative to the config file's folder, so a service manager's
@@ -80,7 +82,7 @@ pub struct StorageConfig {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct DownloaderConfig {
     /// A path to yt-dlp, or "auto": yt-dlp on PATH, else a managed install.
     pub ytdlp: String,
@@ -94,14 +96,15 @@ pub struct DownloaderConfig {
     pub lease_secs: u64,
     /// First retry delay; doubles per attempt, with jitter.
     pub retry_base_secs: u64,
-    /// Optional cookies file passed to yt-dlp ("" for none).
-    pub cookies_file: String,
+    /// Optional cookies file passed to yt-dlp (`""` in the file: none).
+    #[serde(with = "unset_is_empty")]
+    pub cookies_file: Option<String>,
     /// Extra arguments appended before the link (never a shell string).
     pub extra_args: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
     pub per_user_active: u32,
     pub per_user_per_hour: u32,
@@ -110,13 +113,13 @@ pub struct LimitsConfig {
 }
 
 #[derive(Clone, Debug, PartialEq, Default, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct SecurityConfig {
     pub allow_private_networks: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct HealthConfig {
     pub interval_secs: u64,
     pub alert_cooldown_secs: u64,
@@ -125,7 +128,8 @@ pub struct HealthConfig {
     pub cpu_percent_warning: f64,
     pub downloads_dir_gb_warning: f64,
     /// "" disables the HTTP listener.
-    pub metrics_listen: String,
+    #[serde(with = "unset_is_empty")]
+    pub metrics_listen: Option<SocketAddr>,
     /// A queued job older than this is a backlog warning.
     pub backlog_age_warning_secs: u64,
 }
@@ -166,7 +170,7 @@ impl Default for DownloaderConfig {
             max_rescues: 5,
             lease_secs: 60,
             retry_base_secs: 10,
-            cookies_file: String::new(),
+            cookies_file: None,
             extra_args: Vec::new(),
         }
     }
@@ -192,7 +196,7 @@ impl Default for HealthConfig {
             memory_percent_warning: 85.0,
             cpu_percent_warning: 90.0,
             downloads_dir_gb_warning: 50.0,
-            metrics_listen: String::new(),
+            metrics_listen: None,
             backlog_age_warning_secs: 3600,
         }
     }
@@ -254,13 +258,15 @@ impl Config {
         let table: toml::Table = text
             .parse()
             .map_err(|e: toml::de::Error| ConfigError::Syntax(one_line(&e.to_string())))?;
-        let known = toml::Table::try_from(Config::default())
-            .map_err(|e| ConfigError::Syntax(e.to_string()))?;
-        check_known_keys(&table, &known, "")?;
         let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(table))
             .map_err(|e| {
                 let key = e.path().to_string();
-                invalid(&key, one_line(&e.inner().to_string()))
+                let problem = one_line(&e.inner().to_string());
+                if problem.starts_with("unknown field") {
+                    ConfigError::UnknownKey(key)
+                } else {
+                    invalid(&key, problem)
+                }
             })?;
         if let Some(token) = env_token {
             config.telegram.token = token;
@@ -374,15 +380,6 @@ impl Config {
                 "must be a positive number of GB",
             ));
         }
-        if !h.metrics_listen.is_empty() && h.metrics_listen.parse::<SocketAddr>().is_err() {
-            return Err(invalid(
-                "health.metrics_listen",
-                format!(
-                    "'{}' is not an address like \"127.0.0.1:9184\"",
-                    h.metrics_listen
-                ),
-            ));
-        }
         range(
             "health.backlog_age_warning_secs",
             h.backlog_age_warning_secs,
@@ -453,33 +450,41 @@ fn percent(key: &str, v: f64) -> Result<(), ConfigError> {
     Ok(())
 }
 
-fn one_line(s: &str) -> String {
+/// Any text (an error message) on one line, for the one-line error contract.
+pub(crate) fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-/// Every key in `given` must exist in `known`; tables are checked recursively
-/// so the error names the full dotted path.
-fn check_known_keys(
-    given: &toml::Table,
-    known: &toml::Table,
-    prefix: &str,
-) -> Result<(), ConfigError> {
-    for (k, v) in given {
-        let path = if prefix.is_empty() {
-            k.clone()
-        } else {
-            format!("{prefix}.{k}")
-        };
-        match known.get(k) {
-            None => return Err(ConfigError::UnknownKey(path)),
-            Some(toml::Value::Table(kt)) => match v {
-                toml::Value::Table(gt) => check_known_keys(gt, kt, &path)?,
-                _ => return Err(invalid(&path, "must be a table (a [section])")),
-            },
-            Some(_) => {}
+/// An optional value written as a string, `""` meaning unset: the
+/// specification writes unset optional keys as empty strings
+/// (`metrics_listen = ""`), and the example config shows every key.
+mod unset_is_empty {
+    use std::fmt::Display;
+    use std::str::FromStr;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer, T: Display>(v: &Option<T>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(v) => s.collect_str(v),
+            None => s.serialize_str(""),
         }
     }
-    Ok(())
+
+    pub fn deserialize<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: FromStr,
+        T::Err: Display,
+    {
+        let s = String::deserialize(d)?;
+        if s.trim().is_empty() {
+            return Ok(None);
+        }
+        s.parse()
+            .map(Some)
+            .map_err(|e| serde::de::Error::custom(format!("'{s}': {e}")))
+    }
 }
 
 #[cfg(test)]

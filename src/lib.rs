@@ -3,47 +3,34 @@
 //!
 //! # Layout
 //!
-//! - [`cli`]: the command line, exit codes; `main.rs` only calls it.
-//! - [`app`]: `run(config, shutdown)`, the wiring of the running bot.
-//! - [`config`]: the TOML configuration, checked strictly.
-//! - [`job`]: the job record and its state machine (the legal transitions).
-//! - [`codec`]: the versioned encoding of every stored record.
-//! - [`store`]: the [`store::JobStore`] boundary and its sled backend.
-//! - [`netguard`]: links from messages, and refusing private destinations.
-//! - [`download`]: running yt-dlp: arguments, progress, errors, processes,
-//!   and finding or installing it.
-//! - [`core`]: what handlers call: submit links, cancel, retry, look up.
-//! - [`bot`]: the thin Telegram handlers and the dispatcher.
-//! - [`telegram`]: the Bot API client, its errors, the status message.
-//! - [`worker`]: claim a job and move it through the stages, one step each.
-//! - [`quality`]: the background probe that offers video heights as buttons.
-//! - [`upload`]: send a file or a cached `file_id` back to the chat.
-//! - [`cleanup`]: remove a job's folder and settle its outcome.
-//! - [`recovery`]: the pass at start that finishes what a crash left.
-//! - [`health`]: the sampler, alert rules, alerts and the disk guard.
-//! - [`metrics`]: Prometheus counters and the `/metrics`, `/healthz` listener.
-//! - [`report`]: admin reports (`/health`, `/jobs` for admins).
-//! - [`i18n`]: every user-facing text, in English and Persian.
+//! Dependencies run one way, from the top of this list down (CI checks that
+//! no two top-level modules import each other in a circle):
 //!
-//! ARCHITECTURE.md has the bird's-eye view and the invariants.
+//! - [`cli`]: the command line and its exit codes; `main.rs` only calls it.
+//! - [`app`]: `run(config, shutdown)`, the wiring of the running bot.
+//! - [`telegram`]: thin handlers (messages, commands, buttons) and the dispatcher.
+//! - [`ops`]: health sampling, alerts, the disk guard's driver, reports, `/metrics`.
+//! - [`pipeline`]: the job service handlers call, the workers and their stages,
+//!   cleanup, crash recovery, the quality probe.
+//! - [`botapi`]: the Bot API client, its errors, status messages, uploads, keyboards.
+//! - [`download`]: running yt-dlp: arguments, progress, errors, processes, install.
+//! - [`store`]: the [`store::JobStore`] contract, the record codec, the sled backend.
+//! - [`net`]: links from messages, and refusing private destinations.
+//! - [`i18n`]: every user-facing text, in English and Persian.
+//! - [`job`]: the job record, its state machine, failure codes, time.
+//! - [`config`]: the TOML configuration, checked strictly.
+//!
+//! ARCHITECTURE.md has the bird's-eye view, the codemap and the invariants.
 
 pub mod app;
-pub mod bot;
-pub mod cleanup;
+pub mod botapi;
 pub mod cli;
-pub mod codec;
 pub mod config;
-pub mod core;
 pub mod download;
-pub mod health;
 pub mod i18n;
 pub mod job;
-pub mod metrics;
-pub mod netguard;
-pub mod quality;
-pub mod recovery;
-pub mod report;
+pub mod net;
+pub mod ops;
+pub mod pipeline;
 pub mod store;
 pub mod telegram;
-pub mod upload;
-pub mod worker;

@@ -2,10 +2,10 @@
 //! record exactly as version 1 of the codec wrote it; a later format change
 //! must keep decoding it to the same job.
 
-use tgdl::codec;
 use tgdl::job::{
     Delivery, ErrorClass, Job, JobError, JobId, JobOptions, JobState, Lease, MediaInfo, MediaKind,
 };
+use tgdl::store::codec;
 use uuid::Uuid;
 
 fn expected() -> Job {

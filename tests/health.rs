@@ -10,12 +10,13 @@ use std::time::Duration;
 use support::bot::{media, TestBot, ADMIN};
 use support::fake_telegram::FakeTelegram;
 use tgdl::config::Config;
-use tgdl::core::{self, Core, LinkRequest};
-use tgdl::health::{Monitor, Probe, SystemSample};
 use tgdl::i18n::Lang;
 use tgdl::job::{JobOptions, JobState};
+use tgdl::ops::health::{HealthState, Monitor, Probe, SystemSample};
+use tgdl::pipeline::service::{LinkRequest, Submission};
+use tgdl::pipeline::JobService;
+use tgdl::pipeline::{Pipeline, StepOutcome};
 use tgdl::store::{JobStore, SledStore};
-use tgdl::worker::{Pipeline, StepOutcome};
 
 const T: Duration = Duration::from_secs(30);
 const GB: u64 = 1 << 30;
@@ -43,11 +44,11 @@ fn normal() -> SystemSample {
     }
 }
 
-fn core_for(api: &FakeTelegram, dir: &std::path::Path, extra: &str) -> Arc<Core> {
+fn core_for(api: &FakeTelegram, dir: &std::path::Path, extra: &str) -> Arc<JobService> {
     let config: Config = support::bot::test_config(dir, api, extra);
     std::fs::create_dir_all(config.downloads_dir()).unwrap();
     let store: Arc<dyn JobStore> = Arc::new(SledStore::open(&config.db_dir()).unwrap());
-    Arc::new(Core::new(Arc::new(config), store))
+    Arc::new(JobService::new(Arc::new(config), store, None))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -60,7 +61,13 @@ async fn a_condition_alerts_the_admin_once_per_cooldown_then_resolves() {
         "[health]\nalert_cooldown_secs = 3600\nmemory_percent_warning = 50",
     );
     let machine = Scripted(Arc::new(Mutex::new(normal())));
-    let mut monitor = Monitor::new(core.clone(), Some(api.bot()), Box::new(machine.clone()));
+    let health = Arc::new(HealthState::default());
+    let mut monitor = Monitor::new(
+        core.clone(),
+        health.clone(),
+        Some(api.bot()),
+        Box::new(machine.clone()),
+    );
 
     assert!(
         monitor.tick().await.unwrap().alerts.is_empty(),
@@ -106,14 +113,17 @@ async fn an_alert_that_cannot_be_delivered_stops_nothing() {
         memory_percent: 95.0,
         ..normal()
     })));
-    let mut monitor = Monitor::new(core.clone(), Some(api.bot()), Box::new(machine));
+    let health = Arc::new(HealthState::default());
+    let mut monitor = Monitor::new(
+        core.clone(),
+        health.clone(),
+        Some(api.bot()),
+        Box::new(machine),
+    );
     api.fail_next("sendMessage", support::fake_telegram::Failure::Forbidden);
     let tick = monitor.tick().await.expect("the tick completes");
     assert_eq!(tick.alerts.len(), 1);
-    assert!(
-        core.health.latest().is_some(),
-        "the sample was still recorded"
-    );
+    assert!(health.latest().is_some(), "the sample was still recorded");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -123,9 +133,15 @@ async fn the_disk_guard_pauses_claiming_tells_users_and_resumes() {
     let dir = tempfile::tempdir().unwrap();
     let core = core_for(&api, dir.path(), "");
     let machine = Scripted(Arc::new(Mutex::new(normal())));
-    let mut monitor = Monitor::new(core.clone(), Some(api.bot()), Box::new(machine.clone()));
+    let health = Arc::new(HealthState::default());
+    let mut monitor = Monitor::new(
+        core.clone(),
+        health.clone(),
+        Some(api.bot()),
+        Box::new(machine.clone()),
+    );
     let pipeline = Pipeline {
-        core: core.clone(),
+        jobs: core.clone(),
         bot: api.bot(),
         ytdlp: tgdl::download::install::find_on_path("yt-dlp")
             .expect("yt-dlp on PATH (.ci/run installs it)"),
@@ -134,9 +150,8 @@ async fn the_disk_guard_pauses_claiming_tells_users_and_resumes() {
         upload_grace: Duration::from_secs(1),
     };
     // A user's link is accepted and has its status message.
-    let report = core::submit(
-        &core,
-        LinkRequest {
+    let report = core
+        .submit(LinkRequest {
             chat_id: 77,
             user_id: 77,
             message_id: 1,
@@ -145,12 +160,11 @@ async fn the_disk_guard_pauses_claiming_tells_users_and_resumes() {
             entities: vec![],
             options: JobOptions::default(),
             not_before: None,
-        },
-    )
-    .await
-    .unwrap();
+        })
+        .await
+        .unwrap();
     let job = match &report.outcomes[0] {
-        core::Submission::Accepted { job, .. } => job.clone(),
+        Submission::Accepted { job, .. } => job.clone(),
         other => panic!("{other:?}"),
     };
     let status = api.bot();
@@ -159,7 +173,7 @@ async fn the_disk_guard_pauses_claiming_tells_users_and_resumes() {
         .send_message(teloxide::types::ChatId(77), "Accepted")
         .await
         .unwrap();
-    core::attach_status(&core, job.id, sent.id.0).await.unwrap();
+    core.attach_status(job.id, sent.id.0).await.unwrap();
 
     // The disk fills: claiming pauses, the job waits, the user is told why.
     machine.0.lock().unwrap().disk_free_bytes = 5 * GB;

@@ -3,7 +3,7 @@
 use std::net::IpAddr;
 
 use proptest::prelude::*;
-use tgdl::netguard::{
+use tgdl::net::{
     check_destination, extract_links, parse_link, BlockedRange, LinkEntity, LinkError, LinkKind,
     MAX_LINK_LEN,
 };

@@ -5,10 +5,10 @@
 use std::sync::Arc;
 
 use tgdl::config::Config;
-use tgdl::core::Core;
 use tgdl::download::job_dir;
 use tgdl::job::{now_ms, ErrorClass, Job, JobError, JobOptions, JobState, NewJob};
-use tgdl::recovery::{is_orphan, recover};
+use tgdl::pipeline::recovery::{is_orphan, recover};
+use tgdl::pipeline::JobService as Core;
 use tgdl::store::{EnqueueLimits, Expect, JobStore, SledStore};
 use uuid::Uuid;
 
@@ -28,7 +28,7 @@ fn setup(max_rescues: u32) -> (tempfile::TempDir, Arc<Core>) {
     let config = Config::parse(&text, None).unwrap();
     std::fs::create_dir_all(config.downloads_dir()).unwrap();
     let store: Arc<dyn JobStore> = Arc::new(SledStore::open(&config.db_dir()).unwrap());
-    (dir, Arc::new(Core::new(Arc::new(config), store)))
+    (dir, Arc::new(Core::new(Arc::new(config), store, None)))
 }
 
 /// Put a job in `state` as a dead process (another owner) would leave it.
@@ -133,7 +133,7 @@ async fn each_in_flight_state_is_finished_or_requeued() {
     // uploading with a complete file: taken over by this process, to resend.
     let j = s.get(upload_ok.id).unwrap().unwrap();
     assert_eq!(j.state, JobState::Uploading);
-    assert_eq!(j.lease.unwrap().owner, core.boot_id);
+    assert_eq!(j.lease.unwrap().owner, core.owner);
     assert_eq!(
         r.resumed.iter().map(|j| j.id).collect::<Vec<_>>(),
         vec![upload_ok.id]

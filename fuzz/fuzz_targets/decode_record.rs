@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tgdl::codec;
+use tgdl::store::codec;
 use tgdl::job::Job;
 use tgdl::store::{CachedMedia, QuarantineEntry, UserRecord};
 

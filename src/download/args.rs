@@ -82,8 +82,6 @@ pub struct YtDlpArgs {
     /// Whether ffmpeg is usable: without it yt-dlp cannot merge separate video
     /// and audio streams or convert audio, so we must not ask it to.
     pub has_ffmpeg: bool,
-    /// Where ffmpeg lives when it is not on PATH.
-    pub ffmpeg_location: Option<PathBuf>,
 }
 
 impl YtDlpArgs {
@@ -106,7 +104,6 @@ impl YtDlpArgs {
             cookies: None,
             extra_args: Vec::new(),
             has_ffmpeg: false,
-            ffmpeg_location: None,
         }
     }
 
@@ -215,10 +212,6 @@ impl YtDlpArgs {
         if let Some(limit) = self.upload_limit {
             push(OsStr::new("--max-filesize"));
             push(OsStr::new(&limit.to_string()));
-        }
-        if let Some(ffmpeg) = &self.ffmpeg_location {
-            push(OsStr::new("--ffmpeg-location"));
-            push(ffmpeg.as_os_str());
         }
         if let Some(cookies) = &self.cookies {
             push(OsStr::new("--cookies"));
@@ -376,15 +369,10 @@ mod tests {
         let mut a = args("https://x.test/");
         a.want = Want::Audio;
         a.has_ffmpeg = true;
-        a.ffmpeg_location = Some("/opt/ffmpeg/bin".into());
         let list = strings(&a);
         assert!(list.iter().any(|s| s == "-x"));
         assert_eq!(value_of(&list, "--audio-format").unwrap(), "mp3");
         assert_eq!(value_of(&list, "-f").unwrap(), "ba[acodec^=mp3]/ba/b");
-        assert_eq!(
-            value_of(&list, "--ffmpeg-location").unwrap(),
-            "/opt/ffmpeg/bin"
-        );
         assert!(value_of(&list, "--max-filesize").is_none());
     }
 

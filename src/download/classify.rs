@@ -10,6 +10,8 @@
 
 use std::fmt;
 
+use crate::job::FailureCode;
+
 /// Why a download failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Reason {
@@ -82,30 +84,29 @@ impl Reason {
         }
     }
 
-    /// A stable identifier for storage, logs, metrics and message lookup.
-    /// Never change an existing one: stored job records carry it.
-    pub fn code(self) -> &'static str {
+    /// The code the job records and the user is told about.
+    pub fn failure_code(self) -> FailureCode {
         match self {
-            Reason::UnsupportedUrl => "unsupported_url",
-            Reason::Unavailable => "unavailable",
-            Reason::Private => "private",
-            Reason::GeoBlocked => "geo_blocked",
-            Reason::LoginRequired => "login_required",
-            Reason::TooLarge => "too_large",
-            Reason::Http403 => "http_403",
-            Reason::Http404 => "http_404",
-            Reason::Http429 => "http_429",
-            Reason::Http5xx => "http_5xx",
-            Reason::Network => "network",
-            Reason::Timeout => "timeout",
-            Reason::Usage => "ytdlp_usage",
-            Reason::Unknown => "unknown",
+            Reason::UnsupportedUrl => FailureCode::UnsupportedUrl,
+            Reason::Unavailable => FailureCode::Unavailable,
+            Reason::Private => FailureCode::Private,
+            Reason::GeoBlocked => FailureCode::GeoBlocked,
+            Reason::LoginRequired => FailureCode::LoginRequired,
+            Reason::TooLarge => FailureCode::TooLarge,
+            Reason::Http403 => FailureCode::Http403,
+            Reason::Http404 => FailureCode::Http404,
+            Reason::Http429 => FailureCode::Http429,
+            Reason::Http5xx => FailureCode::Http5xx,
+            Reason::Network => FailureCode::Network,
+            Reason::Timeout => FailureCode::Timeout,
+            Reason::Usage => FailureCode::YtdlpUsage,
+            Reason::Unknown => FailureCode::Unknown,
         }
     }
 
-    /// The reason for a [`Reason::code`], for reading stored records back.
-    pub fn from_code(code: &str) -> Option<Reason> {
-        Reason::ALL.into_iter().find(|r| r.code() == code)
+    /// A stable identifier for logs and metrics: the failure code's text.
+    pub fn code(self) -> &'static str {
+        self.failure_code().as_str()
     }
 }
 
@@ -447,14 +448,13 @@ mod tests {
         let mut seen = std::collections::HashSet::new();
         for r in Reason::ALL {
             assert!(seen.insert(r.code()), "duplicate {}", r.code());
-            assert_eq!(Reason::from_code(r.code()), Some(r));
+            assert_eq!(FailureCode::parse(r.code()), r.failure_code());
             assert_eq!(DownloadFailure::from_reason(r).reason(), r);
             assert_eq!(
                 DownloadFailure::from_reason(r).is_retryable(),
                 r.is_retryable()
             );
         }
-        assert_eq!(Reason::from_code("nope"), None);
         assert_eq!(
             DownloadFailure::Permanent(Reason::Http404).to_string(),
             "permanent http_404"

@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use tokio::io::AsyncReadExt;
-use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
 use super::process::DownloadError;
@@ -106,12 +105,6 @@ pub fn parse_probe(json: &[u8], limit: Option<u64>) -> Probed {
     }
 }
 
-/// Parse `-J` output: `Some` for a playlist with at least two items.
-pub fn parse(json: &[u8]) -> Option<Playlist> {
-    let info: Info = serde_json::from_slice(json).ok()?;
-    playlist_of(info)
-}
-
 fn playlist_of(info: Info) -> Option<Playlist> {
     if info.kind.as_deref() != Some("playlist") {
         return None;
@@ -142,7 +135,7 @@ pub async fn probe(
     cancel: &CancellationToken,
     timeout: Duration,
 ) -> Result<Probed, DownloadError> {
-    let mut cmd = Command::new(ytdlp);
+    let mut cmd = super::process::command(ytdlp);
     cmd.args([
         "--ignore-config",
         "--flat-playlist",
@@ -151,19 +144,8 @@ pub async fn probe(
         "--",
     ])
     .arg(url)
-    .stdin(Stdio::null())
     .stdout(Stdio::piped())
-    .stderr(Stdio::null())
-    .kill_on_drop(true)
-    .process_group(0);
-    // As for downloads: never outlive the bot.
-    // SAFETY: prctl is async-signal-safe and touches no memory of ours.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
+    .stderr(Stdio::null());
     let mut child = cmd.spawn().map_err(DownloadError::Spawn)?;
     let pgid = child.id().map(|p| p as i32);
     let mut stdout = child.stdout.take().expect("piped");
@@ -209,7 +191,7 @@ mod tests {
             {"url":"http://h/a.mp4","title":"Three clips (1)","webpage_url":"http://h/p"},
             {"url":"http://h/b.mp4","title":"Three clips (2)"},
             {"_type":"url","url":"https://www.youtube.com/watch?v=x","title":"yt"}]}"#;
-        let p = parse(json).unwrap();
+        let p = parse_probe(json, None).playlist.unwrap();
         assert_eq!(p.title.as_deref(), Some("Three clips"));
         let urls: Vec<&str> = p.items.iter().map(|i| i.url.as_str()).collect();
         assert_eq!(
@@ -238,11 +220,18 @@ mod tests {
 
     #[test]
     fn single_media_and_garbage_are_not_playlists() {
-        assert_eq!(parse(br#"{"_type":"video","url":"http://h/a.mp4"}"#), None);
         assert_eq!(
-            parse(br#"{"_type":"playlist","entries":[{"url":"http://h/a.mp4"}]}"#),
+            parse_probe(br#"{"_type":"video","url":"http://h/a.mp4"}"#, None).playlist,
             None
         );
-        assert_eq!(parse(b"not json"), None);
+        assert_eq!(
+            parse_probe(
+                br#"{"_type":"playlist","entries":[{"url":"http://h/a.mp4"}]}"#,
+                None
+            )
+            .playlist,
+            None
+        );
+        assert_eq!(parse_probe(b"not json", None).playlist, None);
     }
 }

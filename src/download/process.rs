@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::args::YtDlpArgs;
 use super::classify::{self, DownloadFailure, Reason};
 use super::progress::{self, MediaMeta, Progress};
+use crate::job::{ErrorClass, FailureCode};
 
 /// How many stderr lines are kept for classification. yt-dlp's decisive
 /// `ERROR:` line is at the end; the ring only bounds memory when a run is
@@ -62,21 +63,25 @@ pub enum DownloadError {
 }
 
 impl DownloadError {
-    /// The classified failure, if yt-dlp itself failed.
-    pub fn failure(&self) -> Option<DownloadFailure> {
+    /// What the failure means for the job: whether another attempt may
+    /// help, and the code the user is told. A timeout and a local i/o or
+    /// spawn problem may pass; a cancellation is the user's decision (the
+    /// worker handles it before asking).
+    pub fn classify(&self) -> (ErrorClass, FailureCode) {
         match self {
-            DownloadError::Failed(f, _) => Some(*f),
-            _ => None,
-        }
-    }
-
-    /// Whether the job should go back to the queue. A timeout and a local
-    /// i/o or spawn problem may pass; a cancellation is the user's decision.
-    pub fn is_retryable(&self) -> bool {
-        match self {
-            DownloadError::Cancelled => false,
-            DownloadError::TimedOut | DownloadError::Spawn(_) | DownloadError::Io(_) => true,
-            DownloadError::Failed(f, _) => f.is_retryable(),
+            DownloadError::Failed(f, _) => (
+                if f.is_retryable() {
+                    ErrorClass::Retryable
+                } else {
+                    ErrorClass::Permanent
+                },
+                f.reason().failure_code(),
+            ),
+            DownloadError::TimedOut => (ErrorClass::Retryable, FailureCode::Timeout),
+            DownloadError::Cancelled => (ErrorClass::Permanent, FailureCode::Cancelled),
+            DownloadError::Spawn(_) | DownloadError::Io(_) => {
+                (ErrorClass::Retryable, FailureCode::LocalError)
+            }
         }
     }
 }
@@ -190,30 +195,12 @@ pub async fn run_ytdlp(
     if cancel.is_cancelled() {
         return Err(DownloadError::Cancelled);
     }
-    let mut cmd = Command::new(&args.binary);
+    let mut cmd = command(&args.binary);
     cmd.args(args.to_args())
-        .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         // Python buffers a piped stdout; progress must arrive as it happens.
-        .env("PYTHONUNBUFFERED", "1")
-        .kill_on_drop(true)
-        // Its own group: one killpg reaches yt-dlp and everything it spawns,
-        // and a Ctrl-C at our terminal does not reach it behind our back.
-        .process_group(0);
-    // If the bot dies without a chance to kill it (SIGKILL, OOM), the kernel
-    // kills yt-dlp too, so no download outlives the bot and races the
-    // resumed one after restart. (It fires when the spawning thread exits:
-    // a runtime worker thread, which lives as long as the bot.)
-    // SAFETY: prctl is async-signal-safe and touches no memory of ours.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+        .env("PYTHONUNBUFFERED", "1");
     tracing::debug!(target: "tgdl::ytdlp", binary = %args.binary.display(), url = %args.url, "starting yt-dlp");
     let mut child = cmd.spawn().map_err(DownloadError::Spawn)?;
     let pgid = child
@@ -365,13 +352,32 @@ async fn checked_path(dir: &Path, reported: &Path) -> io::Result<PathBuf> {
     Ok(file)
 }
 
+/// How every yt-dlp process of the bot starts: no stdin, killed when its
+/// handle is dropped, in its own process group (one killpg reaches yt-dlp
+/// and everything it spawns, and a Ctrl-C at our terminal does not reach it
+/// behind our back), and killed by the kernel if the bot dies without a
+/// chance to kill it (SIGKILL, OOM), so no download outlives the bot and
+/// races the resumed one after restart. (PDEATHSIG fires when the spawning
+/// thread exits: a runtime worker thread, which lives as long as the bot.)
+pub(super) fn command(binary: &Path) -> Command {
+    let mut cmd = Command::new(binary);
+    cmd.stdin(Stdio::null()).kill_on_drop(true).process_group(0);
+    // SAFETY: prctl is async-signal-safe and touches no memory of ours.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd
+}
+
 /// The version yt-dlp reports (`yt-dlp --version`), for `/health`.
 pub async fn ytdlp_version(binary: &Path) -> Result<String, DownloadError> {
-    let mut cmd = Command::new(binary);
-    cmd.arg("--version")
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .process_group(0);
+    let mut cmd = command(binary);
+    cmd.arg("--version");
     let out = match tokio::time::timeout(Duration::from_secs(30), cmd.output()).await {
         Ok(out) => out.map_err(DownloadError::Spawn)?,
         Err(_) => return Err(DownloadError::TimedOut),
@@ -405,6 +411,13 @@ mod tests {
         std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
         path
+    }
+
+    /// Run `a` to the end, expecting it to fail.
+    async fn fails(a: &YtDlpArgs) -> DownloadError {
+        run_ytdlp(a, CancellationToken::new(), Duration::from_secs(60), |_| {})
+            .await
+            .unwrap_err()
     }
 
     fn args_for(tmp: &Path, bin: PathBuf) -> YtDlpArgs {
@@ -498,14 +511,7 @@ echo 'tgdl-meta {{"id": "abc", "title": "T", "ext": "mp4", "width": 160, "height
             "echo '[generic] Extracting URL: x'\necho 'WARNING: [generic] Falling back on generic information extractor' >&2\necho 'ERROR: Unsupported URL: https://example.test/v' >&2\nexit 1",
         );
         let a = args_for(tmp.path(), bin);
-        let err = run_ytdlp(
-            &a,
-            CancellationToken::new(),
-            Duration::from_secs(60),
-            |_| {},
-        )
-        .await
-        .unwrap_err();
+        let err = fails(&a).await;
         match err {
             DownloadError::Failed(f, line) => {
                 assert_eq!(f, DownloadFailure::Permanent(Reason::UnsupportedUrl));
@@ -523,19 +529,11 @@ echo 'tgdl-meta {{"id": "abc", "title": "T", "ext": "mp4", "width": 160, "height
             r"printf '\r[download] File is larger than max-filesize (26526 bytes > 10000 bytes). Aborting.\n'",
         );
         let a = args_for(tmp.path(), bin);
-        let err = run_ytdlp(
-            &a,
-            CancellationToken::new(),
-            Duration::from_secs(60),
-            |_| {},
-        )
-        .await
-        .unwrap_err();
+        let err = fails(&a).await;
         assert_eq!(
-            err.failure(),
-            Some(DownloadFailure::Permanent(Reason::TooLarge))
+            err.classify(),
+            (ErrorClass::Permanent, FailureCode::TooLarge)
         );
-        assert!(!err.is_retryable());
     }
 
     #[tokio::test]
@@ -543,17 +541,10 @@ echo 'tgdl-meta {{"id": "abc", "title": "T", "ext": "mp4", "width": 160, "height
         let tmp = tempfile::tempdir().unwrap();
         let bin = fake_ytdlp(tmp.path(), "echo '[download] nothing to do'");
         let a = args_for(tmp.path(), bin);
-        let err = run_ytdlp(
-            &a,
-            CancellationToken::new(),
-            Duration::from_secs(60),
-            |_| {},
-        )
-        .await
-        .unwrap_err();
+        let err = fails(&a).await;
         assert_eq!(
-            err.failure(),
-            Some(DownloadFailure::Retryable(Reason::Unknown))
+            err.classify(),
+            (ErrorClass::Retryable, FailureCode::Unknown)
         );
     }
 
@@ -570,14 +561,7 @@ echo 'tgdl-meta {{"id": "abc", "title": "T", "ext": "mp4", "width": 160, "height
             ),
         );
         let a = args_for(tmp.path(), bin);
-        let err = run_ytdlp(
-            &a,
-            CancellationToken::new(),
-            Duration::from_secs(60),
-            |_| {},
-        )
-        .await
-        .unwrap_err();
+        let err = fails(&a).await;
         assert!(
             matches!(err, DownloadError::Failed(DownloadFailure::Retryable(Reason::Unknown), ref m) if m.contains("outside")),
             "{err:?}"
@@ -598,17 +582,10 @@ echo 'tgdl-meta {{"id": "abc", "title": "T", "ext": "mp4", "width": 160, "height
         );
         let mut a = YtDlpArgs::new(bin, "https://example.test/v", tmp.path(), id, Want::Video);
         a.upload_limit = Some(1024);
-        let err = run_ytdlp(
-            &a,
-            CancellationToken::new(),
-            Duration::from_secs(60),
-            |_| {},
-        )
-        .await
-        .unwrap_err();
+        let err = fails(&a).await;
         assert_eq!(
-            err.failure(),
-            Some(DownloadFailure::Permanent(Reason::TooLarge))
+            err.classify(),
+            (ErrorClass::Permanent, FailureCode::TooLarge)
         );
     }
 

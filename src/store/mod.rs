@@ -9,16 +9,17 @@
 //! ends in an fsync. Async callers wrap calls in `spawn_blocking` (see
 //! [`crate::store::blocking`]) rather than stall the runtime.
 
+pub mod codec;
 mod keys;
-mod sled_store;
+mod sled;
 
-pub use sled_store::SledStore;
+pub use self::sled::SledStore;
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::codec::CodecError;
 use crate::job::{IllegalTransition, Job, JobId, JobState, MediaKind, Millis, NewJob};
+use codec::CodecError;
 
 /// Limits checked atomically with an enqueue (SPEC "Access").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -228,7 +229,7 @@ pub enum StoreError {
     #[error("codec: {0}")]
     Codec(#[from] CodecError),
     #[error("storage: {0}")]
-    Sled(#[from] sled::Error),
+    Sled(#[from] ::sled::Error),
 }
 
 /// Looking a job up by the short id users see.

@@ -1,0 +1,19 @@
+//! The Bot API side that the pipeline and the handlers share: the client,
+//! what its errors mean, the status message, sending files, keyboards and
+//! Telegram's text limits. Nothing here decides what a job does next.
+//!
+//! teloxide's defaults are wrong for this bot in three ways (SPEC "Parts"): a
+//! 17 s timeout breaks uploads, a failed `getMe` at start panics the
+//! dispatcher, and edits are not rate limited. `client.rs` and `status.rs`
+//! fix all three.
+
+mod client;
+mod errors;
+pub mod keyboard;
+pub mod send;
+mod status;
+pub mod text;
+
+pub use client::{build_bot, notify_admins, wait_for_api};
+pub use errors::{classify, TgFailure};
+pub use status::StatusMessage;

@@ -1,0 +1,201 @@
+//! Uploading: send a downloaded file (or a cached `file_id`) to the chat with
+//! the method that fits it, replying to the user's message.
+
+use std::path::{Path, PathBuf};
+
+use teloxide::prelude::*;
+use teloxide::types::{FileId, InputFile, MessageId, ReplyParameters};
+use teloxide::RequestError;
+
+use super::text::{truncate_utf16, CAPTION_MAX};
+use super::{classify, TgFailure};
+use crate::job::FailureCode;
+use crate::job::{MediaInfo, MediaKind};
+
+/// What to send.
+#[derive(Clone, Debug)]
+pub struct Upload {
+    pub chat_id: i64,
+    pub reply_to: i32,
+    /// What the user asked for.
+    pub kind: MediaKind,
+    pub source: Source,
+    pub caption: String,
+    pub media: Option<MediaInfo>,
+}
+
+#[derive(Clone, Debug)]
+pub enum Source {
+    File(PathBuf),
+    /// A `file_id` Telegram gave for the same media before.
+    Cached {
+        file_id: String,
+        sent_as: MediaKind,
+    },
+}
+
+/// What Telegram answered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sent {
+    pub message_id: i32,
+    pub file_id: String,
+    pub sent_as: MediaKind,
+}
+
+const VIDEO_EXT: &[&str] = &["mp4", "m4v", "mov", "webm", "mkv"];
+const AUDIO_EXT: &[&str] = &["mp3", "m4a", "aac", "ogg", "opus", "flac", "wav"];
+
+/// The method for a file: what the user asked for when the file is that kind
+/// of media, a document otherwise (an unknown type is never sent as video).
+pub fn method_for(kind: MediaKind, path: &Path) -> MediaKind {
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(|e| e.to_ascii_lowercase())
+        .unwrap_or_default();
+    match kind {
+        MediaKind::Video if VIDEO_EXT.contains(&ext.as_str()) => MediaKind::Video,
+        MediaKind::Audio if AUDIO_EXT.contains(&ext.as_str()) => MediaKind::Audio,
+        // An audio file asked for as video is still best played as audio.
+        MediaKind::Video if AUDIO_EXT.contains(&ext.as_str()) => MediaKind::Audio,
+        _ => MediaKind::Document,
+    }
+}
+
+/// Title and source link, cut to Telegram's caption limit.
+pub fn caption(title: Option<&str>, url: &str) -> String {
+    let full = match title.map(str::trim).filter(|t| !t.is_empty()) {
+        Some(t) => format!("{t}\n{url}"),
+        None => url.to_string(),
+    };
+    truncate_utf16(&full, CAPTION_MAX)
+}
+
+/// Send once with the chosen method; if Telegram refuses a video as video,
+/// send it as a document instead (SPEC: "or when the video upload is refused").
+pub async fn send(bot: &Bot, up: &Upload) -> Result<Sent, RequestError> {
+    let (method, input) = match &up.source {
+        Source::File(p) => (method_for(up.kind, p), InputFile::file(p.clone())),
+        Source::Cached { file_id, sent_as } => {
+            (*sent_as, InputFile::file_id(FileId(file_id.clone())))
+        }
+    };
+    match send_as(bot, up, method, input.clone()).await {
+        Err(e)
+            if method == MediaKind::Video
+                && matches!(
+                    classify(&e),
+                    TgFailure::Permanent {
+                        code: FailureCode::UploadRefused,
+                        ..
+                    }
+                ) =>
+        {
+            tracing::info!(error = %e, "video refused, sending as a document");
+            send_as(bot, up, MediaKind::Document, input).await
+        }
+        other => other,
+    }
+}
+
+async fn send_as(
+    bot: &Bot,
+    up: &Upload,
+    method: MediaKind,
+    input: InputFile,
+) -> Result<Sent, RequestError> {
+    let chat = ChatId(up.chat_id);
+    let reply = ReplyParameters::new(MessageId(up.reply_to)).allow_sending_without_reply();
+    let msg = match method {
+        MediaKind::Video => {
+            let mut req = bot
+                .send_video(chat, input)
+                .caption(up.caption.clone())
+                .supports_streaming(true)
+                .reply_parameters(reply);
+            if let Some(m) = up.media {
+                if let Some(w) = m.width {
+                    req = req.width(w);
+                }
+                if let Some(h) = m.height {
+                    req = req.height(h);
+                }
+                if let Some(d) = m.duration_secs {
+                    req = req.duration(d);
+                }
+            }
+            req.await?
+        }
+        MediaKind::Audio => {
+            let mut req = bot
+                .send_audio(chat, input)
+                .caption(up.caption.clone())
+                .reply_parameters(reply);
+            if let Some(d) = up.media.and_then(|m| m.duration_secs) {
+                req = req.duration(d);
+            }
+            req.await?
+        }
+        MediaKind::Document => {
+            bot.send_document(chat, input)
+                .caption(up.caption.clone())
+                .reply_parameters(reply)
+                .await?
+        }
+    };
+    let (file_id, sent_as) = if let Some(v) = msg.video() {
+        (v.file.id.0.clone(), MediaKind::Video)
+    } else if let Some(a) = msg.audio() {
+        (a.file.id.0.clone(), MediaKind::Audio)
+    } else if let Some(d) = msg.document() {
+        (d.file.id.0.clone(), MediaKind::Document)
+    } else if let Some(a) = msg.animation() {
+        (a.file.id.0.clone(), MediaKind::Video)
+    } else {
+        (String::new(), method)
+    };
+    Ok(Sent {
+        message_id: msg.id.0,
+        file_id,
+        sent_as,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_types_go_as_documents() {
+        assert_eq!(
+            method_for(MediaKind::Video, Path::new("a.mp4")),
+            MediaKind::Video
+        );
+        assert_eq!(
+            method_for(MediaKind::Video, Path::new("a.bin")),
+            MediaKind::Document
+        );
+        assert_eq!(
+            method_for(MediaKind::Audio, Path::new("a.m4a")),
+            MediaKind::Audio
+        );
+        assert_eq!(
+            method_for(MediaKind::Audio, Path::new("a.mp4")),
+            MediaKind::Document
+        );
+        assert_eq!(
+            method_for(MediaKind::Document, Path::new("a.mp4")),
+            MediaKind::Document
+        );
+    }
+
+    #[test]
+    fn captions_fit_the_limit_in_utf16_units() {
+        let title = "ویدیو 🎬 ".repeat(200);
+        let c = caption(Some(&title), "https://example.com/v");
+        assert!(c.encode_utf16().count() <= CAPTION_MAX);
+        assert!(c.ends_with('…'));
+        assert_eq!(caption(None, "https://e/x"), "https://e/x");
+        assert_eq!(caption(Some("T"), "https://e/x"), "T\nhttps://e/x");
+    }
+}

@@ -1,0 +1,295 @@
+//! The command line (SPEC "Command line"): parsing, dispatch and exit codes.
+//!
+//! Exit codes are a contract: 0 success, 2 bad usage or config, 1 anything
+//! else, always with one clear line on stderr.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use serde::Serialize;
+
+use crate::config::{one_line, Config, ConfigError};
+use crate::job::{iso, Job, JobState};
+use crate::pipeline::{recovery, JobService};
+use crate::store::{JobStore, SledStore, StoreError};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tgdl",
+    version,
+    about = "Telegram media downloader bot (yt-dlp, crash-safe)"
+)]
+pub struct Cli {
+    /// Config file (TOML). Defaults to $TGDL_CONFIG, else ./config.toml.
+    #[arg(long, short, global = true, env = "TGDL_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the bot (the default when no command is given).
+    Run,
+    /// List jobs from the database of a stopped bot.
+    Jobs {
+        /// Only jobs in this state (queued, downloading, uploading, cleaning, done, failed).
+        #[arg(long)]
+        state: Option<JobState>,
+        /// Print one JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// At most this many jobs per state.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+    },
+    /// Show one job (full id or a prefix of at least 4 hex digits) and its history.
+    Job {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the recovery pass on the database of a stopped bot (the bot runs
+    /// it at every start); with --dry-run, only print what it would do.
+    Recover {
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Print the health report (the same as /health).
+    Health,
+}
+
+/// A failure with the exit code it maps to.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("{0}")]
+    Usage(String),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+impl CliError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Usage(_) | CliError::Config(_) => 2,
+            CliError::Other(_) => 1,
+        }
+    }
+}
+
+/// Parse the command line, run the command, report and map to an exit code.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            // --help and --version are successes; everything else is usage.
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    match dispatch(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tgdl: {}", one_line(&format!("{e:#}")));
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// The config file named by `--config`, `TGDL_CONFIG`, or ./config.toml.
+pub fn load_config(cli: &Cli) -> Result<Config, CliError> {
+    let path = cli
+        .config
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("config.toml"));
+    Ok(Config::load(&path)?)
+}
+
+fn dispatch(cli: Cli) -> Result<(), CliError> {
+    let config = load_config(&cli)?;
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Run => {
+            config.require_token()?;
+            crate::app::run_blocking(config).map_err(CliError::Other)
+        }
+        Command::Jobs { state, json, limit } => {
+            let store = open_offline(&config)?;
+            let states: Vec<JobState> = match state {
+                Some(s) => vec![s],
+                None => JobState::ALL.to_vec(),
+            };
+            let mut jobs = Vec::new();
+            for s in states {
+                jobs.extend(store.list_state(s, limit).map_err(anyhow::Error::from)?);
+            }
+            jobs.sort_by_key(|j| j.id);
+            if json {
+                let rows: Vec<JobRow> = jobs.iter().map(JobRow::from).collect();
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&rows).map_err(anyhow::Error::from)?
+                );
+            } else {
+                print_table(&jobs);
+            }
+            Ok(())
+        }
+        Command::Recover { dry_run } => {
+            let store = open_offline(&config)?;
+            let report =
+                recovery::recover_offline(&store, &config, dry_run).map_err(anyhow::Error::from)?;
+            if dry_run {
+                println!("dry run: nothing was changed");
+            }
+            println!("{}", recovery::describe(&report));
+            Ok(())
+        }
+        Command::Health => {
+            let store: Arc<dyn JobStore> = Arc::new(open_offline(&config)?);
+            let jobs = Arc::new(JobService::new(Arc::new(config), store, None));
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(anyhow::Error::from)?;
+            let text = rt
+                .block_on(crate::ops::report::offline_health(&jobs))
+                .map_err(anyhow::Error::from)?;
+            println!("{text}");
+            Ok(())
+        }
+        Command::Job { id, json } => {
+            let store = open_offline(&config)?;
+            let job = match store.find(&id).map_err(anyhow::Error::from)? {
+                Ok(j) => j,
+                Err(e) => return Err(CliError::Usage(e.to_string())),
+            };
+            if json {
+                let mut row =
+                    serde_json::to_value(JobRow::from(&job)).map_err(anyhow::Error::from)?;
+                row["history"] = job
+                    .history
+                    .iter()
+                    .map(|(s, t)| serde_json::json!({"state": s.name(), "at": iso(*t)}))
+                    .collect();
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&row).map_err(anyhow::Error::from)?
+                );
+            } else {
+                print_job(&job);
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Open the database for a read-only command, turning "the bot holds the
+/// lock" into a sentence an operator understands.
+fn open_offline(config: &Config) -> Result<SledStore, CliError> {
+    let dir = config.db_dir();
+    if !dir.exists() {
+        return Err(CliError::Other(anyhow::anyhow!(
+            "no database at {} (has the bot ever run with this config?)",
+            dir.display()
+        )));
+    }
+    SledStore::open(&dir).map_err(|e| match e {
+        StoreError::Locked { path } => CliError::Other(anyhow::anyhow!(
+            "the bot is running and holds the database at {path}; stop it first, or ask it with /jobs in Telegram"
+        )),
+        e => CliError::Other(e.into()),
+    })
+}
+
+/// The `--json` shape of a job: a stable, documented contract.
+#[derive(Debug, Serialize)]
+pub struct JobRow {
+    pub id: String,
+    pub short_id: String,
+    pub state: &'static str,
+    pub url: String,
+    pub chat_id: i64,
+    pub user_id: u64,
+    pub attempts: u32,
+    pub rescues: u32,
+    pub error: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+    pub file_size: Option<u64>,
+    pub title: Option<String>,
+}
+
+impl From<&Job> for JobRow {
+    fn from(j: &Job) -> Self {
+        JobRow {
+            id: j.id.to_string(),
+            short_id: j.id.short(),
+            state: j.state.name(),
+            url: j.url.clone(),
+            chat_id: j.chat_id,
+            user_id: j.user_id,
+            attempts: j.attempts,
+            rescues: j.rescues,
+            error: j
+                .failure
+                .as_ref()
+                .or(j.last_error.as_ref())
+                .map(|e| format!("{}: {}", e.code, e.text)),
+            created_at: iso(j.created_at),
+            updated_at: iso(j.updated_at),
+            file_size: j.file_size,
+            title: j.title.clone(),
+        }
+    }
+}
+
+fn print_table(jobs: &[Job]) {
+    println!(
+        "{:<8}  {:<11}  {:>12}  {:>3}  {:<20}  URL",
+        "ID", "STATE", "USER", "ATT", "UPDATED"
+    );
+    for j in jobs {
+        println!(
+            "{:<8}  {:<11}  {:>12}  {:>3}  {:<20}  {}",
+            j.id.short(),
+            j.state.name(),
+            j.user_id,
+            j.attempts,
+            iso(j.updated_at),
+            j.url
+        );
+    }
+    println!("{} job(s)", jobs.len());
+}
+
+fn print_job(j: &Job) {
+    println!("job      {}", j.id);
+    println!("state    {}", j.state);
+    println!("url      {}", j.url);
+    println!("user     {} in chat {}", j.user_id, j.chat_id);
+    println!(
+        "options  {} {}",
+        j.options.kind.name(),
+        j.options
+            .max_height
+            .map(|h| format!("≤{h}p"))
+            .unwrap_or_default()
+    );
+    println!("attempts {} (rescues {})", j.attempts, j.rescues);
+    if let Some(e) = j.failure.as_ref().or(j.last_error.as_ref()) {
+        println!("error    {} ({:?}): {}", e.code, e.class, e.text);
+    }
+    if let Some(t) = &j.title {
+        println!("title    {t}");
+    }
+    println!("history");
+    for (s, t) in &j.history {
+        println!("  {}  {}", iso(*t), s);
+    }
+}

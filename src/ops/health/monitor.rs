@@ -1,0 +1,217 @@
+//! The health task: every `interval_secs` take a [`Sample`], evaluate it,
+//! alert admins, drive the disk guard, and run retention pruning.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use teloxide::prelude::*;
+use teloxide::types::MessageId;
+use tokio_util::sync::CancellationToken;
+
+use super::alerts::{Alert, Alerter};
+use super::rules::{Condition, ConditionKind, Rules};
+use super::sample::{Probe, Sample};
+use crate::botapi::notify_admins;
+use crate::i18n::{render, Lang, Msg};
+use crate::job::{now_ms, JobState, HOUR_MS};
+use crate::pipeline::cleanup::tree_size;
+use crate::pipeline::JobService;
+use crate::store::{self, StoreError};
+
+/// What the health task learned, shared with `/health`, `tgdl health` and
+/// the metrics endpoint. (The disk guard itself is the pipeline's
+/// [`crate::pipeline::guard::Guard`].)
+pub struct HealthState {
+    pub started: Instant,
+    latest: RwLock<Option<(Sample, Vec<Condition>)>>,
+    pub ytdlp_version: RwLock<String>,
+    pub ffmpeg: AtomicBool,
+}
+
+impl Default for HealthState {
+    fn default() -> Self {
+        HealthState {
+            started: Instant::now(),
+            latest: RwLock::new(None),
+            ytdlp_version: RwLock::new(String::from("unknown")),
+            ffmpeg: AtomicBool::new(false),
+        }
+    }
+}
+
+impl HealthState {
+    pub fn latest(&self) -> Option<(Sample, Vec<Condition>)> {
+        self.latest.read().unwrap().clone()
+    }
+}
+
+pub struct Monitor {
+    jobs: Arc<JobService>,
+    state: Arc<HealthState>,
+    bot: Option<Bot>,
+    probe: Box<dyn Probe>,
+    rules: Rules,
+    alerter: Alerter,
+}
+
+/// What one tick did, for tests.
+#[derive(Debug)]
+pub struct Tick {
+    pub sample: Sample,
+    pub conditions: Vec<Condition>,
+    pub alerts: Vec<Alert>,
+    pub paused: bool,
+}
+
+impl Monitor {
+    pub fn new(
+        jobs: Arc<JobService>,
+        state: Arc<HealthState>,
+        bot: Option<Bot>,
+        probe: Box<dyn Probe>,
+    ) -> Self {
+        let h = jobs.config.health.clone();
+        Monitor {
+            alerter: Alerter::new(Duration::from_secs(h.alert_cooldown_secs)),
+            rules: Rules::new(h),
+            jobs,
+            state,
+            bot,
+            probe,
+        }
+    }
+
+    /// Sample the machine and the queue (no side effects).
+    pub async fn sample(&mut self) -> Result<Sample, StoreError> {
+        let system = self.probe.system();
+        let core = &self.jobs;
+        let downloads = core.config.downloads_dir();
+        let downloads_dir_bytes = tokio::task::spawn_blocking(move || tree_size(&downloads))
+            .await
+            .unwrap_or(0);
+        let now = now_ms();
+        let cfg = core.config.clone();
+        let (counts, oldest, in_flight, (done, failed), db_bytes) =
+            store::blocking(&core.store, move |s| {
+                Ok((
+                    s.counts()?,
+                    s.list_state(JobState::Queued, 1)?.into_iter().next(),
+                    s.in_flight()?,
+                    s.finished_since(now.saturating_sub(HOUR_MS))?,
+                    s.size_on_disk(),
+                ))
+            })
+            .await?;
+        let stuck = in_flight
+            .iter()
+            .filter_map(|j| {
+                let since = j.history.last().map(|h| h.1).unwrap_or(j.updated_at);
+                let secs = now.saturating_sub(since) / 1000;
+                let limit = match j.state {
+                    JobState::Downloading => cfg.downloader.timeout_secs + 60,
+                    JobState::Uploading => cfg.telegram.request_timeout_secs * 2 + 60,
+                    _ => 300,
+                };
+                (secs > limit).then(|| (j.id.short(), j.state.name().to_string(), secs))
+            })
+            .collect();
+        let h = &self.state;
+        Ok(Sample {
+            at_ms: now,
+            system,
+            downloads_dir_bytes,
+            db_bytes,
+            counts,
+            oldest_queued_age_secs: oldest.map(|j| now.saturating_sub(j.created_at) / 1000),
+            stuck,
+            done_last_hour: done,
+            failed_last_hour: failed,
+            extractor_errors_last_hour: core
+                .guard
+                .extractor_errors_since(now.saturating_sub(HOUR_MS)),
+            ytdlp_version: h.ytdlp_version.read().unwrap().clone(),
+            ffmpeg: h.ffmpeg.load(Ordering::Relaxed),
+            uptime_secs: h.started.elapsed().as_secs(),
+        })
+    }
+
+    /// One full round: sample, evaluate, alert, guard the disk, prune.
+    pub async fn tick(&mut self) -> Result<Tick, StoreError> {
+        let sample = self.sample().await?;
+        let conditions = self.rules.evaluate(&sample);
+        let alerts = self.alerter.update(&conditions, Instant::now());
+        let low_disk = conditions.iter().any(|c| c.kind == ConditionKind::DiskLow);
+        let was = self.jobs.guard.is_paused();
+        self.jobs.guard.set_paused(low_disk);
+        if low_disk && !was {
+            tracing::warn!("free disk below the critical threshold: new downloads paused");
+            self.tell_waiting_users().await;
+        } else if was && !low_disk {
+            tracing::info!("disk space is back: downloads resume");
+            self.jobs.wake_workers();
+        }
+        if let Some(bot) = &self.bot {
+            for a in &alerts {
+                notify_admins(bot, &self.jobs.config, &a.text()).await;
+            }
+        }
+        *self.state.latest.write().unwrap() = Some((sample.clone(), conditions.clone()));
+        let days = self.jobs.config.storage.retention_days;
+        if days > 0 {
+            let cutoff = now_ms().saturating_sub(days * 24 * HOUR_MS);
+            match store::blocking(&self.jobs.store, move |s| s.prune_finished(cutoff, 500)).await {
+                Ok(n) if n > 0 => tracing::info!(pruned = n, "retention: old jobs pruned"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "retention pruning failed"),
+            }
+        }
+        Ok(Tick {
+            paused: low_disk,
+            sample,
+            conditions,
+            alerts,
+        })
+    }
+
+    /// Tell users whose jobs wait why they wait (the first 100 in line).
+    async fn tell_waiting_users(&self) {
+        let Some(bot) = &self.bot else { return };
+        let Ok(waiting) =
+            store::blocking(&self.jobs.store, |s| s.list_state(JobState::Queued, 100)).await
+        else {
+            return;
+        };
+        for job in waiting {
+            let Some(msg) = job.status_msg_id else {
+                continue;
+            };
+            let lang = Lang::pick(Some(&job.lang), self.jobs.default_lang());
+            let text = render(
+                lang,
+                &Msg::WaitingForDisk {
+                    short_id: job.id.short(),
+                },
+            );
+            let _ = bot
+                .edit_message_text(ChatId(job.chat_id), MessageId(msg), text)
+                .await;
+        }
+    }
+
+    /// Tick every `interval_secs` until `stop`.
+    pub async fn run(mut self, stop: CancellationToken) {
+        let mut every =
+            tokio::time::interval(Duration::from_secs(self.jobs.config.health.interval_secs));
+        loop {
+            tokio::select! {
+                _ = every.tick() => {
+                    if let Err(e) = self.tick().await {
+                        tracing::warn!(error = %e, "health sample failed");
+                    }
+                }
+                _ = stop.cancelled() => return,
+            }
+        }
+    }
+}

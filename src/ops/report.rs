@@ -1,0 +1,179 @@
+//! Text reports for admins: `/health` (and `tgdl health`), and the admin
+//! view of `/jobs`. Rendered from the latest health sample and the store's
+//! maintained counters, never from a scan of all jobs.
+
+use std::sync::Arc;
+
+use super::health::{rules, Condition, HealthState, Monitor, Sample, SysinfoProbe};
+use crate::download::install::find_on_path;
+use crate::job::{now_ms, Job, JobState};
+use crate::pipeline::JobService;
+use crate::store::StoreError;
+
+use super::health::GB;
+const MB: f64 = 1024.0 * 1024.0;
+
+/// Render a sample and its conditions.
+pub fn render_health(s: &Sample, conditions: &[Condition]) -> String {
+    let status = rules::status(conditions);
+    let icon = match status {
+        rules::Status::Healthy => "🟢",
+        rules::Status::Warning => "🟠",
+        rules::Status::Critical => "🔴",
+    };
+    let c = &s.counts;
+    let mut out = format!("{icon} tgdl is {}\n\n", status.name());
+    out.push_str(&format!(
+        "disk free: {:.1} GB ({:.1} %)\nmemory: {:.0} %  cpu: {:.0} %\ndownloads folder: {:.1} MB  database: {:.1} MB\nbot: {:.1} MB resident, {} threads, {} open files\n",
+        s.system.disk_free_bytes as f64 / GB,
+        s.system.disk_free_percent(),
+        s.system.memory_percent,
+        s.system.cpu_percent,
+        s.downloads_dir_bytes as f64 / MB,
+        s.db_bytes as f64 / MB,
+        s.system.process_rss_bytes as f64 / MB,
+        s.system.threads,
+        s.system.open_files,
+    ));
+    out.push_str(&format!(
+        "queue: {} queued, {} downloading, {} uploading, {} cleaning\n",
+        c.queued, c.downloading, c.uploading, c.cleaning
+    ));
+    if let Some(age) = s.oldest_queued_age_secs {
+        out.push_str(&format!("oldest queued: {age} s\n"));
+    }
+    out.push_str(&format!(
+        "last hour: {} done, {} failed ({:.0} % failures)\nall time: {} done, {} failed\n",
+        s.done_last_hour,
+        s.failed_last_hour,
+        s.failure_rate() * 100.0,
+        c.done,
+        c.failed
+    ));
+    out.push_str(&format!(
+        "yt-dlp {}, ffmpeg {}\nuptime: {} s\n",
+        s.ytdlp_version,
+        if s.ffmpeg { "present" } else { "missing" },
+        s.uptime_secs
+    ));
+    if !conditions.is_empty() {
+        out.push_str("\nwarnings:\n");
+        for cond in conditions {
+            out.push_str(&format!(
+                "• {}: {}\n  → {}\n",
+                cond.kind.code(),
+                cond.detail,
+                cond.kind.advice()
+            ));
+        }
+    }
+    out
+}
+
+/// The `/health` text: the monitor's latest sample, or a fresh one if the
+/// monitor has not run yet.
+pub async fn health_text(
+    jobs: &Arc<JobService>,
+    state: &Arc<HealthState>,
+) -> Result<String, StoreError> {
+    if let Some((s, c)) = state.latest() {
+        return Ok(render_health(&s, &c));
+    }
+    let mut m = Monitor::new(
+        jobs.clone(),
+        state.clone(),
+        None,
+        Box::new(SysinfoProbe::new(&jobs.config.downloads_dir())),
+    );
+    let s = m.sample().await?;
+    let c = rules::Rules::new(jobs.config.health.clone()).evaluate(&s);
+    Ok(render_health(&s, &c))
+}
+
+/// `tgdl health` on a stopped bot's database: the tools are looked up here
+/// since no running bot has recorded them.
+pub async fn offline_health(jobs: &Arc<JobService>) -> Result<String, StoreError> {
+    let state = Arc::new(HealthState::default());
+    if let Some(bin) = find_on_path("yt-dlp") {
+        if let Ok(v) = crate::download::ytdlp_version(&bin).await {
+            *state.ytdlp_version.write().unwrap() = v;
+        }
+    }
+    state.ffmpeg.store(
+        find_on_path("ffmpeg").is_some(),
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    let text = health_text(jobs, &state).await?;
+    Ok(format!(
+        "{text}\n(sampled by `tgdl health`; the bot is not running)"
+    ))
+}
+
+/// `/jobs` for an admin: counts per state and every active job.
+pub async fn admin_jobs(jobs: &JobService) -> Result<String, StoreError> {
+    let (counts, active) = jobs
+        .call(|s| {
+            let mut active = Vec::new();
+            for st in [
+                JobState::Downloading,
+                JobState::Uploading,
+                JobState::Cleaning,
+                JobState::Queued,
+            ] {
+                active.extend(s.list_state(st, 50)?);
+            }
+            Ok((s.counts()?, active))
+        })
+        .await?;
+    let mut out = format!(
+        "jobs: {} queued, {} downloading, {} uploading, {} cleaning, {} done, {} failed\n",
+        counts.queued,
+        counts.downloading,
+        counts.uploading,
+        counts.cleaning,
+        counts.done,
+        counts.failed
+    );
+    if active.is_empty() {
+        out.push_str("no active jobs");
+    }
+    let now = now_ms();
+    for j in active {
+        out.push_str(&format!(
+            "\n{} · user {} · {} · {} s · {}",
+            j.id.short(),
+            j.user_id,
+            j.state,
+            now.saturating_sub(j.created_at) / 1000,
+            j.url
+        ));
+    }
+    Ok(out)
+}
+
+/// `/jobs failed` for an admin: the most recent failures with reasons.
+pub async fn admin_failures(jobs: &JobService, limit: usize) -> Result<String, StoreError> {
+    // The failed index is in id (creation) order; read it from the end.
+    let failed: Vec<Job> = jobs
+        .call(move |s| s.list_state_rev(JobState::Failed, limit))
+        .await?;
+    if failed.is_empty() {
+        return Ok("no failed jobs".into());
+    }
+    let mut out = String::from("recent failures:");
+    for j in failed {
+        let why = j
+            .failure
+            .as_ref()
+            .map(|e| format!("{}: {}", e.code, e.text))
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "\n{} · user {} · {} · {}",
+            j.id.short(),
+            j.user_id,
+            j.url,
+            why
+        ));
+    }
+    Ok(out)
+}

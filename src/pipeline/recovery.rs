@@ -1,0 +1,304 @@
+//! The recovery pass (SPEC "Crash recovery"), run at start before any new
+//! work: finish or requeue what a dead process left in flight, and delete
+//! files that belong to no live job.
+//!
+//! It reads only the in-flight state indexes and the downloads folder, so its
+//! cost grows with what was in flight, never with history.
+
+use std::path::Path;
+
+use uuid::Uuid;
+
+use super::cleanup::{self, tree_size, CleanupError};
+use super::JobService;
+use crate::job::{now_ms, FailureCode, Job, JobError, JobId, JobState, Lease, Millis};
+use crate::store::{Expect, JobStore, StoreError};
+
+/// What the pass did (or, in a dry run, would do).
+#[derive(Clone, Debug, Default)]
+pub struct RecoveryReport {
+    /// Uploads taken over to be sent again (their file is complete).
+    pub resumed: Vec<Job>,
+    /// Jobs put back in the queue (partial files kept).
+    pub requeued: Vec<JobId>,
+    /// Jobs failed with "crashed repeatedly".
+    pub failed: Vec<JobId>,
+    /// Jobs whose cleaning was finished.
+    pub cleaned: Vec<JobId>,
+    /// Files or folders deleted because no live job owns them.
+    pub orphan_paths: Vec<String>,
+    pub bytes_freed: u64,
+}
+
+impl RecoveryReport {
+    pub fn is_empty(&self) -> bool {
+        self.resumed.is_empty()
+            && self.requeued.is_empty()
+            && self.failed.is_empty()
+            && self.cleaned.is_empty()
+            && self.orphan_paths.is_empty()
+    }
+
+    pub fn summary(&self) -> String {
+        format!(
+            "Recovery: {} upload(s) resumed, {} job(s) requeued, {} failed (crashed repeatedly), {} cleaned, {} orphan file(s) deleted ({} bytes freed)",
+            self.resumed.len(),
+            self.requeued.len(),
+            self.failed.len(),
+            self.cleaned.len(),
+            self.orphan_paths.len(),
+            self.bytes_freed
+        )
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecoveryError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot read the downloads folder {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// Whether nobody is working on a job. With an exclusive store (sled: one
+/// process at a time) any owner other than this process is dead; with a
+/// shared store, only an expired lease frees a job.
+pub fn is_orphan(job: &Job, me: Uuid, now: Millis, exclusive: bool) -> bool {
+    match job.lease {
+        None => true,
+        Some(Lease { owner, .. }) if owner == me => false,
+        Some(Lease { until, .. }) => exclusive || until < now,
+    }
+}
+
+fn file_complete(job: &Job) -> bool {
+    match (&job.file_path, job.file_size) {
+        (Some(p), Some(size)) => std::fs::metadata(p)
+            .map(|m| m.len() == size)
+            .unwrap_or(false),
+        // A cache-hit upload has no file: it is resent by file_id.
+        (None, _) => true,
+        _ => false,
+    }
+}
+
+/// Run the pass. With `dry_run` nothing changes and the report says what
+/// would happen.
+pub async fn recover(jobs: &JobService, dry_run: bool) -> Result<RecoveryReport, RecoveryError> {
+    let me = jobs.owner;
+    let max_rescues = jobs.config.downloader.max_rescues;
+    let lease_ms = jobs.config.downloader.lease_secs * 1000;
+    let downloads = jobs.config.downloads_dir();
+    let st = jobs.store.clone();
+    let report = tokio::task::spawn_blocking(move || {
+        recover_blocking(&*st, me, max_rescues, lease_ms, &downloads, dry_run)
+    })
+    .await
+    .map_err(|e| RecoveryError::Io {
+        path: String::new(),
+        source: std::io::Error::other(e.to_string()),
+    })??;
+    if !report.is_empty() {
+        tracing::info!(dry_run, "{}", report.summary());
+    }
+    Ok(report)
+}
+
+fn recover_blocking(
+    s: &dyn JobStore,
+    me: Uuid,
+    max_rescues: u32,
+    lease_ms: u64,
+    downloads: &Path,
+    dry_run: bool,
+) -> Result<RecoveryReport, RecoveryError> {
+    let mut r = RecoveryReport::default();
+    let now = now_ms();
+    let exclusive = s.is_exclusive();
+    for job in s.in_flight()? {
+        if !is_orphan(&job, me, now, exclusive) {
+            continue;
+        }
+        let (id, state) = (job.id, job.state);
+        let rescues = job.rescues + 1;
+        let res = match state {
+            JobState::Downloading | JobState::Uploading if rescues > max_rescues => {
+                r.failed.push(id);
+                if dry_run {
+                    continue;
+                }
+                let err = JobError::permanent(
+                    FailureCode::CrashedRepeatedly,
+                    format!("rescued {} times", job.rescues),
+                );
+                s.update(
+                    id,
+                    Expect::state(state),
+                    Some(JobState::Cleaning),
+                    now,
+                    &|j| {
+                        j.rescues = rescues;
+                        j.failure = Some(err.clone());
+                        j.last_error = Some(err.clone());
+                    },
+                )
+                .and_then(|j| finish_cleaning_blocking(s, downloads, j))
+            }
+            JobState::Uploading if file_complete(&job) => {
+                if dry_run {
+                    r.resumed.push(job);
+                    continue;
+                }
+                s.update(id, Expect::state(state), None, now, &|j| {
+                    j.rescues = rescues;
+                    j.lease = Some(Lease {
+                        owner: me,
+                        until: now + lease_ms,
+                    });
+                })
+                .map(|j| r.resumed.push(j))
+            }
+            JobState::Downloading | JobState::Uploading => {
+                r.requeued.push(id);
+                if dry_run {
+                    continue;
+                }
+                s.update(
+                    id,
+                    Expect::state(state),
+                    Some(JobState::Queued),
+                    now,
+                    &|j| {
+                        j.rescues = rescues;
+                        j.next_attempt_at = now;
+                    },
+                )
+                .map(|_| ())
+            }
+            JobState::Cleaning => {
+                r.cleaned.push(id);
+                if dry_run {
+                    continue;
+                }
+                finish_cleaning_blocking(s, downloads, job)
+            }
+            _ => Ok(()),
+        };
+        match res {
+            Ok(()) => {}
+            // Someone else moved it (or its record was quarantined): not ours.
+            Err(StoreError::Conflict { .. })
+            | Err(StoreError::Corrupt { .. })
+            | Err(StoreError::NotFound(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    sweep_orphans(s, downloads, dry_run, &mut r)?;
+    Ok(r)
+}
+
+fn finish_cleaning_blocking(
+    s: &dyn JobStore,
+    downloads: &Path,
+    job: Job,
+) -> Result<(), StoreError> {
+    match cleanup::finish_cleaning_blocking(s, downloads, &job) {
+        // Left in `cleaning` for the next start; not a reason to stop here.
+        Ok(_) | Err(CleanupError::Io(_)) => Ok(()),
+        Err(CleanupError::Store(e)) => Err(e),
+    }
+}
+
+/// Delete every entry of the downloads folder that belongs to no live job.
+/// Partial files of queued jobs stay, so their download resumes.
+fn sweep_orphans(
+    s: &dyn JobStore,
+    downloads: &Path,
+    dry_run: bool,
+    r: &mut RecoveryReport,
+) -> Result<(), RecoveryError> {
+    let entries = match std::fs::read_dir(downloads) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(RecoveryError::Io {
+                path: downloads.display().to_string(),
+                source,
+            })
+        }
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let live = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<Uuid>().ok())
+            .map(JobId)
+            .map(|id| {
+                s.get(id).map(|j| {
+                    j.is_some_and(|j| j.state.is_active() && j.state != JobState::Cleaning)
+                })
+            })
+            .transpose()?
+            .unwrap_or(false);
+        if live {
+            continue;
+        }
+        let size = tree_size(&path);
+        r.orphan_paths.push(path.display().to_string());
+        r.bytes_freed += size;
+        if dry_run {
+            continue;
+        }
+        let removed = if path.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        if let Err(e) = removed {
+            tracing::warn!(path = %path.display(), error = %e, "cannot delete orphan");
+        }
+    }
+    Ok(())
+}
+
+/// The dry-run report as printed by `tgdl recover --dry-run`.
+pub fn describe(r: &RecoveryReport) -> String {
+    let mut out = String::new();
+    for j in &r.resumed {
+        out.push_str(&format!("resume upload  {}\n", j.id));
+    }
+    for id in &r.requeued {
+        out.push_str(&format!("requeue        {id}\n"));
+    }
+    for id in &r.failed {
+        out.push_str(&format!("fail (crashed) {id}\n"));
+    }
+    for id in &r.cleaned {
+        out.push_str(&format!("finish cleaning {id}\n"));
+    }
+    for p in &r.orphan_paths {
+        out.push_str(&format!("delete orphan  {p}\n"));
+    }
+    out.push_str(&r.summary());
+    out
+}
+
+/// Blocking access for the CLI.
+pub fn recover_offline(
+    s: &dyn JobStore,
+    config: &crate::config::Config,
+    dry_run: bool,
+) -> Result<RecoveryReport, RecoveryError> {
+    recover_blocking(
+        s,
+        Uuid::now_v7(),
+        config.downloader.max_rescues,
+        config.downloader.lease_secs * 1000,
+        &config.downloads_dir(),
+        dry_run,
+    )
+}

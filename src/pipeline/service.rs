@@ -1,0 +1,506 @@
+//! [`JobService`]: the operations on jobs that handlers, the CLI and the
+//! workers share. Each public method is one user intent (submit links,
+//! cancel, retry, choose, settings, look up) expressed on the store, returning
+//! a typed outcome the caller renders. Nothing here knows Telegram's types,
+//! and nothing here runs long: downloads happen in workers.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::cleanup::{self, CleanupError};
+use super::guard::Guard;
+use super::metrics::Metrics;
+use crate::config::Config;
+use crate::i18n::Lang;
+use crate::job::{now_ms, Job, JobError, JobId, JobOptions, JobState, MediaKind, Millis, NewJob};
+use crate::net::{self, LinkEntity, LinkError};
+use crate::store::{
+    self, EnqueueLimits, Expect, FindError, JobStore, Refusal, StoreError, UserSettings,
+};
+
+/// The job operations of one process, and what they share with the workers.
+pub struct JobService {
+    pub config: Arc<Config>,
+    pub store: Arc<dyn JobStore>,
+    /// This process's identity as a lease owner. New at every start, so a
+    /// job leased by a previous run is recognisably an orphan.
+    pub owner: Uuid,
+    /// Jobs this process is working on, with the token that cancels each:
+    /// how `/cancel` reaches a running download.
+    running: Mutex<HashMap<JobId, CancellationToken>>,
+    /// Wakes idle workers when a job becomes due.
+    wake: Notify,
+    /// The disk guard and the extractor-error count, set by the health task.
+    pub guard: Guard,
+    pub metrics: Metrics,
+    /// Where to ask for a quality probe of a job waiting for its choice
+    /// (absent in the CLI and in tests without a prober).
+    quality_probe: Option<mpsc::Sender<JobId>>,
+}
+
+impl JobService {
+    pub fn new(
+        config: Arc<Config>,
+        store: Arc<dyn JobStore>,
+        quality_probe: Option<mpsc::Sender<JobId>>,
+    ) -> Self {
+        JobService {
+            config,
+            store,
+            owner: Uuid::now_v7(),
+            running: Mutex::new(HashMap::new()),
+            wake: Notify::new(),
+            guard: Guard::default(),
+            metrics: Metrics::default(),
+            quality_probe,
+        }
+    }
+
+    /// The language of replies when a user's is unknown.
+    pub fn default_lang(&self) -> Lang {
+        Lang::from_config(&self.config.telegram.language)
+    }
+
+    pub fn access(&self, user_id: u64) -> Access {
+        if self.config.is_admin(user_id) {
+            Access::Admin
+        } else if self.config.telegram.allowed_users.is_empty()
+            || self.config.telegram.allowed_users.contains(&user_id)
+        {
+            Access::User
+        } else {
+            Access::Denied
+        }
+    }
+
+    /// Tell idle workers that a job may be due.
+    pub fn wake_workers(&self) {
+        self.wake.notify_waiters();
+    }
+
+    /// A future that resolves at the next [`JobService::wake_workers`].
+    pub fn woken(&self) -> tokio::sync::futures::Notified<'_> {
+        self.wake.notified()
+    }
+
+    /// The cancel token of a job this process works on, registered so
+    /// `/cancel` can reach it; a child of `shutdown` so shutdown reaches
+    /// every job.
+    pub fn register(&self, id: JobId, shutdown: &CancellationToken) -> CancellationToken {
+        self.running
+            .lock()
+            .unwrap()
+            .entry(id)
+            .or_insert_with(|| shutdown.child_token())
+            .clone()
+    }
+
+    pub fn unregister(&self, id: JobId) {
+        self.running.lock().unwrap().remove(&id);
+    }
+
+    /// Run a store call on the blocking pool (store calls fsync).
+    pub async fn call<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&dyn JobStore) -> Result<T, StoreError> + Send + 'static,
+    {
+        store::blocking(&self.store, f).await
+    }
+
+    /// Take the links of a message and make one job per acceptable link.
+    pub async fn submit(&self, req: LinkRequest) -> Result<SubmitReport, StoreError> {
+        let max = self.config.telegram.max_links_per_message;
+        let mut links = net::extract_links(&req.text, &req.entities, max + 1);
+        let extra_ignored = links.len() > max;
+        links.truncate(max);
+        let admin = self.access(req.user_id) == Access::Admin;
+        let limits = EnqueueLimits::from_config(&self.config.limits, admin);
+        let mut outcomes = Vec::new();
+        for link in links {
+            let url = match net::parse_link(&link) {
+                Ok(u) => u,
+                Err(error) => {
+                    outcomes.push(Submission::BadLink { link, error });
+                    continue;
+                }
+            };
+            if let Err(error) =
+                net::check_destination(&url, self.config.security.allow_private_networks).await
+            {
+                outcomes.push(Submission::BadLink { link, error });
+                continue;
+            }
+            let new = NewJob {
+                chat_id: req.chat_id,
+                user_id: req.user_id,
+                request_msg_id: req.message_id,
+                lang: req.lang.code().to_string(),
+                url: url.to_string(),
+                options: req.options.clone(),
+                parent: None,
+                not_before: req.not_before,
+            };
+            match self.call(move |s| s.enqueue(new, limits, now_ms())).await {
+                Ok(e) => {
+                    self.wake_workers();
+                    outcomes.push(Submission::Accepted {
+                        job: Box::new(e.job),
+                        position: e.position,
+                        duplicate: e.duplicate,
+                    })
+                }
+                Err(StoreError::Refused(refusal)) => {
+                    outcomes.push(Submission::Refused { link, refusal })
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(SubmitReport {
+            outcomes,
+            extra_ignored,
+        })
+    }
+
+    /// Record the status message the handler sent for a job, whatever state the
+    /// job has reached meanwhile (a worker may already hold it).
+    /// Returns the job as recorded: a fast job (a cache hit, an early failure)
+    /// may already be finished, and then the caller settles the message itself.
+    pub async fn attach_status(
+        &self,
+        id: JobId,
+        message_id: i32,
+    ) -> Result<Option<Job>, StoreError> {
+        self.call(move |s| {
+            for _ in 0..8 {
+                let Some(job) = s.get(id)? else {
+                    return Ok(None);
+                };
+                match s.update(id, Expect::state(job.state), None, now_ms(), &|j| {
+                    j.status_msg_id = Some(message_id)
+                }) {
+                    Ok(j) => return Ok(Some(j)),
+                    Err(StoreError::Conflict { .. }) => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(None)
+        })
+        .await
+    }
+
+    pub async fn lookup(&self, asker: Asker, id: &str) -> Result<Lookup, StoreError> {
+        let id = id.to_string();
+        let found = self.call(move |s| s.find(&id)).await?;
+        Ok(match found {
+            Ok(job) if asker.admin || job.user_id == asker.user_id => Lookup::Found(Box::new(job)),
+            // Say plainly that it is someone else's: the asker learns nothing
+            // but that an id they typed exists, and the refusal is honest.
+            Ok(_) => Lookup::NotYours,
+            Err(FindError::Ambiguous(_)) => Lookup::Ambiguous,
+            Err(FindError::NotFound(_)) | Err(FindError::Invalid(_)) => Lookup::NotFound,
+        })
+    }
+
+    /// Cancel a job. A job running in this process is signalled and its worker
+    /// finishes it (kills yt-dlp, cleans, marks failed); any other job is moved to
+    /// cleaning here and its folder removed.
+    pub async fn cancel(&self, asker: Asker, id: &str) -> Result<CancelOutcome, StoreError> {
+        let job = match self.lookup(asker, id).await? {
+            Lookup::Found(j) => *j,
+            other => return Ok(CancelOutcome::Lookup(other)),
+        };
+        // A playlist: cancelling the parent cancels every child still active.
+        let children = self.playlist_children(&job).await?;
+        if !children.is_empty() {
+            for child in &children {
+                Box::pin(self.cancel_one(child.clone())).await?;
+            }
+            if job.state.is_finished() || job.state == JobState::Cleaning {
+                return Ok(CancelOutcome::Cancelled(job));
+            }
+        }
+        if job.state.is_finished() || job.state == JobState::Cleaning {
+            return Ok(CancelOutcome::AlreadyFinished(job));
+        }
+        self.cancel_one(job).await
+    }
+
+    /// Active children of a playlist job (read from the user's own index).
+    async fn playlist_children(&self, parent: &Job) -> Result<Vec<Job>, StoreError> {
+        let (user, id) = (parent.user_id, parent.id);
+        let jobs = self.call(move |s| s.list_user(user, 10_000)).await?;
+        Ok(jobs
+            .into_iter()
+            .filter(|j| {
+                j.parent == Some(id) && j.state.is_active() && j.state != JobState::Cleaning
+            })
+            .collect())
+    }
+
+    /// Stop one job: signal its worker if it runs here, else move it to
+    /// cleaning and clean it now.
+    async fn cancel_one(&self, job: Job) -> Result<CancelOutcome, StoreError> {
+        let token = self.running.lock().unwrap().get(&job.id).cloned();
+        if let Some(token) = token {
+            token.cancel();
+            return Ok(CancelOutcome::Cancelled(job));
+        }
+        let id = job.id;
+        let state = job.state;
+        let res = self
+            .call(move |s| {
+                s.update(
+                    id,
+                    Expect::state(state),
+                    Some(JobState::Cleaning),
+                    now_ms(),
+                    &|j| j.failure = Some(JobError::cancelled()),
+                )
+            })
+            .await;
+        match res {
+            Ok(cleaning) => match cleanup::finish_cleaning(self, cleaning.clone()).await {
+                Ok(done) => Ok(CancelOutcome::Cancelled(done)),
+                // Cancelled all the same: the job is in `cleaning`, which the
+                // next start finishes.
+                Err(CleanupError::Io(_)) => Ok(CancelOutcome::Cancelled(cleaning)),
+                Err(CleanupError::Store(e)) => Err(e),
+            },
+            // It moved meanwhile (a worker claimed it): signal that worker.
+            Err(StoreError::Conflict { .. }) => {
+                let token = self.running.lock().unwrap().get(&id).cloned();
+                match token {
+                    Some(t) => {
+                        t.cancel();
+                        Ok(CancelOutcome::Cancelled(job))
+                    }
+                    None => {
+                        let now = self.call(move |s| s.get(id)).await?;
+                        Ok(CancelOutcome::AlreadyFinished(now.unwrap_or(job)))
+                    }
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Queue a failed job again, with a fresh attempt count.
+    pub async fn retry(&self, asker: Asker, id: &str) -> Result<RetryOutcome, StoreError> {
+        let job = match self.lookup(asker, id).await? {
+            Lookup::Found(j) => *j,
+            other => return Ok(RetryOutcome::Lookup(other)),
+        };
+        if job.state != JobState::Failed {
+            return Ok(RetryOutcome::NotFailed(job));
+        }
+        let id = job.id;
+        let res = self
+            .call(move |s| {
+                let now = now_ms();
+                s.update(
+                    id,
+                    Expect::state(JobState::Failed),
+                    Some(JobState::Queued),
+                    now,
+                    &|j| {
+                        j.attempts = 0;
+                        j.rescues = 0;
+                        j.failure = None;
+                        j.next_attempt_at = now;
+                        j.delivery = None;
+                    },
+                )
+            })
+            .await;
+        match res {
+            Ok(j) => {
+                self.wake_workers();
+                Ok(RetryOutcome::Requeued(j))
+            }
+            Err(StoreError::Conflict { actual, .. }) => Ok(RetryOutcome::NotFailed(Job {
+                state: actual,
+                ..job
+            })),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A user's most recent jobs.
+    pub async fn user_jobs(&self, user_id: u64, limit: usize) -> Result<Vec<Job>, StoreError> {
+        self.call(move |s| s.list_user(user_id, limit)).await
+    }
+
+    /// A user's settings (defaults when never changed).
+    pub async fn user_settings(&self, user_id: u64) -> Result<UserSettings, StoreError> {
+        Ok(self
+            .call(move |s| s.settings(user_id))
+            .await?
+            .unwrap_or_default())
+    }
+
+    /// Change a user's settings and return the new ones.
+    pub async fn change_settings(
+        &self,
+        user_id: u64,
+        change: impl FnOnce(&mut UserSettings) + Send + 'static,
+    ) -> Result<UserSettings, StoreError> {
+        self.call(move |s| {
+            let mut settings = s.settings(user_id)?.unwrap_or_default();
+            change(&mut settings);
+            s.put_settings(user_id, &settings)?;
+            Ok(settings)
+        })
+        .await
+    }
+
+    /// The user pressed a button on a waiting job: store the choice and start
+    /// it now. A job a worker already took keeps its default ("too late").
+    pub async fn choose(
+        &self,
+        asker: Asker,
+        id: JobId,
+        choice: Choice,
+    ) -> Result<ChooseOutcome, StoreError> {
+        let job = match self.lookup(asker, &id.to_string()).await? {
+            Lookup::Found(j) => *j,
+            other => return Ok(ChooseOutcome::Lookup(other)),
+        };
+        if job.state != JobState::Queued {
+            return Ok(ChooseOutcome::TooLate(job));
+        }
+        let res = self
+            .call(move |s| {
+                let now = now_ms();
+                s.update(id, Expect::state(JobState::Queued), None, now, &|j| {
+                    match choice {
+                        Choice::Kind(kind) => j.options.kind = kind,
+                        Choice::Height(h) => {
+                            j.options.kind = MediaKind::Video;
+                            j.options.max_height = Some(h);
+                        }
+                    }
+                    j.next_attempt_at = j.next_attempt_at.min(now);
+                })
+            })
+            .await;
+        match res {
+            Ok(j) => {
+                self.wake_workers();
+                Ok(ChooseOutcome::Chosen(j))
+            }
+            Err(StoreError::Conflict { actual, .. }) => Ok(ChooseOutcome::TooLate(Job {
+                state: actual,
+                ..job
+            })),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Ask the background prober to offer quality buttons for a waiting job.
+    /// Never blocks: when the prober is busy, the job just gets its default.
+    pub fn offer_quality(&self, id: JobId) {
+        if let Some(tx) = &self.quality_probe {
+            let _ = tx.try_send(id);
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    Admin,
+    User,
+    Denied,
+}
+
+/// A message that may carry links.
+#[derive(Clone, Debug)]
+pub struct LinkRequest {
+    pub chat_id: i64,
+    pub user_id: u64,
+    pub message_id: i32,
+    pub lang: Lang,
+    pub text: String,
+    pub entities: Vec<LinkEntity>,
+    pub options: JobOptions,
+    /// Hold the jobs until then (the choice window).
+    pub not_before: Option<Millis>,
+}
+
+#[derive(Clone, Debug)]
+pub enum Submission {
+    /// `duplicate`: this message's link was taken before (a redelivered
+    /// update); `job` is the earlier job.
+    Accepted {
+        job: Box<Job>,
+        position: u64,
+        duplicate: bool,
+    },
+    BadLink {
+        link: String,
+        error: LinkError,
+    },
+    Refused {
+        link: String,
+        refusal: Refusal,
+    },
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct SubmitReport {
+    pub outcomes: Vec<Submission>,
+    /// More links were present than `max_links_per_message`.
+    pub extra_ignored: bool,
+}
+
+/// Who is asking about a job.
+#[derive(Clone, Copy, Debug)]
+pub struct Asker {
+    pub user_id: u64,
+    pub admin: bool,
+}
+
+#[derive(Debug)]
+pub enum Lookup {
+    Found(Box<Job>),
+    NotFound,
+    Ambiguous,
+    NotYours,
+}
+
+#[derive(Debug)]
+pub enum CancelOutcome {
+    /// The job was stopped (or will be within moments, if it was running
+    /// here) and its files removed.
+    Cancelled(Job),
+    AlreadyFinished(Job),
+    Lookup(Lookup),
+}
+
+#[derive(Debug)]
+pub enum RetryOutcome {
+    Requeued(Job),
+    NotFailed(Job),
+    Lookup(Lookup),
+}
+
+#[derive(Debug)]
+pub enum ChooseOutcome {
+    /// The job will run with the chosen kind, now.
+    Chosen(Job),
+    /// A worker already started it with the default.
+    TooLate(Job),
+    Lookup(Lookup),
+}
+
+/// What the user picked for a waiting job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Choice {
+    Kind(MediaKind),
+    /// Video at most this tall.
+    Height(u32),
+}

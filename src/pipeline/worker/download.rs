@@ -1,0 +1,123 @@
+//! The download stage: a link already delivered goes straight to upload from
+//! the cache; anything else runs yt-dlp with progress edits, under the lease.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::download::{self, DownloadError, Want, YtDlpArgs};
+use crate::job::{now_ms, FailureCode, Job, JobState, MediaInfo, MediaKind};
+
+use super::{Pipeline, StepOutcome, StepResult};
+
+fn want(kind: MediaKind) -> Want {
+    match kind {
+        MediaKind::Video => Want::Video,
+        MediaKind::Audio => Want::Audio,
+        MediaKind::Document => Want::Document,
+    }
+}
+
+impl Pipeline {
+    pub(super) async fn download(&self, job: Job, cancel: &CancellationToken) -> StepResult {
+        if let Some(done) = self.expand_if_playlist(&job, cancel).await {
+            return done;
+        }
+        let key = job.cache_key();
+        if self.jobs.call(move |s| s.cache_get(&key)).await?.is_some() {
+            // Delivered before: skip the download, upload by file_id.
+            return self
+                .advance(&job, JobState::Uploading, |j| j.file_path = None)
+                .await;
+        }
+        // Reload: the handler may have attached the status message since.
+        let id = job.id;
+        let job = self.jobs.call(move |s| s.get(id)).await?.unwrap_or(job);
+        let mut status = self.status(&job);
+        status.downloading().await;
+
+        let cfg = &self.jobs.config;
+        let mut args = YtDlpArgs::new(
+            &self.ytdlp,
+            job.url.clone(),
+            &cfg.downloads_dir(),
+            job.id.0,
+            want(job.options.kind),
+        );
+        args.max_height = job.options.max_height;
+        args.upload_limit = Some(cfg.upload_limit_bytes());
+        args.has_ffmpeg = self.has_ffmpeg;
+        args.extra_args = cfg.downloader.extra_args.clone();
+        args.cookies = cfg.downloader.cookies_file.clone().map(PathBuf::from);
+        let (tx, rx) = watch::channel(None);
+        let run = download::run_ytdlp(
+            &args,
+            cancel.clone(),
+            Duration::from_secs(cfg.downloader.timeout_secs),
+            move |p| {
+                tx.send_replace(Some(p));
+            },
+        );
+        // Tick at half the edit interval: `StatusMessage` enforces the
+        // interval itself, and a tick that lands just short of it would
+        // otherwise wait a whole extra interval.
+        let mut progress_tick = tokio::time::interval(Duration::from_millis(
+            (cfg.telegram.progress_interval_secs * 500).max(250),
+        ));
+        let work = async {
+            tokio::pin!(run);
+            loop {
+                tokio::select! {
+                    r = &mut run => break r,
+                    _ = progress_tick.tick() => {
+                        if status.message.message_id().is_none() {
+                            // Claimed before the handler recorded its
+                            // acknowledgement: look for it again.
+                            let id = job.id;
+                            if let Ok(Some(m)) = self.jobs.call(move |s| s.get(id)).await.map(|j| j.and_then(|j| j.status_msg_id)) {
+                                status.message.attach(m);
+                            }
+                        }
+                        let latest = rx.borrow().clone();
+                        status.progress(latest).await;
+                    }
+                }
+            }
+        };
+        let Some(result) = self.with_lease(&job, work).await else {
+            cancel.cancel();
+            return Ok(StepOutcome::Lost(job.id));
+        };
+        match result {
+            // `run_ytdlp` refused a file over `args.upload_limit` already.
+            Ok(out) => {
+                let path = out.file_path.display().to_string();
+                let media = MediaInfo {
+                    width: out.width,
+                    height: out.height,
+                    duration_secs: out.duration.map(|d| d.round() as u32),
+                };
+                let (title, size) = (out.title, out.filesize);
+                self.advance(&job, JobState::Uploading, move |j| {
+                    j.file_path = Some(path.clone());
+                    j.file_size = Some(size);
+                    j.title = title.clone();
+                    j.media = Some(media);
+                })
+                .await
+            }
+            Err(DownloadError::Cancelled) => self.stopped(&job).await,
+            Err(e) => {
+                let (class, code) = e.classify();
+                // An error yt-dlp could not name often means a site changed
+                // and the extractor is out of date: the health task counts them.
+                if code == FailureCode::Unknown {
+                    self.jobs.guard.note_extractor_error(now_ms());
+                }
+                self.error(&job, class, code, e.to_string()).await
+            }
+        }
+    }
+}

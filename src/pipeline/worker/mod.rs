@@ -1,0 +1,127 @@
+//! Workers: claim a job and move it through downloading -> uploading ->
+//! cleaning -> done/failed, one store transition per step.
+//!
+//! [`Pipeline::step`] performs exactly one stage of one job and returns a
+//! [`StepOutcome`], so tests can drive a job stage by stage; the worker loop
+//! is just `claim` then `step` until the job leaves the pipeline.
+//!
+//! - `policy.rs`: claiming, backoff, and what an error means (retry or fail).
+//! - `download.rs`, `upload.rs`, `clean.rs`: one stage each.
+//! - `playlist.rs`: a playlist link becomes child jobs.
+//! - `lease.rs`: the one lease keeper every stage runs under.
+//! - `outcome.rs`: [`StepOutcome`] and the transition helper.
+//! - `status.rs`: the status message's text at each stage.
+
+mod clean;
+mod download;
+mod lease;
+mod outcome;
+mod playlist;
+mod policy;
+mod status;
+mod upload;
+
+pub use outcome::{StepOutcome, StepResult, WorkerError};
+pub use policy::backoff;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use teloxide::prelude::*;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::JobService;
+use crate::job::{Job, JobId, JobState};
+
+/// Everything a worker needs.
+pub struct Pipeline {
+    pub jobs: Arc<JobService>,
+    pub bot: Bot,
+    pub ytdlp: PathBuf,
+    pub has_ffmpeg: bool,
+    /// Fired at shutdown: running downloads stop and their jobs go back to
+    /// `queued` without counting an attempt.
+    pub shutdown: CancellationToken,
+    /// How long an upload in flight may go on after shutdown starts.
+    pub upload_grace: Duration,
+}
+
+impl Pipeline {
+    /// Run one stage of a job this process owns.
+    pub async fn step(&self, job: Job) -> StepResult {
+        let id = job.id;
+        let token = self.jobs.register(id, &self.shutdown);
+        let out = match job.state {
+            JobState::Downloading => self.download(job, &token).await,
+            JobState::Uploading => self.upload(job, &token).await,
+            JobState::Cleaning => self.clean(job).await,
+            _ => Ok(StepOutcome::Lost(job.id)),
+        };
+        if !matches!(out, Ok(StepOutcome::Advanced(_))) {
+            self.jobs.unregister(id);
+        }
+        out
+    }
+
+    /// Step a claimed job until it leaves the pipeline.
+    pub async fn run_job(&self, mut job: Job) -> StepResult {
+        let id: JobId = job.id;
+        let res = loop {
+            match self.step(job).await {
+                Ok(StepOutcome::Advanced(next)) => job = next,
+                other => break other,
+            }
+        };
+        self.jobs.unregister(id);
+        res
+    }
+}
+
+/// Start `downloader.concurrency` worker loops on `tracker`.
+pub fn spawn_workers(pipeline: Arc<Pipeline>, tracker: &TaskTracker) {
+    for n in 0..pipeline.jobs.config.downloader.concurrency {
+        let p = pipeline.clone();
+        tracker.spawn(async move {
+            tracing::debug!(worker = n, "worker started");
+            loop {
+                if p.shutdown.is_cancelled() {
+                    break;
+                }
+                // Listen before claiming so a job queued in between wakes us.
+                let woken = p.jobs.woken();
+                tokio::pin!(woken);
+                woken.as_mut().enable();
+                match p.claim().await {
+                    Ok(StepOutcome::Advanced(job)) => {
+                        let id = job.id;
+                        match p.run_job(job).await {
+                            Ok(out) => {
+                                tracing::info!(job = %id, outcome = %out.name(), "job step ended")
+                            }
+                            Err(e) => tracing::error!(job = %id, error = %e, "job error"),
+                        }
+                    }
+                    Ok(_) => {
+                        // Nothing due: wait for new work, a backoff to pass
+                        // (polled), or shutdown.
+                        tokio::select! {
+                            _ = &mut woken => {}
+                            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                            _ = p.shutdown.cancelled() => break,
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "claim failed");
+                        tokio::select! {
+                            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                            _ = p.shutdown.cancelled() => break,
+                        }
+                    }
+                }
+            }
+            tracing::debug!(worker = n, "worker stopped");
+        });
+    }
+}

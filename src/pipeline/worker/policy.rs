@@ -1,0 +1,117 @@
+//! Claiming the next job and deciding what an error means for it: retry
+//! with backoff while attempts remain, or fail for good; a stop by shutdown
+//! or by the user.
+
+use std::time::Duration;
+
+use rand::Rng;
+
+use crate::job::{now_ms, ErrorClass, FailureCode, Job, JobError, JobState, Millis};
+
+use super::{Pipeline, StepOutcome, StepResult};
+
+/// Exponential backoff with ±20 % jitter, capped at an hour.
+pub fn backoff(base_secs: u64, attempt: u32) -> Duration {
+    let exp = base_secs.saturating_mul(1u64 << attempt.saturating_sub(1).min(16));
+    let secs = exp.min(3600) as f64;
+    let jitter = rand::rng().random_range(0.8..1.2);
+    Duration::from_secs_f64(secs * jitter)
+}
+
+impl Pipeline {
+    /// Claim the next due job (queued -> downloading).
+    pub async fn claim(&self) -> StepResult {
+        // The disk guard: while free disk is critical, jobs wait in `queued`
+        // (none fails for lack of space) until the monitor sees space again.
+        if self.jobs.guard.is_paused() {
+            return Ok(StepOutcome::Idle);
+        }
+        let owner = self.jobs.owner;
+        let lease = self.jobs.config.downloader.lease_secs * 1000;
+        Ok(
+            match self
+                .jobs
+                .call(move |s| s.claim(owner, lease, now_ms()))
+                .await?
+            {
+                Some(job) => {
+                    self.jobs
+                        .metrics
+                        .transition(JobState::Queued, JobState::Downloading);
+                    StepOutcome::Advanced(job)
+                }
+                None => StepOutcome::Idle,
+            },
+        )
+    }
+
+    /// A failure: retry with backoff if it may pass and attempts remain, else
+    /// fail for good.
+    pub(super) async fn error(
+        &self,
+        job: &Job,
+        class: ErrorClass,
+        code: FailureCode,
+        text: String,
+    ) -> StepResult {
+        let attempts = job.attempts + 1;
+        let max = self.jobs.config.downloader.max_attempts;
+        tracing::warn!(job = %job.id, %code, attempts, error = %text, "job error");
+        if class == ErrorClass::Permanent || attempts >= max {
+            return self.fail_counted(job, code, text, attempts).await;
+        }
+        let delay = backoff(self.jobs.config.downloader.retry_base_secs, attempts);
+        let err = JobError { class, code, text };
+        let next = now_ms() + delay.as_millis() as Millis;
+        let out = self
+            .advance(job, JobState::Queued, move |j| {
+                j.attempts = attempts;
+                j.next_attempt_at = next;
+                j.last_error = Some(err.clone());
+            })
+            .await?;
+        self.status(job).waiting_retry(attempts + 1, max).await;
+        Ok(out)
+    }
+
+    /// Fail for good: to cleaning, with the reason the user will read.
+    pub(super) async fn fail(&self, job: &Job, code: FailureCode, text: String) -> StepResult {
+        self.fail_counted(job, code, text, job.attempts + 1).await
+    }
+
+    async fn fail_counted(
+        &self,
+        job: &Job,
+        code: FailureCode,
+        text: String,
+        attempts: u32,
+    ) -> StepResult {
+        let err = JobError::permanent(code, text);
+        self.advance(job, JobState::Cleaning, move |j| {
+            j.attempts = attempts;
+            j.last_error = Some(err.clone());
+            j.failure = Some(err.clone());
+        })
+        .await
+    }
+
+    /// The job's work was stopped: by shutdown (back to `queued`, no attempt
+    /// counted, partial files kept for resume) or by the user (cancelled).
+    pub(super) async fn stopped(&self, job: &Job) -> StepResult {
+        if self.shutdown.is_cancelled() {
+            tracing::info!(job = %job.id, "shutdown: back to queued");
+            self.requeue_now(job).await
+        } else {
+            self.advance(job, JobState::Cleaning, |j| {
+                j.failure = Some(JobError::cancelled())
+            })
+            .await
+        }
+    }
+
+    /// Back to `queued` at once and uncounted (shutdown, or the file vanished).
+    pub(super) async fn requeue_now(&self, job: &Job) -> StepResult {
+        self.advance(job, JobState::Queued, |j| j.next_attempt_at = now_ms())
+            .await
+    }
+}

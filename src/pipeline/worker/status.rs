@@ -1,0 +1,113 @@
+//! What a job's status message says at each stage, rendered from the
+//! catalogue in the job's language. The stages say which line to show; this
+//! file is the only place in the pipeline that turns a job into text.
+
+use std::time::Duration;
+
+use teloxide::prelude::*;
+use teloxide::types::{MessageId, ReplyParameters};
+
+use crate::botapi::StatusMessage;
+use crate::download::Progress;
+use crate::i18n::{render, Lang, Msg};
+use crate::job::{FailureCode, Job};
+
+use super::Pipeline;
+
+/// A job's status message and the language to write it in.
+pub(super) struct JobStatus {
+    pub message: StatusMessage,
+    lang: Lang,
+    short_id: String,
+}
+
+impl Pipeline {
+    pub(super) fn status(&self, job: &Job) -> JobStatus {
+        JobStatus {
+            message: StatusMessage::new(
+                self.bot.clone(),
+                job.chat_id,
+                job.status_msg_id,
+                Duration::from_secs(self.jobs.config.telegram.progress_interval_secs),
+            ),
+            lang: self.lang(job),
+            short_id: job.id.short(),
+        }
+    }
+
+    pub(super) fn lang(&self, job: &Job) -> Lang {
+        Lang::pick(Some(&job.lang), self.jobs.default_lang())
+    }
+
+    /// Reply to the user's message with `text` (when there is no status
+    /// message to edit).
+    pub(super) async fn reply(&self, job: &Job, text: String) {
+        let _ = self
+            .bot
+            .send_message(ChatId(job.chat_id), text)
+            .reply_parameters(
+                ReplyParameters::new(MessageId(job.request_msg_id)).allow_sending_without_reply(),
+            )
+            .await;
+    }
+}
+
+impl JobStatus {
+    pub fn render(&self, msg: &Msg) -> String {
+        render(self.lang, msg)
+    }
+
+    pub async fn downloading(&mut self) {
+        let text = self.render(&Msg::Downloading {
+            short_id: self.short_id.clone(),
+        });
+        self.message.force(&text).await;
+    }
+
+    /// The latest progress, at most once per edit interval.
+    pub async fn progress(&mut self, p: Option<Progress>) {
+        let text = match p {
+            Some(p) => self.render(&Msg::Progress {
+                short_id: self.short_id.clone(),
+                percent: p.percent,
+                downloaded: p.downloaded,
+                total: p.total,
+                speed: p.speed,
+                eta: p.eta,
+            }),
+            None => self.render(&Msg::Downloading {
+                short_id: self.short_id.clone(),
+            }),
+        };
+        self.message.update(&text).await;
+    }
+
+    pub async fn uploading(&mut self) {
+        let text = self.render(&Msg::Uploading {
+            short_id: self.short_id.clone(),
+        });
+        self.message.force(&text).await;
+    }
+
+    pub async fn waiting_retry(&mut self, attempt: u32, max: u32) {
+        let text = self.render(&Msg::WaitingRetry {
+            short_id: self.short_id.clone(),
+            attempt,
+            max,
+        });
+        self.message.force(&text).await;
+    }
+
+    /// The last line of a failed or cancelled job.
+    pub fn failed_text(&self, code: FailureCode, limit_mb: u64) -> String {
+        let short_id = self.short_id.clone();
+        self.render(&match code {
+            FailureCode::Cancelled => Msg::Cancelled { short_id },
+            code => Msg::Failed {
+                short_id,
+                code,
+                limit_mb,
+            },
+        })
+    }
+}

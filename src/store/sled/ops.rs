@@ -1,0 +1,384 @@
+//! [`JobStore`] for [`SledStore`]: every change is one [`SledStore::transact`]
+//! call whose derived writes come from [`apply`].
+
+use uuid::Uuid;
+
+use super::apply::apply;
+use super::keys::{self, ID_LEN};
+use super::tx::{abort, get_count, get_job, get_user, put_user, TxResult};
+use super::SledStore;
+use crate::job::{now_ms, Job, JobId, JobState, Lease, Millis, NewJob, HOUR_MS};
+use crate::store::codec;
+use crate::store::{
+    CachedMedia, EnqueueLimits, Enqueued, Expect, FindError, InvariantReport, JobStore,
+    QuarantineEntry, Refusal, StateCounts, StoreError, UserSettings,
+};
+use ::sled::transaction::ConflictableTransactionError as TxError;
+
+impl JobStore for SledStore {
+    fn enqueue(
+        &self,
+        new: NewJob,
+        limits: EnqueueLimits,
+        now: Millis,
+    ) -> Result<Enqueued, StoreError> {
+        let id = JobId::new();
+        let job = Job::new(id, new, now);
+        self.transact(|tx| {
+            // The same link of the same message again (Telegram redelivers
+            // updates that were not confirmed before a crash): the same job.
+            if let Some(existing) = tx.requests.get(keys::request_key(&job))? {
+                if let Some(prev) = JobId::from_slice(&existing) {
+                    if let Some(prev) = get_job(tx, prev)? {
+                        let position = get_count(tx, JobState::Queued)?;
+                        return Ok(Enqueued {
+                            job: prev,
+                            position,
+                            duplicate: true,
+                        });
+                    }
+                }
+            }
+            let active = JobState::ALL
+                .into_iter()
+                .filter(|s| s.is_active())
+                .map(|s| get_count(tx, s))
+                .sum::<TxResult<u64>>()?;
+            if active >= limits.queue_capacity {
+                return abort(
+                    Refusal::QueueFull {
+                        capacity: limits.queue_capacity,
+                    }
+                    .into(),
+                );
+            }
+            let mut rec = get_user(tx, job.user_id)?;
+            rec.recent.retain(|t| *t + HOUR_MS > now);
+            if !limits.exempt {
+                if rec.active >= limits.per_user_active {
+                    return abort(
+                        Refusal::UserActive {
+                            limit: limits.per_user_active,
+                        }
+                        .into(),
+                    );
+                }
+                if rec.recent.len() as u64 >= limits.per_user_per_hour as u64 {
+                    // The oldest enqueue in the window leaves it first.
+                    let idx = rec.recent.len() - limits.per_user_per_hour as usize;
+                    return abort(
+                        Refusal::UserHourly {
+                            limit: limits.per_user_per_hour,
+                            retry_at: rec.recent[idx] + HOUR_MS,
+                        }
+                        .into(),
+                    );
+                }
+            }
+            rec.recent.push(now);
+            // Bound the window for exempt users too.
+            let keep = (limits.per_user_per_hour as usize).max(1) * 2;
+            if rec.recent.len() > keep {
+                let cut = rec.recent.len() - keep;
+                rec.recent.drain(..cut);
+            }
+            put_user(tx, job.user_id, &rec)?;
+            apply(tx, None, Some(&job), None)?;
+            let position = get_count(tx, JobState::Queued)?;
+            Ok(Enqueued {
+                job: job.clone(),
+                position,
+                duplicate: false,
+            })
+        })
+    }
+
+    fn claim(&self, owner: Uuid, lease_ms: u64, now: Millis) -> Result<Option<Job>, StoreError> {
+        // Walk users least recently served first; take the first user whose
+        // earliest queued job is due. Races with other claimers surface as
+        // conflicts and simply restart the walk.
+        'restart: for _ in 0..64 {
+            for turn in self.turns.iter().keys() {
+                let turn = turn?;
+                let Some(user) = keys::u64_at(&turn, 8) else {
+                    continue;
+                };
+                let Some(head) = self.ready.scan_prefix(user.to_be_bytes()).keys().next() else {
+                    continue;
+                };
+                let head = head?;
+                let next = keys::u64_at(&head, 8).unwrap_or(u64::MAX);
+                if next > now {
+                    continue;
+                }
+                let Some(id) = JobId::from_slice(&head[16..16 + ID_LEN]) else {
+                    continue;
+                };
+                let res = self.transact(|tx| {
+                    let Some(old) = get_job(tx, id)? else {
+                        return abort(StoreError::NotFound(id));
+                    };
+                    if old.state != JobState::Queued || old.next_attempt_at > now {
+                        return abort(StoreError::Conflict {
+                            id,
+                            expected: JobState::Queued,
+                            actual: old.state,
+                        });
+                    }
+                    let mut new = old.clone();
+                    new.enter(JobState::Downloading, now)
+                        .map_err(|e| TxError::Abort(e.into()))?;
+                    new.lease = Some(Lease {
+                        owner,
+                        until: now + lease_ms,
+                    });
+                    apply(tx, Some(&old), Some(&new), Some(now))?;
+                    Ok(new)
+                });
+                match res {
+                    Ok(job) => return Ok(Some(job)),
+                    Err(StoreError::Conflict { .. })
+                    | Err(StoreError::NotFound(_))
+                    | Err(StoreError::Corrupt { .. }) => continue 'restart,
+                    Err(e) => return Err(e),
+                }
+            }
+            return Ok(None);
+        }
+        Ok(None)
+    }
+
+    fn update(
+        &self,
+        id: JobId,
+        expect: Expect,
+        to: Option<JobState>,
+        now: Millis,
+        edit: &(dyn Fn(&mut Job) + Sync),
+    ) -> Result<Job, StoreError> {
+        self.transact(|tx| {
+            let Some(old) = get_job(tx, id)? else {
+                return abort(StoreError::NotFound(id));
+            };
+            if old.state != expect.state {
+                return abort(StoreError::Conflict {
+                    id,
+                    expected: expect.state,
+                    actual: old.state,
+                });
+            }
+            if let Some(owner) = expect.owner {
+                if old.lease.map(|l| l.owner) != Some(owner) {
+                    return abort(StoreError::LeaseLost { id });
+                }
+            }
+            let mut new = old.clone();
+            edit(&mut new);
+            // The edit may not move the job itself: only `enter` does.
+            new.state = old.state;
+            new.id = old.id;
+            new.user_id = old.user_id;
+            match to {
+                Some(to) => new.enter(to, now).map_err(|e| TxError::Abort(e.into()))?,
+                None => new.updated_at = now,
+            }
+            apply(tx, Some(&old), Some(&new), None)?;
+            Ok(new)
+        })
+    }
+
+    fn get(&self, id: JobId) -> Result<Option<Job>, StoreError> {
+        self.load(id)
+    }
+
+    fn find(&self, prefix: &str) -> Result<Result<Job, FindError>, StoreError> {
+        let p: String = prefix
+            .trim()
+            .chars()
+            .filter(|c| *c != '-')
+            .collect::<String>()
+            .to_ascii_lowercase();
+        if p.len() < 4 || p.len() > 32 || !p.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Ok(Err(FindError::Invalid(prefix.to_string())));
+        }
+        let bytes: Vec<u8> = (0..p.len() / 2)
+            .map(|i| u8::from_str_radix(&p[2 * i..2 * i + 2], 16).unwrap_or(0))
+            .collect();
+        // Up to 8 digits: the short id users see (the id's last digits), or a
+        // prefix of it. Longer: a prefix of the full id.
+        let short = p.len() <= 8;
+        let (tree, id_at) = if short {
+            (&self.shorts, 4)
+        } else {
+            (&self.jobs, 0)
+        };
+        let mut found: Option<JobId> = None;
+        for k in tree.scan_prefix(&bytes).keys() {
+            let k = k?;
+            let Some(id) = JobId::from_slice(&k[id_at..]) else {
+                continue;
+            };
+            let matches = if short {
+                id.short().starts_with(&p)
+            } else {
+                id.to_string().starts_with(&p)
+            };
+            if !matches {
+                continue;
+            }
+            if found.is_some() {
+                return Ok(Err(FindError::Ambiguous(prefix.to_string())));
+            }
+            found = Some(id);
+        }
+        match found {
+            None => Ok(Err(FindError::NotFound(prefix.to_string()))),
+            Some(id) => Ok(self
+                .load(id)?
+                .ok_or_else(|| FindError::NotFound(prefix.to_string()))),
+        }
+    }
+
+    fn list_state(&self, state: JobState, limit: usize) -> Result<Vec<Job>, StoreError> {
+        self.jobs_from_index(self.by_state.scan_prefix([state.as_u8()]).keys(), 1, limit)
+    }
+
+    fn list_state_rev(&self, state: JobState, limit: usize) -> Result<Vec<Job>, StoreError> {
+        self.jobs_from_index(
+            self.by_state.scan_prefix([state.as_u8()]).keys().rev(),
+            1,
+            limit,
+        )
+    }
+
+    fn list_user(&self, user_id: u64, limit: usize) -> Result<Vec<Job>, StoreError> {
+        self.jobs_from_index(
+            self.by_user.scan_prefix(user_id.to_be_bytes()).keys().rev(),
+            8,
+            limit,
+        )
+    }
+
+    fn counts(&self) -> Result<StateCounts, StoreError> {
+        let mut c = StateCounts::default();
+        for s in JobState::ALL {
+            *c.get_mut(s) = self
+                .meta
+                .get(keys::count_key(s))?
+                .and_then(|v| keys::u64_at(&v, 0))
+                .unwrap_or(0);
+        }
+        Ok(c)
+    }
+
+    fn cache_get(&self, key: &str) -> Result<Option<CachedMedia>, StoreError> {
+        // A corrupt cache entry costs one download, nothing more.
+        self.get_or_quarantine(&self.cache, "cache", key.as_bytes())
+    }
+
+    fn prune_finished(&self, older_than: Millis, batch: usize) -> Result<usize, StoreError> {
+        // Minute counters older than a day are of no use to the report.
+        let day_ago = now_ms().saturating_sub(24 * HOUR_MS) / 60_000;
+        for state in [JobState::Done, JobState::Failed] {
+            let from = keys::finished_key(state, 0);
+            let to = keys::finished_key(state, day_ago);
+            let old: Vec<::sled::IVec> = self
+                .meta
+                .range(from..to)
+                .keys()
+                .take(batch)
+                .collect::<Result<_, _>>()?;
+            for k in old {
+                self.meta.remove(k)?;
+            }
+        }
+        let mut pruned = 0;
+        for state in [JobState::Done, JobState::Failed] {
+            // Ids sort by creation, and a job finishes after it is created:
+            // once creation passes the cutoff, nothing later can qualify.
+            let mut victims = Vec::new();
+            for k in self.by_state.scan_prefix([state.as_u8()]).keys() {
+                let k = k?;
+                let Some(id) = JobId::from_slice(&k[1..]) else {
+                    continue;
+                };
+                if id.created_ms() >= older_than || victims.len() + pruned >= batch {
+                    break;
+                }
+                victims.push(id);
+            }
+            for id in victims {
+                let gone = self.transact(|tx| {
+                    let Some(old) = get_job(tx, id)? else {
+                        return Ok(false);
+                    };
+                    if old.state != state || old.updated_at >= older_than {
+                        return Ok(false);
+                    }
+                    apply(tx, Some(&old), None, None)?;
+                    Ok(true)
+                });
+                match gone {
+                    Ok(true) => pruned += 1,
+                    Ok(false) | Err(StoreError::Corrupt { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(pruned)
+    }
+
+    fn finished_since(&self, since: Millis) -> Result<(u64, u64), StoreError> {
+        let mut out = [0u64; 2];
+        for (i, state) in [JobState::Done, JobState::Failed].into_iter().enumerate() {
+            let from = keys::finished_key(state, since / 60_000);
+            let to = keys::finished_key(state, u64::MAX);
+            for kv in self.meta.range(from..=to) {
+                let (_, v) = kv?;
+                out[i] += keys::u64_at(&v, 0).unwrap_or(0);
+            }
+        }
+        Ok((out[0], out[1]))
+    }
+
+    fn probe_write(&self) -> Result<(), StoreError> {
+        self.meta.insert(b"healthz", &now_ms().to_be_bytes())?;
+        self.sync()
+    }
+
+    fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+
+    fn settings(&self, user_id: u64) -> Result<Option<UserSettings>, StoreError> {
+        // Settings are a convenience: a corrupt record falls back to defaults.
+        self.get_or_quarantine(&self.settings, "settings", &user_id.to_be_bytes())
+    }
+
+    fn put_settings(&self, user_id: u64, settings: &UserSettings) -> Result<(), StoreError> {
+        self.settings
+            .insert(user_id.to_be_bytes(), codec::encode(settings)?)?;
+        self.sync()
+    }
+
+    fn quarantined(&self) -> Result<Vec<QuarantineEntry>, StoreError> {
+        let mut out = Vec::new();
+        for v in self.quarantine.iter().values() {
+            let v = v?;
+            // The quarantine must not itself be a way to crash.
+            if let Ok(e) = codec::decode::<QuarantineEntry>(&v) {
+                out.push(e);
+            }
+        }
+        Ok(out)
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.sync()?;
+        Ok(())
+    }
+
+    fn check_invariants(&self) -> Result<InvariantReport, StoreError> {
+        self.full_check()
+    }
+}

@@ -1,0 +1,235 @@
+//! Repairs: a record that does not decode is moved to the quarantine tree
+//! (kept for the operator) and unlinked; a corrupt user record is rebuilt
+//! from that user's jobs.
+
+use sled::transaction::{ConflictableTransactionError as TxError, TransactionError};
+use sled::{Transactional, Tree};
+
+use super::keys;
+use super::tx::{add_count, get_user, put_user, Tx};
+use super::SledStore;
+use crate::job::{now_ms, Job, JobId, JobState, HOUR_MS};
+use crate::store::codec;
+use crate::store::{QuarantineEntry, StoreError, UserRecord};
+
+impl SledStore {
+    pub(super) fn decode_job(&self, key: &[u8], bytes: &[u8]) -> Result<Option<Job>, StoreError> {
+        match codec::decode::<Job>(bytes) {
+            Ok(j) => Ok(Some(j)),
+            Err(e) => {
+                let Some(id) = JobId::from_slice(key) else {
+                    return Ok(None);
+                };
+                tracing::error!(job = %id, error = %e, "corrupt job record, quarantining");
+                self.quarantine_job(id, &e.to_string())?;
+                Ok(None)
+            }
+        }
+    }
+
+    pub(super) fn load(&self, id: JobId) -> Result<Option<Job>, StoreError> {
+        match self.jobs.get(id.as_bytes())? {
+            None => Ok(None),
+            Some(b) => self.decode_job(id.as_bytes(), &b),
+        }
+    }
+
+    /// Move a job record that cannot be decoded to `quarantine` and unlink it
+    /// from every index and counter, in one transaction. What the record said
+    /// is unknown, so the indexes (which carry state and user) say it instead.
+    pub(super) fn quarantine_job(&self, id: JobId, reason: &str) -> Result<(), StoreError> {
+        // Ready keys are found by scan, outside the transaction; the
+        // transaction re-checks each before removing it.
+        let mut user_of: Option<u64> = None;
+        for s in JobState::ALL {
+            if let Some(v) = self.by_state.get(keys::state_key(s, id))? {
+                user_of = keys::u64_at(&v, 0);
+            }
+        }
+        let ready_keys: Vec<Vec<u8>> = match user_of {
+            Some(u) => self
+                .ready
+                .scan_prefix(u.to_be_bytes())
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|k| k.ends_with(id.as_bytes()))
+                .map(|k| k.to_vec())
+                .collect(),
+            None => Vec::new(),
+        };
+        let reason = reason.to_string();
+        let mut trees = self.job_trees().to_vec();
+        trees.push(&self.quarantine);
+        trees[..]
+            .transaction(|view| {
+                let tx = Tx::new(view);
+                let (jobs, by_state, by_user, ready, turns, shorts) = (
+                    tx.jobs,
+                    tx.by_state,
+                    tx.by_user,
+                    tx.ready,
+                    tx.turns,
+                    tx.shorts,
+                );
+                let quarantine = &view[super::tx::JOB_TREES];
+                let Some(raw) = jobs.get(id.as_bytes())? else {
+                    return Ok(());
+                };
+                let entry = QuarantineEntry {
+                    tree: "jobs".into(),
+                    key: id.as_bytes().to_vec(),
+                    bytes: raw.to_vec(),
+                    reason: reason.clone(),
+                    at: now_ms(),
+                };
+                let entry = codec::encode(&entry).map_err(|e| TxError::Abort(e.into()))?;
+                quarantine.insert(qkey("jobs", id.as_bytes()), entry)?;
+                jobs.remove(id.as_bytes())?;
+                shorts.remove(&keys::short_key(id))?;
+                for s in JobState::ALL {
+                    let Some(v) = by_state.remove(&keys::state_key(s, id))? else {
+                        continue;
+                    };
+                    add_count(&tx, s, -1)?;
+                    let Some(user) = keys::u64_at(&v, 0) else {
+                        continue;
+                    };
+                    by_user.remove(&keys::user_key(user, id))?;
+                    let mut rec = get_user(&tx, user)?;
+                    if s.is_active() {
+                        rec.active = rec.active.saturating_sub(1);
+                    }
+                    if s == JobState::Queued {
+                        for k in &ready_keys {
+                            if ready.remove(k.as_slice())?.is_some() {
+                                rec.queued = rec.queued.saturating_sub(1);
+                            }
+                        }
+                        if rec.queued == 0 {
+                            turns.remove(&keys::turn_key(rec.last_served, user))?;
+                        }
+                    }
+                    put_user(&tx, user, &rec)?;
+                }
+                Ok(())
+            })
+            .map_err(|e: TransactionError<StoreError>| match e {
+                TransactionError::Abort(e) => e,
+                TransactionError::Storage(e) => e.into(),
+            })?;
+        self.sync()?;
+        Ok(())
+    }
+
+    /// Recompute one user's record from their jobs, after it failed to
+    /// decode. The recent-enqueue window is rebuilt from creation times.
+    pub(super) fn rebuild_user(&self, user: u64) -> Result<(), StoreError> {
+        let raw = self.users.get(user.to_be_bytes())?;
+        let mut rec = UserRecord::default();
+        let since = now_ms().saturating_sub(HOUR_MS);
+        for k in self.by_user.scan_prefix(user.to_be_bytes()).keys() {
+            let k = k?;
+            let Some(id) = JobId::from_slice(&k[8..]) else {
+                continue;
+            };
+            if let Some(job) = self.load(id)? {
+                if job.state.is_active() {
+                    rec.active += 1;
+                }
+                if job.state == JobState::Queued {
+                    rec.queued += 1;
+                }
+                if job.created_at >= since {
+                    rec.recent.push(job.created_at);
+                }
+            }
+        }
+        rec.recent.sort_unstable();
+        if let Some(raw) = raw {
+            let entry = QuarantineEntry {
+                tree: "users".into(),
+                key: user.to_be_bytes().to_vec(),
+                bytes: raw.to_vec(),
+                reason: "undecodable user record (rebuilt)".into(),
+                at: now_ms(),
+            };
+            self.quarantine
+                .insert(qkey("users", &user.to_be_bytes()), codec::encode(&entry)?)?;
+        }
+        // The turn list may reference this user under an unknown key.
+        for k in self.turns.iter().keys() {
+            let k = k?;
+            if keys::u64_at(&k, 8) == Some(user) {
+                self.turns.remove(k)?;
+            }
+        }
+        if rec.queued > 0 {
+            self.turns
+                .insert(keys::turn_key(rec.last_served, user), &[])?;
+        }
+        self.users
+            .insert(user.to_be_bytes(), codec::encode(&rec)?)?;
+        self.sync()?;
+        Ok(())
+    }
+
+    /// Read a non-job record; one that does not decode is moved to the
+    /// quarantine (kept for the operator) and reads as absent.
+    pub(super) fn get_or_quarantine<T: serde::de::DeserializeOwned>(
+        &self,
+        tree: &Tree,
+        name: &str,
+        key: &[u8],
+    ) -> Result<Option<T>, StoreError> {
+        let Some(b) = tree.get(key)? else {
+            return Ok(None);
+        };
+        match codec::decode::<T>(&b) {
+            Ok(v) => Ok(Some(v)),
+            Err(e) => {
+                tracing::error!(tree = name, error = %e, "corrupt record, quarantining");
+                let entry = QuarantineEntry {
+                    tree: name.into(),
+                    key: key.to_vec(),
+                    bytes: b.to_vec(),
+                    reason: e.to_string(),
+                    at: now_ms(),
+                };
+                self.quarantine
+                    .insert(qkey(name, key), codec::encode(&entry)?)?;
+                tree.remove(key)?;
+                self.sync()?;
+                Ok(None)
+            }
+        }
+    }
+
+    pub(super) fn jobs_from_index(
+        &self,
+        keys_iter: impl Iterator<Item = sled::Result<sled::IVec>>,
+        id_at: usize,
+        limit: usize,
+    ) -> Result<Vec<Job>, StoreError> {
+        let mut out = Vec::new();
+        for k in keys_iter {
+            if out.len() >= limit {
+                break;
+            }
+            let k = k?;
+            let Some(id) = JobId::from_slice(&k[id_at..]) else {
+                continue;
+            };
+            if let Some(job) = self.load(id)? {
+                out.push(job);
+            }
+        }
+        Ok(out)
+    }
+}
+
+pub(super) fn qkey(tree: &str, key: &[u8]) -> Vec<u8> {
+    let mut k = tree.as_bytes().to_vec();
+    k.push(0);
+    k.extend_from_slice(key);
+    k
+}

@@ -1,0 +1,135 @@
+//! Inline buttons: the choice on a new job, its cancel, and `/settings`.
+
+use std::sync::Arc;
+
+use teloxide::prelude::*;
+use teloxide::types::{CallbackQuery, MessageId};
+
+use super::replies::{cancel_text, internal, lookup_text};
+use super::Deps;
+use crate::botapi::keyboard::{parse_press, settings_keyboard, Press};
+use crate::i18n::{render, Lang, Msg};
+use crate::job::{JobId, MediaKind};
+use crate::pipeline::service::{Access, Asker, Choice, ChooseOutcome};
+use crate::pipeline::JobService;
+
+pub(super) async fn on_callback(bot: Bot, q: CallbackQuery, deps: Arc<Deps>) -> ResponseResult<()> {
+    let jobs = &deps.jobs;
+    let user_id = q.from.id.0;
+    let access = jobs.access(user_id);
+    let settings = jobs.user_settings(user_id).await.unwrap_or_default();
+    let lang = Lang::pick(
+        settings.lang.as_deref().or(q.from.language_code.as_deref()),
+        jobs.default_lang(),
+    );
+    let asker = Asker {
+        user_id,
+        admin: access == Access::Admin,
+    };
+    let message = q.regular_message().map(|m| (m.chat.id, m.id));
+    let answer = |text: String| {
+        let bot = bot.clone();
+        let id = q.id.clone();
+        async move { bot.answer_callback_query(id).text(text).await.map(|_| ()) }
+    };
+    if access == Access::Denied {
+        return answer(render(lang, &Msg::NotAllowed)).await;
+    }
+    let Some(press) = q.data.as_deref().and_then(parse_press) else {
+        return answer(render(
+            lang,
+            &Msg::Help {
+                commands: super::commands::listed(),
+            },
+        ))
+        .await;
+    };
+    let text = match press {
+        Press::Choose(id, kind) => {
+            chosen_text(&bot, jobs, asker, lang, id, Choice::Kind(kind), message).await
+        }
+        Press::Quality(id, height) => {
+            chosen_text(&bot, jobs, asker, lang, id, Choice::Height(height), message).await
+        }
+        Press::Cancel(id) => {
+            let (text, cancelled) =
+                cancel_text(lang, jobs.cancel(asker, &id.to_string()).await, &id.short());
+            if let (true, Some((chat, mid))) = (cancelled, message) {
+                let _ = bot.edit_message_text(chat, mid, text.clone()).await;
+            }
+            text
+        }
+        Press::Setting(setting) => {
+            match jobs
+                .change_settings(user_id, move |s| setting.apply(s))
+                .await
+            {
+                Ok(new) => {
+                    let lang = Lang::pick(
+                        new.lang.as_deref().or(q.from.language_code.as_deref()),
+                        jobs.default_lang(),
+                    );
+                    let text = render(
+                        lang,
+                        &Msg::Settings {
+                            kind: new.kind,
+                            max_height: new.max_height,
+                            ask: new.ask,
+                            lang: new.lang.clone(),
+                        },
+                    );
+                    if let Some((chat, mid)) = message {
+                        let _ = bot
+                            .edit_message_text(chat, mid, text)
+                            .reply_markup(settings_keyboard(lang, &new))
+                            .await;
+                    }
+                    render(lang, &Msg::Saved)
+                }
+                Err(e) => internal(lang, e),
+            }
+        }
+    };
+    answer(text).await
+}
+
+/// Apply a choice and say what happened; on success the status message
+/// becomes the chosen line (replacing the text drops the buttons).
+async fn chosen_text(
+    bot: &Bot,
+    jobs: &JobService,
+    asker: Asker,
+    lang: Lang,
+    id: JobId,
+    choice: Choice,
+    message: Option<(ChatId, MessageId)>,
+) -> String {
+    match jobs.choose(asker, id, choice).await {
+        Ok(ChooseOutcome::Chosen(j)) => {
+            let (kind, max_height) = match choice {
+                Choice::Kind(k) => (k, None),
+                Choice::Height(h) => (MediaKind::Video, Some(h)),
+            };
+            let line = render(
+                lang,
+                &Msg::Chosen {
+                    short_id: j.id.short(),
+                    kind,
+                    max_height,
+                },
+            );
+            if let Some((chat, mid)) = message {
+                let _ = bot.edit_message_text(chat, mid, line.clone()).await;
+            }
+            line
+        }
+        Ok(ChooseOutcome::TooLate(j)) => render(
+            lang,
+            &Msg::TooLate {
+                short_id: j.id.short(),
+            },
+        ),
+        Ok(ChooseOutcome::Lookup(l)) => lookup_text(lang, l, &id.short()),
+        Err(e) => internal(lang, e),
+    }
+}

@@ -1,0 +1,252 @@
+//! Messages: a command, or links to download.
+
+use std::sync::Arc;
+
+use teloxide::prelude::*;
+use teloxide::types::{MessageId, ReplyParameters};
+
+use super::commands::{self, Command, Parsed};
+use super::replies::{
+    cancel_text, internal, job_details, job_line, lookup_text, refusal_msg, reply,
+};
+use super::Deps;
+use crate::botapi::keyboard::{choice_keyboard, settings_keyboard};
+use crate::i18n::{render, Lang, Msg};
+use crate::job::{now_ms, JobOptions, MediaKind};
+use crate::net::LinkEntity;
+use crate::ops::report;
+use crate::pipeline::service::{Access, Asker, LinkRequest, Lookup, RetryOutcome, Submission};
+use crate::store::UserSettings;
+
+pub(super) async fn on_message(bot: Bot, msg: Message, deps: Arc<Deps>) -> ResponseResult<()> {
+    let jobs = &deps.jobs;
+    let Some(user) = msg.from.as_ref() else {
+        return Ok(());
+    };
+    if user.is_bot {
+        return Ok(());
+    }
+    let user_id = user.id.0;
+    let access = jobs.access(user_id);
+    let settings = if access == Access::Denied {
+        UserSettings::default()
+    } else {
+        jobs.user_settings(user_id).await.unwrap_or_default()
+    };
+    let lang = Lang::pick(
+        settings.lang.as_deref().or(user.language_code.as_deref()),
+        jobs.default_lang(),
+    );
+    if access == Access::Denied {
+        reply(&bot, &msg, render(lang, &Msg::NotAllowed)).await?;
+        return Ok(());
+    }
+    let asker = Asker {
+        user_id,
+        admin: access == Access::Admin,
+    };
+    let text = msg.text().or(msg.caption()).unwrap_or("").to_string();
+    let entities: Vec<LinkEntity> = msg
+        .entities()
+        .or(msg.caption_entities())
+        .unwrap_or(&[])
+        .iter()
+        .filter_map(LinkEntity::from_telegram)
+        .collect();
+
+    let say = |m: Msg| render(lang, &m);
+    let help = || {
+        say(Msg::Help {
+            commands: commands::listed(),
+        })
+    };
+    let command = match commands::parse(&text, &deps.username) {
+        Parsed::Command(c) => c,
+        Parsed::ForAnotherBot => return Ok(()),
+        Parsed::Unknown => {
+            reply(&bot, &msg, help()).await?;
+            return Ok(());
+        }
+        Parsed::NotACommand => {
+            let options = JobOptions {
+                kind: settings.kind,
+                max_height: settings.max_height,
+            };
+            let ask = settings.ask && jobs.config.telegram.choice_wait_secs > 0;
+            return submit(&bot, &msg, &deps, lang, text, entities, options, ask).await;
+        }
+    };
+    let out = match command {
+        Command::Start | Command::Help => help(),
+        Command::Audio(arg) if arg.is_empty() => say(Msg::UsageAudio),
+        Command::Audio(_) => {
+            // Asked for audio explicitly: no choice to offer.
+            let options = JobOptions {
+                kind: MediaKind::Audio,
+                max_height: None,
+            };
+            return submit(&bot, &msg, &deps, lang, text, entities, options, false).await;
+        }
+        Command::Settings => {
+            bot.send_message(
+                msg.chat.id,
+                say(Msg::Settings {
+                    kind: settings.kind,
+                    max_height: settings.max_height,
+                    ask: settings.ask,
+                    lang: settings.lang.clone(),
+                }),
+            )
+            .reply_markup(settings_keyboard(lang, &settings))
+            .reply_parameters(ReplyParameters::new(msg.id).allow_sending_without_reply())
+            .await?;
+            return Ok(());
+        }
+        // Admins see the whole queue; `/jobs failed` the recent failures.
+        Command::Jobs(arg) if asker.admin && arg.eq_ignore_ascii_case("failed") => {
+            report::admin_failures(jobs, 20)
+                .await
+                .unwrap_or_else(|e| internal(lang, e))
+        }
+        Command::Jobs(_) if asker.admin => report::admin_jobs(jobs)
+            .await
+            .unwrap_or_else(|e| internal(lang, e)),
+        Command::Jobs(_) => match jobs.user_jobs(user_id, 15).await {
+            Ok(list) if list.is_empty() => say(Msg::NoJobs),
+            Ok(list) => say(Msg::JobList {
+                lines: list.iter().map(job_line).collect(),
+            }),
+            Err(e) => internal(lang, e),
+        },
+        Command::Job(arg) if arg.is_empty() => say(Msg::UsageJob),
+        Command::Job(arg) => match jobs.lookup(asker, &arg).await {
+            Ok(Lookup::Found(j)) => say(job_details(&j)),
+            Ok(other) => lookup_text(lang, other, &arg),
+            Err(e) => internal(lang, e),
+        },
+        Command::Cancel(arg) if arg.is_empty() => say(Msg::UsageCancel),
+        Command::Cancel(arg) => cancel_text(lang, jobs.cancel(asker, &arg).await, &arg).0,
+        Command::Retry(arg) if arg.is_empty() => say(Msg::UsageRetry),
+        Command::Retry(arg) => match jobs.retry(asker, &arg).await {
+            Ok(RetryOutcome::Requeued(j)) => say(Msg::Retried {
+                short_id: j.id.short(),
+            }),
+            Ok(RetryOutcome::NotFailed(j)) => say(Msg::NotRetryable {
+                short_id: j.id.short(),
+                state: j.state.name().into(),
+            }),
+            Ok(RetryOutcome::Lookup(l)) => lookup_text(lang, l, &arg),
+            Err(e) => internal(lang, e),
+        },
+        Command::Health if !asker.admin => say(Msg::AdminOnly),
+        Command::Health => report::health_text(jobs, &deps.health)
+            .await
+            .unwrap_or_else(|e| internal(lang, e)),
+    };
+    reply(&bot, &msg, out).await?;
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn submit(
+    bot: &Bot,
+    msg: &Message,
+    deps: &Deps,
+    lang: Lang,
+    text: String,
+    entities: Vec<LinkEntity>,
+    options: JobOptions,
+    ask: bool,
+) -> ResponseResult<()> {
+    let jobs = &deps.jobs;
+    let Some(user) = msg.from.as_ref() else {
+        return Ok(());
+    };
+    let req = LinkRequest {
+        chat_id: msg.chat.id.0,
+        user_id: user.id.0,
+        message_id: msg.id.0,
+        lang,
+        text,
+        entities,
+        options,
+        // While the user may still choose, workers leave the job alone.
+        not_before: ask.then(|| now_ms() + jobs.config.telegram.choice_wait_secs * 1000),
+    };
+    let report = match jobs.submit(req).await {
+        Ok(r) => r,
+        Err(e) => {
+            reply(bot, msg, internal(lang, e)).await?;
+            return Ok(());
+        }
+    };
+    if report.outcomes.is_empty() {
+        reply(bot, msg, render(lang, &Msg::NoLink)).await?;
+        return Ok(());
+    }
+    let mut refusals = Vec::new();
+    for outcome in report.outcomes {
+        match outcome {
+            // Answered already, before a crash made Telegram send it again.
+            Submission::Accepted {
+                job,
+                duplicate: true,
+                ..
+            } if job.status_msg_id.is_some() => {}
+            Submission::Accepted { job, position, .. } => {
+                // One status message per job: it is edited with that job's
+                // progress and final line.
+                let text = render(
+                    lang,
+                    &Msg::Accepted {
+                        short_id: job.id.short(),
+                        position,
+                    },
+                );
+                let mut send = bot.send_message(msg.chat.id, text).reply_parameters(
+                    ReplyParameters::new(MessageId(job.request_msg_id))
+                        .allow_sending_without_reply(),
+                );
+                if ask {
+                    send = send.reply_markup(choice_keyboard(lang, job.id, &[]));
+                }
+                let sent = send.await?;
+                match jobs.attach_status(job.id, sent.id.0).await {
+                    // Finished before its status message was recorded (a
+                    // cache hit, a fast failure): the worker has already sent
+                    // the file or its own failure reply, so the
+                    // acknowledgement has nothing left to say.
+                    Ok(Some(j)) if j.state.is_finished() => {
+                        let _ = bot.delete_message(msg.chat.id, sent.id).await;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(job = %job.id, error = %e, "cannot record the status message")
+                    }
+                }
+                if ask {
+                    jobs.offer_quality(job.id);
+                }
+            }
+            Submission::BadLink { link, error } => {
+                refusals.push(render(lang, &Msg::LinkRefused { link, error }))
+            }
+            Submission::Refused { refusal, .. } => {
+                refusals.push(render(lang, &refusal_msg(refusal)))
+            }
+        }
+    }
+    if report.extra_ignored {
+        refusals.push(render(
+            lang,
+            &Msg::IgnoredExtraLinks {
+                max: jobs.config.telegram.max_links_per_message,
+            },
+        ));
+    }
+    refusals.dedup();
+    if !refusals.is_empty() {
+        reply(bot, msg, refusals.join("\n")).await?;
+    }
+    Ok(())
+}
