@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use support::binary::{processes_mentioning, write_config, BotProcess};
+use support::binary::{processes_left, processes_mentioning, write_config, BotProcess};
 use support::fake_telegram::FakeTelegram;
 use support::media_server::MediaServer;
 use support::{fixture_bytes, free_port};
@@ -156,9 +156,11 @@ async fn after_sigkill_the_download_resumes_over_range_and_completes() {
     wait_for_download(&media, &dir.path().join("data/downloads")).await;
     bot.kill9();
     let data = dir.path().join("data").display().to_string();
+    // PDEATHSIG is delivered as the bot dies; yt-dlp is gone a moment later.
+    let left = processes_left(&data, Duration::from_secs(5));
     assert!(
-        processes_mentioning(&data).is_empty(),
-        "PDEATHSIG took yt-dlp down with the bot"
+        left.is_empty(),
+        "PDEATHSIG took yt-dlp down with the bot: {left:?}"
     );
 
     let mut bot = BotProcess::start(&cfg, &log);

@@ -98,6 +98,21 @@ impl Drop for BotProcess {
 
 /// Processes whose command line contains `needle` (e.g. a data dir path):
 /// used to prove no yt-dlp or ffmpeg outlives the bot.
+/// The processes still mentioning `needle` once they had `timeout` to exit.
+/// A process killed by the kernel (PDEATHSIG, killpg) is gone a moment after
+/// the signal, not at it; nothing notifies its end to an unrelated process,
+/// so this re-reads /proc until the list is empty or time is up.
+pub fn processes_left(needle: &str, timeout: Duration) -> Vec<(i32, String)> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = processes_mentioning(needle);
+        if left.is_empty() || Instant::now() >= deadline {
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 pub fn processes_mentioning(needle: &str) -> Vec<(i32, String)> {
     let mut out = Vec::new();
     let Ok(rd) = std::fs::read_dir("/proc") else {
