@@ -40,6 +40,7 @@ pub mod i18n;
 pub mod job;
 pub mod metrics;
 pub mod netguard;
+pub mod pacer;
 pub mod quality;
 pub mod recovery;
 pub mod report;
