@@ -10,6 +10,7 @@
 mod client;
 mod errors;
 pub mod keyboard;
+pub mod pacer;
 pub mod send;
 mod status;
 pub mod text;

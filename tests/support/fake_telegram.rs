@@ -14,7 +14,10 @@
 //! - 413 above a configurable upload size (Telegram's cloud API allows 50 MB by default);
 //! - HTML `parse_mode` rendering (tags stripped, entities decoded, unknown tags refused);
 //! - injected failures (429 with `retry_after`, 5xx, 403 blocked, arbitrary errors) and held
-//!   requests, and an API that is down altogether (connection refused).
+//!   requests, and an API that is down altogether (connection refused);
+//! - Telegram's pacing, when switched on ([`FakeTelegram::start_paced`]): 429 with `retry_after`
+//!   past 30 calls a second overall, the third call within a second to one chat, or 20 calls a
+//!   minute to a group.
 //!
 //! Not modelled: MarkdownV2 parsing (texts are stored as sent), webhooks, groups' permissions,
 //! media groups, inline mode. A network error in the middle of a call is a [`Failure::Hold`]
@@ -59,6 +62,13 @@ const MAX_CAPTION_LEN: usize = 1024;
 const NOT_MODIFIED: &str = "Bad Request: message is not modified: specified new message content \
                             and reply markup are exactly the same as a current content and reply \
                             markup of the message";
+
+/// Pacing ([`FakeTelegram::set_pacing`]): calls a second overall before a 429.
+pub const PACED_PER_SEC: usize = 30;
+/// Pacing: calls to one chat within a second before a 429 (Telegram tolerates a burst of two).
+pub const PACED_PER_CHAT_PER_SEC: usize = 2;
+/// Pacing: calls to one group (negative chat id) within a minute before a 429.
+pub const PACED_PER_GROUP_PER_MIN: usize = 20;
 
 /// A failure to answer the next call of a method with, instead of handling it.
 #[derive(Clone, Debug)]
@@ -384,6 +394,12 @@ struct FakeState {
     next_callback: u64,
     commands: Value,
     required_token: Option<String>,
+    /// `Some` while pacing is on.
+    pacing: Option<Pacing>,
+    /// 429s answered by the pacing (not injected ones).
+    too_many: usize,
+    /// Added to the real clock for pacing decisions ([`FakeTelegram::shift_pacing_clock`]).
+    pacing_offset: Duration,
 }
 
 impl Default for FakeState {
@@ -403,6 +419,9 @@ impl Default for FakeState {
             next_callback: 1,
             commands: json!([]),
             required_token: None,
+            pacing: None,
+            too_many: 0,
+            pacing_offset: Duration::ZERO,
         }
     }
 }
@@ -581,6 +600,45 @@ impl FakeTelegram {
         let gate = Gate::new();
         self.fail_next(method, Failure::Hold(gate.clone()));
         gate
+    }
+
+    /// Starts on a free loopback port with Telegram's pacing on (see [`FakeTelegram::set_pacing`]).
+    pub async fn start_paced() -> Self {
+        let fake = Self::start().await;
+        fake.set_pacing(true);
+        fake
+    }
+
+    /// Switches Telegram's pacing on or off (off by default). While on, a call is answered with
+    /// 429 `Too Many Requests: retry after N` (and `parameters.retry_after = N`, N the whole
+    /// seconds until it would have been accepted, at least 1) instead of being handled when it
+    /// would be:
+    /// - more than [`PACED_PER_SEC`] calls started within the last second overall,
+    /// - more than [`PACED_PER_CHAT_PER_SEC`] to its `chat_id` within the last second,
+    /// - more than [`PACED_PER_GROUP_PER_MIN`] to its `chat_id`, if negative (a group), within
+    ///   the last minute.
+    ///
+    /// Only accepted calls count toward the limits, timed when their request began (an upload's
+    /// body can take long to arrive; a client's pacing times the start too). Calls without a
+    /// numeric `chat_id` count toward the overall limit only. `getUpdates` is neither counted
+    /// nor refused: it is a long poll the bot keeps open, not a message, and Telegram's limits
+    /// are on what the bot sends. A paced refusal comes before any injected failure, which stays
+    /// queued for the next call. Switching on starts with empty windows; switching off keeps
+    /// [`FakeTelegram::too_many_count`].
+    pub fn set_pacing(&self, on: bool) {
+        self.inner.lock().pacing = on.then(Pacing::default);
+    }
+
+    /// How many calls the pacing answered with 429 so far (failures injected with
+    /// [`Failure::RetryAfter`] are not counted).
+    pub fn too_many_count(&self) -> usize {
+        self.inner.lock().too_many
+    }
+
+    /// Moves the pacing clock forward as if `by` had passed, so a test of the per-minute limit
+    /// need not sleep for a minute. Only pacing decisions see it (call timestamps do not).
+    pub fn shift_pacing_clock(&self, by: Duration) {
+        self.inner.lock().pacing_offset += by;
     }
 
     /// Drops every queued failure and hold that has not been used yet.
@@ -914,7 +972,68 @@ impl FakeTelegram {
     }
 }
 
+/// Start times of the calls the pacing accepted, on the pacing clock.
+#[derive(Default)]
+struct Pacing {
+    all: Vec<Instant>,
+    chats: HashMap<i64, Vec<Instant>>,
+}
+
+/// How long until a call at `at` would leave fewer than `limit` calls of `log` in the window
+/// `(at - window, at]`; zero if it already does.
+fn pacing_wait(log: &[Instant], at: Instant, window: Duration, limit: usize) -> Duration {
+    let mut inside: Vec<Instant> = log
+        .iter()
+        .copied()
+        .filter(|&t| t <= at && at.duration_since(t) < window)
+        .collect();
+    if inside.len() < limit {
+        return Duration::ZERO;
+    }
+    inside.sort_unstable();
+    // Once the oldest `len - limit + 1` calls have left the window, there is room.
+    inside[inside.len() - limit] + window - at
+}
+
 impl FakeState {
+    /// Telegram's pacing for a call that began at `started`: records it and returns `Ok`, or
+    /// returns the `retry_after` seconds to refuse it with (and counts the refusal).
+    fn pace(&mut self, started: Instant, chat_id: Option<i64>) -> Result<(), u32> {
+        let at = started + self.pacing_offset;
+        let Some(pacing) = &mut self.pacing else {
+            return Ok(());
+        };
+        const SECOND: Duration = Duration::from_secs(1);
+        const MINUTE: Duration = Duration::from_secs(60);
+        let mut wait = pacing_wait(&pacing.all, at, SECOND, PACED_PER_SEC);
+        if let Some(chat) = chat_id {
+            let log = pacing.chats.get(&chat).map(Vec::as_slice).unwrap_or(&[]);
+            wait = wait.max(pacing_wait(log, at, SECOND, PACED_PER_CHAT_PER_SEC));
+            if chat < 0 {
+                wait = wait.max(pacing_wait(log, at, MINUTE, PACED_PER_GROUP_PER_MIN));
+            }
+        }
+        if !wait.is_zero() {
+            self.too_many += 1;
+            // Telegram answers whole seconds, rounded up.
+            let secs = wait.as_nanos().div_ceil(1_000_000_000).max(1);
+            return Err(u32::try_from(secs).unwrap_or(u32::MAX));
+        }
+        // Nothing older than a minute can matter again (calls arrive at most slightly out of
+        // order), so the logs stay short.
+        let recent = |t: &Instant| at.saturating_duration_since(*t) < MINUTE;
+        pacing
+            .all
+            .retain(|t| at.saturating_duration_since(*t) < 2 * SECOND);
+        pacing.all.push(at);
+        if let Some(chat) = chat_id {
+            let log = pacing.chats.entry(chat).or_default();
+            log.retain(recent);
+            log.push(at);
+        }
+        Ok(())
+    }
+
     fn next_message_id(&mut self, chat_id: i64) -> i32 {
         let next = self.next_message_id.entry(chat_id).or_insert(1);
         let id = *next;
@@ -1241,6 +1360,8 @@ struct ParsedBody {
 }
 
 async fn handle(State(app): State<App>, req: Request) -> Response {
+    // Pacing times a call from when its request began, not when its body had arrived.
+    let started = Instant::now();
     let path = req.uri().path().to_owned();
     if let Some(rest) = path.strip_prefix("/file/bot") {
         return serve_file(&app, rest);
@@ -1267,6 +1388,7 @@ async fn handle(State(app): State<App>, req: Request) -> Response {
         Err(description) => return respond(bad_request(&description)),
     };
     let too_large = body.files.iter().any(|f| f.truncated);
+    let chat_id = body.params.get("chat_id").and_then(value_i64);
 
     let seq = {
         let mut st = app.inner.lock();
@@ -1289,7 +1411,14 @@ async fn handle(State(app): State<App>, req: Request) -> Response {
     };
     app.inner.changed.notify_waiters();
 
-    let reply = if too_large {
+    let paced = if method_lc == "getupdates" {
+        Ok(())
+    } else {
+        app.inner.lock().pace(started, chat_id)
+    };
+    let reply = if let Err(retry_after) = paced {
+        failure_reply(&Failure::RetryAfter(retry_after))
+    } else if too_large {
         failure_reply(&Failure::TooLarge)
     } else {
         let failure = {
