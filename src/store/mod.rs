@@ -310,6 +310,18 @@ pub trait JobStore: Send + Sync {
     /// Write and flush a marker: `/healthz` answers 503 when this fails.
     fn probe_write(&self) -> Result<(), StoreError>;
 
+    /// Durable intake: store a batch of updates (id, raw bytes) in one
+    /// synced write, before the `getUpdates` offset that confirms them is
+    /// sent. An id already stored is left as it is.
+    fn inbox_put(&self, updates: &[(u32, Vec<u8>)]) -> Result<(), StoreError>;
+
+    /// Every stored update not yet handled, oldest first: what a start
+    /// handles before it polls again.
+    fn inbox_pending(&self) -> Result<Vec<(u32, Vec<u8>)>, StoreError>;
+
+    /// An update's effects are durable: it leaves the inbox (synced).
+    fn inbox_done(&self, update_id: u32) -> Result<(), StoreError>;
+
     /// Bytes the database takes on disk.
     fn size_on_disk(&self) -> u64 {
         0

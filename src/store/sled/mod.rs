@@ -8,6 +8,7 @@
 //! - `users`: [`UserRecord`] (limits and fairness bookkeeping).
 //! - `ready` and `turns`: the fair scheduler's queues.
 //! - `cache`: link + options -> [`CachedMedia`].
+//! - `inbox`: update id -> the raw update, until its effects are durable.
 //! - `quarantine`: records that failed to decode.
 //! - `meta`: schema version and counters.
 //!
@@ -54,6 +55,8 @@ pub struct SledStore {
     requests: Tree,
     shorts: Tree,
     settings: Tree,
+    /// Updates Telegram handed over and the bot has not finished with.
+    inbox: Tree,
     quarantine: Tree,
     meta: Tree,
 }
@@ -95,6 +98,7 @@ impl SledStore {
             requests: open("requests")?,
             shorts: open("shorts")?,
             settings: open("settings")?,
+            inbox: open("inbox")?,
             quarantine: open("quarantine")?,
             meta: open("meta")?,
             db,

@@ -346,6 +346,37 @@ impl JobStore for SledStore {
         self.sync()
     }
 
+    fn inbox_put(&self, updates: &[(u32, Vec<u8>)]) -> Result<(), StoreError> {
+        if updates.is_empty() {
+            return Ok(());
+        }
+        let mut batch = ::sled::Batch::default();
+        for (id, bytes) in updates {
+            if !self.inbox.contains_key(id.to_be_bytes())? {
+                batch.insert(&id.to_be_bytes(), bytes.as_slice());
+            }
+        }
+        self.inbox.apply_batch(batch)?;
+        self.sync()
+    }
+
+    fn inbox_pending(&self) -> Result<Vec<(u32, Vec<u8>)>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.inbox.iter() {
+            let (k, v) = kv?;
+            match <[u8; 4]>::try_from(k.as_ref()) {
+                Ok(id) => out.push((u32::from_be_bytes(id), v.to_vec())),
+                Err(_) => tracing::error!(key = ?k, "malformed inbox key, skipped"),
+            }
+        }
+        Ok(out)
+    }
+
+    fn inbox_done(&self, update_id: u32) -> Result<(), StoreError> {
+        self.inbox.remove(update_id.to_be_bytes())?;
+        self.sync()
+    }
+
     fn size_on_disk(&self) -> u64 {
         self.db.size_on_disk().unwrap_or(0)
     }
