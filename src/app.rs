@@ -152,7 +152,7 @@ async fn serve(
         health,
         username: me.username.clone().unwrap_or_default(),
     });
-    telegram::run_dispatcher(bot, deps, stop.clone()).await;
+    telegram::intake::run(bot, deps, tracker.clone(), stop.clone()).await;
     stop.cancelled().await;
     Ok(())
 }

@@ -400,7 +400,12 @@ struct FakeState {
     too_many: usize,
     /// Added to the real clock for pacing decisions ([`FakeTelegram::shift_pacing_clock`]).
     pacing_offset: Duration,
+    /// Called when a `getUpdates` offset confirms updates ([`FakeTelegram::on_confirm`]).
+    on_confirm: Option<ConfirmHook>,
 }
+
+/// See [`FakeTelegram::on_confirm`].
+pub type ConfirmHook = Arc<dyn Fn(i64) + Send + Sync>;
 
 impl Default for FakeState {
     fn default() -> Self {
@@ -418,6 +423,7 @@ impl Default for FakeState {
             next_file: 1,
             next_callback: 1,
             commands: json!([]),
+            on_confirm: None,
             required_token: None,
             pacing: None,
             too_many: 0,
@@ -639,6 +645,12 @@ impl FakeTelegram {
     /// need not sleep for a minute. Only pacing decisions see it (call timestamps do not).
     pub fn shift_pacing_clock(&self, by: Duration) {
         self.inner.lock().pacing_offset += by;
+    }
+
+    /// Calls `hook(offset)` whenever a `getUpdates` offset confirms at least one update, before
+    /// that call is answered: the moment Telegram forgets them. A crash test kills the bot here.
+    pub fn on_confirm(&self, hook: impl Fn(i64) + Send + Sync + 'static) {
+        self.inner.lock().on_confirm = Some(Arc::new(hook));
     }
 
     /// Drops every queued failure and hold that has not been used yet.
@@ -1601,8 +1613,9 @@ async fn get_updates(app: &App, params: &Value) -> Reply {
         .and_then(value_i64)
         .unwrap_or(0)
         .max(0) as u64;
-    {
+    let confirmed = {
         let mut st = app.inner.lock();
+        let before = st.updates.len();
         match offset {
             // An offset confirms every update below it: they are never returned again.
             Some(off) if off >= 0 => st.updates.retain(|u| u.id >= off),
@@ -1615,6 +1628,14 @@ async fn get_updates(app: &App, params: &Value) -> Reply {
             }
             None => {}
         }
+        let hook = st.on_confirm.clone();
+        match (offset, hook) {
+            (Some(off), Some(hook)) if off >= 0 && st.updates.len() < before => Some((off, hook)),
+            _ => None,
+        }
+    };
+    if let Some((off, hook)) = confirmed {
+        hook(off);
     }
     app.inner.changed.notify_waiters();
     if timeout > 0 {

@@ -1,0 +1,99 @@
+//! Running handlers: the updates of one chat one at a time and in order (a
+//! chat's messages are answered in the order they were sent), different
+//! chats at once. When a handler returns, its update leaves the inbox.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use teloxide::prelude::*;
+use teloxide::types::{Update, UpdateKind};
+use tokio::sync::mpsc;
+use tokio_util::task::TaskTracker;
+
+use super::{callbacks, messages, Deps};
+
+pub(super) struct Dispatch {
+    bot: Bot,
+    deps: Arc<Deps>,
+    tracker: TaskTracker,
+    /// The queue of each chat that has updates being handled.
+    chats: Arc<Mutex<HashMap<i64, mpsc::UnboundedSender<Update>>>>,
+}
+
+impl Dispatch {
+    pub fn new(bot: Bot, deps: Arc<Deps>, tracker: TaskTracker) -> Self {
+        Dispatch {
+            bot,
+            deps,
+            tracker,
+            chats: Arc::default(),
+        }
+    }
+
+    /// Queue an update behind its chat's earlier ones.
+    pub fn send(&self, update: Update) {
+        let chat = update
+            .chat()
+            .map(|c| c.id.0)
+            .or_else(|| update.from().map(|u| u.id.0 as i64))
+            .unwrap_or(0);
+        let mut chats = self.chats.lock().unwrap();
+        let update = match chats.get(&chat) {
+            Some(tx) => match tx.send(update) {
+                Ok(()) => return,
+                Err(e) => e.0,
+            },
+            None => update,
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        let _ = tx.send(update);
+        chats.insert(chat, tx);
+        let (bot, deps, all) = (self.bot.clone(), self.deps.clone(), self.chats.clone());
+        self.tracker.spawn(serve_chat(chat, rx, bot, deps, all));
+    }
+}
+
+/// Handle a chat's updates until its queue is empty. The emptiness check and
+/// the removal happen under the map's lock, which `send` also holds, so an
+/// update is never left in a queue nobody serves.
+async fn serve_chat(
+    chat: i64,
+    mut rx: mpsc::UnboundedReceiver<Update>,
+    bot: Bot,
+    deps: Arc<Deps>,
+    chats: Arc<Mutex<HashMap<i64, mpsc::UnboundedSender<Update>>>>,
+) {
+    loop {
+        let next = match rx.try_recv() {
+            Ok(u) => u,
+            Err(_) => {
+                let mut map = chats.lock().unwrap();
+                match rx.try_recv() {
+                    Ok(u) => u,
+                    Err(_) => {
+                        map.remove(&chat);
+                        return;
+                    }
+                }
+            }
+        };
+        handle(&bot, &deps, next).await;
+    }
+}
+
+async fn handle(bot: &Bot, deps: &Arc<Deps>, update: Update) {
+    let id = update.id.0;
+    let result = match update.kind {
+        UpdateKind::Message(m) => messages::on_message(bot.clone(), m, deps.clone()).await,
+        UpdateKind::CallbackQuery(q) => callbacks::on_callback(bot.clone(), q, deps.clone()).await,
+        _ => Ok(()),
+    };
+    if let Err(e) = result {
+        tracing::warn!(update = id, error = %e, "handler error");
+    }
+    if let Err(e) = deps.jobs.call(move |s| s.inbox_done(id)).await {
+        // It stays in the inbox and is handled again after a restart; every
+        // handler's effect is idempotent under that (see ARCHITECTURE.md).
+        tracing::error!(update = id, error = %e, "cannot mark an update handled");
+    }
+}
