@@ -9,7 +9,8 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::botapi::{self, notify_admins};
+use crate::botapi::pacer::PacerConfig;
+use crate::botapi::{self, notify_admins, Api};
 use crate::config::Config;
 use crate::download::install;
 use crate::ops::health::{HealthState, Monitor, SysinfoProbe};
@@ -100,15 +101,21 @@ async fn serve(
     }
 
     let bot = botapi::build_bot(&config)?;
+    let api = Api::new(
+        bot.clone(),
+        PacerConfig::from_config(&config.telegram),
+        stop.clone(),
+        tracker.clone(),
+    );
     let Some(me) = botapi::wait_for_api(&bot, &stop).await? else {
         return Ok(());
     };
     tracing::info!(username = ?me.username, "connected to the Bot API");
-    commands::set_commands(&bot).await;
+    commands::set_commands(&api).await;
 
     let pipeline = Arc::new(Pipeline {
         jobs: jobs.clone(),
-        bot: bot.clone(),
+        api: api.clone(),
         ytdlp,
         has_ffmpeg,
         shutdown: stop.clone(),
@@ -120,7 +127,7 @@ async fn serve(
     jobs.metrics
         .rescues((report.requeued.len() + report.resumed.len() + report.failed.len()) as u64);
     if !report.is_empty() {
-        notify_admins(&bot, &config, &report.summary()).await;
+        notify_admins(&api, &config, &report.summary()).await;
     }
     for job in report.resumed {
         let p = pipeline.clone();
@@ -134,13 +141,13 @@ async fn serve(
     let monitor = Monitor::new(
         jobs.clone(),
         health.clone(),
-        Some(bot.clone()),
+        Some(api.clone()),
         Box::new(SysinfoProbe::new(&config.downloads_dir())),
     );
     tracker.spawn(monitor.run(stop.clone()));
     quality::spawn(
         jobs.clone(),
-        bot.clone(),
+        api.clone(),
         pipeline.ytdlp.clone(),
         probe_rx,
         tracker,
@@ -148,11 +155,12 @@ async fn serve(
     );
     spawn_workers(pipeline, tracker);
     let deps = Arc::new(Deps {
+        api,
         jobs,
         health,
         username: me.username.clone().unwrap_or_default(),
     });
-    telegram::intake::run(bot, deps, tracker.clone(), stop.clone()).await;
+    telegram::intake::run(deps, tracker.clone(), stop.clone()).await;
     stop.cancelled().await;
     Ok(())
 }

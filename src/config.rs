@@ -68,6 +68,12 @@ pub struct TelegramConfig {
     /// Seconds a user has to pick video, audio or document on a new link
     /// before their default applies (0: never ask).
     pub choice_wait_secs: u64,
+    /// Outgoing Bot API calls a second, over all chats (Telegram: about 30).
+    pub pace_per_sec: u32,
+    /// Calls a second to one chat (Telegram: about 1).
+    pub pace_per_chat_per_sec: u32,
+    /// Calls a minute to one group (Telegram: 20).
+    pub pace_per_group_per_min: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -147,6 +153,9 @@ impl Default for TelegramConfig {
             progress_interval_secs: 3,
             request_timeout_secs: 600,
             choice_wait_secs: 5,
+            pace_per_sec: 30,
+            pace_per_chat_per_sec: 1,
+            pace_per_group_per_min: 20,
         }
     }
 }
@@ -312,6 +321,19 @@ impl Config {
             3600,
         )?;
         range("telegram.choice_wait_secs", t.choice_wait_secs, 0, 600)?;
+        range("telegram.pace_per_sec", t.pace_per_sec as u64, 1, 1000)?;
+        range(
+            "telegram.pace_per_chat_per_sec",
+            t.pace_per_chat_per_sec as u64,
+            1,
+            100,
+        )?;
+        range(
+            "telegram.pace_per_group_per_min",
+            t.pace_per_group_per_min as u64,
+            1,
+            6000,
+        )?;
         range(
             "telegram.request_timeout_secs",
             t.request_timeout_secs,

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use support::bot::{media, TestBot, ADMIN};
 use support::fake_telegram::FakeTelegram;
+use tgdl::botapi::pacer::PacerConfig;
+use tgdl::botapi::Api;
 use tgdl::config::Config;
 use tgdl::i18n::Lang;
 use tgdl::job::{JobOptions, JobState};
@@ -17,6 +19,7 @@ use tgdl::pipeline::service::{LinkRequest, Submission};
 use tgdl::pipeline::JobService;
 use tgdl::pipeline::{Pipeline, StepOutcome};
 use tgdl::store::{JobStore, SledStore};
+use tokio_util::sync::CancellationToken;
 
 const T: Duration = Duration::from_secs(30);
 const GB: u64 = 1 << 30;
@@ -44,6 +47,16 @@ fn normal() -> SystemSample {
     }
 }
 
+/// The fake's Bot API behind the bot's pacer, as the running bot has it.
+fn paced(api: &FakeTelegram) -> Api {
+    Api::new(
+        api.bot(),
+        PacerConfig::default(),
+        CancellationToken::new(),
+        tokio_util::task::TaskTracker::new(),
+    )
+}
+
 fn core_for(api: &FakeTelegram, dir: &std::path::Path, extra: &str) -> Arc<JobService> {
     let config: Config = support::bot::test_config(dir, api, extra);
     std::fs::create_dir_all(config.downloads_dir()).unwrap();
@@ -65,7 +78,7 @@ async fn a_condition_alerts_the_admin_once_per_cooldown_then_resolves() {
     let mut monitor = Monitor::new(
         core.clone(),
         health.clone(),
-        Some(api.bot()),
+        Some(paced(&api)),
         Box::new(machine.clone()),
     );
 
@@ -117,7 +130,7 @@ async fn an_alert_that_cannot_be_delivered_stops_nothing() {
     let mut monitor = Monitor::new(
         core.clone(),
         health.clone(),
-        Some(api.bot()),
+        Some(paced(&api)),
         Box::new(machine),
     );
     api.fail_next("sendMessage", support::fake_telegram::Failure::Forbidden);
@@ -137,12 +150,12 @@ async fn the_disk_guard_pauses_claiming_tells_users_and_resumes() {
     let mut monitor = Monitor::new(
         core.clone(),
         health.clone(),
-        Some(api.bot()),
+        Some(paced(&api)),
         Box::new(machine.clone()),
     );
     let pipeline = Pipeline {
         jobs: core.clone(),
-        bot: api.bot(),
+        api: paced(&api),
         ytdlp: tgdl::download::install::find_on_path("yt-dlp")
             .expect("yt-dlp on PATH (.ci/run installs it)"),
         has_ffmpeg: true,

@@ -8,6 +8,7 @@ use teloxide::prelude::*;
 use teloxide::{ApiError, RequestError};
 use tokio_util::sync::CancellationToken;
 
+use super::Api;
 use crate::config::Config;
 
 /// A Bot with the configured API URL and an HTTP timeout that fits uploads.
@@ -46,9 +47,9 @@ pub async fn wait_for_api(
 }
 
 /// Send a text to every admin; failures are logged, never fatal.
-pub async fn notify_admins(bot: &Bot, config: &Config, text: &str) {
+pub async fn notify_admins(api: &Api, config: &Config, text: &str) {
     for admin in &config.telegram.admins {
-        if let Err(e) = bot.send_message(ChatId(*admin as i64), text).await {
+        if let Err(e) = api.send(*admin as i64, None, text, None).await {
             tracing::warn!(admin, error = %e, "cannot notify admin");
         }
     }

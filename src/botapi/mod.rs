@@ -4,9 +4,11 @@
 //!
 //! teloxide's defaults are wrong for this bot in three ways (SPEC "Parts"): a
 //! 17 s timeout breaks uploads, a failed `getMe` at start panics the
-//! dispatcher, and edits are not rate limited. `client.rs` and `status.rs`
-//! fix all three.
+//! dispatcher, and nothing paces the calls. `client.rs` fixes the first two;
+//! `api.rs` sends every call through `pacer.rs` (Telegram's limits, 429s
+//! waited out, urgent before progress, edits coalesced).
 
+mod api;
 mod client;
 mod errors;
 pub mod keyboard;
@@ -15,6 +17,7 @@ pub mod send;
 mod status;
 pub mod text;
 
+pub use api::Api;
 pub use client::{build_bot, notify_admins, wait_for_api};
 pub use errors::{classify, TgFailure};
 pub use status::StatusMessage;

@@ -76,6 +76,18 @@ pub struct PacerConfig {
     pub margin: Duration,
 }
 
+impl PacerConfig {
+    /// The configured limits (`telegram.pace_*`), with the default burst and margin.
+    pub fn from_config(t: &crate::config::TelegramConfig) -> Self {
+        PacerConfig {
+            global_per_sec: t.pace_per_sec,
+            per_chat_per_sec: t.pace_per_chat_per_sec,
+            per_group_per_min: t.pace_per_group_per_min,
+            ..PacerConfig::default()
+        }
+    }
+}
+
 impl Default for PacerConfig {
     fn default() -> Self {
         PacerConfig {

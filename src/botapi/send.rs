@@ -5,9 +5,10 @@ use std::path::{Path, PathBuf};
 
 use teloxide::prelude::*;
 use teloxide::types::{FileId, InputFile, MessageId, ReplyParameters};
-use teloxide::RequestError;
 
+use super::pacer::{PaceError, Priority};
 use super::text::{truncate_utf16, CAPTION_MAX};
+use super::Api;
 use super::{classify, TgFailure};
 use crate::job::FailureCode;
 use crate::job::{MediaInfo, MediaKind};
@@ -73,15 +74,16 @@ pub fn caption(title: Option<&str>, url: &str) -> String {
 
 /// Send once with the chosen method; if Telegram refuses a video as video,
 /// send it as a document instead (SPEC: "or when the video upload is refused").
-pub async fn send(bot: &Bot, up: &Upload) -> Result<Sent, RequestError> {
+/// Paced as urgent; a 429 is waited out inside (only shutdown ends the wait).
+pub async fn send(api: &Api, up: &Upload) -> Result<Sent, PaceError> {
     let (method, input) = match &up.source {
         Source::File(p) => (method_for(up.kind, p), InputFile::file(p.clone())),
         Source::Cached { file_id, sent_as } => {
             (*sent_as, InputFile::file_id(FileId(file_id.clone())))
         }
     };
-    match send_as(bot, up, method, input.clone()).await {
-        Err(e)
+    match send_as(api, up, method, input.clone()).await {
+        Err(PaceError::Request(e))
             if method == MediaKind::Video
                 && matches!(
                     classify(&e),
@@ -92,54 +94,66 @@ pub async fn send(bot: &Bot, up: &Upload) -> Result<Sent, RequestError> {
                 ) =>
         {
             tracing::info!(error = %e, "video refused, sending as a document");
-            send_as(bot, up, MediaKind::Document, input).await
+            send_as(api, up, MediaKind::Document, input).await
         }
         other => other,
     }
 }
 
 async fn send_as(
-    bot: &Bot,
+    api: &Api,
     up: &Upload,
     method: MediaKind,
     input: InputFile,
-) -> Result<Sent, RequestError> {
-    let chat = ChatId(up.chat_id);
+) -> Result<Sent, PaceError> {
+    let (bot, chat) = (&api.bot, ChatId(up.chat_id));
     let reply = ReplyParameters::new(MessageId(up.reply_to)).allow_sending_without_reply();
+    let urgent = Priority::Urgent;
     let msg = match method {
         MediaKind::Video => {
-            let mut req = bot
-                .send_video(chat, input)
-                .caption(up.caption.clone())
-                .supports_streaming(true)
-                .reply_parameters(reply);
-            if let Some(m) = up.media {
-                if let Some(w) = m.width {
-                    req = req.width(w);
-                }
-                if let Some(h) = m.height {
-                    req = req.height(h);
-                }
-                if let Some(d) = m.duration_secs {
-                    req = req.duration(d);
-                }
-            }
-            req.await?
+            api.pacer
+                .call(chat, urgent, || {
+                    let mut req = bot
+                        .send_video(chat, input.clone())
+                        .caption(up.caption.clone())
+                        .supports_streaming(true)
+                        .reply_parameters(reply.clone());
+                    if let Some(m) = up.media {
+                        if let Some(w) = m.width {
+                            req = req.width(w);
+                        }
+                        if let Some(h) = m.height {
+                            req = req.height(h);
+                        }
+                        if let Some(d) = m.duration_secs {
+                            req = req.duration(d);
+                        }
+                    }
+                    req
+                })
+                .await?
         }
         MediaKind::Audio => {
-            let mut req = bot
-                .send_audio(chat, input)
-                .caption(up.caption.clone())
-                .reply_parameters(reply);
-            if let Some(d) = up.media.and_then(|m| m.duration_secs) {
-                req = req.duration(d);
-            }
-            req.await?
+            api.pacer
+                .call(chat, urgent, || {
+                    let mut req = bot
+                        .send_audio(chat, input.clone())
+                        .caption(up.caption.clone())
+                        .reply_parameters(reply.clone());
+                    if let Some(d) = up.media.and_then(|m| m.duration_secs) {
+                        req = req.duration(d);
+                    }
+                    req
+                })
+                .await?
         }
         MediaKind::Document => {
-            bot.send_document(chat, input)
-                .caption(up.caption.clone())
-                .reply_parameters(reply)
+            api.pacer
+                .call(chat, urgent, || {
+                    bot.send_document(chat, input.clone())
+                        .caption(up.caption.clone())
+                        .reply_parameters(reply.clone())
+                })
                 .await?
         }
     };

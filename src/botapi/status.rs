@@ -1,54 +1,69 @@
 //! The status message of one job, edited with progress.
+//!
+//! Only a failure's final line is awaited (its caller replies instead when it
+//! cannot be shown); progress, stage lines and the deletion after delivery
+//! go out in the background, so a worker never waits on a chat's pacing.
 
 use std::time::{Duration, Instant};
 
-use teloxide::prelude::*;
-use teloxide::types::MessageId;
 use teloxide::{ApiError, RequestError};
+use tokio::task::JoinHandle;
 
-/// The bot's status message for one job: edited with progress at most once
-/// per interval, never with unchanged text, tolerant of "message is not
-/// modified" and of `RetryAfter` (which only delays the next edit).
+use super::pacer::{Edited, PaceError, Priority};
+use super::Api;
+
+/// The bot's status message for one job: progress edits at most once per
+/// interval, never with unchanged text, sent in the background through the
+/// pacer (a waiting one is replaced by the next, and the download never
+/// waits for Telegram); stage changes and final lines are urgent and awaited.
+/// "Message is not modified" counts as success.
 pub struct StatusMessage {
-    bot: Bot,
-    chat: ChatId,
-    message: Option<MessageId>,
+    api: Api,
+    chat: i64,
+    message: Option<i32>,
     interval: Duration,
     last_text: String,
     next_allowed: Instant,
+    /// The latest background edit still on its way.
+    in_flight: Option<JoinHandle<()>>,
+}
+
+fn edited(r: Result<Edited<teloxide::types::Message>, PaceError>) -> bool {
+    match r {
+        Ok(_) | Err(PaceError::Request(RequestError::Api(ApiError::MessageNotModified))) => true,
+        Err(e) => {
+            tracing::debug!(error = %e, "status edit failed");
+            false
+        }
+    }
 }
 
 impl StatusMessage {
-    pub fn new(bot: Bot, chat_id: i64, message_id: Option<i32>, interval: Duration) -> Self {
+    pub fn new(api: Api, chat_id: i64, message_id: Option<i32>, interval: Duration) -> Self {
         StatusMessage {
-            bot,
-            chat: ChatId(chat_id),
-            message: message_id.map(MessageId),
+            api,
+            chat: chat_id,
+            message: message_id,
             interval,
             last_text: String::new(),
             next_allowed: Instant::now(),
+            in_flight: None,
         }
     }
 
-    /// Edit if allowed now; returns whether an edit was sent.
-    pub async fn update(&mut self, text: &str) -> bool {
+    /// A progress edit, if the interval allows one now; returns whether one
+    /// was started.
+    pub fn update(&mut self, text: &str) -> bool {
         if Instant::now() < self.next_allowed {
             return false;
         }
-        self.edit(text).await
+        self.show(text)
     }
 
-    /// Edit regardless of the interval (stage changes, final lines), still
-    /// skipping unchanged text and honouring a pending `RetryAfter`.
-    pub async fn force(&mut self, text: &str) -> bool {
-        let wait = self.next_allowed.saturating_duration_since(Instant::now());
-        if wait > Duration::ZERO && wait < Duration::from_secs(5) {
-            tokio::time::sleep(wait).await;
-        }
-        self.edit(text).await
-    }
-
-    async fn edit(&mut self, text: &str) -> bool {
+    /// A stage line ("downloading", "sending"), whatever the interval; sent
+    /// in the background like progress, replacing a progress edit still
+    /// waiting. Returns whether one was started.
+    pub fn show(&mut self, text: &str) -> bool {
         let Some(id) = self.message else {
             return false;
         };
@@ -56,33 +71,55 @@ impl StatusMessage {
             return false;
         }
         self.next_allowed = Instant::now() + self.interval;
-        match self.bot.edit_message_text(self.chat, id, text).await {
-            Ok(_) | Err(RequestError::Api(ApiError::MessageNotModified)) => {
-                self.last_text = text.to_string();
-                true
-            }
-            Err(RequestError::RetryAfter(s)) => {
-                self.next_allowed = Instant::now() + s.duration();
-                false
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "status edit failed");
-                false
-            }
+        self.last_text = text.to_string();
+        let (api, chat, text) = (self.api.clone(), self.chat, text.to_string());
+        self.in_flight = Some(self.api.in_background(async move {
+            edited(api.edit(chat, id, &text, None, Priority::Progress).await);
+        }));
+        true
+    }
+
+    /// An edit regardless of the interval (stage changes, final lines),
+    /// still skipping unchanged text; a waiting progress edit is dropped.
+    pub async fn force(&mut self, text: &str) -> bool {
+        let Some(id) = self.message else {
+            return false;
+        };
+        if text == self.last_text {
+            return false;
+        }
+        if edited(
+            self.api
+                .edit(self.chat, id, text, None, Priority::Urgent)
+                .await,
+        ) {
+            self.last_text = text.to_string();
+            self.next_allowed = Instant::now() + self.interval;
+            true
+        } else {
+            false
         }
     }
 
-    /// Remove the status message (after a successful delivery).
-    pub async fn delete(&mut self) {
+    /// Remove the status message (after a successful delivery), in the
+    /// background.
+    pub fn delete(&mut self) {
         if let Some(id) = self.message.take() {
-            if let Err(e) = self.bot.delete_message(self.chat, id).await {
-                tracing::debug!(error = %e, "status delete failed");
+            let (api, chat) = (self.api.clone(), self.chat);
+            // A stage line still waiting would fail on a deleted message.
+            if let Some(h) = self.in_flight.take() {
+                h.abort();
             }
+            self.api.in_background(async move {
+                if let Err(e) = api.delete(chat, id).await {
+                    tracing::debug!(error = %e, "status delete failed");
+                }
+            });
         }
     }
 
     pub fn message_id(&self) -> Option<i32> {
-        self.message.map(|m| m.0)
+        self.message
     }
 
     /// Start editing `message_id` when it became known only after this was
@@ -90,7 +127,7 @@ impl StatusMessage {
     /// acknowledgement).
     pub fn attach(&mut self, message_id: i32) {
         if self.message.is_none() {
-            self.message = Some(MessageId(message_id));
+            self.message = Some(message_id);
         }
     }
 }

@@ -10,14 +10,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use teloxide::prelude::*;
-use teloxide::types::MessageId;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::JobService;
 use crate::botapi::keyboard::choice_keyboard;
+use crate::botapi::Api;
 use crate::download::probe;
 use crate::i18n::Lang;
 use crate::job::{now_ms, JobId, JobState};
@@ -36,7 +35,7 @@ pub fn queue() -> (mpsc::Sender<JobId>, mpsc::Receiver<JobId>) {
 /// Start the prober on the jobs sent to `rx`.
 pub fn spawn(
     jobs: Arc<JobService>,
-    bot: Bot,
+    api: Api,
     ytdlp: PathBuf,
     mut rx: mpsc::Receiver<JobId>,
     tracker: &TaskTracker,
@@ -53,9 +52,9 @@ pub fn spawn(
             let Ok(permit) = slots.clone().acquire_owned().await else {
                 return;
             };
-            let (jobs, bot, ytdlp, stop) = (jobs.clone(), bot.clone(), ytdlp.clone(), stop.clone());
+            let (jobs, api, ytdlp, stop) = (jobs.clone(), api.clone(), ytdlp.clone(), stop.clone());
             inner.spawn(async move {
-                offer(&jobs, &bot, &ytdlp, id, &stop).await;
+                offer(&jobs, &api, &ytdlp, id, &stop).await;
                 drop(permit);
             });
         }
@@ -64,7 +63,7 @@ pub fn spawn(
 
 async fn offer(
     jobs: &JobService,
-    bot: &Bot,
+    api: &Api,
     ytdlp: &std::path::Path,
     id: JobId,
     stop: &CancellationToken,
@@ -108,11 +107,7 @@ async fn offer(
     let lang = Lang::pick(Some(&job.lang), jobs.default_lang());
     let heights: Vec<u32> = probed.heights.into_iter().take(4).collect();
     let keyboard = choice_keyboard(lang, id, &heights);
-    if let Err(e) = bot
-        .edit_message_reply_markup(ChatId(job.chat_id), MessageId(msg))
-        .reply_markup(keyboard)
-        .await
-    {
+    if let Err(e) = api.edit_markup(job.chat_id, msg, keyboard).await {
         tracing::debug!(job = %id, error = %e, "cannot add quality buttons");
     }
 }

@@ -2,19 +2,20 @@
 
 use std::sync::Arc;
 
-use teloxide::prelude::*;
-use teloxide::types::{CallbackQuery, MessageId};
+use teloxide::types::CallbackQuery;
 
 use super::replies::{cancel_text, internal, lookup_text};
 use super::Deps;
 use crate::botapi::keyboard::{parse_press, settings_keyboard, Press};
+use crate::botapi::pacer::{PaceError, Priority};
+use crate::botapi::Api;
 use crate::i18n::{render, Lang, Msg};
 use crate::job::{JobId, MediaKind};
 use crate::pipeline::service::{Access, Asker, Choice, ChooseOutcome};
 use crate::pipeline::JobService;
 
-pub(super) async fn on_callback(bot: Bot, q: CallbackQuery, deps: Arc<Deps>) -> ResponseResult<()> {
-    let jobs = &deps.jobs;
+pub(super) async fn on_callback(q: CallbackQuery, deps: Arc<Deps>) -> Result<(), PaceError> {
+    let (api, jobs) = (&deps.api, &deps.jobs);
     let user_id = q.from.id.0;
     let access = jobs.access(user_id);
     let settings = jobs.user_settings(user_id).await.unwrap_or_default();
@@ -26,11 +27,10 @@ pub(super) async fn on_callback(bot: Bot, q: CallbackQuery, deps: Arc<Deps>) -> 
         user_id,
         admin: access == Access::Admin,
     };
-    let message = q.regular_message().map(|m| (m.chat.id, m.id));
+    let message = q.regular_message().map(|m| (m.chat.id.0, m.id.0));
     let answer = |text: String| {
-        let bot = bot.clone();
         let id = q.id.clone();
-        async move { bot.answer_callback_query(id).text(text).await.map(|_| ()) }
+        async move { api.answer_callback(&id, &text).await }
     };
     if access == Access::Denied {
         return answer(render(lang, &Msg::NotAllowed)).await;
@@ -46,16 +46,16 @@ pub(super) async fn on_callback(bot: Bot, q: CallbackQuery, deps: Arc<Deps>) -> 
     };
     let text = match press {
         Press::Choose(id, kind) => {
-            chosen_text(&bot, jobs, asker, lang, id, Choice::Kind(kind), message).await
+            chosen_text(api, jobs, asker, lang, id, Choice::Kind(kind), message).await
         }
         Press::Quality(id, height) => {
-            chosen_text(&bot, jobs, asker, lang, id, Choice::Height(height), message).await
+            chosen_text(api, jobs, asker, lang, id, Choice::Height(height), message).await
         }
         Press::Cancel(id) => {
             let (text, cancelled) =
                 cancel_text(lang, jobs.cancel(asker, &id.to_string()).await, &id.short());
             if let (true, Some((chat, mid))) = (cancelled, message) {
-                let _ = bot.edit_message_text(chat, mid, text.clone()).await;
+                let _ = api.edit(chat, mid, &text, None, Priority::Urgent).await;
             }
             text
         }
@@ -79,9 +79,9 @@ pub(super) async fn on_callback(bot: Bot, q: CallbackQuery, deps: Arc<Deps>) -> 
                         },
                     );
                     if let Some((chat, mid)) = message {
-                        let _ = bot
-                            .edit_message_text(chat, mid, text)
-                            .reply_markup(settings_keyboard(lang, &new))
+                        let keyboard = settings_keyboard(lang, &new);
+                        let _ = api
+                            .edit(chat, mid, &text, Some(keyboard), Priority::Urgent)
                             .await;
                     }
                     render(lang, &Msg::Saved)
@@ -96,13 +96,13 @@ pub(super) async fn on_callback(bot: Bot, q: CallbackQuery, deps: Arc<Deps>) -> 
 /// Apply a choice and say what happened; on success the status message
 /// becomes the chosen line (replacing the text drops the buttons).
 async fn chosen_text(
-    bot: &Bot,
+    api: &Api,
     jobs: &JobService,
     asker: Asker,
     lang: Lang,
     id: JobId,
     choice: Choice,
-    message: Option<(ChatId, MessageId)>,
+    message: Option<(i64, i32)>,
 ) -> String {
     match jobs.choose(asker, id, choice).await {
         Ok(ChooseOutcome::Chosen(j)) => {
@@ -119,7 +119,7 @@ async fn chosen_text(
                 },
             );
             if let Some((chat, mid)) = message {
-                let _ = bot.edit_message_text(chat, mid, line.clone()).await;
+                let _ = api.edit(chat, mid, &line, None, Priority::Urgent).await;
             }
             line
         }

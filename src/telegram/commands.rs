@@ -3,10 +3,13 @@
 //! Persian) and for /help. The descriptions live in the catalogue
 //! ([`crate::i18n::command_description`]).
 
-use teloxide::prelude::*;
+use teloxide::payloads::SetMyCommandsSetters;
+use teloxide::prelude::Requester;
 use teloxide::types::BotCommand;
 use teloxide::utils::command::{BotCommands, ParseError};
 
+use crate::botapi::pacer::{Priority, Target};
+use crate::botapi::Api;
 use crate::i18n::{command_description, Lang};
 
 /// Every command. The argument is the rest of the message, trimmed.
@@ -78,17 +81,20 @@ pub fn listed() -> Vec<String> {
 
 /// Register the command menu in both languages. Failure is logged only:
 /// commands work without a menu.
-pub async fn set_commands(bot: &Bot) {
+pub async fn set_commands(api: &Api) {
     for lang in [Lang::En, Lang::Fa] {
         let cmds: Vec<BotCommand> = listed()
             .into_iter()
             .filter_map(|c| command_description(lang, &c).map(|d| BotCommand::new(c, d)))
             .collect();
-        let mut call = bot.set_my_commands(cmds);
-        if lang != Lang::En {
-            call = call.language_code(lang.code());
-        }
-        if let Err(e) = call.await {
+        let call = || {
+            let req = api.bot.set_my_commands(cmds.clone());
+            match lang {
+                Lang::En => req,
+                _ => req.language_code(lang.code()),
+            }
+        };
+        if let Err(e) = api.pacer.call(Target::NoChat, Priority::Urgent, call).await {
             tracing::warn!(error = %e, "setMyCommands failed (commands still work)");
         }
     }

@@ -5,7 +5,6 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use teloxide::prelude::*;
 use teloxide::types::{Update, UpdateKind};
 use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
@@ -13,7 +12,6 @@ use tokio_util::task::TaskTracker;
 use super::{callbacks, messages, Deps};
 
 pub(super) struct Dispatch {
-    bot: Bot,
     deps: Arc<Deps>,
     tracker: TaskTracker,
     /// The queue of each chat that has updates being handled.
@@ -21,9 +19,8 @@ pub(super) struct Dispatch {
 }
 
 impl Dispatch {
-    pub fn new(bot: Bot, deps: Arc<Deps>, tracker: TaskTracker) -> Self {
+    pub fn new(deps: Arc<Deps>, tracker: TaskTracker) -> Self {
         Dispatch {
-            bot,
             deps,
             tracker,
             chats: Arc::default(),
@@ -48,8 +45,8 @@ impl Dispatch {
         let (tx, rx) = mpsc::unbounded_channel();
         let _ = tx.send(update);
         chats.insert(chat, tx);
-        let (bot, deps, all) = (self.bot.clone(), self.deps.clone(), self.chats.clone());
-        self.tracker.spawn(serve_chat(chat, rx, bot, deps, all));
+        let (deps, all) = (self.deps.clone(), self.chats.clone());
+        self.tracker.spawn(serve_chat(chat, rx, deps, all));
     }
 }
 
@@ -59,7 +56,6 @@ impl Dispatch {
 async fn serve_chat(
     chat: i64,
     mut rx: mpsc::UnboundedReceiver<Update>,
-    bot: Bot,
     deps: Arc<Deps>,
     chats: Arc<Mutex<HashMap<i64, mpsc::UnboundedSender<Update>>>>,
 ) {
@@ -77,15 +73,15 @@ async fn serve_chat(
                 }
             }
         };
-        handle(&bot, &deps, next).await;
+        handle(&deps, next).await;
     }
 }
 
-async fn handle(bot: &Bot, deps: &Arc<Deps>, update: Update) {
+async fn handle(deps: &Arc<Deps>, update: Update) {
     let id = update.id.0;
     let result = match update.kind {
-        UpdateKind::Message(m) => messages::on_message(bot.clone(), m, deps.clone()).await,
-        UpdateKind::CallbackQuery(q) => callbacks::on_callback(bot.clone(), q, deps.clone()).await,
+        UpdateKind::Message(m) => messages::on_message(m, deps.clone()).await,
+        UpdateKind::CallbackQuery(q) => callbacks::on_callback(q, deps.clone()).await,
         _ => Ok(()),
     };
     if let Err(e) = result {

@@ -23,8 +23,9 @@ const POLL_SECS: u32 = 25;
 
 /// Poll, store, dispatch, until `stop`. Returns once polling has stopped;
 /// handlers still running are on `tracker`.
-pub async fn run(bot: Bot, deps: Arc<Deps>, tracker: TaskTracker, stop: CancellationToken) {
-    let dispatch = Dispatch::new(bot.clone(), deps.clone(), tracker);
+pub async fn run(deps: Arc<Deps>, tracker: TaskTracker, stop: CancellationToken) {
+    let dispatch = Dispatch::new(deps.clone(), tracker);
+    let bot = &deps.api.bot;
     let Some(mut offset) = drain(&deps, &dispatch, &stop).await else {
         return;
     };

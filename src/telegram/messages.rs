@@ -2,8 +2,7 @@
 
 use std::sync::Arc;
 
-use teloxide::prelude::*;
-use teloxide::types::{MessageId, ReplyParameters};
+use teloxide::types::Message;
 
 use super::commands::{self, Command, Parsed};
 use super::replies::{
@@ -11,6 +10,7 @@ use super::replies::{
 };
 use super::Deps;
 use crate::botapi::keyboard::{choice_keyboard, settings_keyboard};
+use crate::botapi::pacer::PaceError;
 use crate::i18n::{render, Lang, Msg};
 use crate::job::{now_ms, JobOptions, MediaKind};
 use crate::net::LinkEntity;
@@ -18,8 +18,8 @@ use crate::ops::report;
 use crate::pipeline::service::{Access, Asker, LinkRequest, Lookup, RetryOutcome, Submission};
 use crate::store::UserSettings;
 
-pub(super) async fn on_message(bot: Bot, msg: Message, deps: Arc<Deps>) -> ResponseResult<()> {
-    let jobs = &deps.jobs;
+pub(super) async fn on_message(msg: Message, deps: Arc<Deps>) -> Result<(), PaceError> {
+    let (api, jobs) = (&deps.api, &deps.jobs);
     let Some(user) = msg.from.as_ref() else {
         return Ok(());
     };
@@ -38,7 +38,7 @@ pub(super) async fn on_message(bot: Bot, msg: Message, deps: Arc<Deps>) -> Respo
         jobs.default_lang(),
     );
     if access == Access::Denied {
-        reply(&bot, &msg, render(lang, &Msg::NotAllowed)).await?;
+        reply(api, &msg, render(lang, &Msg::NotAllowed)).await?;
         return Ok(());
     }
     let asker = Asker {
@@ -64,7 +64,7 @@ pub(super) async fn on_message(bot: Bot, msg: Message, deps: Arc<Deps>) -> Respo
         Parsed::Command(c) => c,
         Parsed::ForAnotherBot => return Ok(()),
         Parsed::Unknown => {
-            reply(&bot, &msg, help()).await?;
+            reply(api, &msg, help()).await?;
             return Ok(());
         }
         Parsed::NotACommand => {
@@ -73,7 +73,7 @@ pub(super) async fn on_message(bot: Bot, msg: Message, deps: Arc<Deps>) -> Respo
                 max_height: settings.max_height,
             };
             let ask = settings.ask && jobs.config.telegram.choice_wait_secs > 0;
-            return submit(&bot, &msg, &deps, lang, text, entities, options, ask).await;
+            return submit(&msg, &deps, lang, text, entities, options, ask).await;
         }
     };
     let out = match command {
@@ -85,20 +85,21 @@ pub(super) async fn on_message(bot: Bot, msg: Message, deps: Arc<Deps>) -> Respo
                 kind: MediaKind::Audio,
                 max_height: None,
             };
-            return submit(&bot, &msg, &deps, lang, text, entities, options, false).await;
+            return submit(&msg, &deps, lang, text, entities, options, false).await;
         }
         Command::Settings => {
-            bot.send_message(
-                msg.chat.id,
-                say(Msg::Settings {
-                    kind: settings.kind,
-                    max_height: settings.max_height,
-                    ask: settings.ask,
-                    lang: settings.lang.clone(),
-                }),
+            let text = say(Msg::Settings {
+                kind: settings.kind,
+                max_height: settings.max_height,
+                ask: settings.ask,
+                lang: settings.lang.clone(),
+            });
+            api.send(
+                msg.chat.id.0,
+                Some(msg.id.0),
+                &text,
+                Some(settings_keyboard(lang, &settings)),
             )
-            .reply_markup(settings_keyboard(lang, &settings))
-            .reply_parameters(ReplyParameters::new(msg.id).allow_sending_without_reply())
             .await?;
             return Ok(());
         }
@@ -143,13 +144,12 @@ pub(super) async fn on_message(bot: Bot, msg: Message, deps: Arc<Deps>) -> Respo
             .await
             .unwrap_or_else(|e| internal(lang, e)),
     };
-    reply(&bot, &msg, out).await?;
+    reply(api, &msg, out).await?;
     Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]
 async fn submit(
-    bot: &Bot,
     msg: &Message,
     deps: &Deps,
     lang: Lang,
@@ -157,8 +157,8 @@ async fn submit(
     entities: Vec<LinkEntity>,
     options: JobOptions,
     ask: bool,
-) -> ResponseResult<()> {
-    let jobs = &deps.jobs;
+) -> Result<(), PaceError> {
+    let (api, jobs) = (&deps.api, &deps.jobs);
     let Some(user) = msg.from.as_ref() else {
         return Ok(());
     };
@@ -176,12 +176,12 @@ async fn submit(
     let report = match jobs.submit(req).await {
         Ok(r) => r,
         Err(e) => {
-            reply(bot, msg, internal(lang, e)).await?;
+            reply(api, msg, internal(lang, e)).await?;
             return Ok(());
         }
     };
     if report.outcomes.is_empty() {
-        reply(bot, msg, render(lang, &Msg::NoLink)).await?;
+        reply(api, msg, render(lang, &Msg::NoLink)).await?;
         return Ok(());
     }
     let mut refusals = Vec::new();
@@ -203,21 +203,17 @@ async fn submit(
                         position,
                     },
                 );
-                let mut send = bot.send_message(msg.chat.id, text).reply_parameters(
-                    ReplyParameters::new(MessageId(job.request_msg_id))
-                        .allow_sending_without_reply(),
-                );
-                if ask {
-                    send = send.reply_markup(choice_keyboard(lang, job.id, &[]));
-                }
-                let sent = send.await?;
+                let keyboard = ask.then(|| choice_keyboard(lang, job.id, &[]));
+                let sent = api
+                    .send(msg.chat.id.0, Some(job.request_msg_id), &text, keyboard)
+                    .await?;
                 match jobs.attach_status(job.id, sent.id.0).await {
                     // Finished before its status message was recorded (a
                     // cache hit, a fast failure): the worker has already sent
                     // the file or its own failure reply, so the
                     // acknowledgement has nothing left to say.
                     Ok(Some(j)) if j.state.is_finished() => {
-                        let _ = bot.delete_message(msg.chat.id, sent.id).await;
+                        let _ = api.delete(msg.chat.id.0, sent.id.0).await;
                     }
                     Ok(_) => {}
                     Err(e) => {
@@ -246,7 +242,7 @@ async fn submit(
     }
     refusals.dedup();
     if !refusals.is_empty() {
-        reply(bot, msg, refusals.join("\n")).await?;
+        reply(api, msg, refusals.join("\n")).await?;
     }
     Ok(())
 }

@@ -19,11 +19,14 @@ mod replies;
 
 use std::sync::Arc;
 
+use crate::botapi::Api;
 use crate::ops::health::HealthState;
 use crate::pipeline::JobService;
 
 /// What every handler gets.
 pub struct Deps {
+    /// Every Bot API call goes through it (paced).
+    pub api: Api,
     pub jobs: Arc<JobService>,
     pub health: Arc<HealthState>,
     /// This bot's username, to tell `/cmd@thisbot` from `/cmd@otherbot`.

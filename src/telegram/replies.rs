@@ -1,19 +1,17 @@
 //! The service's outcomes, as the catalogue messages a handler sends.
 
-use teloxide::prelude::*;
-use teloxide::types::ReplyParameters;
+use teloxide::types::Message;
 
-use crate::botapi::text::{truncate_utf16, TEXT_MAX};
+use crate::botapi::pacer::PaceError;
+use crate::botapi::Api;
 use crate::i18n::{render, JobDetails, JobLine, Lang, Msg};
 use crate::job::{now_ms, Job};
 use crate::pipeline::service::{CancelOutcome, Lookup};
 use crate::store::{Refusal, StoreError};
 
-/// Reply to `msg` with `text`, cut to Telegram's limit.
-pub(super) async fn reply(bot: &Bot, msg: &Message, text: String) -> ResponseResult<Message> {
-    bot.send_message(msg.chat.id, truncate_utf16(&text, TEXT_MAX))
-        .reply_parameters(ReplyParameters::new(msg.id).allow_sending_without_reply())
-        .await
+/// Reply to `msg` with `text` (paced, cut to Telegram's limit).
+pub(super) async fn reply(api: &Api, msg: &Message, text: String) -> Result<Message, PaceError> {
+    api.send(msg.chat.id.0, Some(msg.id.0), &text, None).await
 }
 
 pub(super) fn refusal_msg(r: Refusal) -> Msg {

@@ -5,14 +5,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use teloxide::prelude::*;
-use teloxide::types::MessageId;
 use tokio_util::sync::CancellationToken;
 
 use super::alerts::{Alert, Alerter};
 use super::rules::{Condition, ConditionKind, Rules};
 use super::sample::{Probe, Sample};
-use crate::botapi::notify_admins;
+use crate::botapi::pacer::Priority;
+use crate::botapi::{notify_admins, Api};
 use crate::i18n::{render, Lang, Msg};
 use crate::job::{now_ms, JobState, HOUR_MS};
 use crate::pipeline::cleanup::tree_size;
@@ -49,7 +48,7 @@ impl HealthState {
 pub struct Monitor {
     jobs: Arc<JobService>,
     state: Arc<HealthState>,
-    bot: Option<Bot>,
+    api: Option<Api>,
     probe: Box<dyn Probe>,
     rules: Rules,
     alerter: Alerter,
@@ -68,7 +67,7 @@ impl Monitor {
     pub fn new(
         jobs: Arc<JobService>,
         state: Arc<HealthState>,
-        bot: Option<Bot>,
+        api: Option<Api>,
         probe: Box<dyn Probe>,
     ) -> Self {
         let h = jobs.config.health.clone();
@@ -77,7 +76,7 @@ impl Monitor {
             rules: Rules::new(h),
             jobs,
             state,
-            bot,
+            api,
             probe,
         }
     }
@@ -151,9 +150,9 @@ impl Monitor {
             tracing::info!("disk space is back: downloads resume");
             self.jobs.wake_workers();
         }
-        if let Some(bot) = &self.bot {
+        if let Some(api) = &self.api {
             for a in &alerts {
-                notify_admins(bot, &self.jobs.config, &a.text()).await;
+                notify_admins(api, &self.jobs.config, &a.text()).await;
             }
         }
         *self.state.latest.write().unwrap() = Some((sample.clone(), conditions.clone()));
@@ -176,7 +175,7 @@ impl Monitor {
 
     /// Tell users whose jobs wait why they wait (the first 100 in line).
     async fn tell_waiting_users(&self) {
-        let Some(bot) = &self.bot else { return };
+        let Some(api) = &self.api else { return };
         let Ok(waiting) =
             store::blocking(&self.jobs.store, |s| s.list_state(JobState::Queued, 100)).await
         else {
@@ -193,8 +192,8 @@ impl Monitor {
                     short_id: job.id.short(),
                 },
             );
-            let _ = bot
-                .edit_message_text(ChatId(job.chat_id), MessageId(msg), text)
+            let _ = api
+                .edit(job.chat_id, msg, &text, None, Priority::Progress)
                 .await;
         }
     }

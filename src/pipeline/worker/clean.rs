@@ -13,7 +13,7 @@ impl Pipeline {
         match &done.failure {
             // A playlist parent: its status message carries the summary.
             None if done.delivery.is_none() => {}
-            None => status.message.delete().await,
+            None => status.message.delete(),
             Some(f) if f.code == FailureCode::ChatUnreachable => {}
             Some(f) => {
                 let text = status.failed_text(f.code, self.jobs.config.telegram.upload_limit_mb);

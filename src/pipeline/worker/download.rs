@@ -36,7 +36,7 @@ impl Pipeline {
         let id = job.id;
         let job = self.jobs.call(move |s| s.get(id)).await?.unwrap_or(job);
         let mut status = self.status(&job);
-        status.downloading().await;
+        status.downloading();
 
         let cfg = &self.jobs.config;
         let mut args = YtDlpArgs::new(
@@ -81,7 +81,7 @@ impl Pipeline {
                             }
                         }
                         let latest = rx.borrow().clone();
-                        status.progress(latest).await;
+                        status.progress(latest);
                     }
                 }
             }

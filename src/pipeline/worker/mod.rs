@@ -28,17 +28,17 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use teloxide::prelude::*;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::JobService;
+use crate::botapi::Api;
 use crate::job::{Job, JobId, JobState};
 
 /// Everything a worker needs.
 pub struct Pipeline {
     pub jobs: Arc<JobService>,
-    pub bot: Bot,
+    pub api: Api,
     pub ytdlp: PathBuf,
     pub has_ffmpeg: bool,
     /// Fired at shutdown: running downloads stop and their jobs go back to

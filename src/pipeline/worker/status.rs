@@ -4,9 +4,6 @@
 
 use std::time::Duration;
 
-use teloxide::prelude::*;
-use teloxide::types::{MessageId, ReplyParameters};
-
 use crate::botapi::StatusMessage;
 use crate::download::Progress;
 use crate::i18n::{render, Lang, Msg};
@@ -25,7 +22,7 @@ impl Pipeline {
     pub(super) fn status(&self, job: &Job) -> JobStatus {
         JobStatus {
             message: StatusMessage::new(
-                self.bot.clone(),
+                self.api.clone(),
                 job.chat_id,
                 job.status_msg_id,
                 Duration::from_secs(self.jobs.config.telegram.progress_interval_secs),
@@ -42,13 +39,13 @@ impl Pipeline {
     /// Reply to the user's message with `text` (when there is no status
     /// message to edit).
     pub(super) async fn reply(&self, job: &Job, text: String) {
-        let _ = self
-            .bot
-            .send_message(ChatId(job.chat_id), text)
-            .reply_parameters(
-                ReplyParameters::new(MessageId(job.request_msg_id)).allow_sending_without_reply(),
-            )
-            .await;
+        if let Err(e) = self
+            .api
+            .send(job.chat_id, Some(job.request_msg_id), &text, None)
+            .await
+        {
+            tracing::warn!(job = %job.id, error = %e, "cannot reply");
+        }
     }
 }
 
@@ -57,15 +54,15 @@ impl JobStatus {
         render(self.lang, msg)
     }
 
-    pub async fn downloading(&mut self) {
+    pub fn downloading(&mut self) {
         let text = self.render(&Msg::Downloading {
             short_id: self.short_id.clone(),
         });
-        self.message.force(&text).await;
+        self.message.show(&text);
     }
 
     /// The latest progress, at most once per edit interval.
-    pub async fn progress(&mut self, p: Option<Progress>) {
+    pub fn progress(&mut self, p: Option<Progress>) {
         let text = match p {
             Some(p) => self.render(&Msg::Progress {
                 short_id: self.short_id.clone(),
@@ -79,14 +76,14 @@ impl JobStatus {
                 short_id: self.short_id.clone(),
             }),
         };
-        self.message.update(&text).await;
+        self.message.update(&text);
     }
 
-    pub async fn uploading(&mut self) {
+    pub fn uploading(&mut self) {
         let text = self.render(&Msg::Uploading {
             short_id: self.short_id.clone(),
         });
-        self.message.force(&text).await;
+        self.message.show(&text);
     }
 
     pub async fn waiting_retry(&mut self, attempt: u32, max: u32) {

@@ -5,14 +5,12 @@ use std::path::PathBuf;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::botapi::pacer::PaceError;
 use crate::botapi::send::{self, Source, Upload};
 use crate::botapi::{classify, TgFailure};
 use crate::job::{Delivery, ErrorClass, FailureCode, Job, JobState};
 
 use super::{Pipeline, StepOutcome, StepResult};
-
-/// How many 429s in a row one upload waits out before it counts an attempt.
-const RETRY_AFTER_ROUNDS: usize = 10;
 
 impl Pipeline {
     pub(super) async fn upload(&self, job: Job, cancel: &CancellationToken) -> StepResult {
@@ -34,7 +32,7 @@ impl Pipeline {
                 }
             }
         };
-        self.status(&job).uploading().await;
+        self.status(&job).uploading();
         let up = Upload {
             chat_id: job.chat_id,
             reply_to: job.request_msg_id,
@@ -43,63 +41,56 @@ impl Pipeline {
             caption: send::caption(job.title.as_deref(), &job.url),
             media: job.media,
         };
-        for _ in 0..RETRY_AFTER_ROUNDS {
-            let sending = async {
-                let send = send::send(&self.bot, &up);
-                tokio::pin!(send);
-                tokio::select! {
-                    r = &mut send => Some(r),
-                    _ = cancel.cancelled() => {
-                        if self.shutdown.is_cancelled() {
-                            // Let an upload in flight finish if it can.
-                            tokio::time::timeout(self.upload_grace, &mut send).await.ok()
-                        } else {
-                            None
-                        }
+        // A 429 is waited out inside the pacer, without counting an attempt.
+        let sending = async {
+            let send = send::send(&self.api, &up);
+            tokio::pin!(send);
+            tokio::select! {
+                r = &mut send => Some(r),
+                _ = cancel.cancelled() => {
+                    if self.shutdown.is_cancelled() {
+                        // Let an upload in flight finish if it can.
+                        tokio::time::timeout(self.upload_grace, &mut send).await.ok()
+                    } else {
+                        None
                     }
-                }
-            };
-            let Some(result) = self.with_lease(&job, sending).await else {
-                return Ok(StepOutcome::Lost(job.id));
-            };
-            let Some(result) = result else {
-                return self.stopped(&job).await;
-            };
-            let e = match result {
-                Ok(sent) => {
-                    let delivery = Delivery {
-                        message_id: sent.message_id,
-                        file_id: sent.file_id,
-                        sent_as: sent.sent_as,
-                    };
-                    return self
-                        .advance(&job, JobState::Cleaning, move |j| {
-                            j.delivery = Some(delivery.clone())
-                        })
-                        .await;
-                }
-                Err(e) => e,
-            };
-            match classify(&e) {
-                TgFailure::RetryAfter(d) => {
-                    tracing::info!(job = %job.id, wait_s = d.as_secs(), "Telegram asked to wait");
-                    tokio::select! {
-                        _ = tokio::time::sleep(d) => {}
-                        _ = cancel.cancelled() => {}
-                    }
-                }
-                TgFailure::Permanent { code, text } => return self.fail(&job, code, text).await,
-                TgFailure::Retryable { code, text } => {
-                    return self.error(&job, ErrorClass::Retryable, code, text).await
                 }
             }
+        };
+        let Some(result) = self.with_lease(&job, sending).await else {
+            return Ok(StepOutcome::Lost(job.id));
+        };
+        match result {
+            Some(Ok(sent)) => {
+                let delivery = Delivery {
+                    message_id: sent.message_id,
+                    file_id: sent.file_id,
+                    sent_as: sent.sent_as,
+                };
+                self.advance(&job, JobState::Cleaning, move |j| {
+                    j.delivery = Some(delivery.clone())
+                })
+                .await
+            }
+            // Cancelled, or shutdown while the pacer held the call.
+            None | Some(Err(PaceError::Shutdown)) => self.stopped(&job).await,
+            Some(Err(PaceError::Request(e))) => match classify(&e) {
+                TgFailure::Permanent { code, text } => self.fail(&job, code, text).await,
+                TgFailure::Retryable { code, text } => {
+                    self.error(&job, ErrorClass::Retryable, code, text).await
+                }
+                // The pacer retries these itself; one that reaches here is
+                // a bug, and retrying later is the safe answer.
+                TgFailure::RetryAfter(_) => {
+                    self.error(
+                        &job,
+                        ErrorClass::Retryable,
+                        FailureCode::Http429,
+                        e.to_string(),
+                    )
+                    .await
+                }
+            },
         }
-        self.error(
-            &job,
-            ErrorClass::Retryable,
-            FailureCode::Http429,
-            "rate limited too often".into(),
-        )
-        .await
     }
 }
