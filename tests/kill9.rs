@@ -19,6 +19,7 @@ use rand::Rng;
 use support::binary::{processes_mentioning, write_config, BotProcess};
 use support::fake_telegram::FakeTelegram;
 use support::fixture_bytes;
+use support::fs::files_under;
 use support::media_server::MediaServer;
 use tgdl::job::JobState;
 use tgdl::store::{JobStore, SledStore};
@@ -231,7 +232,7 @@ async fn run(cycles: usize) -> Stats {
         "every file delivered at least once"
     );
     let duplicates: usize = deliveries.values().map(|n| n - 1).sum();
-    let leftovers = walk(&dir.path().join("data/downloads"));
+    let leftovers = files_under(&dir.path().join("data/downloads"));
     println!(
         "kill9: cycles {} | jobs {} | lost 0 | duplicates {} | kills in delivery window {} | orphan files {} | kills: enqueue {}, with download {}, with upload {}, with cleaning {}",
         stats.cycles,
@@ -292,19 +293,6 @@ fn after_kill(
             stats.kills_in_delivery_window += 1;
         }
     }
-}
-
-fn walk(p: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(rd) = std::fs::read_dir(p) {
-        for e in rd.flatten() {
-            out.push(e.path());
-            if e.path().is_dir() {
-                out.extend(walk(&e.path()));
-            }
-        }
-    }
-    out
 }
 
 fn tail(s: &str) -> String {

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use support::binary::{processes_mentioning, write_config, BotProcess};
 use support::fake_telegram::FakeTelegram;
+use support::fs::files_under;
 use support::media_server::MediaServer;
 use support::{fixture_bytes, free_port};
 use tgdl::job::JobState;
@@ -62,7 +63,7 @@ async fn wait_for_download(media: &MediaServer, downloads: &Path) {
     // file the download is writing.
     let deadline = std::time::Instant::now() + T;
     loop {
-        let part = walk(downloads).into_iter().any(|p| {
+        let part = files_under(downloads).into_iter().any(|p| {
             p.to_string_lossy().ends_with(".part")
                 && std::fs::metadata(&p).map(|m| m.len() > 0).unwrap_or(false)
         });
@@ -75,20 +76,6 @@ async fn wait_for_download(media: &MediaServer, downloads: &Path) {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-fn walk(p: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(rd) = std::fs::read_dir(p) {
-        for e in rd.flatten() {
-            let path = e.path();
-            if path.is_dir() {
-                out.extend(walk(&path));
-            }
-            out.push(path);
-        }
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -139,20 +139,7 @@ impl TestBot {
 
     /// Files left under the downloads folder (recursively).
     pub fn leftover_files(&self) -> Vec<PathBuf> {
-        fn walk(p: &Path, out: &mut Vec<PathBuf>) {
-            if let Ok(rd) = std::fs::read_dir(p) {
-                for e in rd.flatten() {
-                    let path = e.path();
-                    out.push(path.clone());
-                    if path.is_dir() {
-                        walk(&path, out);
-                    }
-                }
-            }
-        }
-        let mut out = Vec::new();
-        walk(&self.downloads(), &mut out);
-        out
+        super::fs::files_under(&self.downloads())
     }
 
     /// Open the database (the bot must be stopped: sled allows one opener).
