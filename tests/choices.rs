@@ -7,7 +7,7 @@ mod support;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::binary::{write_config, BotProcess};
+use support::binary::{binary_config, write_config, BotProcess};
 use support::bot::{media, TestBot};
 use support::fake_telegram::{Call, FakeTelegram};
 use support::fixture_bytes;
@@ -334,10 +334,10 @@ async fn killing_the_bot_mid_playlist_loses_no_item() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(
         dir.path(),
-        &format!(
-            "[telegram]\ntoken = \"123456:TEST-token\"\napi_url = \"{}\"\nchoice_wait_secs = 0\n[storage]\ndata_dir = \"{}\"\n[downloader]\nconcurrency = 1\nretry_base_secs = 1\n[security]\nallow_private_networks = true\n",
-            api.url_string(),
-            dir.path().join("data").display()
+        &binary_config(
+            dir.path(),
+            &api.url_string(),
+            "[downloader]\nconcurrency = 1",
         ),
     );
     let log = dir.path().join("bot.log");

@@ -16,7 +16,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use rand::Rng;
-use support::binary::{processes_mentioning, write_config, BotProcess};
+use support::binary::{binary_config, processes_mentioning, write_config, BotProcess};
 use support::fake_telegram::FakeTelegram;
 use support::fixture_bytes;
 use support::fs::files_under;
@@ -24,30 +24,19 @@ use support::media_server::MediaServer;
 use tgdl::job::JobState;
 use tgdl::store::{JobStore, SledStore};
 
-fn config_text(dir: &Path, api: &str) -> String {
-    format!(
-        r#"[telegram]
-token = "123456:TEST-token"
-api_url = "{api}"
+/// What kill9 sets on top of [`binary_config`]: two workers, retry budgets and
+/// per-user limits wide enough for many kills and 16 links, one-second
+/// progress edits, 5 s leases.
+const SETTINGS: &str = "[telegram]
 progress_interval_secs = 1
-choice_wait_secs = 0
-[storage]
-data_dir = "{}"
 [downloader]
 concurrency = 2
-retry_base_secs = 1
 max_attempts = 10
 max_rescues = 100
 lease_secs = 5
 [limits]
 per_user_active = 100
-per_user_per_hour = 1000
-[security]
-allow_private_networks = true
-"#,
-        dir.join("data").display()
-    )
-}
+per_user_per_hour = 1000";
 
 #[derive(Default, Debug)]
 struct Stats {
@@ -65,7 +54,10 @@ async fn run(cycles: usize) -> Stats {
     let api = FakeTelegram::start().await;
     let media = MediaServer::fixtures().await;
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(dir.path(), &config_text(dir.path(), &api.url_string()));
+    let cfg = write_config(
+        dir.path(),
+        &binary_config(dir.path(), &api.url_string(), SETTINGS),
+    );
     let log = dir.path().join("bot.log");
     let db = dir.path().join("data/db");
     let data = dir.path().join("data").display().to_string();
@@ -149,7 +141,7 @@ async fn run(cycles: usize) -> Stats {
     }
     api.clear_failures();
     let polls_before = api.count("getUpdates");
-    let mut bot = BotProcess::start(&cfg, &log);
+    let bot = BotProcess::start(&cfg, &log);
     // Serving before anything else: a SIGTERM that arrives before the bot
     // has installed its handler would just terminate it (exit by signal),
     // which is not the shutdown this test checks.
@@ -190,17 +182,11 @@ async fn run(cycles: usize) -> Stats {
             Duration::from_secs(60),
         )
         .await;
-    bot.sigterm();
-    let status = tokio::task::spawn_blocking(move || {
-        let s = bot.wait_timeout(Duration::from_secs(10));
-        (s, bot)
-    })
-    .await
-    .unwrap();
+    let (status, bot) = bot.sigterm_and_wait(Duration::from_secs(10)).await;
     assert!(
-        status.0.is_some_and(|s| s.success()),
+        status.is_some_and(|s| s.success()),
         "clean exit; log tail:\n{}",
-        tail(&status.1.log_text())
+        tail(&bot.log_text())
     );
     assert!(
         processes_mentioning(&data).is_empty(),

@@ -4,11 +4,10 @@
 
 mod support;
 
-use std::path::Path;
-use std::process::Command;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use support::binary::{processes_mentioning, write_config, BotProcess};
+use support::binary::{binary_config, processes_mentioning, run_tgdl, write_config, BotProcess};
 use support::fake_telegram::FakeTelegram;
 use support::fs::files_under;
 use support::media_server::MediaServer;
@@ -18,25 +17,13 @@ use tgdl::store::{JobStore, SledStore};
 
 const T: Duration = Duration::from_secs(60);
 
-fn config_text(dir: &Path, api: &str, extra: &str) -> String {
-    format!(
-        r#"[telegram]
-token = "123456:TEST-token"
-api_url = "{api}"
+/// What these tests set on top of [`binary_config`]: an admin, one-second
+/// progress edits, 5 s leases.
+const SETTINGS: &str = "[telegram]
 admins = [9000]
 progress_interval_secs = 1
-choice_wait_secs = 0
-[storage]
-data_dir = "{}"
 [downloader]
-retry_base_secs = 1
-lease_secs = 5
-[security]
-allow_private_networks = true
-{extra}"#,
-        dir.join("data").display()
-    )
-}
+lease_secs = 5";
 
 /// A slow link to clip.mp4 (about 170 KB): 16 KB at once, then 2 KB every
 /// 50 ms, so a download is in progress for several seconds.
@@ -78,27 +65,51 @@ async fn wait_for_download(media: &MediaServer, downloads: &Path) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn sigterm_stops_downloads_requeues_without_an_attempt_and_exits_0() {
+/// The real bot on a fresh data folder, caught while yt-dlp is writing the
+/// slow link user 1001 sent.
+struct MidDownload {
+    api: FakeTelegram,
+    media: MediaServer,
+    dir: tempfile::TempDir,
+    cfg: PathBuf,
+    log: PathBuf,
+    /// `dir/data`, which the command lines of the bot's children mention.
+    data: String,
+    bot: BotProcess,
+}
+
+async fn bot_mid_download() -> MidDownload {
     let api = FakeTelegram::start().await;
     let media = MediaServer::fixtures().await;
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(dir.path(), &config_text(dir.path(), &api.url_string(), ""));
-    let mut bot = BotProcess::start(&cfg, &dir.path().join("bot.log"));
+    let cfg = write_config(
+        dir.path(),
+        &binary_config(dir.path(), &api.url_string(), SETTINGS),
+    );
+    let log = dir.path().join("bot.log");
+    let bot = BotProcess::start(&cfg, &log);
     api.push_text(1001, 1001, &slow_link(&media), None);
     wait_for_download(&media, &dir.path().join("data/downloads")).await;
     let data = dir.path().join("data").display().to_string();
-    assert!(!processes_mentioning(&data).is_empty(), "yt-dlp is running");
+    MidDownload {
+        api,
+        media,
+        dir,
+        cfg,
+        log,
+        data,
+        bot,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_stops_downloads_requeues_without_an_attempt_and_exits_0() {
+    let setup = bot_mid_download().await;
+    let (dir, data) = (setup.dir.path(), &setup.data);
+    assert!(!processes_mentioning(data).is_empty(), "yt-dlp is running");
 
     let started = std::time::Instant::now();
-    bot.sigterm();
-    let status = tokio::task::spawn_blocking(move || {
-        let s = bot.wait_timeout(Duration::from_secs(5));
-        (s, bot)
-    })
-    .await
-    .unwrap();
-    let (status, bot) = status;
+    let (status, bot) = setup.bot.sigterm_and_wait(Duration::from_secs(5)).await;
     let status = status.unwrap_or_else(|| panic!("no exit within 5 s; log:\n{}", bot.log_text()));
     assert!(
         status.success(),
@@ -107,48 +118,48 @@ async fn sigterm_stops_downloads_requeues_without_an_attempt_and_exits_0() {
     );
     assert!(started.elapsed() < Duration::from_secs(5));
     assert!(
-        processes_mentioning(&data).is_empty(),
+        processes_mentioning(data).is_empty(),
         "a process outlived the bot: {:?}",
-        processes_mentioning(&data)
+        processes_mentioning(data)
     );
 
-    let store = SledStore::open(&dir.path().join("data/db")).unwrap();
+    let store = SledStore::open(&dir.join("data/db")).unwrap();
     let queued = store.list_state(JobState::Queued, 10).unwrap();
     assert_eq!(queued.len(), 1, "the job is back in the queue");
     assert_eq!(queued[0].attempts, 0, "shutdown is not an attempt");
     assert!(store.in_flight().unwrap().is_empty());
     // The partial file stays for resume.
     let job_dir = dir
-        .path()
         .join("data/downloads")
         .join(queued[0].id.0.hyphenated().to_string());
     assert!(
         job_dir.exists(),
         "partial download kept; downloads: {:?}; log:\n{}",
-        std::fs::read_dir(dir.path().join("data/downloads"))
+        std::fs::read_dir(dir.join("data/downloads"))
             .map(|r| r.flatten().map(|e| e.path()).collect::<Vec<_>>()),
-        std::fs::read_to_string(dir.path().join("bot.log")).unwrap_or_default()
+        std::fs::read_to_string(dir.join("bot.log")).unwrap_or_default()
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn after_sigkill_the_download_resumes_over_range_and_completes() {
-    let api = FakeTelegram::start().await;
-    let media = MediaServer::fixtures().await;
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(dir.path(), &config_text(dir.path(), &api.url_string(), ""));
-    let log = dir.path().join("bot.log");
-    let mut bot = BotProcess::start(&cfg, &log);
-    api.push_text(1001, 1001, &slow_link(&media), None);
-    wait_for_download(&media, &dir.path().join("data/downloads")).await;
-    bot.kill9();
-    let data = dir.path().join("data").display().to_string();
+    let mut setup = bot_mid_download().await;
+    setup.bot.kill9();
+    let MidDownload {
+        api,
+        media,
+        dir,
+        cfg,
+        log,
+        data,
+        ..
+    } = &setup;
     assert!(
-        processes_mentioning(&data).is_empty(),
+        processes_mentioning(data).is_empty(),
         "PDEATHSIG took yt-dlp down with the bot"
     );
 
-    let mut bot = BotProcess::start(&cfg, &log);
+    let bot = BotProcess::start(cfg, log);
     let calls = api.wait_for_calls("sendVideo", 1, T).await;
     assert_eq!(
         calls[0].file("video").unwrap().bytes,
@@ -164,10 +175,9 @@ async fn after_sigkill_the_download_resumes_over_range_and_completes() {
         "a Range request past zero after the restart: {:?}",
         media.requests_to("/slow/clip.mp4")
     );
-    bot.sigterm();
-    tokio::task::spawn_blocking(move || bot.wait_timeout(Duration::from_secs(10)))
+    bot.sigterm_and_wait(Duration::from_secs(10))
         .await
-        .unwrap()
+        .0
         .expect("exits");
     let store = SledStore::open(&dir.path().join("data/db")).unwrap();
     let done = store.list_state(JobState::Done, 10).unwrap();
@@ -176,25 +186,11 @@ async fn after_sigkill_the_download_resumes_over_range_and_completes() {
     assert_eq!(done[0].attempts, 0, "not as an attempt");
 }
 
-fn tgdl(args: &[&str], cfg: &Path) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_tgdl"))
-        .args(args)
-        .arg("--config")
-        .arg(cfg)
-        .output()
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn recover_dry_run_reports_and_changes_nothing() {
-    let api = FakeTelegram::start().await;
-    let media = MediaServer::fixtures().await;
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(dir.path(), &config_text(dir.path(), &api.url_string(), ""));
-    let mut bot = BotProcess::start(&cfg, &dir.path().join("bot.log"));
-    api.push_text(1001, 1001, &slow_link(&media), None);
-    wait_for_download(&media, &dir.path().join("data/downloads")).await;
-    bot.kill9();
+    let mut setup = bot_mid_download().await;
+    setup.bot.kill9();
+    let (dir, cfg) = (&setup.dir, &setup.cfg);
     // An orphan file no job owns.
     std::fs::write(dir.path().join("data/downloads/stray.part"), b"junk").unwrap();
 
@@ -203,7 +199,7 @@ async fn recover_dry_run_reports_and_changes_nothing() {
         .in_flight()
         .unwrap();
     assert_eq!(before.len(), 1);
-    let out = tgdl(&["recover", "--dry-run"], &cfg);
+    let out = run_tgdl(&["recover", "--dry-run"], cfg);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -223,7 +219,7 @@ async fn recover_dry_run_reports_and_changes_nothing() {
     drop(store);
 
     // The real pass does what the dry run said.
-    let out = tgdl(&["recover"], &cfg);
+    let out = run_tgdl(&["recover"], cfg);
     assert!(out.status.success());
     let store = SledStore::open(&dir.path().join("data/db")).unwrap();
     assert!(store.in_flight().unwrap().is_empty());
@@ -239,7 +235,7 @@ fn a_database_that_cannot_be_opened_is_one_line_and_exit_1() {
     let port = free_port();
     let cfg = write_config(
         dir.path(),
-        &config_text(dir.path(), &format!("http://127.0.0.1:{port}"), ""),
+        &binary_config(dir.path(), &format!("http://127.0.0.1:{port}"), SETTINGS),
     );
     let db = dir.path().join("data/db");
     std::fs::create_dir_all(&db).unwrap();
@@ -248,7 +244,7 @@ fn a_database_that_cannot_be_opened_is_one_line_and_exit_1() {
     std::fs::write(db.join("db"), vec![0xAB; 4096]).unwrap();
     let before: Vec<u8> = std::fs::read(db.join("db")).unwrap();
     for args in [&["run"][..], &["jobs"][..]] {
-        let out = tgdl(args, &cfg);
+        let out = run_tgdl(args, &cfg);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
         assert_eq!(err.trim().lines().count(), 1, "{args:?}: one line: {err}");

@@ -3,8 +3,10 @@
 //! kernel) would.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
+
+use super::bot::{merge_tables, TOKEN};
 
 pub struct BotProcess {
     pub child: Child,
@@ -16,6 +18,41 @@ pub fn write_config(dir: &Path, text: &str) -> PathBuf {
     let path = dir.join("config.toml");
     std::fs::write(&path, text).unwrap();
     path
+}
+
+/// Config text for the binary with its data in `dir/data`, talking to the Bot API at `api_url`:
+/// the test token, loopback media allowed, one-second retries, no wait for a format choice.
+/// `extra` adds or overrides keys; a table it repeats is merged into the one above.
+pub fn binary_config(dir: &Path, api_url: &str, extra: &str) -> String {
+    let text = format!(
+        r#"[telegram]
+token = "{TOKEN}"
+api_url = "{api_url}"
+choice_wait_secs = 0
+[storage]
+data_dir = "{data}"
+[downloader]
+retry_base_secs = 1
+[security]
+allow_private_networks = true
+{extra}
+"#,
+        data = dir.join("data").display(),
+    );
+    merge_tables(&text)
+}
+
+/// Run `tgdl ARGS --config CONFIG` to the end, with no token or config path from the
+/// environment, and return what it printed and its exit status.
+pub fn run_tgdl(args: &[&str], config: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tgdl"))
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .env_remove("TGDL_TOKEN")
+        .env_remove("TGDL_CONFIG")
+        .output()
+        .unwrap()
 }
 
 impl BotProcess {
@@ -78,6 +115,15 @@ impl BotProcess {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// SIGTERM the bot and wait up to `timeout` for it to exit, off the async runtime (the fake
+    /// servers keep answering meanwhile); `None` on timeout. Gives the process back for its log.
+    pub async fn sigterm_and_wait(mut self, timeout: Duration) -> (Option<ExitStatus>, BotProcess) {
+        self.sigterm();
+        tokio::task::spawn_blocking(move || (self.wait_timeout(timeout), self))
+            .await
+            .unwrap()
     }
 
     pub fn log_text(&self) -> String {

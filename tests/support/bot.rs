@@ -52,7 +52,7 @@ allow_private_networks = true
 }
 
 /// TOML forbids a table twice; tests append overrides, so fold repeats.
-fn merge_tables(text: &str) -> String {
+pub(super) fn merge_tables(text: &str) -> String {
     let mut order: Vec<String> = Vec::new();
     let mut tables: std::collections::HashMap<String, Vec<String>> = Default::default();
     let mut current = String::new();
