@@ -7,7 +7,7 @@ mod support;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::binary::{binary_config, write_config, BotProcess};
+use support::binary::{BinaryTest, BotProcess};
 use support::bot::{media, TestBot};
 use support::fake_telegram::{Call, FakeTelegram};
 use support::fixture_bytes;
@@ -329,18 +329,13 @@ async fn a_playlist_over_the_maximum_names_what_it_skipped() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killing_the_bot_mid_playlist_loses_no_item() {
-    let api = FakeTelegram::start().await;
-    let media = media().await;
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(
-        dir.path(),
-        &binary_config(
-            dir.path(),
-            &api.url_string(),
-            "[downloader]\nconcurrency = 1",
-        ),
-    );
-    let log = dir.path().join("bot.log");
+    let BinaryTest {
+        api,
+        media,
+        dir,
+        cfg,
+        log,
+    } = BinaryTest::start("[downloader]\nconcurrency = 1").await;
     let slow = "slow/clip.mp4?burst=16384&chunk=4096&delay_ms=30";
     let page = media.add_video_page("killed", &["tiny.mp4?k1", slow, "tiny.mp4?k3"]);
     let mut bot = BotProcess::start(&cfg, &log);
@@ -356,7 +351,7 @@ async fn killing_the_bot_mid_playlist_loses_no_item() {
         )
         .await;
     bot.kill9();
-    let mut bot = BotProcess::start(&cfg, &log);
+    let bot = BotProcess::start(&cfg, &log);
     api.wait_for(
         |c| {
             c.iter()
@@ -371,10 +366,7 @@ async fn killing_the_bot_mid_playlist_loses_no_item() {
     for fixture in ["tiny.mp4", "clip.mp4"] {
         assert!(got.contains(&fixture_bytes(fixture)), "{fixture} delivered");
     }
-    bot.sigterm();
-    tokio::task::spawn_blocking(move || bot.wait_timeout(Duration::from_secs(10)))
-        .await
-        .unwrap();
+    bot.sigterm_and_wait(Duration::from_secs(10)).await;
     let store = tgdl::store::SledStore::open(&dir.path().join("data/db")).unwrap();
     let children: Vec<_> = store
         .list_state(JobState::Done, 10)

@@ -16,15 +16,14 @@ use std::path::Path;
 use std::time::Duration;
 
 use rand::Rng;
-use support::binary::{binary_config, processes_mentioning, write_config, BotProcess};
+use support::binary::{processes_mentioning, BinaryTest, BotProcess};
 use support::fake_telegram::FakeTelegram;
 use support::fixture_bytes;
 use support::fs::files_under;
-use support::media_server::MediaServer;
 use tgdl::job::JobState;
 use tgdl::store::{JobStore, SledStore};
 
-/// What kill9 sets on top of [`binary_config`]: two workers, retry budgets and
+/// What kill9 sets on top of `binary_config`: two workers, retry budgets and
 /// per-user limits wide enough for many kills and 16 links, one-second
 /// progress edits, 5 s leases.
 const SETTINGS: &str = "[telegram]
@@ -51,14 +50,13 @@ struct Stats {
 }
 
 async fn run(cycles: usize) -> Stats {
-    let api = FakeTelegram::start().await;
-    let media = MediaServer::fixtures().await;
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(
-        dir.path(),
-        &binary_config(dir.path(), &api.url_string(), SETTINGS),
-    );
-    let log = dir.path().join("bot.log");
+    let BinaryTest {
+        api,
+        media,
+        dir,
+        cfg,
+        log,
+    } = BinaryTest::start(SETTINGS).await;
     let db = dir.path().join("data/db");
     let data = dir.path().join("data").display().to_string();
     let mut rng = rand::rng();

@@ -4,11 +4,12 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use support::binary::{binary_config, processes_mentioning, run_tgdl, write_config, BotProcess};
-use support::fake_telegram::FakeTelegram;
+use support::binary::{
+    binary_config, processes_mentioning, run_tgdl, write_config, BinaryTest, BotProcess,
+};
 use support::fs::files_under;
 use support::media_server::MediaServer;
 use support::{fixture_bytes, free_port};
@@ -67,49 +68,23 @@ async fn wait_for_download(media: &MediaServer, downloads: &Path) {
 
 /// The real bot on a fresh data folder, caught while yt-dlp is writing the
 /// slow link user 1001 sent.
-struct MidDownload {
-    api: FakeTelegram,
-    media: MediaServer,
-    dir: tempfile::TempDir,
-    cfg: PathBuf,
-    log: PathBuf,
-    /// `dir/data`, which the command lines of the bot's children mention.
-    data: String,
-    bot: BotProcess,
-}
-
-async fn bot_mid_download() -> MidDownload {
-    let api = FakeTelegram::start().await;
-    let media = MediaServer::fixtures().await;
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(
-        dir.path(),
-        &binary_config(dir.path(), &api.url_string(), SETTINGS),
-    );
-    let log = dir.path().join("bot.log");
-    let bot = BotProcess::start(&cfg, &log);
-    api.push_text(1001, 1001, &slow_link(&media), None);
-    wait_for_download(&media, &dir.path().join("data/downloads")).await;
-    let data = dir.path().join("data").display().to_string();
-    MidDownload {
-        api,
-        media,
-        dir,
-        cfg,
-        log,
-        data,
-        bot,
-    }
+async fn bot_mid_download() -> (BinaryTest, BotProcess) {
+    let t = BinaryTest::start(SETTINGS).await;
+    let bot = t.start_bot();
+    t.api.push_text(1001, 1001, &slow_link(&t.media), None);
+    wait_for_download(&t.media, &t.dir.path().join("data/downloads")).await;
+    (t, bot)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_stops_downloads_requeues_without_an_attempt_and_exits_0() {
-    let setup = bot_mid_download().await;
-    let (dir, data) = (setup.dir.path(), &setup.data);
-    assert!(!processes_mentioning(data).is_empty(), "yt-dlp is running");
+    let (t, bot) = bot_mid_download().await;
+    let dir = t.dir.path();
+    let data = dir.join("data").display().to_string();
+    assert!(!processes_mentioning(&data).is_empty(), "yt-dlp is running");
 
     let started = std::time::Instant::now();
-    let (status, bot) = setup.bot.sigterm_and_wait(Duration::from_secs(5)).await;
+    let (status, bot) = bot.sigterm_and_wait(Duration::from_secs(5)).await;
     let status = status.unwrap_or_else(|| panic!("no exit within 5 s; log:\n{}", bot.log_text()));
     assert!(
         status.success(),
@@ -118,9 +93,9 @@ async fn sigterm_stops_downloads_requeues_without_an_attempt_and_exits_0() {
     );
     assert!(started.elapsed() < Duration::from_secs(5));
     assert!(
-        processes_mentioning(data).is_empty(),
+        processes_mentioning(&data).is_empty(),
         "a process outlived the bot: {:?}",
-        processes_mentioning(data)
+        processes_mentioning(&data)
     );
 
     let store = SledStore::open(&dir.join("data/db")).unwrap();
@@ -143,29 +118,22 @@ async fn sigterm_stops_downloads_requeues_without_an_attempt_and_exits_0() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn after_sigkill_the_download_resumes_over_range_and_completes() {
-    let mut setup = bot_mid_download().await;
-    setup.bot.kill9();
-    let MidDownload {
-        api,
-        media,
-        dir,
-        cfg,
-        log,
-        data,
-        ..
-    } = &setup;
+    let (t, mut bot) = bot_mid_download().await;
+    bot.kill9();
+    let data = t.dir.path().join("data").display().to_string();
     assert!(
-        processes_mentioning(data).is_empty(),
+        processes_mentioning(&data).is_empty(),
         "PDEATHSIG took yt-dlp down with the bot"
     );
 
-    let bot = BotProcess::start(cfg, log);
-    let calls = api.wait_for_calls("sendVideo", 1, T).await;
+    let bot = t.start_bot();
+    let calls = t.api.wait_for_calls("sendVideo", 1, T).await;
     assert_eq!(
         calls[0].file("video").unwrap().bytes,
         fixture_bytes("clip.mp4")
     );
-    let resumed = media
+    let resumed = t
+        .media
         .requests_to("/slow/clip.mp4")
         .iter()
         .filter_map(|r| r.range_start())
@@ -173,13 +141,13 @@ async fn after_sigkill_the_download_resumes_over_range_and_completes() {
     assert!(
         resumed,
         "a Range request past zero after the restart: {:?}",
-        media.requests_to("/slow/clip.mp4")
+        t.media.requests_to("/slow/clip.mp4")
     );
     bot.sigterm_and_wait(Duration::from_secs(10))
         .await
         .0
         .expect("exits");
-    let store = SledStore::open(&dir.path().join("data/db")).unwrap();
+    let store = SledStore::open(&t.dir.path().join("data/db")).unwrap();
     let done = store.list_state(JobState::Done, 10).unwrap();
     assert_eq!(done.len(), 1);
     assert_eq!(done[0].rescues, 1, "the crash counted as a rescue");
@@ -188,9 +156,9 @@ async fn after_sigkill_the_download_resumes_over_range_and_completes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn recover_dry_run_reports_and_changes_nothing() {
-    let mut setup = bot_mid_download().await;
-    setup.bot.kill9();
-    let (dir, cfg) = (&setup.dir, &setup.cfg);
+    let (t, mut bot) = bot_mid_download().await;
+    bot.kill9();
+    let (dir, cfg) = (&t.dir, &t.cfg);
     // An orphan file no job owns.
     std::fs::write(dir.path().join("data/downloads/stray.part"), b"junk").unwrap();
 

@@ -7,6 +7,8 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use super::bot::{merge_tables, TOKEN};
+use super::fake_telegram::FakeTelegram;
+use super::media_server::MediaServer;
 
 pub struct BotProcess {
     pub child: Child,
@@ -40,6 +42,43 @@ allow_private_networks = true
         data = dir.join("data").display(),
     );
     merge_tables(&text)
+}
+
+/// What a test of the real binary works with: a fake Bot API, the media server with the
+/// fixtures, and a temp dir holding the binary's config (`config.toml`), data (`data/`) and log
+/// (`bot.log`).
+pub struct BinaryTest {
+    pub api: FakeTelegram,
+    pub media: MediaServer,
+    pub dir: tempfile::TempDir,
+    pub cfg: PathBuf,
+    pub log: PathBuf,
+}
+
+impl BinaryTest {
+    /// Starts the two servers and writes [`binary_config`] with `extra` for them.
+    pub async fn start(extra: &str) -> BinaryTest {
+        let api = FakeTelegram::start().await;
+        let media = MediaServer::fixtures().await;
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = write_config(
+            dir.path(),
+            &binary_config(dir.path(), &api.url_string(), extra),
+        );
+        let log = dir.path().join("bot.log");
+        BinaryTest {
+            api,
+            media,
+            dir,
+            cfg,
+            log,
+        }
+    }
+
+    /// Starts the bot on this config; its log is appended to `bot.log`.
+    pub fn start_bot(&self) -> BotProcess {
+        BotProcess::start(&self.cfg, &self.log)
+    }
 }
 
 /// Run `tgdl ARGS --config CONFIG` to the end, with no token or config path from the
