@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use support::binary::{BinaryTest, BotProcess};
-use support::bot::{media, TestBot};
+use support::bot::{media, wait_for_text, TestBot};
 use support::fake_telegram::{Call, FakeTelegram};
 use support::fixture_bytes;
 use tgdl::job::JobState;
@@ -132,15 +132,7 @@ async fn the_cancel_button_cancels_the_waiting_job() {
         .find(|(t, _)| t.contains("Cancel"))
         .unwrap();
     api.push_callback(504, 504, message_id(&a), &data);
-    api.wait_for_messages(
-        504,
-        |m| {
-            m.iter()
-                .any(|m| m.text.as_deref().is_some_and(|t| t.contains("cancelled")))
-        },
-        T,
-    )
-    .await;
+    wait_for_text(&api, 504, |t| t.contains("cancelled"), T).await;
     bot.stop().await.unwrap();
     let failed = bot.store().list_state(JobState::Failed, 10).unwrap();
     assert_eq!(failed[0].failure.as_ref().unwrap().code, "cancelled");

@@ -7,8 +7,8 @@ mod support;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use support::bot::{media, TestBot, ADMIN};
-use support::fake_telegram::FakeTelegram;
+use support::bot::{media, wait_for_text, TestBot, ADMIN};
+use support::fake_telegram::{FakeTelegram, SentMessage};
 use tgdl::config::Config;
 use tgdl::i18n::Lang;
 use tgdl::job::{JobOptions, JobState};
@@ -42,6 +42,18 @@ fn normal() -> SystemSample {
         threads: 8,
         open_files: 12,
     }
+}
+
+/// `user` sends `text` in their private chat; waits until one of the bot's
+/// messages there satisfies `answered` and returns the bot's messages.
+async fn ask(
+    api: &FakeTelegram,
+    user: i64,
+    text: &str,
+    answered: impl Fn(&str) -> bool,
+) -> Vec<SentMessage> {
+    api.push_text(user, user as u64, text, None);
+    wait_for_text(api, user, answered, T).await
 }
 
 fn core_for(api: &FakeTelegram, dir: &std::path::Path, extra: &str) -> Arc<JobService> {
@@ -184,19 +196,7 @@ async fn the_disk_guard_pauses_claiming_tells_users_and_resumes() {
         core.store.get(job.id).unwrap().unwrap().state,
         JobState::Queued
     );
-    let msgs = api
-        .wait_for_messages(
-            77,
-            |m| {
-                m.iter().any(|m| {
-                    m.text
-                        .as_deref()
-                        .is_some_and(|t| t.contains("low on disk space"))
-                })
-            },
-            T,
-        )
-        .await;
+    let msgs = wait_for_text(&api, 77, |t| t.contains("low on disk space"), T).await;
     assert!(!msgs.is_empty());
     // Still low: still paused, and no job failed for it.
     monitor.tick().await.unwrap();
@@ -219,17 +219,7 @@ async fn admin_commands_work_and_refuse_non_admins() {
     let _bot = TestBot::start(&api, "").await;
     let user = 4242i64;
     // A job that fails (404), for /jobs failed, /job and /retry.
-    api.push_text(user, user as u64, &media.url("/404"), None);
-    let failed = api
-        .wait_for_messages(
-            user,
-            |m| {
-                m.iter()
-                    .any(|m| m.text.as_deref().is_some_and(|t| t.contains("failed")))
-            },
-            T,
-        )
-        .await;
+    let failed = ask(&api, user, &media.url("/404"), |t| t.contains("failed")).await;
     let short = failed
         .iter()
         .find_map(|m| {
@@ -241,30 +231,14 @@ async fn admin_commands_work_and_refuse_non_admins() {
         .expect("a short id");
 
     // Non-admins: /health is refused.
-    api.push_text(user, user as u64, "/health", None);
-    api.wait_for_messages(
-        user,
-        |m| {
-            m.iter()
-                .any(|m| m.text.as_deref() == Some("This command is for the bot's admins only."))
-        },
-        T,
-    )
+    ask(&api, user, "/health", |t| {
+        t == "This command is for the bot's admins only."
+    })
     .await;
 
     // Admin /health: status line and figures.
     let admin = ADMIN as i64;
-    api.push_text(admin, ADMIN, "/health", None);
-    let m = api
-        .wait_for_messages(
-            admin,
-            |m| {
-                m.iter()
-                    .any(|m| m.text.as_deref().is_some_and(|t| t.contains("tgdl is")))
-            },
-            T,
-        )
-        .await;
+    let m = ask(&api, admin, "/health", |t| t.contains("tgdl is")).await;
     let health = m
         .iter()
         .filter_map(|m| m.text.clone())
@@ -281,70 +255,28 @@ async fn admin_commands_work_and_refuse_non_admins() {
         assert!(health.contains(needle), "{needle} in {health}");
     }
     // Admin /jobs: counts per state; /jobs failed: the failure with its reason.
-    api.push_text(admin, ADMIN, "/jobs", None);
-    api.wait_for_messages(
-        admin,
-        |m| {
-            m.iter().any(|m| {
-                m.text
-                    .as_deref()
-                    .is_some_and(|t| t.starts_with("jobs:") && t.contains("1 failed"))
-            })
-        },
-        T,
-    )
+    ask(&api, admin, "/jobs", |t| {
+        t.starts_with("jobs:") && t.contains("1 failed")
+    })
     .await;
-    api.push_text(admin, ADMIN, "/jobs failed", None);
-    api.wait_for_messages(
-        admin,
-        |m| {
-            m.iter().any(|m| {
-                m.text.as_deref().is_some_and(|t| {
-                    t.contains("recent failures") && t.contains(&short) && t.contains("http_404")
-                })
-            })
-        },
-        T,
-    )
+    ask(&api, admin, "/jobs failed", |t| {
+        t.contains("recent failures") && t.contains(&short) && t.contains("http_404")
+    })
     .await;
     // Admin /job on another user's job shows its history.
-    api.push_text(admin, ADMIN, &format!("/job {short}"), None);
-    api.wait_for_messages(
-        admin,
-        |m| {
-            m.iter().any(|m| {
-                m.text
-                    .as_deref()
-                    .is_some_and(|t| t.contains("history:") && t.contains("failed"))
-            })
-        },
-        T,
-    )
+    ask(&api, admin, &format!("/job {short}"), |t| {
+        t.contains("history:") && t.contains("failed")
+    })
     .await;
     // Admin /retry on another user's failed job requeues it.
-    api.push_text(admin, ADMIN, &format!("/retry {short}"), None);
-    api.wait_for_messages(
-        admin,
-        |m| {
-            m.iter().any(|m| {
-                m.text
-                    .as_deref()
-                    .is_some_and(|t| t.contains("queued again"))
-            })
-        },
-        T,
-    )
+    ask(&api, admin, &format!("/retry {short}"), |t| {
+        t.contains("queued again")
+    })
     .await;
     // A non-owner, non-admin cannot touch it.
-    api.push_text(5555, 5555, &format!("/cancel {short}"), None);
-    api.wait_for_messages(
-        5555,
-        |m| {
-            m.iter()
-                .any(|m| m.text.as_deref().is_some_and(|t| t.contains("not yours")))
-        },
-        T,
-    )
+    ask(&api, 5555, &format!("/cancel {short}"), |t| {
+        t.contains("not yours")
+    })
     .await;
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use super::fake_telegram::FakeTelegram;
+use super::fake_telegram::{FakeTelegram, SentMessage};
 use super::media_server::MediaServer;
 
 pub const TOKEN: &str = "123456:TEST-token";
@@ -170,6 +170,22 @@ impl Drop for TestBot {
             let _ = tx.send(());
         }
     }
+}
+
+/// Waits until one of the bot's messages in `chat` has a text that satisfies `pred`, and returns
+/// the bot's messages there; panics with them after `timeout`.
+pub async fn wait_for_text(
+    api: &FakeTelegram,
+    chat: i64,
+    pred: impl Fn(&str) -> bool,
+    timeout: Duration,
+) -> Vec<SentMessage> {
+    api.wait_for_messages(
+        chat,
+        |m| m.iter().any(|m| m.text.as_deref().is_some_and(&pred)),
+        timeout,
+    )
+    .await
 }
 
 /// Media server with the committed fixtures.
