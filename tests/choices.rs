@@ -7,7 +7,7 @@ mod support;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::binary::{BinaryTest, BotProcess};
+use support::binary::BinaryTest;
 use support::bot::{media, wait_for_text, TestBot};
 use support::fake_telegram::{Call, FakeTelegram};
 use support::fixture_bytes;
@@ -321,16 +321,11 @@ async fn a_playlist_over_the_maximum_names_what_it_skipped() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killing_the_bot_mid_playlist_loses_no_item() {
-    let BinaryTest {
-        api,
-        media,
-        dir,
-        cfg,
-        log,
-    } = BinaryTest::start("[downloader]\nconcurrency = 1").await;
+    let t = BinaryTest::start("[downloader]\nconcurrency = 1").await;
+    let (api, media) = (&t.api, &t.media);
     let slow = "slow/clip.mp4?burst=16384&chunk=4096&delay_ms=30";
     let page = media.add_video_page("killed", &["tiny.mp4?k1", slow, "tiny.mp4?k3"]);
-    let mut bot = BotProcess::start(&cfg, &log);
+    let mut bot = t.start_bot();
     api.push_text(509, 509, &page, None);
     // Kill while the second item downloads.
     media
@@ -343,7 +338,7 @@ async fn killing_the_bot_mid_playlist_loses_no_item() {
         )
         .await;
     bot.kill9();
-    let bot = BotProcess::start(&cfg, &log);
+    let bot = t.start_bot();
     api.wait_for(
         |c| {
             c.iter()
@@ -359,7 +354,7 @@ async fn killing_the_bot_mid_playlist_loses_no_item() {
         assert!(got.contains(&fixture_bytes(fixture)), "{fixture} delivered");
     }
     bot.sigterm_and_wait(Duration::from_secs(10)).await;
-    let store = tgdl::store::SledStore::open(&dir.path().join("data/db")).unwrap();
+    let store = tgdl::store::SledStore::open(&t.dir.path().join("data/db")).unwrap();
     let children: Vec<_> = store
         .list_state(JobState::Done, 10)
         .unwrap()

@@ -16,7 +16,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use rand::Rng;
-use support::binary::{processes_mentioning, BinaryTest, BotProcess};
+use support::binary::{processes_mentioning, BinaryTest};
 use support::fake_telegram::FakeTelegram;
 use support::fixture_bytes;
 use support::fs::files_under;
@@ -50,15 +50,10 @@ struct Stats {
 }
 
 async fn run(cycles: usize) -> Stats {
-    let BinaryTest {
-        api,
-        media,
-        dir,
-        cfg,
-        log,
-    } = BinaryTest::start(SETTINGS).await;
-    let db = dir.path().join("data/db");
-    let data = dir.path().join("data").display().to_string();
+    let t = BinaryTest::start(SETTINGS).await;
+    let (api, media) = (&t.api, &t.media);
+    let db = t.dir.path().join("data/db");
+    let data = t.dir.path().join("data").display().to_string();
     let mut rng = rand::rng();
 
     // 4 users x 4 links, alternating slow and quick media; each link is
@@ -85,7 +80,7 @@ async fn run(cycles: usize) -> Stats {
     let mut stats = Stats::default();
 
     for cycle in 0..cycles {
-        let mut bot = BotProcess::start(&cfg, &log);
+        let mut bot = t.start_bot();
         match cycle % 4 {
             // During enqueue: links arrive and the kill follows at once.
             0 if !pending.is_empty() => {
@@ -139,7 +134,7 @@ async fn run(cycles: usize) -> Stats {
     }
     api.clear_failures();
     let polls_before = api.count("getUpdates");
-    let bot = BotProcess::start(&cfg, &log);
+    let bot = t.start_bot();
     // Serving before anything else: a SIGTERM that arrives before the bot
     // has installed its handler would just terminate it (exit by signal),
     // which is not the shutdown this test checks.
@@ -216,7 +211,7 @@ async fn run(cycles: usize) -> Stats {
         "every file delivered at least once"
     );
     let duplicates: usize = deliveries.values().map(|n| n - 1).sum();
-    let leftovers = files_under(&dir.path().join("data/downloads"));
+    let leftovers = files_under(&t.dir.path().join("data/downloads"));
     println!(
         "kill9: cycles {} | jobs {} | lost 0 | duplicates {} | kills in delivery window {} | orphan files {} | kills: enqueue {}, with download {}, with upload {}, with cleaning {}",
         stats.cycles,
