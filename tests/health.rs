@@ -63,6 +63,23 @@ fn core_for(api: &FakeTelegram, dir: &std::path::Path, extra: &str) -> Arc<JobSe
     Arc::new(JobService::new(Arc::new(config), store, None))
 }
 
+/// A health monitor over `core` that samples `machine` and alerts through the
+/// fake Bot API, and the state it records its samples in.
+fn monitor_for(
+    core: &Arc<JobService>,
+    api: &FakeTelegram,
+    machine: &Scripted,
+) -> (Monitor, Arc<HealthState>) {
+    let health = Arc::new(HealthState::default());
+    let monitor = Monitor::new(
+        core.clone(),
+        health.clone(),
+        Some(api.bot()),
+        Box::new(machine.clone()),
+    );
+    (monitor, health)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_condition_alerts_the_admin_once_per_cooldown_then_resolves() {
     let api = FakeTelegram::start().await;
@@ -73,13 +90,7 @@ async fn a_condition_alerts_the_admin_once_per_cooldown_then_resolves() {
         "[health]\nalert_cooldown_secs = 3600\nmemory_percent_warning = 50",
     );
     let machine = Scripted(Arc::new(Mutex::new(normal())));
-    let health = Arc::new(HealthState::default());
-    let mut monitor = Monitor::new(
-        core.clone(),
-        health.clone(),
-        Some(api.bot()),
-        Box::new(machine.clone()),
-    );
+    let (mut monitor, _) = monitor_for(&core, &api, &machine);
 
     assert!(
         monitor.tick().await.unwrap().alerts.is_empty(),
@@ -125,13 +136,7 @@ async fn an_alert_that_cannot_be_delivered_stops_nothing() {
         memory_percent: 95.0,
         ..normal()
     })));
-    let health = Arc::new(HealthState::default());
-    let mut monitor = Monitor::new(
-        core.clone(),
-        health.clone(),
-        Some(api.bot()),
-        Box::new(machine),
-    );
+    let (mut monitor, health) = monitor_for(&core, &api, &machine);
     api.fail_next("sendMessage", support::fake_telegram::Failure::Forbidden);
     let tick = monitor.tick().await.expect("the tick completes");
     assert_eq!(tick.alerts.len(), 1);
@@ -145,13 +150,7 @@ async fn the_disk_guard_pauses_claiming_tells_users_and_resumes() {
     let dir = tempfile::tempdir().unwrap();
     let core = core_for(&api, dir.path(), "");
     let machine = Scripted(Arc::new(Mutex::new(normal())));
-    let health = Arc::new(HealthState::default());
-    let mut monitor = Monitor::new(
-        core.clone(),
-        health.clone(),
-        Some(api.bot()),
-        Box::new(machine.clone()),
-    );
+    let (mut monitor, _) = monitor_for(&core, &api, &machine);
     let pipeline = Pipeline {
         jobs: core.clone(),
         bot: api.bot(),
