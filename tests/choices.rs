@@ -349,7 +349,7 @@ async fn killing_the_bot_mid_playlist_loses_no_item() {
         T,
     )
     .await;
-    let got = deliveries(&api, 509);
+    let got = deliveries(api, 509);
     for fixture in ["tiny.mp4", "clip.mp4"] {
         assert!(got.contains(&fixture_bytes(fixture)), "{fixture} delivered");
     }

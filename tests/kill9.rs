@@ -113,7 +113,7 @@ async fn run(cycles: usize) -> Stats {
                 let _ = gate.wait_arrived(1, Duration::from_secs(8)).await;
                 bot.kill9();
                 gate.release();
-                after_kill(&api, &db, &mut stats, &mut window_seen);
+                after_kill(api, &db, &mut stats, &mut window_seen);
                 stats.cycles += 1;
                 continue;
             }
@@ -123,7 +123,7 @@ async fn run(cycles: usize) -> Stats {
             }
         }
         bot.kill9();
-        after_kill(&api, &db, &mut stats, &mut window_seen);
+        after_kill(api, &db, &mut stats, &mut window_seen);
         stats.cycles += 1;
     }
 
