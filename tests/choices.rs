@@ -7,8 +7,8 @@ mod support;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::binary::{write_config, BotProcess};
-use support::bot::{media, TestBot};
+use support::binary::BinaryTest;
+use support::bot::{media, wait_for_text, TestBot};
 use support::fake_telegram::{Call, FakeTelegram};
 use support::fixture_bytes;
 use tgdl::job::JobState;
@@ -132,15 +132,7 @@ async fn the_cancel_button_cancels_the_waiting_job() {
         .find(|(t, _)| t.contains("Cancel"))
         .unwrap();
     api.push_callback(504, 504, message_id(&a), &data);
-    api.wait_for_messages(
-        504,
-        |m| {
-            m.iter()
-                .any(|m| m.text.as_deref().is_some_and(|t| t.contains("cancelled")))
-        },
-        T,
-    )
-    .await;
+    wait_for_text(&api, 504, |t| t.contains("cancelled"), T).await;
     bot.stop().await.unwrap();
     let failed = bot.store().list_state(JobState::Failed, 10).unwrap();
     assert_eq!(failed[0].failure.as_ref().unwrap().code, "cancelled");
@@ -329,21 +321,11 @@ async fn a_playlist_over_the_maximum_names_what_it_skipped() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killing_the_bot_mid_playlist_loses_no_item() {
-    let api = FakeTelegram::start().await;
-    let media = media().await;
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(
-        dir.path(),
-        &format!(
-            "[telegram]\ntoken = \"123456:TEST-token\"\napi_url = \"{}\"\nchoice_wait_secs = 0\n[storage]\ndata_dir = \"{}\"\n[downloader]\nconcurrency = 1\nretry_base_secs = 1\n[security]\nallow_private_networks = true\n",
-            api.url_string(),
-            dir.path().join("data").display()
-        ),
-    );
-    let log = dir.path().join("bot.log");
+    let t = BinaryTest::start("[downloader]\nconcurrency = 1").await;
+    let (api, media) = (&t.api, &t.media);
     let slow = "slow/clip.mp4?burst=16384&chunk=4096&delay_ms=30";
     let page = media.add_video_page("killed", &["tiny.mp4?k1", slow, "tiny.mp4?k3"]);
-    let mut bot = BotProcess::start(&cfg, &log);
+    let mut bot = t.start_bot();
     api.push_text(509, 509, &page, None);
     // Kill while the second item downloads.
     media
@@ -356,7 +338,7 @@ async fn killing_the_bot_mid_playlist_loses_no_item() {
         )
         .await;
     bot.kill9();
-    let mut bot = BotProcess::start(&cfg, &log);
+    let bot = t.start_bot();
     api.wait_for(
         |c| {
             c.iter()
@@ -367,15 +349,12 @@ async fn killing_the_bot_mid_playlist_loses_no_item() {
         T,
     )
     .await;
-    let got = deliveries(&api, 509);
+    let got = deliveries(api, 509);
     for fixture in ["tiny.mp4", "clip.mp4"] {
         assert!(got.contains(&fixture_bytes(fixture)), "{fixture} delivered");
     }
-    bot.sigterm();
-    tokio::task::spawn_blocking(move || bot.wait_timeout(Duration::from_secs(10)))
-        .await
-        .unwrap();
-    let store = tgdl::store::SledStore::open(&dir.path().join("data/db")).unwrap();
+    bot.sigterm_and_wait(Duration::from_secs(10)).await;
+    let store = tgdl::store::SledStore::open(&t.dir.path().join("data/db")).unwrap();
     let children: Vec<_> = store
         .list_state(JobState::Done, 10)
         .unwrap()

@@ -1,28 +1,18 @@
 //! Configuration through the real binary: bad configs stop start-up with exit
 //! code 2 and one line naming the key; the example config documents every key.
 
+mod support;
+
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
+use support::binary::{run_tgdl, write_config};
 use tgdl::config::{Config, ConfigError};
-
-fn tgdl(dir: &Path, args: &[&str], config: &str) -> Output {
-    let path = dir.join("config.toml");
-    std::fs::write(&path, config).unwrap();
-    Command::new(env!("CARGO_BIN_EXE_tgdl"))
-        .args(args)
-        .arg("--config")
-        .arg(&path)
-        .env_remove("TGDL_TOKEN")
-        .env_remove("TGDL_CONFIG")
-        .output()
-        .unwrap()
-}
 
 /// Runs `tgdl run` with a broken config and returns its single stderr line.
 fn refused(config: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
-    let out = tgdl(dir.path(), &["run"], config);
+    let out = run_tgdl(&["run"], &write_config(dir.path(), config));
     let err = String::from_utf8_lossy(&out.stderr).to_string();
     assert_eq!(out.status.code(), Some(2), "stderr: {err}");
     assert_eq!(err.trim().lines().count(), 1, "exactly one line: {err:?}");

@@ -264,6 +264,22 @@ async fn injected_failures_map_to_teloxide_errors() {
     );
 }
 
+/// Sends `request` and returns its JSON answer.
+async fn json_answer(request: reqwest::RequestBuilder) -> serde_json::Value {
+    request.send().await.unwrap().json().await.unwrap()
+}
+
+/// POSTs the JSON body of a `sendMessage` to `url`; returns the HTTP status and the JSON answer.
+async fn post_message(http: &reqwest::Client, url: &str) -> (u16, serde_json::Value) {
+    let res = http
+        .post(url)
+        .json(&json!({"chat_id": 1, "text": "a"}))
+        .send()
+        .await
+        .unwrap();
+    (res.status().as_u16(), res.json().await.unwrap())
+}
+
 #[tokio::test]
 async fn wire_envelopes_match_telegram() {
     // teloxide waits 10 s before reading a 5xx answer, so the raw envelope is checked with reqwest.
@@ -272,28 +288,16 @@ async fn wire_envelopes_match_telegram() {
     let url = format!("{}bot{TEST_TOKEN}/sendMessage", fake.url());
 
     fake.fail_next("sendMessage", Failure::ServerError(502));
-    let res = http
-        .post(&url)
-        .json(&json!({"chat_id": 1, "text": "a"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status().as_u16(), 502);
-    let body: serde_json::Value = res.json().await.unwrap();
+    let (status, body) = post_message(&http, &url).await;
+    assert_eq!(status, 502);
     assert_eq!(
         body,
         json!({"ok": false, "error_code": 502, "description": "Bad Gateway"})
     );
 
     fake.fail_next("sendMessage", Failure::RetryAfter(2));
-    let res = http
-        .post(&url)
-        .json(&json!({"chat_id": 1, "text": "a"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status().as_u16(), 429);
-    let body: serde_json::Value = res.json().await.unwrap();
+    let (status, body) = post_message(&http, &url).await;
+    assert_eq!(status, 429);
     assert_eq!(
         body,
         json!({"ok": false, "error_code": 429, "description": "Too Many Requests: retry after 2",
@@ -301,30 +305,14 @@ async fn wire_envelopes_match_telegram() {
     );
 
     fake.fail_next("sendMessage", Failure::Forbidden);
-    let body: serde_json::Value = http
-        .post(&url)
-        .json(&json!({"chat_id": 1, "text": "a"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, body) = post_message(&http, &url).await;
     assert_eq!(
         body,
         json!({"ok": false, "error_code": 403, "description": "Forbidden: bot was blocked by the user"})
     );
 
     // Form-urlencoded body: numbers decoded, texts kept as strings.
-    let body: serde_json::Value = http
-        .post(&url)
-        .form(&[("chat_id", "77"), ("text", "123")])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body = json_answer(http.post(&url).form(&[("chat_id", "77"), ("text", "123")])).await;
     assert_eq!(body["ok"], json!(true));
     assert_eq!(body["result"]["text"], json!("123"));
     let call = fake.calls().pop().unwrap();
@@ -338,15 +326,7 @@ async fn wire_envelopes_match_telegram() {
         reqwest::multipart::Part::bytes(fixture_bytes("tiny.m4a")).file_name("tiny.m4a"),
     );
     let audio_url = format!("{}bot{TEST_TOKEN}/sendaudio", fake.url());
-    let body: serde_json::Value = http
-        .post(&audio_url)
-        .multipart(form)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body = json_answer(http.post(&audio_url).multipart(form)).await;
     assert_eq!(body["ok"], json!(true), "{body}");
     assert_eq!(body["result"]["audio"]["mime_type"], json!("audio/mp4"));
     let call = fake.calls().pop().unwrap();
@@ -559,6 +539,16 @@ async fn held_upload_blocks_until_released() {
 
 // ---- media server ----
 
+/// The HTTP status of a GET of `url`.
+async fn status_of(url: String) -> u16 {
+    reqwest::get(url).await.unwrap().status().as_u16()
+}
+
+/// A GET of `url` with the header `Range: range`.
+async fn get_range(http: &reqwest::Client, url: String, range: &str) -> reqwest::Response {
+    http.get(url).header("Range", range).send().await.unwrap()
+}
+
 #[tokio::test]
 async fn media_server_serves_files_with_headers() {
     let server = MediaServer::fixtures().await;
@@ -583,12 +573,7 @@ async fn media_server_range_requests_return_the_slice() {
     let bytes = fixture_bytes("tiny.mp4");
     let http = reqwest::Client::new();
 
-    let res = http
-        .get(server.url("tiny.mp4"))
-        .header("Range", "bytes=100-199")
-        .send()
-        .await
-        .unwrap();
+    let res = get_range(&http, server.url("tiny.mp4"), "bytes=100-199").await;
     assert_eq!(res.status().as_u16(), 206);
     assert_eq!(
         res.headers()["content-range"],
@@ -596,29 +581,19 @@ async fn media_server_range_requests_return_the_slice() {
     );
     assert!(res.bytes().await.unwrap() == bytes[100..200]);
 
-    let res = http
-        .get(server.url("tiny.mp4"))
-        .header("Range", "bytes=1000-")
-        .send()
-        .await
-        .unwrap();
+    let res = get_range(&http, server.url("tiny.mp4"), "bytes=1000-").await;
     assert_eq!(res.status().as_u16(), 206);
     assert!(res.bytes().await.unwrap() == bytes[1000..]);
 
-    let res = http
-        .get(server.url("tiny.mp4"))
-        .header("Range", "bytes=-10")
-        .send()
-        .await
-        .unwrap();
+    let res = get_range(&http, server.url("tiny.mp4"), "bytes=-10").await;
     assert!(res.bytes().await.unwrap() == bytes[bytes.len() - 10..]);
 
-    let res = http
-        .get(server.url("tiny.mp4"))
-        .header("Range", format!("bytes={}-", bytes.len()))
-        .send()
-        .await
-        .unwrap();
+    let res = get_range(
+        &http,
+        server.url("tiny.mp4"),
+        &format!("bytes={}-", bytes.len()),
+    )
+    .await;
     assert_eq!(res.status().as_u16(), 416);
 
     let recorded = server.requests_to("tiny.mp4");
@@ -630,38 +605,10 @@ async fn media_server_range_requests_return_the_slice() {
 #[tokio::test]
 async fn media_server_404_routes() {
     let server = MediaServer::fixtures().await;
-    assert_eq!(
-        reqwest::get(server.url("404"))
-            .await
-            .unwrap()
-            .status()
-            .as_u16(),
-        404
-    );
-    assert_eq!(
-        reqwest::get(server.url("missing.mp4"))
-            .await
-            .unwrap()
-            .status()
-            .as_u16(),
-        404
-    );
-    assert_eq!(
-        reqwest::get(server.url("../Cargo.toml"))
-            .await
-            .unwrap()
-            .status()
-            .as_u16(),
-        404
-    );
-    assert_eq!(
-        reqwest::get(server.url("status/403"))
-            .await
-            .unwrap()
-            .status()
-            .as_u16(),
-        403
-    );
+    assert_eq!(status_of(server.url("404")).await, 404);
+    assert_eq!(status_of(server.url("missing.mp4")).await, 404);
+    assert_eq!(status_of(server.url("../Cargo.toml")).await, 404);
+    assert_eq!(status_of(server.url("status/403")).await, 403);
     let res = reqwest::get(server.url("redirect/tiny.m4a")).await.unwrap();
     assert_eq!(res.status().as_u16(), 200, "redirect followed");
     assert!(res.bytes().await.unwrap() == fixture_bytes("tiny.m4a"));
@@ -711,12 +658,12 @@ async fn media_server_hold_and_drop_routes() {
     assert!(!first.complete);
     let resume_at = first.bytes_sent;
     assert_eq!(resume_at as usize, bytes.len() / 2);
-    let res = reqwest::Client::new()
-        .get(server.url("drop/tiny.mp4"))
-        .header("Range", format!("bytes={resume_at}-"))
-        .send()
-        .await
-        .unwrap();
+    let res = get_range(
+        &reqwest::Client::new(),
+        server.url("drop/tiny.mp4"),
+        &format!("bytes={resume_at}-"),
+    )
+    .await;
     assert_eq!(res.status().as_u16(), 206);
     assert!(res.bytes().await.unwrap() == bytes[resume_at as usize..]);
     let resumed = server.requests_to("drop/tiny.mp4").remove(1);
@@ -732,14 +679,7 @@ async fn media_server_pages_list_media() {
     let html = res.text().await.unwrap();
     assert!(html.contains("<video controls src=\"/tiny.mp4\">"));
     assert!(html.contains("<video controls src=\"/slow/tiny.mp4\">"));
-    assert_eq!(
-        reqwest::get(server.url("page/none"))
-            .await
-            .unwrap()
-            .status()
-            .as_u16(),
-        404
-    );
+    assert_eq!(status_of(server.url("page/none")).await, 404);
 }
 
 // ---- media server against the real yt-dlp ----
@@ -762,34 +702,30 @@ async fn ytdlp(dir: &std::path::Path, extra: &[&str], url: &str) -> (bool, Strin
     )
 }
 
+/// Downloads `url` with yt-dlp (`extra` options, then `--print after_move:filepath`), asserts it
+/// succeeded and returns the bytes of the file it printed.
+async fn ytdlp_fetch(dir: &std::path::Path, extra: &[&str], url: &str) -> Vec<u8> {
+    let args = [extra, &["--print", "after_move:filepath"]].concat();
+    let (ok, stdout, stderr) = ytdlp(dir, &args, url).await;
+    assert!(ok, "yt-dlp failed: {stderr}");
+    let path = stdout.lines().last().expect("printed file path");
+    std::fs::read(path).unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn ytdlp_downloads_fixture_media_byte_identical() {
     let server = MediaServer::fixtures().await;
     let dir = tempfile::tempdir().unwrap();
-    let (ok, stdout, stderr) = ytdlp(
-        dir.path(),
-        &["--no-playlist", "--print", "after_move:filepath"],
-        &server.url("tiny.mp4"),
-    )
-    .await;
-    assert!(ok, "yt-dlp failed: {stderr}");
-    let path = stdout.lines().last().expect("printed file path");
-    assert!(std::fs::read(path).unwrap() == fixture_bytes("tiny.mp4"));
+    let got = ytdlp_fetch(dir.path(), &["--no-playlist"], &server.url("tiny.mp4")).await;
+    assert!(got == fixture_bytes("tiny.mp4"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn ytdlp_resumes_a_cut_download_with_a_range_request() {
     let server = MediaServer::fixtures().await;
     let dir = tempfile::tempdir().unwrap();
-    let (ok, stdout, stderr) = ytdlp(
-        dir.path(),
-        &["--no-playlist", "--print", "after_move:filepath"],
-        &server.url("drop/clip.mp4"),
-    )
-    .await;
-    assert!(ok, "yt-dlp failed: {stderr}");
-    let path = stdout.lines().last().expect("printed file path");
-    assert!(std::fs::read(path).unwrap() == fixture_bytes("clip.mp4"));
+    let got = ytdlp_fetch(dir.path(), &["--no-playlist"], &server.url("drop/clip.mp4")).await;
+    assert!(got == fixture_bytes("clip.mp4"));
     let requests = server.requests_to("drop/clip.mp4");
     assert!(
         requests
@@ -804,15 +740,8 @@ async fn ytdlp_fetches_unknown_binaries_and_refuses_pages_without_media_and_404(
     let server = MediaServer::fixtures().await;
     let dir = tempfile::tempdir().unwrap();
     // A binary that is not HTML is taken as a direct link: the bot's document fallback case.
-    let (ok, stdout, stderr) = ytdlp(
-        dir.path(),
-        &["--print", "after_move:filepath"],
-        &server.url("blob.bin"),
-    )
-    .await;
-    assert!(ok, "yt-dlp failed: {stderr}");
-    let path = stdout.lines().last().expect("printed file path");
-    assert!(std::fs::read(path).unwrap() == fixture_bytes("blob.bin"));
+    let got = ytdlp_fetch(dir.path(), &[], &server.url("blob.bin")).await;
+    assert!(got == fixture_bytes("blob.bin"));
 
     let (ok, _, stderr) = ytdlp(dir.path(), &[], &server.url("nomedia.html")).await;
     assert!(!ok);

@@ -7,8 +7,8 @@ mod support;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use support::bot::{media, TestBot, ADMIN};
-use support::fake_telegram::FakeTelegram;
+use support::bot::{media, wait_for_text, TestBot, ADMIN};
+use support::fake_telegram::{FakeTelegram, SentMessage};
 use tgdl::botapi::pacer::PacerConfig;
 use tgdl::botapi::Api;
 use tgdl::config::Config;
@@ -47,6 +47,27 @@ fn normal() -> SystemSample {
     }
 }
 
+/// `user` sends `text` in their private chat; waits until one of the bot's
+/// messages there satisfies `answered` and returns the bot's messages.
+async fn ask(
+    api: &FakeTelegram,
+    user: i64,
+    text: &str,
+    answered: impl Fn(&str) -> bool,
+) -> Vec<SentMessage> {
+    api.push_text(user, user as u64, text, None);
+    wait_for_text(api, user, answered, T).await
+}
+
+fn core_for(api: &FakeTelegram, dir: &std::path::Path, extra: &str) -> Arc<JobService> {
+    let config: Config = support::bot::test_config(dir, api, extra);
+    std::fs::create_dir_all(config.downloads_dir()).unwrap();
+    let store: Arc<dyn JobStore> = Arc::new(SledStore::open(&config.db_dir()).unwrap());
+    Arc::new(JobService::new(Arc::new(config), store, None))
+}
+
+/// A health monitor over `core` that samples `machine` and alerts through the
+/// fake Bot API, and the state it records its samples in.
 /// The fake's Bot API behind the bot's pacer, as the running bot has it.
 fn paced(api: &FakeTelegram) -> Api {
     Api::new(
@@ -57,11 +78,19 @@ fn paced(api: &FakeTelegram) -> Api {
     )
 }
 
-fn core_for(api: &FakeTelegram, dir: &std::path::Path, extra: &str) -> Arc<JobService> {
-    let config: Config = support::bot::test_config(dir, api, extra);
-    std::fs::create_dir_all(config.downloads_dir()).unwrap();
-    let store: Arc<dyn JobStore> = Arc::new(SledStore::open(&config.db_dir()).unwrap());
-    Arc::new(JobService::new(Arc::new(config), store, None))
+fn monitor_for(
+    core: &Arc<JobService>,
+    api: &FakeTelegram,
+    machine: &Scripted,
+) -> (Monitor, Arc<HealthState>) {
+    let health = Arc::new(HealthState::default());
+    let monitor = Monitor::new(
+        core.clone(),
+        health.clone(),
+        Some(paced(api)),
+        Box::new(machine.clone()),
+    );
+    (monitor, health)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -74,13 +103,7 @@ async fn a_condition_alerts_the_admin_once_per_cooldown_then_resolves() {
         "[health]\nalert_cooldown_secs = 3600\nmemory_percent_warning = 50",
     );
     let machine = Scripted(Arc::new(Mutex::new(normal())));
-    let health = Arc::new(HealthState::default());
-    let mut monitor = Monitor::new(
-        core.clone(),
-        health.clone(),
-        Some(paced(&api)),
-        Box::new(machine.clone()),
-    );
+    let (mut monitor, _) = monitor_for(&core, &api, &machine);
 
     assert!(
         monitor.tick().await.unwrap().alerts.is_empty(),
@@ -126,13 +149,7 @@ async fn an_alert_that_cannot_be_delivered_stops_nothing() {
         memory_percent: 95.0,
         ..normal()
     })));
-    let health = Arc::new(HealthState::default());
-    let mut monitor = Monitor::new(
-        core.clone(),
-        health.clone(),
-        Some(paced(&api)),
-        Box::new(machine),
-    );
+    let (mut monitor, health) = monitor_for(&core, &api, &machine);
     api.fail_next("sendMessage", support::fake_telegram::Failure::Forbidden);
     let tick = monitor.tick().await.expect("the tick completes");
     assert_eq!(tick.alerts.len(), 1);
@@ -146,13 +163,7 @@ async fn the_disk_guard_pauses_claiming_tells_users_and_resumes() {
     let dir = tempfile::tempdir().unwrap();
     let core = core_for(&api, dir.path(), "");
     let machine = Scripted(Arc::new(Mutex::new(normal())));
-    let health = Arc::new(HealthState::default());
-    let mut monitor = Monitor::new(
-        core.clone(),
-        health.clone(),
-        Some(paced(&api)),
-        Box::new(machine.clone()),
-    );
+    let (mut monitor, _) = monitor_for(&core, &api, &machine);
     let pipeline = Pipeline {
         jobs: core.clone(),
         api: paced(&api),
@@ -197,19 +208,7 @@ async fn the_disk_guard_pauses_claiming_tells_users_and_resumes() {
         core.store.get(job.id).unwrap().unwrap().state,
         JobState::Queued
     );
-    let msgs = api
-        .wait_for_messages(
-            77,
-            |m| {
-                m.iter().any(|m| {
-                    m.text
-                        .as_deref()
-                        .is_some_and(|t| t.contains("low on disk space"))
-                })
-            },
-            T,
-        )
-        .await;
+    let msgs = wait_for_text(&api, 77, |t| t.contains("low on disk space"), T).await;
     assert!(!msgs.is_empty());
     // Still low: still paused, and no job failed for it.
     monitor.tick().await.unwrap();
@@ -232,17 +231,7 @@ async fn admin_commands_work_and_refuse_non_admins() {
     let _bot = TestBot::start(&api, "").await;
     let user = 4242i64;
     // A job that fails (404), for /jobs failed, /job and /retry.
-    api.push_text(user, user as u64, &media.url("/404"), None);
-    let failed = api
-        .wait_for_messages(
-            user,
-            |m| {
-                m.iter()
-                    .any(|m| m.text.as_deref().is_some_and(|t| t.contains("failed")))
-            },
-            T,
-        )
-        .await;
+    let failed = ask(&api, user, &media.url("/404"), |t| t.contains("failed")).await;
     let short = failed
         .iter()
         .find_map(|m| {
@@ -254,30 +243,14 @@ async fn admin_commands_work_and_refuse_non_admins() {
         .expect("a short id");
 
     // Non-admins: /health is refused.
-    api.push_text(user, user as u64, "/health", None);
-    api.wait_for_messages(
-        user,
-        |m| {
-            m.iter()
-                .any(|m| m.text.as_deref() == Some("This command is for the bot's admins only."))
-        },
-        T,
-    )
+    ask(&api, user, "/health", |t| {
+        t == "This command is for the bot's admins only."
+    })
     .await;
 
     // Admin /health: status line and figures.
     let admin = ADMIN as i64;
-    api.push_text(admin, ADMIN, "/health", None);
-    let m = api
-        .wait_for_messages(
-            admin,
-            |m| {
-                m.iter()
-                    .any(|m| m.text.as_deref().is_some_and(|t| t.contains("tgdl is")))
-            },
-            T,
-        )
-        .await;
+    let m = ask(&api, admin, "/health", |t| t.contains("tgdl is")).await;
     let health = m
         .iter()
         .filter_map(|m| m.text.clone())
@@ -294,70 +267,28 @@ async fn admin_commands_work_and_refuse_non_admins() {
         assert!(health.contains(needle), "{needle} in {health}");
     }
     // Admin /jobs: counts per state; /jobs failed: the failure with its reason.
-    api.push_text(admin, ADMIN, "/jobs", None);
-    api.wait_for_messages(
-        admin,
-        |m| {
-            m.iter().any(|m| {
-                m.text
-                    .as_deref()
-                    .is_some_and(|t| t.starts_with("jobs:") && t.contains("1 failed"))
-            })
-        },
-        T,
-    )
+    ask(&api, admin, "/jobs", |t| {
+        t.starts_with("jobs:") && t.contains("1 failed")
+    })
     .await;
-    api.push_text(admin, ADMIN, "/jobs failed", None);
-    api.wait_for_messages(
-        admin,
-        |m| {
-            m.iter().any(|m| {
-                m.text.as_deref().is_some_and(|t| {
-                    t.contains("recent failures") && t.contains(&short) && t.contains("http_404")
-                })
-            })
-        },
-        T,
-    )
+    ask(&api, admin, "/jobs failed", |t| {
+        t.contains("recent failures") && t.contains(&short) && t.contains("http_404")
+    })
     .await;
     // Admin /job on another user's job shows its history.
-    api.push_text(admin, ADMIN, &format!("/job {short}"), None);
-    api.wait_for_messages(
-        admin,
-        |m| {
-            m.iter().any(|m| {
-                m.text
-                    .as_deref()
-                    .is_some_and(|t| t.contains("history:") && t.contains("failed"))
-            })
-        },
-        T,
-    )
+    ask(&api, admin, &format!("/job {short}"), |t| {
+        t.contains("history:") && t.contains("failed")
+    })
     .await;
     // Admin /retry on another user's failed job requeues it.
-    api.push_text(admin, ADMIN, &format!("/retry {short}"), None);
-    api.wait_for_messages(
-        admin,
-        |m| {
-            m.iter().any(|m| {
-                m.text
-                    .as_deref()
-                    .is_some_and(|t| t.contains("queued again"))
-            })
-        },
-        T,
-    )
+    ask(&api, admin, &format!("/retry {short}"), |t| {
+        t.contains("queued again")
+    })
     .await;
     // A non-owner, non-admin cannot touch it.
-    api.push_text(5555, 5555, &format!("/cancel {short}"), None);
-    api.wait_for_messages(
-        5555,
-        |m| {
-            m.iter()
-                .any(|m| m.text.as_deref().is_some_and(|t| t.contains("not yours")))
-        },
-        T,
-    )
+    ask(&api, 5555, &format!("/cancel {short}"), |t| {
+        t.contains("not yours")
+    })
     .await;
 }
 

@@ -16,37 +16,26 @@ use std::path::Path;
 use std::time::Duration;
 
 use rand::Rng;
-use support::binary::{processes_mentioning, write_config, BotProcess};
+use support::binary::{processes_mentioning, BinaryTest};
 use support::fake_telegram::FakeTelegram;
 use support::fixture_bytes;
-use support::media_server::MediaServer;
+use support::fs::files_under;
 use tgdl::job::JobState;
 use tgdl::store::{JobStore, SledStore};
 
-fn config_text(dir: &Path, api: &str) -> String {
-    format!(
-        r#"[telegram]
-token = "123456:TEST-token"
-api_url = "{api}"
+/// What kill9 sets on top of `binary_config`: two workers, retry budgets and
+/// per-user limits wide enough for many kills and 16 links, one-second
+/// progress edits, 5 s leases.
+const SETTINGS: &str = "[telegram]
 progress_interval_secs = 1
-choice_wait_secs = 0
-[storage]
-data_dir = "{}"
 [downloader]
 concurrency = 2
-retry_base_secs = 1
 max_attempts = 10
 max_rescues = 100
 lease_secs = 5
 [limits]
 per_user_active = 100
-per_user_per_hour = 1000
-[security]
-allow_private_networks = true
-"#,
-        dir.join("data").display()
-    )
-}
+per_user_per_hour = 1000";
 
 #[derive(Default, Debug)]
 struct Stats {
@@ -61,13 +50,10 @@ struct Stats {
 }
 
 async fn run(cycles: usize) -> Stats {
-    let api = FakeTelegram::start().await;
-    let media = MediaServer::fixtures().await;
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(dir.path(), &config_text(dir.path(), &api.url_string()));
-    let log = dir.path().join("bot.log");
-    let db = dir.path().join("data/db");
-    let data = dir.path().join("data").display().to_string();
+    let t = BinaryTest::start(SETTINGS).await;
+    let (api, media) = (&t.api, &t.media);
+    let db = t.dir.path().join("data/db");
+    let data = t.dir.path().join("data").display().to_string();
     let mut rng = rand::rng();
 
     // 4 users x 4 links, alternating slow and quick media; each link is
@@ -94,7 +80,7 @@ async fn run(cycles: usize) -> Stats {
     let mut stats = Stats::default();
 
     for cycle in 0..cycles {
-        let mut bot = BotProcess::start(&cfg, &log);
+        let mut bot = t.start_bot();
         match cycle % 4 {
             // During enqueue: links arrive and the kill follows at once.
             0 if !pending.is_empty() => {
@@ -127,7 +113,7 @@ async fn run(cycles: usize) -> Stats {
                 let _ = gate.wait_arrived(1, Duration::from_secs(8)).await;
                 bot.kill9();
                 gate.release();
-                after_kill(&api, &db, &mut stats, &mut window_seen);
+                after_kill(api, &db, &mut stats, &mut window_seen);
                 stats.cycles += 1;
                 continue;
             }
@@ -137,7 +123,7 @@ async fn run(cycles: usize) -> Stats {
             }
         }
         bot.kill9();
-        after_kill(&api, &db, &mut stats, &mut window_seen);
+        after_kill(api, &db, &mut stats, &mut window_seen);
         stats.cycles += 1;
     }
 
@@ -148,7 +134,7 @@ async fn run(cycles: usize) -> Stats {
     }
     api.clear_failures();
     let polls_before = api.count("getUpdates");
-    let mut bot = BotProcess::start(&cfg, &log);
+    let bot = t.start_bot();
     // Serving before anything else: a SIGTERM that arrives before the bot
     // has installed its handler would just terminate it (exit by signal),
     // which is not the shutdown this test checks.
@@ -189,17 +175,11 @@ async fn run(cycles: usize) -> Stats {
             Duration::from_secs(60),
         )
         .await;
-    bot.sigterm();
-    let status = tokio::task::spawn_blocking(move || {
-        let s = bot.wait_timeout(Duration::from_secs(10));
-        (s, bot)
-    })
-    .await
-    .unwrap();
+    let (status, bot) = bot.sigterm_and_wait(Duration::from_secs(10)).await;
     assert!(
-        status.0.is_some_and(|s| s.success()),
+        status.is_some_and(|s| s.success()),
         "clean exit; log tail:\n{}",
-        tail(&status.1.log_text())
+        tail(&bot.log_text())
     );
     assert!(
         processes_mentioning(&data).is_empty(),
@@ -231,7 +211,7 @@ async fn run(cycles: usize) -> Stats {
         "every file delivered at least once"
     );
     let duplicates: usize = deliveries.values().map(|n| n - 1).sum();
-    let leftovers = walk(&dir.path().join("data/downloads"));
+    let leftovers = files_under(&t.dir.path().join("data/downloads"));
     println!(
         "kill9: cycles {} | jobs {} | lost 0 | duplicates {} | kills in delivery window {} | orphan files {} | kills: enqueue {}, with download {}, with upload {}, with cleaning {}",
         stats.cycles,
@@ -292,19 +272,6 @@ fn after_kill(
             stats.kills_in_delivery_window += 1;
         }
     }
-}
-
-fn walk(p: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(rd) = std::fs::read_dir(p) {
-        for e in rd.flatten() {
-            out.push(e.path());
-            if e.path().is_dir() {
-                out.extend(walk(&e.path()));
-            }
-        }
-    }
-    out
 }
 
 fn tail(s: &str) -> String {

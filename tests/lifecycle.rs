@@ -5,11 +5,13 @@
 mod support;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
-use support::binary::{processes_left, processes_mentioning, write_config, BotProcess};
-use support::fake_telegram::FakeTelegram;
+use support::binary::{
+    binary_config, processes_left, processes_mentioning, run_tgdl, write_config, BinaryTest,
+    BotProcess,
+};
+use support::fs::files_under;
 use support::media_server::MediaServer;
 use support::{fixture_bytes, free_port};
 use tgdl::job::JobState;
@@ -17,25 +19,13 @@ use tgdl::store::{JobStore, SledStore};
 
 const T: Duration = Duration::from_secs(60);
 
-fn config_text(dir: &Path, api: &str, extra: &str) -> String {
-    format!(
-        r#"[telegram]
-token = "123456:TEST-token"
-api_url = "{api}"
+/// What these tests set on top of [`binary_config`]: an admin, one-second
+/// progress edits, 5 s leases.
+const SETTINGS: &str = "[telegram]
 admins = [9000]
 progress_interval_secs = 1
-choice_wait_secs = 0
-[storage]
-data_dir = "{}"
 [downloader]
-retry_base_secs = 1
-lease_secs = 5
-[security]
-allow_private_networks = true
-{extra}"#,
-        dir.join("data").display()
-    )
-}
+lease_secs = 5";
 
 /// A slow link to clip.mp4 (about 170 KB): 16 KB at once, then 2 KB every
 /// 50 ms, so a download is in progress for several seconds.
@@ -62,7 +52,7 @@ async fn wait_for_download(media: &MediaServer, downloads: &Path) {
     // file the download is writing.
     let deadline = std::time::Instant::now() + T;
     loop {
-        let part = walk(downloads).into_iter().any(|p| {
+        let part = files_under(downloads).into_iter().any(|p| {
             p.to_string_lossy().ends_with(".part")
                 && std::fs::metadata(&p).map(|m| m.len() > 0).unwrap_or(false)
         });
@@ -77,41 +67,25 @@ async fn wait_for_download(media: &MediaServer, downloads: &Path) {
     }
 }
 
-fn walk(p: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(rd) = std::fs::read_dir(p) {
-        for e in rd.flatten() {
-            let path = e.path();
-            if path.is_dir() {
-                out.extend(walk(&path));
-            }
-            out.push(path);
-        }
-    }
-    out
+/// The real bot on a fresh data folder, caught while yt-dlp is writing the
+/// slow link user 1001 sent.
+async fn bot_mid_download() -> (BinaryTest, BotProcess) {
+    let t = BinaryTest::start(SETTINGS).await;
+    let bot = t.start_bot();
+    t.api.push_text(1001, 1001, &slow_link(&t.media), None);
+    wait_for_download(&t.media, &t.dir.path().join("data/downloads")).await;
+    (t, bot)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_stops_downloads_requeues_without_an_attempt_and_exits_0() {
-    let api = FakeTelegram::start().await;
-    let media = MediaServer::fixtures().await;
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(dir.path(), &config_text(dir.path(), &api.url_string(), ""));
-    let mut bot = BotProcess::start(&cfg, &dir.path().join("bot.log"));
-    api.push_text(1001, 1001, &slow_link(&media), None);
-    wait_for_download(&media, &dir.path().join("data/downloads")).await;
-    let data = dir.path().join("data").display().to_string();
+    let (t, bot) = bot_mid_download().await;
+    let dir = t.dir.path();
+    let data = dir.join("data").display().to_string();
     assert!(!processes_mentioning(&data).is_empty(), "yt-dlp is running");
 
     let started = std::time::Instant::now();
-    bot.sigterm();
-    let status = tokio::task::spawn_blocking(move || {
-        let s = bot.wait_timeout(Duration::from_secs(5));
-        (s, bot)
-    })
-    .await
-    .unwrap();
-    let (status, bot) = status;
+    let (status, bot) = bot.sigterm_and_wait(Duration::from_secs(5)).await;
     let status = status.unwrap_or_else(|| panic!("no exit within 5 s; log:\n{}", bot.log_text()));
     assert!(
         status.success(),
@@ -125,37 +99,29 @@ async fn sigterm_stops_downloads_requeues_without_an_attempt_and_exits_0() {
         processes_mentioning(&data)
     );
 
-    let store = SledStore::open(&dir.path().join("data/db")).unwrap();
+    let store = SledStore::open(&dir.join("data/db")).unwrap();
     let queued = store.list_state(JobState::Queued, 10).unwrap();
     assert_eq!(queued.len(), 1, "the job is back in the queue");
     assert_eq!(queued[0].attempts, 0, "shutdown is not an attempt");
     assert!(store.in_flight().unwrap().is_empty());
     // The partial file stays for resume.
     let job_dir = dir
-        .path()
         .join("data/downloads")
         .join(queued[0].id.0.hyphenated().to_string());
     assert!(
         job_dir.exists(),
         "partial download kept; downloads: {:?}; log:\n{}",
-        std::fs::read_dir(dir.path().join("data/downloads"))
+        std::fs::read_dir(dir.join("data/downloads"))
             .map(|r| r.flatten().map(|e| e.path()).collect::<Vec<_>>()),
-        std::fs::read_to_string(dir.path().join("bot.log")).unwrap_or_default()
+        std::fs::read_to_string(dir.join("bot.log")).unwrap_or_default()
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn after_sigkill_the_download_resumes_over_range_and_completes() {
-    let api = FakeTelegram::start().await;
-    let media = MediaServer::fixtures().await;
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(dir.path(), &config_text(dir.path(), &api.url_string(), ""));
-    let log = dir.path().join("bot.log");
-    let mut bot = BotProcess::start(&cfg, &log);
-    api.push_text(1001, 1001, &slow_link(&media), None);
-    wait_for_download(&media, &dir.path().join("data/downloads")).await;
+    let (t, mut bot) = bot_mid_download().await;
     bot.kill9();
-    let data = dir.path().join("data").display().to_string();
+    let data = t.dir.path().join("data").display().to_string();
     // PDEATHSIG is delivered as the bot dies; yt-dlp is gone a moment later.
     let left = processes_left(&data, Duration::from_secs(5));
     assert!(
@@ -163,13 +129,14 @@ async fn after_sigkill_the_download_resumes_over_range_and_completes() {
         "PDEATHSIG took yt-dlp down with the bot: {left:?}"
     );
 
-    let mut bot = BotProcess::start(&cfg, &log);
-    let calls = api.wait_for_calls("sendVideo", 1, T).await;
+    let bot = t.start_bot();
+    let calls = t.api.wait_for_calls("sendVideo", 1, T).await;
     assert_eq!(
         calls[0].file("video").unwrap().bytes,
         fixture_bytes("clip.mp4")
     );
-    let resumed = media
+    let resumed = t
+        .media
         .requests_to("/slow/clip.mp4")
         .iter()
         .filter_map(|r| r.range_start())
@@ -177,39 +144,24 @@ async fn after_sigkill_the_download_resumes_over_range_and_completes() {
     assert!(
         resumed,
         "a Range request past zero after the restart: {:?}",
-        media.requests_to("/slow/clip.mp4")
+        t.media.requests_to("/slow/clip.mp4")
     );
-    bot.sigterm();
-    tokio::task::spawn_blocking(move || bot.wait_timeout(Duration::from_secs(10)))
+    bot.sigterm_and_wait(Duration::from_secs(10))
         .await
-        .unwrap()
+        .0
         .expect("exits");
-    let store = SledStore::open(&dir.path().join("data/db")).unwrap();
+    let store = SledStore::open(&t.dir.path().join("data/db")).unwrap();
     let done = store.list_state(JobState::Done, 10).unwrap();
     assert_eq!(done.len(), 1);
     assert_eq!(done[0].rescues, 1, "the crash counted as a rescue");
     assert_eq!(done[0].attempts, 0, "not as an attempt");
 }
 
-fn tgdl(args: &[&str], cfg: &Path) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_tgdl"))
-        .args(args)
-        .arg("--config")
-        .arg(cfg)
-        .output()
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn recover_dry_run_reports_and_changes_nothing() {
-    let api = FakeTelegram::start().await;
-    let media = MediaServer::fixtures().await;
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(dir.path(), &config_text(dir.path(), &api.url_string(), ""));
-    let mut bot = BotProcess::start(&cfg, &dir.path().join("bot.log"));
-    api.push_text(1001, 1001, &slow_link(&media), None);
-    wait_for_download(&media, &dir.path().join("data/downloads")).await;
+    let (t, mut bot) = bot_mid_download().await;
     bot.kill9();
+    let (dir, cfg) = (&t.dir, &t.cfg);
     // An orphan file no job owns.
     std::fs::write(dir.path().join("data/downloads/stray.part"), b"junk").unwrap();
 
@@ -218,7 +170,7 @@ async fn recover_dry_run_reports_and_changes_nothing() {
         .in_flight()
         .unwrap();
     assert_eq!(before.len(), 1);
-    let out = tgdl(&["recover", "--dry-run"], &cfg);
+    let out = run_tgdl(&["recover", "--dry-run"], cfg);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -238,7 +190,7 @@ async fn recover_dry_run_reports_and_changes_nothing() {
     drop(store);
 
     // The real pass does what the dry run said.
-    let out = tgdl(&["recover"], &cfg);
+    let out = run_tgdl(&["recover"], cfg);
     assert!(out.status.success());
     let store = SledStore::open(&dir.path().join("data/db")).unwrap();
     assert!(store.in_flight().unwrap().is_empty());
@@ -254,7 +206,7 @@ fn a_database_that_cannot_be_opened_is_one_line_and_exit_1() {
     let port = free_port();
     let cfg = write_config(
         dir.path(),
-        &config_text(dir.path(), &format!("http://127.0.0.1:{port}"), ""),
+        &binary_config(dir.path(), &format!("http://127.0.0.1:{port}"), SETTINGS),
     );
     let db = dir.path().join("data/db");
     std::fs::create_dir_all(&db).unwrap();
@@ -263,7 +215,7 @@ fn a_database_that_cannot_be_opened_is_one_line_and_exit_1() {
     std::fs::write(db.join("db"), vec![0xAB; 4096]).unwrap();
     let before: Vec<u8> = std::fs::read(db.join("db")).unwrap();
     for args in [&["run"][..], &["jobs"][..]] {
-        let out = tgdl(args, &cfg);
+        let out = run_tgdl(args, &cfg);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
         assert_eq!(err.trim().lines().count(), 1, "{args:?}: one line: {err}");

@@ -1,6 +1,9 @@
 //! The sled store on a real database in a temp dir: transitions, conflicts,
 //! limits, fair claiming, counters, cache, retention and quarantine.
 
+mod support;
+
+use support::binary::{run_tgdl, write_config};
 use tgdl::job::{
     Delivery, ErrorClass, Job, JobError, JobId, JobOptions, JobState, MediaKind, NewJob,
 };
@@ -458,13 +461,11 @@ fn a_second_process_sees_the_database_as_locked() {
     let (dir, _store) = open();
     // sled's lock is per process; a child process must be refused. The
     // binary's `jobs` command is such a process.
-    let cfg = dir.path().join("config.toml");
-    std::fs::write(&cfg, format!("[storage]\ndata_dir = {:?}\n", dir.path())).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tgdl"))
-        .args(["jobs", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
+    let cfg = write_config(
+        dir.path(),
+        &format!("[storage]\ndata_dir = {:?}\n", dir.path()),
+    );
+    let out = run_tgdl(&["jobs"], &cfg);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("the bot is running"), "{err}");

@@ -5,10 +5,14 @@
 //! committed. yt-dlp's generic extractor handles direct media links, which is
 //! all these tests need.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use support::binary::processes_mentioning;
+use support::free_port;
 use tgdl::download::{
     run_ytdlp, ytdlp_version, DownloadError, DownloadFailure, Progress, Reason, Want, YtDlpArgs,
 };
@@ -55,6 +59,13 @@ struct Seen {
 struct MediaServer {
     base: String,
     seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl MediaServer {
+    /// The link to `path` (starting with `/`) on this server.
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
 }
 
 /// Routes:
@@ -173,6 +184,13 @@ async fn handle(
     Ok(())
 }
 
+/// A fresh clip (see [`make_clip`]) made in `tmp` and a server serving it.
+async fn serve_clip(tmp: &Path) -> (Vec<u8>, MediaServer) {
+    let media = make_clip(tmp);
+    let server = serve(media.clone()).await;
+    (media, server)
+}
+
 /// The start of `bytes=START-` or `bytes=START-END` (the end is ignored:
 /// yt-dlp asks for open-ended ranges when resuming).
 fn parse_range_start(value: &str) -> Option<usize> {
@@ -180,8 +198,11 @@ fn parse_range_start(value: &str) -> Option<usize> {
     spec.split_once('-')?.0.trim().parse().ok()
 }
 
-fn ytdlp_args(downloads: &Path, url: String, want: Want) -> YtDlpArgs {
-    let mut a = YtDlpArgs::new("yt-dlp", url, downloads, Uuid::now_v7(), want);
+/// Arguments for a job downloading `url` into `tmp/downloads`: ffmpeg
+/// available, a 50 MiB upload limit.
+fn ytdlp_args(tmp: &Path, url: String, want: Want) -> YtDlpArgs {
+    let downloads = tmp.join("downloads");
+    let mut a = YtDlpArgs::new("yt-dlp", url, &downloads, Uuid::now_v7(), want);
     a.has_ffmpeg = true;
     a.upload_limit = Some(50 * 1024 * 1024);
     a
@@ -203,10 +224,10 @@ async fn run(
     (res, seen)
 }
 
-fn failure(
-    res: Result<tgdl::download::DownloadOutput, DownloadError>,
-) -> (DownloadFailure, String) {
-    match res {
+/// Runs `a`, which must fail with a classified failure; returns it and the
+/// error line.
+async fn failure_of(a: &YtDlpArgs) -> (DownloadFailure, String) {
+    match run(a).await.0 {
         Err(DownloadError::Failed(f, line)) => (f, line),
         other => panic!("expected a classified failure, got {other:?}"),
     }
@@ -215,19 +236,10 @@ fn failure(
 /// Pids of live processes whose command line mentions `needle` (the job's
 /// unique output folder), i.e. the yt-dlp of that job and its children.
 fn pids_mentioning(needle: &str) -> Vec<i32> {
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        if String::from_utf8_lossy(&cmdline).contains(needle) {
-            pids.push(pid);
-        }
-    }
-    pids
+    processes_mentioning(needle)
+        .into_iter()
+        .map(|(pid, _)| pid)
+        .collect()
 }
 
 fn alive(pid: i32) -> bool {
@@ -252,14 +264,8 @@ async fn version_is_reported() {
 #[tokio::test]
 async fn video_is_downloaded_byte_identical_with_progress() {
     let tmp = tempfile::tempdir().unwrap();
-    let media = make_clip(tmp.path());
-    let server = serve(media.clone()).await;
-    let downloads = tmp.path().join("downloads");
-    let mut a = ytdlp_args(
-        &downloads,
-        format!("{}/media/clip.mp4", server.base),
-        Want::Video,
-    );
+    let (media, server) = serve_clip(tmp.path()).await;
+    let mut a = ytdlp_args(tmp.path(), server.url("/media/clip.mp4"), Want::Video);
     a.max_height = Some(720);
 
     let (res, progress) = run(&a).await;
@@ -286,12 +292,8 @@ async fn video_is_downloaded_byte_identical_with_progress() {
 #[tokio::test]
 async fn audio_is_extracted_to_mp3() {
     let tmp = tempfile::tempdir().unwrap();
-    let server = serve(make_clip(tmp.path())).await;
-    let a = ytdlp_args(
-        &tmp.path().join("downloads"),
-        format!("{}/media/clip.mp4", server.base),
-        Want::Audio,
-    );
+    let (_, server) = serve_clip(tmp.path()).await;
+    let a = ytdlp_args(tmp.path(), server.url("/media/clip.mp4"), Want::Audio);
     let (res, _) = run(&a).await;
     let out = res.expect("audio download should succeed");
     assert_eq!(out.ext.as_deref(), Some("mp3"));
@@ -308,12 +310,8 @@ async fn audio_is_extracted_to_mp3() {
 async fn missing_media_is_a_permanent_404() {
     let tmp = tempfile::tempdir().unwrap();
     let server = serve(Vec::new()).await;
-    let a = ytdlp_args(
-        &tmp.path().join("downloads"),
-        format!("{}/nope/missing.mp4", server.base),
-        Want::Video,
-    );
-    let (f, line) = failure(run(&a).await.0);
+    let a = ytdlp_args(tmp.path(), server.url("/nope/missing.mp4"), Want::Video);
+    let (f, line) = failure_of(&a).await;
     assert_eq!(f, DownloadFailure::Permanent(Reason::Http404), "{line}");
     assert!(line.starts_with("ERROR:"), "{line}");
 }
@@ -322,12 +320,8 @@ async fn missing_media_is_a_permanent_404() {
 async fn a_page_without_media_is_unsupported() {
     let tmp = tempfile::tempdir().unwrap();
     let server = serve(Vec::new()).await;
-    let a = ytdlp_args(
-        &tmp.path().join("downloads"),
-        format!("{}/page.html", server.base),
-        Want::Video,
-    );
-    let (f, line) = failure(run(&a).await.0);
+    let a = ytdlp_args(tmp.path(), server.url("/page.html"), Want::Video);
+    let (f, line) = failure_of(&a).await;
     assert_eq!(
         f,
         DownloadFailure::Permanent(Reason::UnsupportedUrl),
@@ -339,16 +333,13 @@ async fn a_page_without_media_is_unsupported() {
 async fn connection_refused_is_a_retryable_network_error() {
     let tmp = tempfile::tempdir().unwrap();
     // A port that was just free: bind, note it, close it.
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = free_port();
     let a = ytdlp_args(
-        &tmp.path().join("downloads"),
+        tmp.path(),
         format!("http://127.0.0.1:{port}/clip.mp4"),
         Want::Video,
     );
-    let (f, line) = failure(run(&a).await.0);
+    let (f, line) = failure_of(&a).await;
     assert_eq!(f, DownloadFailure::Retryable(Reason::Network), "{line}");
 }
 
@@ -357,11 +348,11 @@ async fn option_looking_link_is_not_an_option() {
     let tmp = tempfile::tempdir().unwrap();
     let marker = tmp.path().join("pwned");
     let a = ytdlp_args(
-        &tmp.path().join("downloads"),
+        tmp.path(),
         format!("--exec=touch {}", marker.display()),
         Want::Video,
     );
-    let (f, line) = failure(run(&a).await.0);
+    let (f, line) = failure_of(&a).await;
     // yt-dlp saw it as a (bad) URL, not as --exec.
     assert_eq!(
         f,
@@ -374,16 +365,11 @@ async fn option_looking_link_is_not_an_option() {
 #[tokio::test]
 async fn a_file_over_the_limit_is_too_large_and_not_kept() {
     let tmp = tempfile::tempdir().unwrap();
-    let media = make_clip(tmp.path());
+    let (media, server) = serve_clip(tmp.path()).await;
     assert!(media.len() > 10_000);
-    let server = serve(media).await;
-    let mut a = ytdlp_args(
-        &tmp.path().join("downloads"),
-        format!("{}/media/clip.mp4", server.base),
-        Want::Video,
-    );
+    let mut a = ytdlp_args(tmp.path(), server.url("/media/clip.mp4"), Want::Video);
     a.upload_limit = Some(10_000);
-    let (f, line) = failure(run(&a).await.0);
+    let (f, line) = failure_of(&a).await;
     assert_eq!(f, DownloadFailure::Permanent(Reason::TooLarge), "{line}");
     assert!(line.contains("max-filesize"), "{line}");
     assert!(
@@ -397,14 +383,8 @@ async fn a_file_over_the_limit_is_too_large_and_not_kept() {
 #[tokio::test]
 async fn cancel_mid_download_kills_ytdlp_and_a_retry_resumes() {
     let tmp = tempfile::tempdir().unwrap();
-    let media = make_clip(tmp.path());
-    let server = serve(media.clone()).await;
-    let downloads = tmp.path().join("downloads");
-    let mut a = ytdlp_args(
-        &downloads,
-        format!("{}/slow/clip.mp4", server.base),
-        Want::Video,
-    );
+    let (media, server) = serve_clip(tmp.path()).await;
+    let mut a = ytdlp_args(tmp.path(), server.url("/slow/clip.mp4"), Want::Video);
     let needle = a.output_dir.to_string_lossy().into_owned();
 
     let cancel = CancellationToken::new();
@@ -449,7 +429,7 @@ async fn cancel_mid_download_kills_ytdlp_and_a_retry_resumes() {
     assert!(partial > 0 && partial < total, "partial size {partial}");
 
     // The retry, at full speed, continues from the .part file.
-    a.url = format!("{}/media/clip.mp4", server.base);
+    a.url = server.url("/media/clip.mp4");
     let (res, _) = run(&a).await;
     let out = res.expect("resumed download should succeed");
     assert_eq!(std::fs::read(&out.file_path).unwrap(), media);
@@ -471,12 +451,8 @@ async fn cancel_mid_download_kills_ytdlp_and_a_retry_resumes() {
 #[tokio::test]
 async fn timeout_kills_ytdlp() {
     let tmp = tempfile::tempdir().unwrap();
-    let server = serve(make_clip(tmp.path())).await;
-    let a = ytdlp_args(
-        &tmp.path().join("downloads"),
-        format!("{}/slow/clip.mp4", server.base),
-        Want::Video,
-    );
+    let (_, server) = serve_clip(tmp.path()).await;
+    let a = ytdlp_args(tmp.path(), server.url("/slow/clip.mp4"), Want::Video);
     let needle = a.output_dir.to_string_lossy().into_owned();
     // The slow route needs minutes; yt-dlp needs about 1 s to start.
     let started = Arc::new(Mutex::new(Vec::new()));

@@ -3,8 +3,12 @@
 //! kernel) would.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
+
+use super::bot::{merge_tables, TOKEN};
+use super::fake_telegram::FakeTelegram;
+use super::media_server::MediaServer;
 
 pub struct BotProcess {
     pub child: Child,
@@ -16,6 +20,78 @@ pub fn write_config(dir: &Path, text: &str) -> PathBuf {
     let path = dir.join("config.toml");
     std::fs::write(&path, text).unwrap();
     path
+}
+
+/// Config text for the binary with its data in `dir/data`, talking to the Bot API at `api_url`:
+/// the test token, loopback media allowed, one-second retries, no wait for a format choice.
+/// `extra` adds or overrides keys; a table it repeats is merged into the one above.
+pub fn binary_config(dir: &Path, api_url: &str, extra: &str) -> String {
+    let text = format!(
+        r#"[telegram]
+token = "{TOKEN}"
+api_url = "{api_url}"
+choice_wait_secs = 0
+[storage]
+data_dir = "{data}"
+[downloader]
+retry_base_secs = 1
+[security]
+allow_private_networks = true
+{extra}
+"#,
+        data = dir.join("data").display(),
+    );
+    merge_tables(&text)
+}
+
+/// What a test of the real binary works with: a fake Bot API, the media server with the
+/// fixtures, and a temp dir holding the binary's config (`config.toml`), data (`data/`) and log
+/// (`bot.log`).
+pub struct BinaryTest {
+    pub api: FakeTelegram,
+    pub media: MediaServer,
+    pub dir: tempfile::TempDir,
+    pub cfg: PathBuf,
+    pub log: PathBuf,
+}
+
+impl BinaryTest {
+    /// Starts the two servers and writes [`binary_config`] with `extra` for them.
+    pub async fn start(extra: &str) -> BinaryTest {
+        let api = FakeTelegram::start().await;
+        let media = MediaServer::fixtures().await;
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = write_config(
+            dir.path(),
+            &binary_config(dir.path(), &api.url_string(), extra),
+        );
+        let log = dir.path().join("bot.log");
+        BinaryTest {
+            api,
+            media,
+            dir,
+            cfg,
+            log,
+        }
+    }
+
+    /// Starts the bot on this config; its log is appended to `bot.log`.
+    pub fn start_bot(&self) -> BotProcess {
+        BotProcess::start(&self.cfg, &self.log)
+    }
+}
+
+/// Run `tgdl ARGS --config CONFIG` to the end, with no token or config path from the
+/// environment, and return what it printed and its exit status.
+pub fn run_tgdl(args: &[&str], config: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tgdl"))
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .env_remove("TGDL_TOKEN")
+        .env_remove("TGDL_CONFIG")
+        .output()
+        .unwrap()
 }
 
 impl BotProcess {
@@ -78,6 +154,15 @@ impl BotProcess {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// SIGTERM the bot and wait up to `timeout` for it to exit, off the async runtime (the fake
+    /// servers keep answering meanwhile); `None` on timeout. Gives the process back for its log.
+    pub async fn sigterm_and_wait(mut self, timeout: Duration) -> (Option<ExitStatus>, BotProcess) {
+        self.sigterm();
+        tokio::task::spawn_blocking(move || (self.wait_timeout(timeout), self))
+            .await
+            .unwrap()
     }
 
     pub fn log_text(&self) -> String {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use super::fake_telegram::FakeTelegram;
+use super::fake_telegram::{FakeTelegram, SentMessage};
 use super::media_server::MediaServer;
 
 pub const TOKEN: &str = "123456:TEST-token";
@@ -52,7 +52,7 @@ allow_private_networks = true
 }
 
 /// TOML forbids a table twice; tests append overrides, so fold repeats.
-fn merge_tables(text: &str) -> String {
+pub(super) fn merge_tables(text: &str) -> String {
     let mut order: Vec<String> = Vec::new();
     let mut tables: std::collections::HashMap<String, Vec<String>> = Default::default();
     let mut current = String::new();
@@ -139,20 +139,7 @@ impl TestBot {
 
     /// Files left under the downloads folder (recursively).
     pub fn leftover_files(&self) -> Vec<PathBuf> {
-        fn walk(p: &Path, out: &mut Vec<PathBuf>) {
-            if let Ok(rd) = std::fs::read_dir(p) {
-                for e in rd.flatten() {
-                    let path = e.path();
-                    out.push(path.clone());
-                    if path.is_dir() {
-                        walk(&path, out);
-                    }
-                }
-            }
-        }
-        let mut out = Vec::new();
-        walk(&self.downloads(), &mut out);
-        out
+        super::fs::files_under(&self.downloads())
     }
 
     /// Open the database (the bot must be stopped: sled allows one opener).
@@ -183,6 +170,22 @@ impl Drop for TestBot {
             let _ = tx.send(());
         }
     }
+}
+
+/// Waits until one of the bot's messages in `chat` has a text that satisfies `pred`, and returns
+/// the bot's messages there; panics with them after `timeout`.
+pub async fn wait_for_text(
+    api: &FakeTelegram,
+    chat: i64,
+    pred: impl Fn(&str) -> bool,
+    timeout: Duration,
+) -> Vec<SentMessage> {
+    api.wait_for_messages(
+        chat,
+        |m| m.iter().any(|m| m.text.as_deref().is_some_and(&pred)),
+        timeout,
+    )
+    .await
 }
 
 /// Media server with the committed fixtures.

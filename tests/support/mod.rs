@@ -17,6 +17,7 @@
 pub mod binary;
 pub mod bot;
 pub mod fake_telegram;
+pub mod fs;
 pub mod media_server;
 
 use std::future::Future;
