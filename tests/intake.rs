@@ -11,11 +11,10 @@
 mod support;
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use support::binary::{write_config, BotProcess};
+use support::binary::{binary_config, write_config, BotProcess};
 use support::fake_telegram::{Call, FakeTelegram};
 use tgdl::job::JobState;
 use tgdl::store::{JobStore, SledStore};
@@ -26,25 +25,13 @@ const USERS: i64 = 8;
 const PER_USER: usize = 5;
 const DELAYS_MS: [u64; 3] = [0, 5, 20];
 
-fn config_text(dir: &Path, api: &str) -> String {
-    // Jobs wait 10 minutes for a choice, so nothing downloads: the test is
-    // about intake, and 40 links a round stay cheap.
-    format!(
-        r#"[telegram]
-token = "123456:TEST-token"
-api_url = "{api}"
+/// Jobs wait 10 minutes for a choice, so nothing downloads: the test is
+/// about intake, and 40 links a round stay cheap.
+const SETTINGS: &str = "[telegram]
 choice_wait_secs = 600
-[storage]
-data_dir = "{}"
 [limits]
 per_user_active = 1000
-per_user_per_hour = 10000
-[security]
-allow_private_networks = true
-"#,
-        dir.join("data").display()
-    )
-}
+per_user_per_hour = 10000";
 
 /// The bot to kill at the next confirmation, how long after it, and where to
 /// say when the kill was done.
@@ -77,7 +64,10 @@ fn acks(calls: &[Call], chat: i64, msg: i32) -> Vec<Call> {
 
 async fn round(api: &FakeTelegram, trap: &Arc<Mutex<Trap>>, n: usize, delay: Duration) -> Round {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(dir.path(), &config_text(dir.path(), &api.url_string()));
+    let cfg = write_config(
+        dir.path(),
+        &binary_config(dir.path(), &api.url_string(), SETTINGS),
+    );
     let log = dir.path().join("bot.log");
     // The burst is queued before the bot polls, so its first getUpdates
     // takes all of it and the second confirms all of it.

@@ -830,16 +830,11 @@ impl FakeTelegram {
     /// Like [`FakeTelegram::wait_for`] but returns `None` on timeout.
     pub async fn try_wait_for(
         &self,
-        mut pred: impl FnMut(&[Call]) -> bool,
+        pred: impl FnMut(&[Call]) -> bool,
         timeout: Duration,
     ) -> Option<Vec<Call>> {
-        let met = wait_until(
-            &self.inner.changed,
-            || pred(&self.inner.lock().calls),
-            timeout,
-        )
-        .await;
-        met.then(|| self.calls())
+        let (notify, lock) = (&self.inner.changed, || self.inner.lock());
+        super::wait_over(notify, lock, |s| &s.calls, pred, timeout).await
     }
 
     /// Waits for the `n`th answered call of `method` and returns the first `n` of them.

@@ -255,16 +255,11 @@ impl MediaServer {
     /// Like [`MediaServer::wait_for`], but `None` instead of a panic on timeout.
     pub async fn try_wait_for(
         &self,
-        mut pred: impl FnMut(&[MediaRequest]) -> bool,
+        pred: impl FnMut(&[MediaRequest]) -> bool,
         timeout: Duration,
     ) -> Option<Vec<MediaRequest>> {
-        let met = wait_until(
-            &self.inner.changed,
-            || pred(&self.inner.lock().requests),
-            timeout,
-        )
-        .await;
-        met.then(|| self.requests())
+        let (notify, lock) = (&self.inner.changed, || self.inner.lock());
+        super::wait_over(notify, lock, |s| &s.requests, pred, timeout).await
     }
 }
 

@@ -76,6 +76,20 @@ pub async fn wait_until(
     }
 }
 
+/// Waits until `pred` holds over the list `items` picks from the state behind
+/// `lock`, re-checking at each `notify`; the list as it was then, or `None`
+/// on timeout. The fake servers' `try_wait_for` are this.
+pub async fn wait_over<'a, S: 'a, T: Clone>(
+    notify: &Notify,
+    lock: impl Fn() -> std::sync::MutexGuard<'a, S>,
+    items: impl Fn(&S) -> &[T],
+    mut pred: impl FnMut(&[T]) -> bool,
+    timeout: Duration,
+) -> Option<Vec<T>> {
+    let met = wait_until(notify, || pred(items(&lock())), timeout).await;
+    met.then(|| items(&lock()).to_vec())
+}
+
 /// A barrier that requests of the fake servers can be parked on ("hold this upload", "hold this
 /// download") until the test releases it. Cloning shares the gate.
 #[derive(Clone, Default)]
