@@ -79,11 +79,13 @@ impl JobStatus {
         self.message.update(&text);
     }
 
-    pub fn uploading(&mut self) {
+    /// Awaited, so the line is shown before the file is sent (and nothing
+    /// follows a send that Telegram refused because the user blocked the bot).
+    pub async fn uploading(&mut self) {
         let text = self.render(&Msg::Uploading {
             short_id: self.short_id.clone(),
         });
-        self.message.show(&text);
+        self.message.force(&text).await;
     }
 
     pub async fn waiting_retry(&mut self, attempt: u32, max: u32) {

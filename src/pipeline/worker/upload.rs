@@ -32,7 +32,7 @@ impl Pipeline {
                 }
             }
         };
-        self.status(&job).uploading();
+        self.status(&job).uploading().await;
         let up = Upload {
             chat_id: job.chat_id,
             reply_to: job.request_msg_id,
