@@ -35,6 +35,7 @@ pub mod codec;
 pub mod config;
 pub mod core;
 pub mod download;
+pub mod egress;
 pub mod health;
 pub mod i18n;
 pub mod job;
