@@ -25,6 +25,41 @@ pub use resolve::{
     BoundedResolver, ResolveError, ResolveFuture, ResolveLimits, Resolver, SystemResolver,
 };
 
+/// Removes from a child's environment every variable that could route its traffic around the
+/// proxy: each inherited `*_proxy` in any letter case (Python reads them case-insensitively) and
+/// the usual names even if set on `cmd` explicitly.
+///
+/// yt-dlp's own requests ignore `no_proxy` once `--proxy` is given, but it passes the proxy to
+/// ffmpeg as `http_proxy` in an environment copied from its own, and ffmpeg honours `no_proxy`:
+/// with `no_proxy=*` inherited, ffmpeg fetched an HLS segment from a refused host directly.
+/// Clearing the environment (`env_clear`) does the same job; this is for callers that inherit.
+pub fn scrub_proxy_env(cmd: &mut tokio::process::Command) {
+    const NAMES: &[&str] = &[
+        "http_proxy",
+        "https_proxy",
+        "all_proxy",
+        "ftp_proxy",
+        "no_proxy",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "FTP_PROXY",
+        "NO_PROXY",
+    ];
+    for name in NAMES {
+        cmd.env_remove(name);
+    }
+    for (name, _) in std::env::vars_os() {
+        if name
+            .to_string_lossy()
+            .to_ascii_lowercase()
+            .ends_with("_proxy")
+        {
+            cmd.env_remove(name);
+        }
+    }
+}
+
 /// Errors setting the filter up. Per-request outcomes are [`Refusal`] and [`ResolveError`].
 #[derive(Debug, thiserror::Error)]
 pub enum EgressError {
