@@ -966,12 +966,23 @@ mod tests {
         format!("Proxy-Authorization: Basic {encoded}\r\n")
     }
 
+    /// A deadline for answers the proxy gives at once, so a proxy that forwards where it
+    /// should refuse (to a listener that never answers) fails the test instead of hanging it.
+    const ANSWER_DEADLINE: Duration = Duration::from_secs(10);
+
+    async fn within<T>(f: impl std::future::Future<Output = T>) -> T {
+        tokio::time::timeout(ANSWER_DEADLINE, f)
+            .await
+            .expect("the proxy did not answer in time")
+    }
+
     /// Sends `request` and reads the whole answer (the proxy always closes).
     async fn exchange(proxy: &EgressProxy, request: &str) -> String {
         let mut s = TcpStream::connect(proxy.local_addr()).await.unwrap();
         s.write_all(request.as_bytes()).await.unwrap();
         let mut out = Vec::new();
-        let _ = s.read_to_end(&mut out).await;
+        let read = tokio::time::timeout(ANSWER_DEADLINE, s.read_to_end(&mut out)).await;
+        assert!(read.is_ok(), "no answer from the proxy to {request:?}");
         String::from_utf8_lossy(&out).into_owned()
     }
 
@@ -1110,18 +1121,18 @@ mod tests {
         s.write_all(connect.as_bytes()).await.unwrap();
         let expected = b"HTTP/1.1 200 Connection established\r\n\r\nhello";
         let mut got = vec![0u8; expected.len()];
-        s.read_exact(&mut got).await.unwrap();
+        within(s.read_exact(&mut got)).await.unwrap();
         assert_eq!(got, expected);
         s.write_all(b" again").await.unwrap();
         let mut got = [0u8; 6];
-        s.read_exact(&mut got).await.unwrap();
+        within(s.read_exact(&mut got)).await.unwrap();
         assert_eq!(&got, b" again");
         assert!(session.connections()[0].tunnel);
         // The run ends: its tunnel is cut, and its credentials no longer work.
         let auth = auth_header(&session);
         drop(session);
         let mut rest = Vec::new();
-        s.read_to_end(&mut rest).await.unwrap();
+        within(s.read_to_end(&mut rest)).await.unwrap();
         assert!(rest.is_empty());
         let answer = exchange(&proxy, &get("http://127.0.0.2:1/", &auth)).await;
         assert!(answer.starts_with("HTTP/1.1 407 "), "{answer}");
@@ -1227,7 +1238,7 @@ mod tests {
             .await
             .unwrap();
         let mut out = Vec::new();
-        s.read_to_end(&mut out).await.unwrap();
+        within(s.read_to_end(&mut out)).await.unwrap();
         assert!(
             out.starts_with(b"HTTP/1.1 408 "),
             "{}",
@@ -1257,7 +1268,7 @@ mod tests {
             .unwrap();
         let mut second = TcpStream::connect(proxy.local_addr()).await.unwrap();
         let mut out = Vec::new();
-        second.read_to_end(&mut out).await.unwrap();
+        within(second.read_to_end(&mut out)).await.unwrap();
         assert!(
             out.starts_with(b"HTTP/1.1 503 "),
             "{}",
@@ -1266,7 +1277,7 @@ mod tests {
         // Shutdown ends the held connection and returns once every task has finished.
         proxy.shutdown().await;
         let mut rest = Vec::new();
-        let _ = first.read_to_end(&mut rest).await;
+        let _ = within(first.read_to_end(&mut rest)).await;
         assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
         assert!(TcpStream::connect(proxy.local_addr()).await.is_err());
     }
