@@ -157,3 +157,71 @@ pub async fn check_host(
     }
     Ok(addrs)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    /// Answers every name with 127.0.0.2 and 10.0.0.1 when asked about `mixed.test`, else
+    /// with nothing.
+    struct Fixed;
+
+    impl Resolver for Fixed {
+        fn lookup<'a>(&'a self, name: &'a str) -> ResolveFuture<'a> {
+            Box::pin(async move {
+                Ok(match name {
+                    "mixed.test" => vec!["127.0.0.2".parse().unwrap(), "10.0.0.1".parse().unwrap()],
+                    "lan.test" => vec!["127.0.0.2".parse().unwrap()],
+                    _ => vec![],
+                })
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn check_host_judges_every_address_the_link_check_would_use() {
+        let policy = AddressPolicy::with_local_addrs(
+            false,
+            parse_networks(&["127.0.0.2/32".into()]).unwrap(),
+            [],
+        );
+        let resolver = BoundedResolver::new(Arc::new(Fixed), ResolveLimits::default());
+        let check = |url: &'static str| {
+            let (policy, resolver) = (policy.clone(), resolver.clone());
+            async move {
+                let url = url::Url::parse(url).unwrap();
+                check_host(&policy, &resolver, url.host().unwrap()).await
+            }
+        };
+        assert_eq!(
+            check("http://lan.test/").await.unwrap(),
+            ["127.0.0.2".parse::<IpAddr>().unwrap()]
+        );
+        assert!(check("http://[::ffff:127.0.0.2]/").await.is_ok());
+        let refused = |r: Result<Vec<IpAddr>, HostError>| match r {
+            Err(HostError::Refused(refusal)) => (refusal.host().to_owned(), refusal.code()),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            refused(check("http://mixed.test/").await),
+            ("mixed.test".into(), "private")
+        );
+        assert_eq!(
+            refused(check("http://localhost:8080/").await),
+            ("localhost".into(), "loopback")
+        );
+        assert_eq!(
+            refused(check("http://0x7f.1/").await),
+            ("127.0.0.1".into(), "loopback")
+        );
+        assert_eq!(
+            refused(check("https://[2001::1]/").await),
+            ("2001::1".into(), "teredo")
+        );
+        assert!(matches!(
+            check("http://nowhere.test/").await,
+            Err(HostError::Unresolvable(ResolveError::NoAddresses { .. }))
+        ));
+    }
+}

@@ -129,6 +129,8 @@ struct Shared {
     addr: SocketAddr,
     /// Live sessions by user name.
     sessions: Mutex<HashMap<String, Arc<SessionState>>>,
+    /// One permit per client connection being served.
+    slots: Arc<Semaphore>,
     cancel: CancellationToken,
 }
 
@@ -202,6 +204,7 @@ impl EgressProxy {
             limits,
             addr,
             sessions: Mutex::new(HashMap::new()),
+            slots: Arc::new(Semaphore::new(limits.max_connections.max(1))),
             cancel: cancel.child_token(),
         });
         let tracker = TaskTracker::new();
@@ -212,6 +215,12 @@ impl EgressProxy {
     /// Where the proxy listens.
     pub fn local_addr(&self) -> SocketAddr {
         self.shared.addr
+    }
+
+    /// Client connections being served now (for metrics, and to see that none is left
+    /// behind by a peer that went away).
+    pub fn open_connections(&self) -> usize {
+        self.shared.limits.max_connections.max(1) - self.shared.slots.available_permits()
     }
 
     /// New credentials for one job run.
@@ -295,7 +304,6 @@ impl EgressSession {
 }
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, tracker: TaskTracker) {
-    let slots = Arc::new(Semaphore::new(shared.limits.max_connections.max(1)));
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -312,7 +320,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, tracker: TaskTr
                 }
             }
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
+        let Ok(slot) = shared.slots.clone().try_acquire_owned() else {
             // Best effort and never blocking: a fresh socket's send buffer is empty.
             let _ = stream.try_write(&simple_response(
                 503,
@@ -374,7 +382,7 @@ fn simple_response(status: u16, reason: &str, message: &str, extra_headers: &str
     .into_bytes()
 }
 
-async fn reply(client: &mut TcpStream, r: Reject) {
+async fn reply<W: AsyncWrite + Unpin>(client: &mut W, r: Reject) {
     let bytes = simple_response(r.status, r.reason, &r.message, &r.extra_headers);
     let _ = client.write_all(&bytes).await;
     let _ = client.shutdown().await;
@@ -513,7 +521,7 @@ async fn forward(
             {
                 return;
             }
-            let _ = tokio::io::copy_bidirectional(client, &mut upstream).await;
+            splice(client, &mut upstream).await;
         }
         Target::Http {
             authority, path, ..
@@ -536,7 +544,13 @@ async fn forward(
             {
                 return;
             }
-            relay_response(client, &mut upstream, shared.limits.max_head_bytes).await;
+            // The client sends nothing more (one request per connection): its EOF means it
+            // gave up, and a server that never answers must not hold the connection.
+            let (mut client_rd, mut client_wr) = client.split();
+            tokio::select! {
+                _ = relay_response(&mut client_wr, &mut upstream, shared.limits.max_head_bytes) => {}
+                _ = until_closed(&mut client_rd) => {}
+            }
         }
     }
 }
@@ -756,7 +770,11 @@ fn upstream_request_head(
 /// Sends the upstream response to the client with `Connection: close` in its head (so the
 /// client never reuses this connection for a request that was not checked), then the body
 /// as it comes, until the upstream closes.
-async fn relay_response(client: &mut TcpStream, upstream: &mut TcpStream, max_head: usize) {
+async fn relay_response<W: AsyncWrite + Unpin>(
+    client: &mut W,
+    upstream: &mut TcpStream,
+    max_head: usize,
+) {
     let head = match read_head(upstream, max_head).await {
         Ok(h) => h,
         Err(HeadError::TooLarge) => {
@@ -796,6 +814,28 @@ async fn relay_response(client: &mut TcpStream, upstream: &mut TcpStream, max_he
     }
     let _ = tokio::io::copy(upstream, client).await;
     let _ = client.shutdown().await;
+}
+
+/// Relays a tunnel until either side is done. A TLS client never half-closes while it waits
+/// for an answer, so its EOF ends the tunnel, and so does the server's: nothing is left
+/// holding a connection slot for a peer that has gone.
+async fn splice(client: &mut TcpStream, upstream: &mut TcpStream) {
+    let (mut client_rd, mut client_wr) = client.split();
+    let (mut upstream_rd, mut upstream_wr) = upstream.split();
+    tokio::select! {
+        _ = tokio::io::copy(&mut client_rd, &mut upstream_wr) => {}
+        _ = tokio::io::copy(&mut upstream_rd, &mut client_wr) => {}
+    }
+}
+
+/// Resolves when the peer closes (or errors); bytes it sends meanwhile are discarded.
+async fn until_closed<R: AsyncRead + Unpin>(reader: &mut R) {
+    let mut sink = [0u8; 1024];
+    while let Ok(n) = reader.read(&mut sink).await {
+        if n == 0 {
+            return;
+        }
+    }
 }
 
 /// A head and the bytes that followed it in the same reads.
@@ -1280,6 +1320,47 @@ mod tests {
         let _ = within(first.read_to_end(&mut rest)).await;
         assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
         assert!(TcpStream::connect(proxy.local_addr()).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_client_that_gives_up_releases_a_server_that_never_answers() {
+        for tunnel in [false, true] {
+            let (allowed, _refused) = twin_listeners();
+            let port = allowed.local_addr().unwrap().port();
+            let listener = TcpListener::from_std(allowed).unwrap();
+            let proxy = start_proxy(Stub::new([vec![ALLOWED]]), ProxyLimits::default()).await;
+            let session = proxy.session();
+            let auth = auth_header(&session);
+            let request = if tunnel {
+                format!("CONNECT hung.test:{port} HTTP/1.1\r\n{auth}\r\n")
+            } else {
+                get(&format!("http://hung.test:{port}/"), &auth)
+            };
+            let mut client = TcpStream::connect(proxy.local_addr()).await.unwrap();
+            client.write_all(request.as_bytes()).await.unwrap();
+            let (mut server, _) = within(listener.accept()).await.unwrap();
+            if tunnel {
+                let mut established = [0u8; 39];
+                within(client.read_exact(&mut established)).await.unwrap();
+                assert!(established.starts_with(b"HTTP/1.1 200 "));
+            }
+            assert_eq!(proxy.open_connections(), 1);
+            // The server never answers; yt-dlp's socket timeout fires and it hangs up.
+            drop(client);
+            // The proxy lets go too, instead of holding a connection slot until the session
+            // ends. (Polled: the slot is freed by a task this test cannot await.)
+            within(async {
+                while proxy.open_connections() > 0 {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            })
+            .await;
+            let mut got = Vec::new();
+            within(server.read_to_end(&mut got)).await.unwrap();
+            if !tunnel {
+                assert!(got.starts_with(b"GET / HTTP/1.1\r\n"), "{got:?}");
+            }
+        }
     }
 
     #[test]
