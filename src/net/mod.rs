@@ -17,6 +17,8 @@
 //! HTTP redirects on its own, so a DNS answer that changes between the check and the download
 //! (rebinding) or a public page that redirects to a private address is not caught here.
 
+pub mod egress;
+
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 

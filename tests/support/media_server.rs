@@ -106,7 +106,13 @@ impl Drop for MediaServer {
 impl MediaServer {
     /// Serves `dir` on a free loopback port.
     pub async fn start(dir: impl Into<PathBuf>) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0")
+        Self::start_on(dir, std::net::Ipv4Addr::LOCALHOST.into()).await
+    }
+
+    /// Serves `dir` on a free port of `ip`, e.g. 127.0.0.2 (Linux routes all of 127/8 to
+    /// the loopback interface), for tests that need two hosts an address policy tells apart.
+    pub async fn start_on(dir: impl Into<PathBuf>, ip: std::net::IpAddr) -> Self {
+        let listener = TcpListener::bind((ip, 0))
             .await
             .expect("media server: bind");
         let addr = listener.local_addr().expect("local_addr");
