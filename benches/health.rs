@@ -324,7 +324,7 @@ fn open_core(data: &Path) -> Arc<Core> {
     let mut config = Config::default();
     config.storage.data_dir = data.to_path_buf();
     let store: Arc<dyn JobStore> = Arc::new(SledStore::open(&config.db_dir()).expect("open store"));
-    let jobs = Arc::new(JobService::new(Arc::new(config), store, None));
+    let jobs = Arc::new(JobService::new(Arc::new(config), store, None).expect("job service"));
     let health = Arc::new(HealthState::default());
     *health.ytdlp_version.write().unwrap() = "2026.10.26".into();
     Arc::new(Core { jobs, health })

@@ -13,6 +13,7 @@ use crate::botapi::pacer::PacerConfig;
 use crate::botapi::{self, notify_admins, Api};
 use crate::config::Config;
 use crate::download::install;
+use crate::net::egress::{EgressProxy, ProxyLimits};
 use crate::ops::health::{HealthState, Monitor, SysinfoProbe};
 use crate::ops::http::{self, Observed};
 use crate::pipeline::{quality, recovery, spawn_workers, JobService, Pipeline};
@@ -30,7 +31,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         .with_context(|| format!("cannot create {}", downloads.display()))?;
     let store: Arc<dyn JobStore> = Arc::new(SledStore::open(&config.db_dir())?);
     let (probe_tx, probe_rx) = quality::queue();
-    let jobs = Arc::new(JobService::new(config.clone(), store, Some(probe_tx)));
+    let jobs = Arc::new(JobService::new(config.clone(), store, Some(probe_tx))?);
     tracing::info!(db = %config.db_dir().display(), owner = %jobs.owner, "store open");
 
     let stop = CancellationToken::new();
@@ -113,6 +114,22 @@ async fn serve(
     tracing::info!(username = ?me.username, "connected to the Bot API");
     commands::set_commands(&api).await;
 
+    // Every request yt-dlp makes goes through the egress filter, unless the
+    // operator allows every destination anyway.
+    let egress = if config.security.allow_private_networks {
+        None
+    } else {
+        let d = &jobs.destinations;
+        let proxy = EgressProxy::start(
+            d.policy.clone(),
+            d.resolver.clone(),
+            ProxyLimits::default(),
+            &stop,
+        )
+        .await?;
+        tracing::info!(addr = %proxy.local_addr(), "egress filter");
+        Some(Arc::new(proxy))
+    };
     let pipeline = Arc::new(Pipeline {
         jobs: jobs.clone(),
         api: api.clone(),
@@ -120,6 +137,7 @@ async fn serve(
         has_ffmpeg,
         shutdown: stop.clone(),
         upload_grace: UPLOAD_GRACE,
+        egress: egress.clone(),
     });
 
     // Recovery runs before any new work is taken.
@@ -149,6 +167,7 @@ async fn serve(
         jobs.clone(),
         api.clone(),
         pipeline.ytdlp.clone(),
+        egress,
         probe_rx,
         tracker,
         stop.clone(),

@@ -121,7 +121,11 @@ pub struct LimitsConfig {
 #[derive(Clone, Debug, PartialEq, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SecurityConfig {
+    /// Allow every destination, private ones included (a trusted LAN bot).
     pub allow_private_networks: bool,
+    /// Networks allowed although private (an operator's own media host), as
+    /// CIDRs; a bare address is one host.
+    pub allow_networks: Vec<ipnet::IpNet>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -382,6 +386,14 @@ impl Config {
             1,
             10_000,
         )?;
+        for net in &self.security.allow_networks {
+            if net.trunc() != *net {
+                return Err(invalid(
+                    "security.allow_networks",
+                    format!("{net} has host bits set (did you mean {}?)", net.trunc()),
+                ));
+            }
+        }
         let h = &self.health;
         range("health.interval_secs", h.interval_secs, 1, 86_400)?;
         range(

@@ -16,11 +16,15 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 
+use support::bot::TestBot;
+use support::fake_telegram::FakeTelegram;
 use support::media_server::MediaServer;
+use tgdl::job::JobState;
 use tgdl::net::egress::{
     parse_networks, scrub_proxy_env, AddressPolicy, BoundedResolver, EgressProxy, EgressSession,
     ProxyLimits, Refusal, RefusedRange, ResolveLimits,
 };
+use tgdl::store::JobStore;
 use tokio_util::sync::CancellationToken;
 
 const ALLOWED: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
@@ -377,4 +381,70 @@ async fn an_inherited_no_proxy_cannot_send_ffmpeg_around_the_proxy() {
     );
     assert!(!out.status.success(), "{stderr}");
     assert!(session.refusals().iter().any(|r| r.addr() == Some(REFUSED)));
+}
+
+/// The bot itself, with 127.0.0.2 allowed and 127.0.0.1 refused: a link on the
+/// allowed host whose media lives on the refused one fails with the reason,
+/// and the refused server never receives a request.
+async fn bot_refuses(w: &World, path: &str) {
+    let api = FakeTelegram::start().await;
+    let mut bot = TestBot::start(
+        &api,
+        "[security]\nallow_private_networks = false\nallow_networks = [\"127.0.0.2/32\"]",
+    )
+    .await;
+    let user = 4100;
+    api.push_text(user, user as u64, &w.allowed.url(path), None);
+    let msgs = api
+        .wait_for_messages(
+            user,
+            |m| {
+                m.iter().any(|m| {
+                    m.text
+                        .as_deref()
+                        .is_some_and(|t| t.contains("private or local network address"))
+                })
+            },
+            YTDLP_DEADLINE,
+        )
+        .await;
+    assert!(!msgs.is_empty());
+    assert!(
+        w.refused.requests().is_empty(),
+        "the refused server was reached: {:?}",
+        w.refused.requests()
+    );
+    bot.stop().await.unwrap();
+    let store = bot.store();
+    let jobs = store.list_state(JobState::Failed, 10).unwrap();
+    assert_eq!(jobs.len(), 1, "the job ended failed");
+    assert_eq!(
+        jobs[0].failure.as_ref().unwrap().code,
+        "destination_refused"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_bot_refuses_a_redirect_to_a_refused_host() {
+    let w = world().await;
+    let target = format!("redirect//{}/tiny.mp4", w.refused.addr());
+    bot_refuses(&w, &target).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_bot_refuses_an_hls_segment_on_a_refused_host() {
+    let w = world().await;
+    bot_refuses(&w, "evil.m3u8").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_bot_refuses_a_page_whose_video_is_on_a_refused_host() {
+    let w = world().await;
+    let html = format!(
+        "<!DOCTYPE html>\n<html><head><title>page</title></head><body>\n\
+         <video controls src=\"{}\"></video>\n</body></html>\n",
+        w.refused.url("tiny.mp4")
+    );
+    w.allowed.add_page("evil", &html);
+    bot_refuses(&w, "page/evil").await;
 }

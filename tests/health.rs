@@ -63,7 +63,7 @@ fn core_for(api: &FakeTelegram, dir: &std::path::Path, extra: &str) -> Arc<JobSe
     let config: Config = support::bot::test_config(dir, api, extra);
     std::fs::create_dir_all(config.downloads_dir()).unwrap();
     let store: Arc<dyn JobStore> = Arc::new(SledStore::open(&config.db_dir()).unwrap());
-    Arc::new(JobService::new(Arc::new(config), store, None))
+    Arc::new(JobService::new(Arc::new(config), store, None).expect("job service"))
 }
 
 /// A health monitor over `core` that samples `machine` and alerts through the
@@ -172,6 +172,7 @@ async fn the_disk_guard_pauses_claiming_tells_users_and_resumes() {
         has_ffmpeg: true,
         shutdown: tokio_util::sync::CancellationToken::new(),
         upload_grace: Duration::from_secs(1),
+        egress: None,
     };
     // A user's link is accepted and has its status message.
     let report = core

@@ -4,14 +4,15 @@ use std::net::IpAddr;
 
 use proptest::prelude::*;
 use tgdl::net::{
-    check_destination, extract_links, parse_link, BlockedRange, LinkEntity, LinkError, LinkKind,
-    MAX_LINK_LEN,
+    check_destination, extract_links, parse_link, BlockedRange, Destinations, LinkEntity,
+    LinkError, LinkKind, MAX_LINK_LEN,
 };
 
 /// What intake does with one link: parse, then check where it goes.
 async fn verdict(link: &str, allow_private: bool) -> Result<url::Url, LinkError> {
     let url = parse_link(link)?;
-    check_destination(&url, allow_private).await?;
+    let dest = Destinations::new(allow_private, vec![]).expect("destinations");
+    check_destination(&url, &dest).await?;
     Ok(url)
 }
 
@@ -253,7 +254,7 @@ async fn check_destination_refuses_other_schemes_even_when_private_is_allowed() 
     // A caller that skipped `parse_link` still cannot get an ftp URL approved.
     let url = url::Url::parse("ftp://93.184.216.34/file").unwrap();
     assert_eq!(
-        check_destination(&url, true).await,
+        check_destination(&url, &Destinations::new(true, vec![]).unwrap()).await,
         Err(LinkError::UnsupportedScheme {
             scheme: "ftp".into()
         })

@@ -28,7 +28,10 @@ fn setup(max_rescues: u32) -> (tempfile::TempDir, Arc<Core>) {
     let config = Config::parse(&text, None).unwrap();
     std::fs::create_dir_all(config.downloads_dir()).unwrap();
     let store: Arc<dyn JobStore> = Arc::new(SledStore::open(&config.db_dir()).unwrap());
-    (dir, Arc::new(Core::new(Arc::new(config), store, None)))
+    (
+        dir,
+        Arc::new(Core::new(Arc::new(config), store, None).expect("job service")),
+    )
 }
 
 /// Put a job in `state` as a dead process (another owner) would leave it.

@@ -152,7 +152,9 @@ fn dispatch(cli: Cli) -> Result<(), CliError> {
         }
         Command::Health => {
             let store: Arc<dyn JobStore> = Arc::new(open_offline(&config)?);
-            let jobs = Arc::new(JobService::new(Arc::new(config), store, None));
+            let jobs = Arc::new(
+                JobService::new(Arc::new(config), store, None).map_err(anyhow::Error::from)?,
+            );
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()

@@ -59,6 +59,27 @@ pub fn job_dir(downloads_dir: &Path, job_id: Uuid) -> PathBuf {
     downloads_dir.join(job_id.hyphenated().to_string())
 }
 
+/// A format filter that leaves out protocols an HTTP proxy does not carry
+/// (RTMP, RTSP, MMS, websockets, FTP).
+const PROXIED: &str =
+    "[protocol!*=rtmp][protocol!*=rtsp][protocol!*=mms][protocol!*=websocket][protocol!*=ftp]";
+
+/// Every format of a selector (`a+b/c`), restricted to [`PROXIED`] protocols:
+/// ones that do not go through an HTTP proxy would reach their host around
+/// the egress filter, so they are never chosen.
+pub fn proxied(selector: &str) -> String {
+    selector
+        .split('/')
+        .map(|alt| {
+            alt.split('+')
+                .map(|f| format!("{f}{PROXIED}"))
+                .collect::<Vec<_>>()
+                .join("+")
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
 /// Everything needed to run yt-dlp for one job.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct YtDlpArgs {
@@ -82,6 +103,9 @@ pub struct YtDlpArgs {
     /// Whether ffmpeg is usable: without it yt-dlp cannot merge separate video
     /// and audio streams or convert audio, so we must not ask it to.
     pub has_ffmpeg: bool,
+    /// The egress proxy of this run (`--proxy`): every request yt-dlp and its
+    /// ffmpeg make goes through it.
+    pub proxy: Option<String>,
 }
 
 impl YtDlpArgs {
@@ -104,6 +128,7 @@ impl YtDlpArgs {
             cookies: None,
             extra_args: Vec::new(),
             has_ffmpeg: false,
+            proxy: None,
         }
     }
 
@@ -147,7 +172,7 @@ impl YtDlpArgs {
             Some(l) => (size(Some(l - l / 5)), size(Some(l / 5))),
             None => (String::new(), String::new()),
         };
-        match (self.want, self.has_ffmpeg) {
+        let selector = match (self.want, self.has_ffmpeg) {
             (Want::Video, true) => format!(
                 "bv*[ext=mp4]{h}{v}+ba[ext=m4a]{a}/b[ext=mp4]{h}{all}/bv*{h}{v}+ba{a}/b{h}{all}"
             ),
@@ -160,7 +185,8 @@ impl YtDlpArgs {
             }
             (Want::Document, true) => format!("bv*{h}{v}+ba{a}/b{h}{all}"),
             (Want::Document, false) => format!("b{h}{all}"),
-        }
+        };
+        proxied(&selector)
     }
 
     /// The complete argument list (without the program name).
@@ -187,6 +213,9 @@ impl YtDlpArgs {
             // Keep `.part` files and resume them: a retried job continues
             // where the last attempt stopped.
             "--continue",
+            // A fragment the egress filter refused must fail the download,
+            // not leave a hole in the file.
+            "--abort-on-unavailable-fragments",
         ] {
             push(OsStr::new(s));
         }
@@ -212,6 +241,10 @@ impl YtDlpArgs {
         if let Some(limit) = self.upload_limit {
             push(OsStr::new("--max-filesize"));
             push(OsStr::new(&limit.to_string()));
+        }
+        if let Some(proxy) = &self.proxy {
+            push(OsStr::new("--proxy"));
+            push(OsStr::new(proxy));
         }
         if let Some(cookies) = &self.cookies {
             push(OsStr::new("--cookies"));
@@ -335,12 +368,14 @@ mod tests {
         let f = value_of(&list, "-f").unwrap();
         assert_eq!(
             f,
-            "bv*[ext=mp4][height<=?720][filesize<?40000000][filesize_approx<?40000000]\
+            proxied(
+                "bv*[ext=mp4][height<=?720][filesize<?40000000][filesize_approx<?40000000]\
              +ba[ext=m4a][filesize<?10000000][filesize_approx<?10000000]\
              /b[ext=mp4][height<=?720][filesize<?50000000][filesize_approx<?50000000]\
              /bv*[height<=?720][filesize<?40000000][filesize_approx<?40000000]\
              +ba[filesize<?10000000][filesize_approx<?10000000]\
              /b[height<=?720][filesize<?50000000][filesize_approx<?50000000]"
+            )
         );
         // Every alternative carries a size filter.
         for alt in f.split('/') {
@@ -372,7 +407,10 @@ mod tests {
         let list = strings(&a);
         assert!(list.iter().any(|s| s == "-x"));
         assert_eq!(value_of(&list, "--audio-format").unwrap(), "mp3");
-        assert_eq!(value_of(&list, "-f").unwrap(), "ba[acodec^=mp3]/ba/b");
+        assert_eq!(
+            value_of(&list, "-f").unwrap(),
+            proxied("ba[acodec^=mp3]/ba/b")
+        );
         assert!(value_of(&list, "--max-filesize").is_none());
     }
 

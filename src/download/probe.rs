@@ -134,8 +134,12 @@ pub async fn probe(
     limit: Option<u64>,
     cancel: &CancellationToken,
     timeout: Duration,
+    proxy: Option<&str>,
 ) -> Result<Probed, DownloadError> {
     let mut cmd = super::process::command(ytdlp);
+    if let Some(p) = proxy {
+        cmd.arg("--proxy").arg(p);
+    }
     cmd.args([
         "--ignore-config",
         "--flat-playlist",

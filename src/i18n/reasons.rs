@@ -58,6 +58,12 @@ pub(super) fn reason(lang: Lang, code: FailureCode, limit_mb: u64) -> String {
             "the bot's downloader is misconfigured; the admins can see the details"
         }
         (Fa, C::YtdlpUsage) => "دانلودکنندهٔ ربات درست پیکربندی نشده است؛ مدیران جزئیات را می‌بینند",
+        (En, C::DestinationRefused) => {
+            "the media, or a part of it, is on a private or local network address, which is not allowed"
+        }
+        (Fa, C::DestinationRefused) => {
+            "این رسانه یا بخشی از آن روی نشانی شبکهٔ خصوصی یا محلی است که مجاز نیست"
+        }
         (En, C::Unknown) => "the download failed for a reason the bot did not recognise",
         (Fa, C::Unknown) => "دانلود به دلیلی ناشناخته ناموفق بود",
     };

@@ -87,6 +87,9 @@ failure_codes! {
     YtdlpUsage = "ytdlp_usage",
     /// yt-dlp failed in a way nobody recognised (often an outdated extractor).
     Unknown = "unknown",
+    /// A request of the download (a redirect, a segment, a page's media) went
+    /// to a refused address and the egress filter stopped it.
+    DestinationRefused = "destination_refused",
     // What the pipeline decided.
     Cancelled = "cancelled",
     /// The bot died at the same point of this job too often.

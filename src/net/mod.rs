@@ -19,7 +19,7 @@
 
 pub mod egress;
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 /// Longest link accepted. Telegram messages are at most 4096 characters, so a longer "link"
@@ -66,67 +66,27 @@ impl LinkEntity {
     }
 }
 
-/// Which non-public range an address fell into (used in [`LinkError::PrivateAddress`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum BlockedRange {
-    /// 127.0.0.0/8, ::1, and the `localhost` names.
-    Loopback,
-    /// 10/8, 172.16/12, 192.168/16, fc00::/7, fec0::/10, 64:ff9b:1::/48.
-    Private,
-    /// 169.254/16, fe80::/10.
-    LinkLocal,
-    /// 224/4, ff00::/8.
-    Multicast,
-    /// 0.0.0.0, ::.
-    Unspecified,
-    /// 255.255.255.255.
-    Broadcast,
-    /// 100.64/10, carrier-grade NAT.
-    SharedAddressSpace,
-    /// 0.0.0.0/8 other than 0.0.0.0 itself ("this network").
-    ThisNetwork,
-    /// 192.0.2/24, 198.51.100/24, 203.0.113/24, 2001:db8::/32, 3fff::/20.
-    Documentation,
-    /// 198.18/15, 2001:2::/48.
-    Benchmarking,
-    /// Everything else reserved by IANA that is never a public web server
-    /// (192.0.0/24, 192.88.99/24, 240/4, ::/96, 100::/64).
-    Reserved,
+/// Which refused range an address fell into (in [`LinkError::PrivateAddress`]): the egress
+/// filter's table, so a link is judged exactly as the traffic that follows it.
+pub use egress::RefusedRange as BlockedRange;
+
+/// The destination rules of one running bot: the address policy (refused ranges, the
+/// operator's allow-list, this machine's own addresses) and the bounded asynchronous resolver,
+/// shared by the link check and the egress proxy that carries yt-dlp's traffic.
+#[derive(Clone)]
+pub struct Destinations {
+    pub policy: egress::AddressPolicy,
+    pub resolver: egress::BoundedResolver,
 }
 
-impl BlockedRange {
-    /// Stable machine name, for logs and the message catalog.
-    pub fn code(self) -> &'static str {
-        match self {
-            Self::Loopback => "loopback",
-            Self::Private => "private",
-            Self::LinkLocal => "link_local",
-            Self::Multicast => "multicast",
-            Self::Unspecified => "unspecified",
-            Self::Broadcast => "broadcast",
-            Self::SharedAddressSpace => "shared_address_space",
-            Self::ThisNetwork => "this_network",
-            Self::Documentation => "documentation",
-            Self::Benchmarking => "benchmarking",
-            Self::Reserved => "reserved",
-        }
-    }
-}
-
-impl std::fmt::Display for BlockedRange {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Loopback => "loopback",
-            Self::Private => "private network",
-            Self::LinkLocal => "link-local",
-            Self::Multicast => "multicast",
-            Self::Unspecified => "unspecified address",
-            Self::Broadcast => "broadcast",
-            Self::SharedAddressSpace => "carrier-grade NAT",
-            Self::ThisNetwork => "\"this network\"",
-            Self::Documentation => "documentation range",
-            Self::Benchmarking => "benchmarking range",
-            Self::Reserved => "reserved range",
+impl Destinations {
+    pub fn new(
+        allow_private: bool,
+        allow_networks: Vec<egress::IpNet>,
+    ) -> Result<Self, egress::EgressError> {
+        Ok(Destinations {
+            policy: egress::AddressPolicy::new(allow_private, allow_networks)?,
+            resolver: egress::BoundedResolver::system(egress::ResolveLimits::default())?,
         })
     }
 }
@@ -399,76 +359,53 @@ pub fn parse_link(s: &str) -> Result<url::Url, LinkError> {
     }
 }
 
-/// Refuses a link whose host is, or resolves to, a non-public address.
+/// Refuses a link whose host is, or resolves to, a refused address.
 ///
 /// IP literals are judged directly; `localhost` and `*.localhost` are refused before any lookup
 /// (RFC 6761 reserves them for loopback, and some resolvers answer them from the network);
-/// other names are resolved with the URL's port and refused if *any* answer is non-public, so a
-/// name with one public and one private record cannot slip through on the private one.
+/// other names are resolved (asynchronously, with a timeout, never on the blocking pool) and
+/// refused if *any* answer is refused, so a name with one public and one private record cannot
+/// slip through on the private one. This is a first answer for the user; the egress proxy
+/// checks every request yt-dlp makes again, whatever DNS says by then.
 ///
-/// With `allow_private` the check is skipped entirely (no DNS): yt-dlp will resolve the name
-/// itself, and an operator who allows private networks has nothing left to refuse.
-pub async fn check_destination(url: &url::Url, allow_private: bool) -> Result<(), LinkError> {
+/// When the policy allows private networks the check is skipped entirely (no DNS): there is
+/// nothing left to refuse.
+pub async fn check_destination(url: &url::Url, dest: &Destinations) -> Result<(), LinkError> {
     // Defensive: the caller may hand over a URL that did not come from `parse_link`.
     if !matches!(url.scheme(), "http" | "https") {
         return Err(LinkError::UnsupportedScheme {
             scheme: url.scheme().to_owned(),
         });
     }
-    if allow_private {
+    if dest.policy.allows_private() {
         return Ok(());
     }
     let host = url.host().ok_or(LinkError::MissingHost)?;
-    let name = match host {
-        url::Host::Ipv4(v4) => return check_addrs(&v4.to_string(), [IpAddr::V4(v4)]),
-        url::Host::Ipv6(v6) => return check_addrs(&v6.to_string(), [IpAddr::V6(v6)]),
-        url::Host::Domain(name) => name,
-    };
-    if name.is_empty() {
-        return Err(LinkError::MissingHost);
-    }
-    if is_localhost_name(name) {
-        return Err(LinkError::PrivateAddress {
-            host: name.to_owned(),
-            addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
-            range: BlockedRange::Loopback,
-        });
-    }
-    // Every http(s) URL has a known default port.
-    let port = url.port_or_known_default().unwrap_or(443);
-    let unresolvable = |reason: String| LinkError::Unresolvable {
-        host: name.to_owned(),
-        reason,
-    };
-    let addrs: Vec<SocketAddr> =
-        match tokio::time::timeout(DNS_TIMEOUT, tokio::net::lookup_host((name, port))).await {
-            Ok(Ok(addrs)) => addrs.collect(),
-            Ok(Err(e)) => return Err(unresolvable(e.to_string())),
-            Err(_) => {
-                return Err(unresolvable(format!(
-                    "timed out after {} s",
-                    DNS_TIMEOUT.as_secs()
-                )))
-            }
-        };
-    if addrs.is_empty() {
-        return Err(unresolvable("no addresses".into()));
-    }
-    check_addrs(name, addrs.iter().map(SocketAddr::ip))
-}
-
-/// Judges the resolved addresses of `host`: the first non-public one is the refusal.
-pub fn check_addrs(host: &str, addrs: impl IntoIterator<Item = IpAddr>) -> Result<(), LinkError> {
-    for addr in addrs {
-        if let Some(range) = classify_ip(addr) {
+    if let url::Host::Domain(name) = host {
+        if name.is_empty() {
+            return Err(LinkError::MissingHost);
+        }
+        if is_localhost_name(name) {
             return Err(LinkError::PrivateAddress {
-                host: host.to_owned(),
-                addr,
-                range,
+                host: name.to_owned(),
+                addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+                range: BlockedRange::Loopback,
             });
         }
     }
-    Ok(())
+    match egress::check_host(&dest.policy, &dest.resolver, host).await {
+        Ok(_) => Ok(()),
+        Err(egress::HostError::Refused(egress::Refusal::Address { host, addr, range })) => {
+            Err(LinkError::PrivateAddress { host, addr, range })
+        }
+        Err(egress::HostError::Refused(egress::Refusal::Scheme { scheme, .. })) => {
+            Err(LinkError::UnsupportedScheme { scheme })
+        }
+        Err(egress::HostError::Unresolvable(e)) => Err(LinkError::Unresolvable {
+            host: url.host_str().unwrap_or_default().to_owned(),
+            reason: e.to_string(),
+        }),
+    }
 }
 
 /// `localhost`, `localhost.`, `foo.localhost`, `foo.localhost.` (case already folded by `url`).
@@ -477,109 +414,15 @@ fn is_localhost_name(name: &str) -> bool {
     name == "localhost" || name.ends_with(".localhost")
 }
 
-/// Says which non-public range `ip` belongs to, or `None` for a public unicast address.
-pub fn classify_ip(ip: IpAddr) -> Option<BlockedRange> {
-    match ip {
-        IpAddr::V4(v4) => classify_v4(v4),
-        IpAddr::V6(v6) => classify_v6(v6),
-    }
-}
-
-fn in_v4(ip: Ipv4Addr, net: [u8; 4], prefix: u32) -> bool {
-    let mask = if prefix == 0 {
-        0
-    } else {
-        u32::MAX << (32 - prefix)
-    };
-    u32::from(ip) & mask == u32::from(Ipv4Addr::from(net)) & mask
-}
-
-fn classify_v4(ip: Ipv4Addr) -> Option<BlockedRange> {
-    use BlockedRange::*;
-    // Order matters: specific addresses before the blocks that contain them.
-    let table: &[([u8; 4], u32, BlockedRange)] = &[
-        ([0, 0, 0, 0], 32, Unspecified),
-        ([0, 0, 0, 0], 8, ThisNetwork),
-        ([10, 0, 0, 0], 8, Private),
-        ([100, 64, 0, 0], 10, SharedAddressSpace),
-        ([127, 0, 0, 0], 8, Loopback),
-        ([169, 254, 0, 0], 16, LinkLocal),
-        ([172, 16, 0, 0], 12, Private),
-        ([192, 0, 0, 0], 24, Reserved),
-        ([192, 0, 2, 0], 24, Documentation),
-        ([192, 88, 99, 0], 24, Reserved),
-        ([192, 168, 0, 0], 16, Private),
-        ([198, 18, 0, 0], 15, Benchmarking),
-        ([198, 51, 100, 0], 24, Documentation),
-        ([203, 0, 113, 0], 24, Documentation),
-        ([224, 0, 0, 0], 4, Multicast),
-        ([255, 255, 255, 255], 32, Broadcast),
-        ([240, 0, 0, 0], 4, Reserved),
-    ];
-    table
-        .iter()
-        .find(|(net, prefix, _)| in_v4(ip, *net, *prefix))
-        .map(|&(_, _, range)| range)
-}
-
-fn in_v6(ip: Ipv6Addr, net: Ipv6Addr, prefix: u32) -> bool {
-    let mask = if prefix == 0 {
-        0
-    } else {
-        u128::MAX << (128 - prefix)
-    };
-    u128::from(ip) & mask == u128::from(net) & mask
-}
-
-fn classify_v6(ip: Ipv6Addr) -> Option<BlockedRange> {
-    use BlockedRange::*;
-    let bits = u128::from(ip);
-    let low_v4 = Ipv4Addr::from(bits as u32);
-    if ip.is_unspecified() {
-        return Some(Unspecified);
-    }
-    if ip.is_loopback() {
-        return Some(Loopback);
-    }
-    // ::ffff:a.b.c.d reaches the IPv4 address a.b.c.d on a dual-stack socket.
-    if let Some(v4) = ip.to_ipv4_mapped() {
-        return classify_v4(v4);
-    }
-    // Deprecated IPv4-compatible form ::a.b.c.d: never a legitimate public destination.
-    if in_v6(ip, Ipv6Addr::UNSPECIFIED, 96) {
-        return Some(classify_v4(low_v4).unwrap_or(Reserved));
-    }
-    // NAT64 well-known prefix: the embedded IPv4 address is the real destination, public ones
-    // are legitimate (IPv6-only hosts reach IPv4 sites this way).
-    if in_v6(ip, Ipv6Addr::new(0x64, 0xff9b, 0, 0, 0, 0, 0, 0), 96) {
-        return classify_v4(low_v4);
-    }
-    // 6to4: 2002:AABB:CCDD::/48 tunnels to the IPv4 address AA.BB.CC.DD.
-    if in_v6(ip, Ipv6Addr::new(0x2002, 0, 0, 0, 0, 0, 0, 0), 16) {
-        return classify_v4(Ipv4Addr::from((bits >> 80) as u32));
-    }
-    // Every listed network is zero past its third segment.
-    let net6 = |a, b, c| Ipv6Addr::new(a, b, c, 0, 0, 0, 0, 0);
-    let table: &[(Ipv6Addr, u32, BlockedRange)] = &[
-        (net6(0x64, 0xff9b, 1), 48, Private),
-        (net6(0x100, 0, 0), 64, Reserved),
-        (net6(0x2001, 2, 0), 48, Benchmarking),
-        (net6(0x2001, 0xdb8, 0), 32, Documentation),
-        (net6(0x3fff, 0, 0), 20, Documentation),
-        (net6(0xfc00, 0, 0), 7, Private),
-        (net6(0xfe80, 0, 0), 10, LinkLocal),
-        (net6(0xfec0, 0, 0), 10, Private),
-        (net6(0xff00, 0, 0), 8, Multicast),
-    ];
-    table
-        .iter()
-        .find(|(net, prefix, _)| in_v6(ip, *net, *prefix))
-        .map(|&(_, _, range)| range)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The refused range of `ip` under the default policy (no allow-list, no
+    /// interface addresses, so only the tables speak).
+    fn classify_ip(ip: IpAddr) -> Option<BlockedRange> {
+        egress::AddressPolicy::with_local_addrs(false, vec![], vec![]).classify(ip)
+    }
 
     fn v4(s: &str) -> IpAddr {
         IpAddr::V4(s.parse().unwrap())
@@ -715,9 +558,32 @@ mod tests {
         }
     }
 
-    #[test]
-    fn any_private_answer_refuses_the_name() {
-        let err = check_addrs("mixed.example", [v4("8.8.8.8"), v4("10.0.0.5")]).unwrap_err();
+    /// A resolver that answers every name with the same addresses.
+    struct Fixed(Vec<IpAddr>);
+
+    impl egress::Resolver for Fixed {
+        fn lookup<'a>(&'a self, _name: &'a str) -> egress::ResolveFuture<'a> {
+            let addrs = self.0.clone();
+            Box::pin(async move { Ok(addrs) })
+        }
+    }
+
+    async fn check_with(link: &str, answers: Vec<IpAddr>) -> Result<(), LinkError> {
+        let dest = Destinations {
+            policy: egress::AddressPolicy::with_local_addrs(false, vec![], vec![]),
+            resolver: egress::BoundedResolver::new(
+                std::sync::Arc::new(Fixed(answers)),
+                egress::ResolveLimits::default(),
+            ),
+        };
+        check_destination(&url::Url::parse(link).unwrap(), &dest).await
+    }
+
+    #[tokio::test]
+    async fn any_private_answer_refuses_the_name() {
+        let err = check_with("http://mixed.example/", vec![v4("8.8.8.8"), v4("10.0.0.5")])
+            .await
+            .unwrap_err();
         assert_eq!(
             err,
             LinkError::PrivateAddress {
@@ -726,7 +592,12 @@ mod tests {
                 range: BlockedRange::Private,
             }
         );
-        assert!(check_addrs("public.example", [v4("8.8.8.8"), v6("2606:4700::1")]).is_ok());
+        assert!(check_with(
+            "http://public.example/",
+            vec![v4("8.8.8.8"), v6("2606:4700::1")]
+        )
+        .await
+        .is_ok());
     }
 
     #[test]

@@ -20,6 +20,7 @@ use crate::botapi::Api;
 use crate::download::probe;
 use crate::i18n::Lang;
 use crate::job::{now_ms, JobId, JobState};
+use crate::net::egress::EgressProxy;
 use crate::store;
 
 /// Probes running at once: each is a Python process.
@@ -37,6 +38,7 @@ pub fn spawn(
     jobs: Arc<JobService>,
     api: Api,
     ytdlp: PathBuf,
+    egress: Option<Arc<EgressProxy>>,
     mut rx: mpsc::Receiver<JobId>,
     tracker: &TaskTracker,
     stop: CancellationToken,
@@ -53,8 +55,10 @@ pub fn spawn(
                 return;
             };
             let (jobs, api, ytdlp, stop) = (jobs.clone(), api.clone(), ytdlp.clone(), stop.clone());
+            let session = egress.as_ref().map(|p| p.session());
             inner.spawn(async move {
-                offer(&jobs, &api, &ytdlp, id, &stop).await;
+                let proxy = session.as_ref().map(|s| s.proxy_url());
+                offer(&jobs, &api, &ytdlp, proxy.as_deref(), id, &stop).await;
                 drop(permit);
             });
         }
@@ -65,6 +69,7 @@ async fn offer(
     jobs: &JobService,
     api: &Api,
     ytdlp: &std::path::Path,
+    proxy: Option<&str>,
     id: JobId,
     stop: &CancellationToken,
 ) {
@@ -82,6 +87,7 @@ async fn offer(
         limit,
         &stop.child_token(),
         Duration::from_millis(window),
+        proxy,
     )
     .await
     {

@@ -17,7 +17,8 @@ use super::metrics::Metrics;
 use crate::config::Config;
 use crate::i18n::Lang;
 use crate::job::{now_ms, Job, JobError, JobId, JobOptions, JobState, MediaKind, Millis, NewJob};
-use crate::net::{self, LinkEntity, LinkError};
+use crate::net::egress::EgressError;
+use crate::net::{self, Destinations, LinkEntity, LinkError};
 use crate::store::{
     self, EnqueueLimits, Expect, FindError, JobStore, Refusal, StoreError, UserSettings,
 };
@@ -40,6 +41,8 @@ pub struct JobService {
     /// Where to ask for a quality probe of a job waiting for its choice
     /// (absent in the CLI and in tests without a prober).
     quality_probe: Option<mpsc::Sender<JobId>>,
+    /// Which destinations links (and yt-dlp's requests) may reach.
+    pub destinations: Destinations,
 }
 
 impl JobService {
@@ -47,8 +50,12 @@ impl JobService {
         config: Arc<Config>,
         store: Arc<dyn JobStore>,
         quality_probe: Option<mpsc::Sender<JobId>>,
-    ) -> Self {
-        JobService {
+    ) -> Result<Self, EgressError> {
+        let destinations = Destinations::new(
+            config.security.allow_private_networks,
+            config.security.allow_networks.clone(),
+        )?;
+        Ok(JobService {
             config,
             store,
             owner: Uuid::now_v7(),
@@ -57,7 +64,8 @@ impl JobService {
             guard: Guard::default(),
             metrics: Metrics::default(),
             quality_probe,
-        }
+            destinations,
+        })
     }
 
     /// The language of replies when a user's is unknown.
@@ -129,9 +137,7 @@ impl JobService {
                     continue;
                 }
             };
-            if let Err(error) =
-                net::check_destination(&url, self.config.security.allow_private_networks).await
-            {
+            if let Err(error) = net::check_destination(&url, &self.destinations).await {
                 outcomes.push(Submission::BadLink { link, error });
                 continue;
             }

@@ -51,6 +51,8 @@ impl Pipeline {
         args.has_ffmpeg = self.has_ffmpeg;
         args.extra_args = cfg.downloader.extra_args.clone();
         args.cookies = cfg.downloader.cookies_file.clone().map(PathBuf::from);
+        let session = self.egress_session();
+        args.proxy = session.as_ref().map(|s| s.proxy_url());
         let (tx, rx) = watch::channel(None);
         let run = download::run_ytdlp(
             &args,
@@ -109,6 +111,10 @@ impl Pipeline {
                 .await
             }
             Err(DownloadError::Cancelled) => self.stopped(&job).await,
+            Err(_) if Self::refused(&session).is_some() => {
+                let why = Self::refused(&session).unwrap_or_default();
+                self.fail(&job, FailureCode::DestinationRefused, why).await
+            }
             Err(e) => {
                 let (class, code) = e.classify();
                 // An error yt-dlp could not name often means a site changed

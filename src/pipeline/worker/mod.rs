@@ -34,6 +34,7 @@ use tokio_util::task::TaskTracker;
 use super::JobService;
 use crate::botapi::Api;
 use crate::job::{Job, JobId, JobState};
+use crate::net::egress::{EgressProxy, EgressSession};
 
 /// Everything a worker needs.
 pub struct Pipeline {
@@ -46,6 +47,25 @@ pub struct Pipeline {
     pub shutdown: CancellationToken,
     /// How long an upload in flight may go on after shutdown starts.
     pub upload_grace: Duration,
+    /// The egress filter every yt-dlp run goes through; `None` when the
+    /// operator allows every destination (`allow_private_networks`).
+    pub egress: Option<Arc<EgressProxy>>,
+}
+
+impl Pipeline {
+    /// A fresh egress session for one yt-dlp run.
+    fn egress_session(&self) -> Option<EgressSession> {
+        self.egress.as_ref().map(|p| p.session())
+    }
+
+    /// The first request the egress filter refused during a run that failed:
+    /// the reason to give the user, rather than yt-dlp's "connection refused".
+    fn refused(session: &Option<EgressSession>) -> Option<String> {
+        session
+            .as_ref()
+            .and_then(|s| s.refusals().into_iter().next())
+            .map(|r| r.to_string())
+    }
 }
 
 impl Pipeline {

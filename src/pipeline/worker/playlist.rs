@@ -29,7 +29,21 @@ impl Pipeline {
         let cfg = &self.jobs.config;
         let timeout = Duration::from_secs(120.min(cfg.downloader.timeout_secs));
         let limit = Some(cfg.upload_limit_bytes());
-        match probe::probe(&self.ytdlp, &job.url, limit, cancel, timeout).await {
+        let session = self.egress_session();
+        let proxy = session.as_ref().map(|s| s.proxy_url());
+        let probed = probe::probe(
+            &self.ytdlp,
+            &job.url,
+            limit,
+            cancel,
+            timeout,
+            proxy.as_deref(),
+        )
+        .await;
+        if let (Err(_), Some(why)) = (&probed, Self::refused(&session)) {
+            return Some(self.fail(job, FailureCode::DestinationRefused, why).await);
+        }
+        match probed {
             Ok(Probed {
                 playlist: Some(playlist),
                 ..
@@ -70,7 +84,7 @@ impl Pipeline {
                 continue;
             }
             let checked = match net::parse_link(&item.url) {
-                Ok(url) => net::check_destination(&url, cfg.security.allow_private_networks)
+                Ok(url) => net::check_destination(&url, &self.jobs.destinations)
                     .await
                     .map(|()| url),
                 Err(e) => Err(e),
