@@ -13,15 +13,19 @@ use super::{callbacks, messages, Deps};
 
 pub(super) struct Dispatch {
     deps: Arc<Deps>,
+    /// Whether updates are in the inbox (false only for the benchmark that
+    /// measures what the inbox costs).
+    durable: bool,
     tracker: TaskTracker,
     /// The queue of each chat that has updates being handled.
     chats: Arc<Mutex<HashMap<i64, mpsc::UnboundedSender<Update>>>>,
 }
 
 impl Dispatch {
-    pub fn new(deps: Arc<Deps>, tracker: TaskTracker) -> Self {
+    pub fn new(deps: Arc<Deps>, tracker: TaskTracker, durable: bool) -> Self {
         Dispatch {
             deps,
+            durable,
             tracker,
             chats: Arc::default(),
         }
@@ -45,8 +49,8 @@ impl Dispatch {
         let (tx, rx) = mpsc::unbounded_channel();
         let _ = tx.send(update);
         chats.insert(chat, tx);
-        let (deps, all) = (self.deps.clone(), self.chats.clone());
-        self.tracker.spawn(serve_chat(chat, rx, deps, all));
+        let (deps, all, durable) = (self.deps.clone(), self.chats.clone(), self.durable);
+        self.tracker.spawn(serve_chat(chat, rx, deps, all, durable));
     }
 }
 
@@ -58,6 +62,7 @@ async fn serve_chat(
     mut rx: mpsc::UnboundedReceiver<Update>,
     deps: Arc<Deps>,
     chats: Arc<Mutex<HashMap<i64, mpsc::UnboundedSender<Update>>>>,
+    durable: bool,
 ) {
     loop {
         let next = match rx.try_recv() {
@@ -73,11 +78,11 @@ async fn serve_chat(
                 }
             }
         };
-        handle(&deps, next).await;
+        handle(&deps, next, durable).await;
     }
 }
 
-async fn handle(deps: &Arc<Deps>, update: Update) {
+async fn handle(deps: &Arc<Deps>, update: Update, durable: bool) {
     let id = update.id.0;
     let result = match update.kind {
         UpdateKind::Message(m) => messages::on_message(m, deps.clone()).await,
@@ -86,6 +91,9 @@ async fn handle(deps: &Arc<Deps>, update: Update) {
     };
     if let Err(e) = result {
         tracing::warn!(update = id, error = %e, "handler error");
+    }
+    if !durable {
+        return;
     }
     if let Err(e) = deps.jobs.call(move |s| s.inbox_done(id)).await {
         // It stays in the inbox and is handled again after a restart; every

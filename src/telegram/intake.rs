@@ -21,10 +21,19 @@ use super::Deps;
 /// Long-poll timeout asked of Telegram.
 const POLL_SECS: u32 = 25;
 
+/// Set (to anything) only by `--bench e2e`, to measure what the inbox costs:
+/// updates are then confirmed without being stored, as before durable intake,
+/// and a crash loses them. Never set it on a real bot.
+pub const UNSTORED_ENV: &str = "TGDL_BENCH_UNSTORED_INTAKE";
+
 /// Poll, store, dispatch, until `stop`. Returns once polling has stopped;
 /// handlers still running are on `tracker`.
 pub async fn run(deps: Arc<Deps>, tracker: TaskTracker, stop: CancellationToken) {
-    let dispatch = Dispatch::new(deps.clone(), tracker);
+    let durable = std::env::var_os(UNSTORED_ENV).is_none();
+    if !durable {
+        tracing::warn!("{UNSTORED_ENV} is set: updates are not stored before they are confirmed");
+    }
+    let dispatch = Dispatch::new(deps.clone(), tracker, durable);
     let bot = &deps.api.bot;
     let Some(mut offset) = drain(&deps, &dispatch, &stop).await else {
         return;
@@ -59,7 +68,7 @@ pub async fn run(deps: Arc<Deps>, tracker: TaskTracker, stop: CancellationToken)
         let Some(last) = updates.iter().map(|u| u.id.0).max() else {
             continue;
         };
-        if !store(&deps, &updates, &stop).await {
+        if durable && !store(&deps, &updates, &stop).await {
             return;
         }
         // Only now may the next request confirm the batch.
