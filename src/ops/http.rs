@@ -28,6 +28,39 @@ pub struct Observed {
     pub health: Arc<HealthState>,
 }
 
+/// The pipeline's counters without labels: name and help, in the order
+/// `render` reads their values.
+const COUNTERS: [(&str, &str); 4] = [
+    ("tgdl_rescues_total", "Jobs rescued after a crash."),
+    (
+        "tgdl_retries_total",
+        "Jobs requeued after a retryable error.",
+    ),
+    ("tgdl_downloaded_bytes_total", "Bytes downloaded by yt-dlp."),
+    ("tgdl_uploaded_bytes_total", "Bytes uploaded to Telegram."),
+];
+
+/// The health sample's gauges, likewise.
+const GAUGES: [(&str, &str); 8] = [
+    (
+        "tgdl_disk_free_bytes",
+        "Free bytes on the downloads volume.",
+    ),
+    (
+        "tgdl_disk_free_percent",
+        "Free space on the downloads volume, percent.",
+    ),
+    (
+        "tgdl_memory_used_percent",
+        "Machine memory in use, percent.",
+    ),
+    ("tgdl_cpu_used_percent", "Machine CPU in use, percent."),
+    ("tgdl_process_resident_bytes", "Resident memory of the bot."),
+    ("tgdl_downloads_dir_bytes", "Size of the downloads folder."),
+    ("tgdl_db_bytes", "Size of the database on disk."),
+    ("tgdl_health_conditions", "Active health conditions."),
+];
+
 /// Render every metric in the Prometheus text format.
 pub async fn render(o: &Observed) -> String {
     let mut out = String::new();
@@ -46,30 +79,15 @@ pub async fn render(o: &Observed) -> String {
             "tgdl_transitions_total{{from=\"{from}\",to=\"{to}\"}} {n}"
         );
     }
-    let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
-    for (name, help, v) in [
-        (
-            "tgdl_rescues_total",
-            "Jobs rescued after a crash.",
-            load(&m.rescues),
-        ),
-        (
-            "tgdl_retries_total",
-            "Jobs requeued after a retryable error.",
-            load(&m.retries),
-        ),
-        (
-            "tgdl_downloaded_bytes_total",
-            "Bytes downloaded by yt-dlp.",
-            load(&m.downloaded_bytes),
-        ),
-        (
-            "tgdl_uploaded_bytes_total",
-            "Bytes uploaded to Telegram.",
-            load(&m.uploaded_bytes),
-        ),
-    ] {
-        metric(&mut out, name, help, "counter", v as f64);
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed) as f64;
+    let counters = [
+        load(&m.rescues),
+        load(&m.retries),
+        load(&m.downloaded_bytes),
+        load(&m.uploaded_bytes),
+    ];
+    for ((name, help), v) in COUNTERS.iter().zip(counters) {
+        metric(&mut out, name, help, "counter", v);
     }
     out.push_str("# HELP tgdl_stage_duration_seconds Time a job spent in a stage.\n# TYPE tgdl_stage_duration_seconds histogram\n");
     for (stage, h) in m.stages.lock().unwrap().iter() {
@@ -98,48 +116,17 @@ pub async fn render(o: &Observed) -> String {
     }
     if let Some((s, conditions)) = o.health.latest() {
         let sys = &s.system;
-        for (name, help, v) in [
-            (
-                "tgdl_disk_free_bytes",
-                "Free bytes on the downloads volume.",
-                sys.disk_free_bytes as f64,
-            ),
-            (
-                "tgdl_disk_free_percent",
-                "Free space on the downloads volume, percent.",
-                sys.disk_free_percent(),
-            ),
-            (
-                "tgdl_memory_used_percent",
-                "Machine memory in use, percent.",
-                sys.memory_percent,
-            ),
-            (
-                "tgdl_cpu_used_percent",
-                "Machine CPU in use, percent.",
-                sys.cpu_percent,
-            ),
-            (
-                "tgdl_process_resident_bytes",
-                "Resident memory of the bot.",
-                sys.process_rss_bytes as f64,
-            ),
-            (
-                "tgdl_downloads_dir_bytes",
-                "Size of the downloads folder.",
-                s.downloads_dir_bytes as f64,
-            ),
-            (
-                "tgdl_db_bytes",
-                "Size of the database on disk.",
-                s.db_bytes as f64,
-            ),
-            (
-                "tgdl_health_conditions",
-                "Active health conditions.",
-                conditions.len() as f64,
-            ),
-        ] {
+        let gauges = [
+            sys.disk_free_bytes as f64,
+            sys.disk_free_percent(),
+            sys.memory_percent,
+            sys.cpu_percent,
+            sys.process_rss_bytes as f64,
+            s.downloads_dir_bytes as f64,
+            s.db_bytes as f64,
+            conditions.len() as f64,
+        ];
+        for ((name, help), v) in GAUGES.iter().zip(gauges) {
             metric(&mut out, name, help, "gauge", v);
         }
     }
