@@ -26,9 +26,10 @@ fuzz_target!(|data: &[u8]| {
     for entities in [&entities[..], &[]] {
         for link in extract_links(&text, entities, 10) {
             if let Ok(url) = parse_link(&link) {
+                // What yt-dlp is given is `url.as_str()`; the filter checked
+                // `url.host()`. Read back, the text names the same host.
                 let again = url::Url::parse(url.as_str()).expect("a parsed link reparses");
-                assert_eq!(again.host_str(), url.host_str(), "{link}");
-                assert_eq!(again.as_str(), url.as_str(), "{link}");
+                assert_eq!(again.host(), url.host(), "{link}");
             }
         }
     }
