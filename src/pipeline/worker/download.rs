@@ -7,10 +7,10 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::download::{self, DownloadError, Want, YtDlpArgs};
-use crate::job::{now_ms, FailureCode, Job, JobState, MediaInfo, MediaKind};
+use crate::download::{self, Want, YtDlpArgs};
+use crate::job::{FailureCode, Job, JobState, MediaInfo, MediaKind};
 
-use super::{Pipeline, StepOutcome, StepResult};
+use super::{budget, Pipeline, StepOutcome, StepResult};
 
 fn want(kind: MediaKind) -> Want {
     match kind {
@@ -52,14 +52,19 @@ impl Pipeline {
         args.extra_args = cfg.downloader.extra_args.clone();
         args.cookies = cfg.downloader.cookies_file.clone().map(PathBuf::from);
         let (tx, rx) = watch::channel(None);
+        // Its own token: stopping a download over the limit is not a cancel.
+        let run_cancel = cancel.child_token();
         let run = download::run_ytdlp(
             &args,
-            cancel.clone(),
+            run_cancel.clone(),
             Duration::from_secs(cfg.downloader.timeout_secs),
             move |p| {
                 tx.send_replace(Some(p));
             },
         );
+        let budget = cfg.max_download_bytes();
+        let over = budget::exceeded(args.output_dir.clone(), budget, rx.clone());
+        let mut stopped_at: Option<u64> = None;
         // Tick at half the edit interval: `StatusMessage` enforces the
         // interval itself, and a tick that lands just short of it would
         // otherwise wait a whole extra interval.
@@ -68,9 +73,15 @@ impl Pipeline {
         ));
         let work = async {
             tokio::pin!(run);
+            tokio::pin!(over);
             loop {
                 tokio::select! {
                     r = &mut run => break r,
+                    used = &mut over, if stopped_at.is_none() => {
+                        tracing::warn!(job = %job.id, used, budget, "download passed max_download_mb; stopping it");
+                        stopped_at = Some(used);
+                        run_cancel.cancel();
+                    }
                     _ = progress_tick.tick() => {
                         if status.message.message_id().is_none() {
                             // Claimed before the handler recorded its
@@ -90,6 +101,12 @@ impl Pipeline {
             cancel.cancel();
             return Ok(StepOutcome::Lost(job.id));
         };
+        if let Some(used) = stopped_at {
+            // The clean stage deletes what it wrote.
+            let text =
+                format!("stopped with {used} bytes on disk, over the {budget}-byte download limit");
+            return self.fail(&job, FailureCode::DownloadTooLarge, text).await;
+        }
         match result {
             // `run_ytdlp` refused a file over `args.upload_limit` already.
             Ok(out) => {
@@ -108,16 +125,7 @@ impl Pipeline {
                 })
                 .await
             }
-            Err(DownloadError::Cancelled) => self.stopped(&job).await,
-            Err(e) => {
-                let (class, code) = e.classify();
-                // An error yt-dlp could not name often means a site changed
-                // and the extractor is out of date: the health task counts them.
-                if code == FailureCode::Unknown {
-                    self.jobs.guard.note_extractor_error(now_ms());
-                }
-                self.error(&job, class, code, e.to_string()).await
-            }
+            Err(e) => self.ytdlp_failed(&job, e).await,
         }
     }
 }
