@@ -132,6 +132,8 @@ pub enum Msg {
     Failed {
         short_id: String,
         code: FailureCode,
+        /// The limit `code` is about, in MB: the download limit for
+        /// `DownloadTooLarge`, else the upload limit.
         limit_mb: u64,
     },
     Chosen {
@@ -147,7 +149,14 @@ pub enum Msg {
         short_id: String,
         title: String,
         count: usize,
+        /// Items not taken, each with why.
         skipped: Vec<String>,
+        /// `limits.playlist_max_items`.
+        limit: u64,
+        /// Items past the limit, not taken; with `more_unknown`, at least
+        /// this many (the site does not say how many there are).
+        over_limit: u64,
+        more_unknown: bool,
     },
     WaitingForDisk {
         short_id: String,
@@ -283,8 +292,13 @@ pub fn render(lang: Lang, msg: &Msg) -> String {
         (En, Msg::TooLate { short_id }) => format!("Job {short_id} has already started with your default."),
         (Fa, Msg::TooLate { short_id }) => format!("کار {short_id} با پیش‌فرض شما شروع شده است."),
         (En, Msg::Saved) => "Saved.".into(),
-        (En, Msg::Playlist { short_id, title, count, skipped }) => {
+        (En, Msg::Playlist { short_id, title, count, skipped, limit, over_limit, more_unknown }) => {
             let mut t = format!("📃 Playlist {title} (job {short_id}): {count} item(s) will come, one by one.");
+            if *more_unknown {
+                t.push_str(&format!("\nSkipped the items after the first {limit} (the playlist limit)."));
+            } else if *over_limit > 0 {
+                t.push_str(&format!("\nSkipped {over_limit} item(s) over the playlist limit of {limit}."));
+            }
             if !skipped.is_empty() {
                 t.push_str(&format!("\nSkipped {}:", skipped.len()));
                 for s in skipped.iter().take(20) {
@@ -293,8 +307,13 @@ pub fn render(lang: Lang, msg: &Msg) -> String {
             }
             t
         }
-        (Fa, Msg::Playlist { short_id, title, count, skipped }) => {
+        (Fa, Msg::Playlist { short_id, title, count, skipped, limit, over_limit, more_unknown }) => {
             let mut t = format!("📃 فهرست پخش {title} (کار {short_id}): {count} مورد یکی‌یکی فرستاده می‌شود.");
+            if *more_unknown {
+                t.push_str(&format!("\nموردهای پس از {limit} مورد نخست کنار گذاشته شد (سقف فهرست پخش)."));
+            } else if *over_limit > 0 {
+                t.push_str(&format!("\n{over_limit} مورد بیش از سقف {limit} موردی فهرست پخش کنار گذاشته شد."));
+            }
             if !skipped.is_empty() {
                 t.push_str(&format!("\n{} مورد کنار گذاشته شد:", skipped.len()));
                 for s in skipped.iter().take(20) {
@@ -466,6 +485,21 @@ mod tests {
         };
         assert!(render(Lang::En, &m).contains("50 MB"));
         assert!(render(Lang::Fa, &m).contains("50 مگابایت"));
+        let m = Msg::Failed {
+            short_id: "abcd1234".into(),
+            code: FailureCode::DownloadTooLarge,
+            limit_mb: 100,
+        };
+        assert!(
+            render(Lang::En, &m).contains("100 MB limit"),
+            "{}",
+            render(Lang::En, &m)
+        );
+        assert!(
+            render(Lang::Fa, &m).contains("100 مگابایت"),
+            "{}",
+            render(Lang::Fa, &m)
+        );
     }
 
     #[test]
