@@ -69,8 +69,25 @@ pub struct Lease {
     pub until: Millis,
 }
 
-/// The durable record of one job. Field order is the bincode layout of codec
-/// version 1: add fields only together with a new codec version.
+/// How far a job had got when a crash last took it from a worker: the
+/// recovery pass counts a rescue toward `downloader.max_rescues` only when
+/// the job got no further since the one before (no more bytes in its
+/// folder, no later stage), so a slow download that resumes further after
+/// every restart is not taken for a job that crashes the bot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RescueMark {
+    /// The furthest stage a rescue found the job in (downloading or
+    /// uploading).
+    pub stage: JobState,
+    /// The most bytes a rescue found in the job's folder.
+    pub bytes: u64,
+    /// Rescues that found no progress: what `max_rescues` limits.
+    pub stalls: u32,
+}
+
+/// The durable record of one job. Field order is the bincode layout of the
+/// codec (`store/codec.rs`): add fields only at the end and together with a
+/// new codec version that still decodes the old layout.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Job {
     pub id: JobId,
@@ -109,6 +126,8 @@ pub struct Job {
     pub lease: Option<Lease>,
     /// A playlist's parent job, for its children.
     pub parent: Option<JobId>,
+    /// Where the last rescue found the job (codec version 2).
+    pub rescue_mark: Option<RescueMark>,
 }
 
 /// Most history entries a job keeps: the first, and the latest after it.
@@ -159,6 +178,7 @@ impl Job {
             delivery: None,
             lease: None,
             parent: n.parent,
+            rescue_mark: None,
         }
     }
 

@@ -312,6 +312,7 @@ impl JobService {
                 s.reopen(id, limits, now, &|j| {
                     j.attempts = 0;
                     j.rescues = 0;
+                    j.rescue_mark = None;
                     j.failure = None;
                     j.next_attempt_at = now;
                     j.delivery = None;

@@ -121,6 +121,10 @@ impl Pipeline {
             .advance(job, JobState::Queued, move |j| {
                 j.next_attempt_at = now_ms();
                 j.last_error = Some(err.clone());
+                // Its files are gone: bytes count from zero again.
+                if let Some(m) = &mut j.rescue_mark {
+                    m.bytes = 0;
+                }
             })
             .await?;
         self.status(job).waiting_for_disk().await;
