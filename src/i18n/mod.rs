@@ -149,13 +149,15 @@ pub enum Msg {
         short_id: String,
         title: String,
         count: usize,
-        /// Items not taken, each with why.
+        /// Items listed but not taken, each with why.
         skipped: Vec<String>,
         /// `limits.playlist_max_items`.
         limit: u64,
-        /// Items past the limit, not taken; with `more_unknown`, at least
-        /// this many (the site does not say how many there are).
-        over_limit: u64,
+        /// Items past the limit that were not even listed (the playlist
+        /// says how many it has).
+        unlisted: u64,
+        /// Items past the limit exist, and the playlist does not say how
+        /// many.
         more_unknown: bool,
     },
     WaitingForDisk {
@@ -292,32 +294,36 @@ pub fn render(lang: Lang, msg: &Msg) -> String {
         (En, Msg::TooLate { short_id }) => format!("Job {short_id} has already started with your default."),
         (Fa, Msg::TooLate { short_id }) => format!("کار {short_id} با پیش‌فرض شما شروع شده است."),
         (En, Msg::Saved) => "Saved.".into(),
-        (En, Msg::Playlist { short_id, title, count, skipped, limit, over_limit, more_unknown }) => {
+        (En, Msg::Playlist { short_id, title, count, skipped, limit, unlisted, more_unknown }) => {
             let mut t = format!("📃 Playlist {title} (job {short_id}): {count} item(s) will come, one by one.");
-            if *more_unknown {
-                t.push_str(&format!("\nSkipped the items after the first {limit} (the playlist limit)."));
-            } else if *over_limit > 0 {
-                t.push_str(&format!("\nSkipped {over_limit} item(s) over the playlist limit of {limit}."));
-            }
-            if !skipped.is_empty() {
-                t.push_str(&format!("\nSkipped {}:", skipped.len()));
+            let n = skipped.len() as u64 + unlisted;
+            if n > 0 {
+                let more = if *more_unknown { " or more" } else { "" };
+                t.push_str(&format!("\nSkipped {n}{more}:"));
                 for s in skipped.iter().take(20) {
                     t.push_str(&format!("\n• {s}"));
+                }
+                if *unlisted > 0 {
+                    t.push_str(&format!("\n• … and {unlisted} more over the playlist limit of {limit}"));
+                } else if *more_unknown {
+                    t.push_str(&format!("\n• … and any after them (the playlist limit is {limit})"));
                 }
             }
             t
         }
-        (Fa, Msg::Playlist { short_id, title, count, skipped, limit, over_limit, more_unknown }) => {
+        (Fa, Msg::Playlist { short_id, title, count, skipped, limit, unlisted, more_unknown }) => {
             let mut t = format!("📃 فهرست پخش {title} (کار {short_id}): {count} مورد یکی‌یکی فرستاده می‌شود.");
-            if *more_unknown {
-                t.push_str(&format!("\nموردهای پس از {limit} مورد نخست کنار گذاشته شد (سقف فهرست پخش)."));
-            } else if *over_limit > 0 {
-                t.push_str(&format!("\n{over_limit} مورد بیش از سقف {limit} موردی فهرست پخش کنار گذاشته شد."));
-            }
-            if !skipped.is_empty() {
-                t.push_str(&format!("\n{} مورد کنار گذاشته شد:", skipped.len()));
+            let n = skipped.len() as u64 + unlisted;
+            if n > 0 {
+                let more = if *more_unknown { " یا بیشتر" } else { "" };
+                t.push_str(&format!("\n{n}{more} مورد کنار گذاشته شد:"));
                 for s in skipped.iter().take(20) {
                     t.push_str(&format!("\n• {s}"));
+                }
+                if *unlisted > 0 {
+                    t.push_str(&format!("\n• … و {unlisted} مورد دیگر بیش از سقف {limit} موردی فهرست پخش"));
+                } else if *more_unknown {
+                    t.push_str(&format!("\n• … و هر موردی پس از آن‌ها (سقف فهرست پخش {limit} مورد است)"));
                 }
             }
             t

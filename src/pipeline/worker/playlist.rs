@@ -57,15 +57,16 @@ impl Pipeline {
         let mut taken = 0usize;
         let mut skipped: Vec<String> = Vec::new();
         // The probe listed at most one item past the limit; the playlist's
-        // own count, when yt-dlp knows it, says how many there are.
+        // own count, when yt-dlp knows it, says how many more there are.
         let listed = playlist.items.len() as u64;
-        let over_limit = match playlist.total {
-            Some(total) => total.max(listed).saturating_sub(max as u64),
-            None => listed.saturating_sub(max as u64),
-        };
-        let more_unknown = playlist.total.is_none() && over_limit > 0;
-        for item in playlist.items.iter().take(max) {
+        let unlisted = playlist.total.unwrap_or(0).saturating_sub(listed);
+        let more_unknown = playlist.total.is_none() && listed > max as u64;
+        for (i, item) in playlist.items.iter().enumerate() {
             let name = item.title.clone().unwrap_or_else(|| item.url.clone());
+            if i >= max {
+                skipped.push(format!("{} ({})", name, "over the playlist limit"));
+                continue;
+            }
             let checked = match net::parse_link(&item.url) {
                 Ok(url) => net::check_destination(&url, cfg.security.allow_private_networks)
                     .await
@@ -113,7 +114,7 @@ impl Pipeline {
             count: taken,
             skipped,
             limit: max as u64,
-            over_limit,
+            unlisted,
             more_unknown,
         });
         if !status.message.force(&summary).await {
