@@ -307,3 +307,23 @@ async fn cancel_then_retry_is_held_to_the_limits_of_a_new_link() {
     assert!(jobs.iter().all(|j| j.state == JobState::Failed));
     assert!(store.check_invariants().unwrap().problems.is_empty());
 }
+
+#[test]
+fn max_download_mb_defaults_to_twice_the_upload_limit() {
+    use tgdl::config::Config;
+    let parse = |text: &str| Config::parse(text, None);
+    let c = parse("").unwrap();
+    assert_eq!(c.max_download_mb(), 100, "twice the default 50 MB");
+    let c = parse("[telegram]\nupload_limit_mb = 20\n[downloader]\nmax_download_mb = 0").unwrap();
+    assert_eq!(
+        (c.max_download_mb(), c.max_download_bytes()),
+        (40, 40 << 20)
+    );
+    let c = parse("[downloader]\nmax_download_mb = 500").unwrap();
+    assert_eq!(c.max_download_mb(), 500);
+    // Below the upload limit no file that may be sent would fit.
+    let err = parse("[downloader]\nmax_download_mb = 10")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("downloader.max_download_mb"), "{err}");
+}
