@@ -107,6 +107,11 @@ pub struct DownloaderConfig {
     pub cookies_file: Option<String>,
     /// Extra arguments appended before the link (never a shell string).
     pub extra_args: Vec<String>,
+    /// Most bytes, in MB, a job's folder may hold while it downloads; a
+    /// download that passes it is stopped. 0: twice the upload limit (room
+    /// for the video and audio parts next to the merged file). See
+    /// [`Config::max_download_bytes`].
+    pub max_download_mb: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -185,6 +190,7 @@ impl Default for DownloaderConfig {
             retry_base_secs: 10,
             cookies_file: None,
             extra_args: Vec::new(),
+            max_download_mb: 0,
         }
     }
 }
@@ -366,6 +372,14 @@ impl Config {
         range("downloader.max_rescues", d.max_rescues as u64, 1, 100)?;
         range("downloader.lease_secs", d.lease_secs, 5, 86_400)?;
         range("downloader.retry_base_secs", d.retry_base_secs, 1, 86_400)?;
+        if d.max_download_mb != 0 {
+            range(
+                "downloader.max_download_mb",
+                d.max_download_mb,
+                t.upload_limit_mb,
+                1_000_000,
+            )?;
+        }
         let l = &self.limits;
         range(
             "limits.per_user_active",
@@ -464,6 +478,20 @@ impl Config {
 
     pub fn upload_limit_bytes(&self) -> u64 {
         self.telegram.upload_limit_mb * 1024 * 1024
+    }
+
+    /// `downloader.max_download_mb` in effect: the configured value, or twice
+    /// the upload limit when it is 0.
+    pub fn max_download_mb(&self) -> u64 {
+        match self.downloader.max_download_mb {
+            0 => self.telegram.upload_limit_mb * 2,
+            mb => mb,
+        }
+    }
+
+    /// [`Config::max_download_mb`] in bytes: what one job may have on disk.
+    pub fn max_download_bytes(&self) -> u64 {
+        self.max_download_mb() * 1024 * 1024
     }
 }
 

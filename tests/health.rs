@@ -402,3 +402,145 @@ async fn metrics_parse_as_prometheus_text_and_healthz_answers() {
     assert_eq!(r.status(), 200);
     drop(bot);
 }
+
+/// A stand-in yt-dlp for a full disk: it writes a partial file, then fails
+/// with the line real yt-dlp prints on ENOSPC (captured from yt-dlp
+/// 2026.10.26 writing through a `.part` that was a symlink to /dev/full).
+/// Once `space` exists it delivers `tiny.mp4` instead.
+fn enospc_ytdlp(
+    dir: &std::path::Path,
+    runs: &std::path::Path,
+    space: &std::path::Path,
+) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let fixture = support::fixtures_dir().join("tiny.mp4");
+    let script = format!(
+        r#"#!/bin/sh
+case "$1" in --version) echo 2026.10.26; exit 0;; esac
+echo run >> '{runs}'
+prev=""; out=""
+for a in "$@"; do [ "$prev" = "-o" ] && out="$a"; prev="$a"; done
+dir=$(dirname "$out")
+mkdir -p "$dir"
+if [ -e '{space}' ]; then
+  cp '{fixture}' "$dir/x.mp4"
+  echo "tgdl-meta {{\"id\": \"x\", \"ext\": \"mp4\", \"filepath\": \"$dir/x.mp4\"}}"
+  exit 0
+fi
+head -c 200000 /dev/zero > "$dir/x.mp4.part"
+echo "[download] Destination: $dir/x.mp4"
+echo 'ERROR: unable to write data: [Errno 28] No space left on device' >&2
+exit 1
+"#,
+        runs = runs.display(),
+        space = space.display(),
+        fixture = fixture.display(),
+    );
+    let path = dir.join("yt-dlp-enospc");
+    std::fs::write(&path, script).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn enospc_requeues_uncounted_deletes_the_partial_and_holds_claims_until_a_download_fits() {
+    let api = FakeTelegram::start().await;
+    let media = media().await;
+    let dir = tempfile::tempdir().unwrap();
+    let core = core_for(&api, dir.path(), "");
+    let runs = dir.path().join("runs");
+    let space = dir.path().join("space-is-back");
+    let machine = Scripted(Arc::new(Mutex::new(normal())));
+    let (mut monitor, _) = monitor_for(&core, &api, &machine);
+    let pipeline = Pipeline {
+        jobs: core.clone(),
+        api: paced(&api),
+        ytdlp: enospc_ytdlp(dir.path(), &runs, &space),
+        has_ffmpeg: true,
+        shutdown: tokio_util::sync::CancellationToken::new(),
+        upload_grace: Duration::from_secs(1),
+        egress: None,
+    };
+    let runs_so_far = || {
+        std::fs::read_to_string(&runs)
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    let report = core
+        .submit(LinkRequest {
+            chat_id: 78,
+            user_id: 78,
+            message_id: 1,
+            lang: Lang::En,
+            text: media.url("/tiny.mp4"),
+            entities: vec![],
+            options: JobOptions::default(),
+            not_before: None,
+        })
+        .await
+        .unwrap();
+    let job = match &report.outcomes[0] {
+        Submission::Accepted { job, .. } => job.clone(),
+        other => panic!("{other:?}"),
+    };
+    use teloxide::prelude::Requester;
+    let sent = api
+        .bot()
+        .send_message(teloxide::types::ChatId(78), "Accepted")
+        .await
+        .unwrap();
+    core.attach_status(job.id, sent.id.0).await.unwrap();
+    let folder = tgdl::download::job_dir(&core.config.downloads_dir(), job.id.0);
+
+    // The disk fills under the download.
+    let claimed = match pipeline.claim().await.unwrap() {
+        StepOutcome::Advanced(j) => j,
+        other => panic!("expected a claim, got {other:?}"),
+    };
+    let j = match pipeline.step(claimed).await.unwrap() {
+        StepOutcome::Requeued(j) => j,
+        other => panic!("expected the job back in the queue, got {other:?}"),
+    };
+    assert_eq!(j.state, JobState::Queued);
+    assert_eq!(j.attempts, 0, "no attempt counted");
+    let err = j.last_error.clone().unwrap();
+    assert_eq!(err.code, "no_space");
+    assert!(err.text.contains("No space left on device"), "{err:?}");
+    assert!(!folder.exists(), "the partial file is deleted");
+    assert!(core.guard.is_paused() && core.guard.is_out_of_space());
+    wait_for_text(&api, 78, |t| t.contains("low on disk space"), T).await;
+
+    // Held: nothing is claimed, however often a worker asks.
+    for _ in 0..3 {
+        assert!(matches!(pipeline.claim().await.unwrap(), StepOutcome::Idle));
+    }
+    // Free space above the critical percentage, but not room for one more
+    // download (100 MB by default): still held.
+    {
+        let mut m = machine.0.lock().unwrap();
+        m.disk_total_bytes = 500 << 20;
+        m.disk_free_bytes = 60 << 20;
+    }
+    assert!(monitor.tick().await.unwrap().paused);
+    assert!(matches!(pipeline.claim().await.unwrap(), StepOutcome::Idle));
+    assert_eq!(runs_so_far(), 1, "no retry loop while the disk is full");
+
+    // Space returns: claims resume, and the job is delivered.
+    std::fs::write(&space, b"").unwrap();
+    machine.0.lock().unwrap().disk_free_bytes = 400 << 20;
+    assert!(!monitor.tick().await.unwrap().paused);
+    let claimed = match pipeline.claim().await.unwrap() {
+        StepOutcome::Advanced(j) => j,
+        other => panic!("expected a claim, got {other:?}"),
+    };
+    assert_eq!(claimed.id, job.id);
+    match pipeline.run_job(claimed).await.unwrap() {
+        StepOutcome::Finished(j) => {
+            assert_eq!((j.state, j.attempts), (JobState::Done, 0));
+        }
+        other => panic!("expected done, got {other:?}"),
+    }
+    assert_eq!(runs_so_far(), 2);
+    assert_eq!(api.count("sendVideo"), 1);
+}

@@ -221,3 +221,94 @@ fn orphan_rules_follow_owner_and_lease() {
         "exclusive store: any other owner is dead"
     );
 }
+
+/// A new process starts and claims the requeued job again, then dies: the
+/// job is left in `downloading` under a dead owner, as after a `kill -9`.
+fn crash_again(core: &Core, id: tgdl::job::JobId) {
+    let j = core
+        .store
+        .claim(Uuid::now_v7(), 60_000, now_ms())
+        .unwrap()
+        .expect("the requeued job is claimed again");
+    assert_eq!(j.id, id);
+}
+
+#[tokio::test]
+async fn a_download_that_resumes_further_after_every_crash_is_never_failed() {
+    let (_d, core) = setup(2);
+    let job = leave(&core, 1, JobState::Downloading, Some(b"partial"), 0);
+    let part = job_dir(&core.config.downloads_dir(), job.id.0).join("media.mp4");
+    for round in 1..=10u32 {
+        let r = recover(&core, false).await.unwrap();
+        assert_eq!(r.requeued, vec![job.id], "round {round}");
+        let j = core.store.get(job.id).unwrap().unwrap();
+        assert_eq!((j.state, j.rescues), (JobState::Queued, round));
+        let mark = j.rescue_mark.unwrap();
+        assert_eq!(mark.stalls, 0, "round {round}: progress every time");
+        assert_eq!(mark.bytes, std::fs::metadata(&part).unwrap().len());
+        // The restarted download resumes and writes more before the next crash.
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&part)
+            .unwrap();
+        std::io::Write::write_all(&mut f, b"more bytes").unwrap();
+        crash_again(&core, job.id);
+    }
+    assert!(core.store.check_invariants().unwrap().problems.is_empty());
+}
+
+#[tokio::test]
+async fn a_job_that_crashes_at_the_same_point_still_fails_crashed_repeatedly() {
+    let (_d, core) = setup(2);
+    let job = leave(&core, 1, JobState::Downloading, Some(b"partial"), 0);
+    // The first rescue finds bytes the job wrote since it started: progress.
+    // Then every crash finds it exactly there: stalls 1 and 2 are within
+    // max_rescues = 2, the third fails it.
+    for stalls in 0..=2u32 {
+        let r = recover(&core, false).await.unwrap();
+        assert_eq!(r.requeued, vec![job.id]);
+        let j = core.store.get(job.id).unwrap().unwrap();
+        assert_eq!(j.rescue_mark.unwrap().stalls, stalls);
+        crash_again(&core, job.id);
+    }
+    let r = recover(&core, false).await.unwrap();
+    assert_eq!(r.failed, vec![job.id]);
+    let j = core.store.get(job.id).unwrap().unwrap();
+    assert_eq!(j.state, JobState::Failed);
+    assert_eq!(j.failure.unwrap().code, "crashed_repeatedly");
+    assert_eq!((j.rescues, j.rescue_mark.unwrap().stalls), (4, 3));
+    assert!(!job_dir(&core.config.downloads_dir(), j.id.0).exists());
+}
+
+#[tokio::test]
+async fn an_upload_that_crashes_the_bot_every_time_still_fails() {
+    let (_d, core) = setup(2);
+    // A complete file: each rescue takes the upload over again (resumed), and
+    // each time it crashes at the same point.
+    let job = leave(&core, 1, JobState::Uploading, Some(b"0123456789"), 0);
+    let mut resumed = 0;
+    loop {
+        let r = recover(&core, false).await.unwrap();
+        if !r.failed.is_empty() {
+            break;
+        }
+        assert_eq!(r.resumed.len(), 1);
+        resumed += 1;
+        // The process that took it over dies too.
+        core.store
+            .update(
+                job.id,
+                tgdl::store::Expect::state(JobState::Uploading),
+                None,
+                now_ms(),
+                &|j| j.lease.as_mut().unwrap().owner = Uuid::now_v7(),
+            )
+            .unwrap();
+        assert!(resumed < 10, "never failed");
+    }
+    // First rescue: a later stage than the start (progress); then 1 and 2
+    // stalls pass, the third fails.
+    assert_eq!(resumed, 3);
+    let j = core.store.get(job.id).unwrap().unwrap();
+    assert_eq!(j.failure.unwrap().code, "crashed_repeatedly");
+}

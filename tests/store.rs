@@ -527,3 +527,145 @@ fn failed_jobs_reopen_only_by_retry_and_done_never() {
     }
     assert_consistent(&store);
 }
+
+/// Take a queued or in-flight job to `failed` as a cancel does.
+fn fail_cancelled(store: &SledStore, id: JobId, from: JobState, now: u64) -> Job {
+    store
+        .update(
+            id,
+            Expect::state(from),
+            Some(JobState::Cleaning),
+            now,
+            &|j| {
+                j.failure = Some(JobError {
+                    class: ErrorClass::Permanent,
+                    code: "cancelled".into(),
+                    text: "cancelled".into(),
+                })
+            },
+        )
+        .unwrap();
+    store
+        .update(
+            id,
+            Expect::state(JobState::Cleaning),
+            Some(JobState::Failed),
+            now,
+            &|_| {},
+        )
+        .unwrap()
+}
+
+#[test]
+fn reopen_is_held_to_the_limits_of_enqueue_and_counts_in_the_hour() {
+    let (_d, store) = open();
+    let limits = EnqueueLimits {
+        per_user_active: 1,
+        per_user_per_hour: 3,
+        queue_capacity: 100,
+        exempt: false,
+    };
+    let refusal = |e: StoreError| match e {
+        StoreError::Refused(r) => r,
+        e => panic!("expected a refusal, got {e:?}"),
+    };
+    let a = store
+        .enqueue(new_job(1, "https://a/1"), limits, 1000)
+        .unwrap()
+        .job;
+    fail_cancelled(&store, a.id, JobState::Queued, 1001);
+    let b = store
+        .enqueue(new_job(1, "https://a/2"), limits, 1002)
+        .unwrap()
+        .job;
+    // Active limit: the same refusal as a new link, and nothing changed.
+    let by_retry = refusal(store.reopen(a.id, limits, 1003, &|_| {}).unwrap_err());
+    let by_link = refusal(
+        store
+            .enqueue(new_job(1, "https://a/3"), limits, 1003)
+            .unwrap_err(),
+    );
+    assert_eq!(by_retry, Refusal::UserActive { limit: 1 });
+    assert_eq!(by_retry, by_link);
+    assert_eq!(store.get(a.id).unwrap().unwrap().state, JobState::Failed);
+    // Hourly: the retry counts as the third job of the hour...
+    fail_cancelled(&store, b.id, JobState::Queued, 1004);
+    let again = store
+        .reopen(a.id, limits, 1005, &|j| j.failure = None)
+        .unwrap();
+    assert_eq!(
+        (again.state, again.failure.clone()),
+        (JobState::Queued, None)
+    );
+    fail_cancelled(&store, a.id, JobState::Queued, 1006);
+    // ... so a fourth, by retry or by link, waits for the window.
+    let by_retry = refusal(store.reopen(a.id, limits, 1007, &|_| {}).unwrap_err());
+    let by_link = refusal(
+        store
+            .enqueue(new_job(1, "https://a/4"), limits, 1007)
+            .unwrap_err(),
+    );
+    assert_eq!(
+        by_retry,
+        Refusal::UserHourly {
+            limit: 3,
+            retry_at: 1000 + 3_600_000
+        }
+    );
+    assert_eq!(by_retry, by_link);
+    // The queue's capacity binds admins' retries too.
+    let full = EnqueueLimits {
+        queue_capacity: 0,
+        exempt: true,
+        ..limits
+    };
+    assert_eq!(
+        refusal(store.reopen(a.id, full, 1008, &|_| {}).unwrap_err()),
+        Refusal::QueueFull { capacity: 0 }
+    );
+    // Only a failed job reopens.
+    let done = store
+        .enqueue(new_job(2, "https://b/1"), LOOSE, 1009)
+        .unwrap()
+        .job;
+    assert!(matches!(
+        store.reopen(done.id, LOOSE, 1010, &|_| {}),
+        Err(StoreError::Conflict { .. })
+    ));
+    assert_consistent(&store);
+}
+
+#[test]
+fn history_stays_bounded_over_many_retries() {
+    let (_d, store) = open();
+    let owner = Uuid::now_v7();
+    let e = store
+        .enqueue(new_job(1, "https://a/1"), LOOSE, 1)
+        .unwrap()
+        .job;
+    let mut now = 2;
+    let mut state = JobState::Queued;
+    for _ in 0..200 {
+        if state == JobState::Failed {
+            store
+                .reopen(e.id, LOOSE, now, &|j| j.failure = None)
+                .unwrap();
+            now += 1;
+        }
+        store.claim(owner, 1000, now).unwrap().unwrap();
+        now += 1;
+        fail_cancelled(&store, e.id, JobState::Downloading, now);
+        now += 1;
+        state = JobState::Failed;
+    }
+    let j = store.get(e.id).unwrap().unwrap();
+    assert_eq!(j.history.len(), tgdl::job::HISTORY_MAX);
+    assert_eq!(
+        j.history[0],
+        (JobState::Queued, 1),
+        "the first entry is kept"
+    );
+    assert_eq!(j.history.last().unwrap().0, JobState::Failed);
+    assert!(tgdl::store::codec::encode(&j).unwrap().len() < 2048);
+    assert_consistent(&store);
+}

@@ -9,7 +9,7 @@ use tgdl::store::{CachedMedia, QuarantineEntry, UserRecord};
 
 fn round_trip<T>(data: &[u8])
 where
-    T: serde::Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug,
+    T: codec::Record + PartialEq + std::fmt::Debug,
 {
     if let Ok(value) = codec::decode::<T>(data) {
         let bytes = codec::encode(&value).expect("a decoded record encodes");

@@ -3,6 +3,8 @@
 //! Every safety property of a download hangs on this list, so it is built in
 //! exactly one place and never by string concatenation or a shell:
 //! - `--ignore-config` so no user or system config file can add options;
+//! - `--no-playlist --playlist-items 1` so a download is one media, never a
+//!   whole playlist;
 //! - the link is the very last argument, after `--`, so a link that looks
 //!   like an option (`--exec=...`) can only ever be a positional URL;
 //! - the output path is `<downloads>/<job id>/<media id>.<ext>`: the folder is
@@ -209,7 +211,14 @@ impl YtDlpArgs {
             "--progress-template",
             PROGRESS_TEMPLATE,
             "--restrict-filenames",
+            // A download is one media, never a playlist: `--no-playlist` for
+            // a link that is a video and a playlist at once, and only the
+            // first item of a link that is a playlist all the same (a child
+            // whose link is itself a list, a parent whose probe missed it).
+            // Playlists are expanded into child jobs by the worker only.
             "--no-playlist",
+            "--playlist-items",
+            "1",
             // Keep `.part` files and resume them: a retried job continues
             // where the last attempt stopped.
             "--continue",
@@ -350,6 +359,7 @@ mod tests {
             assert!(list.iter().any(|s| s == flag), "missing {flag}");
         }
         assert!(!list.iter().any(|s| s == "--no-part"));
+        assert_eq!(value_of(&list, "--playlist-items").unwrap(), "1");
         assert_eq!(
             value_of(&list, "--progress-template").unwrap(),
             PROGRESS_TEMPLATE

@@ -39,12 +39,15 @@ pub enum Reason {
     /// `extra_args` entry or a yt-dlp too old for our options. An operator
     /// problem that no retry fixes.
     Usage,
+    /// The disk filled up under yt-dlp or ffmpeg (ENOSPC): nothing is wrong
+    /// with the link, and nothing helps until space returns.
+    NoSpace,
     Unknown,
 }
 
 impl Reason {
     /// Every reason, for exhaustive tests and for whoever maps them to text.
-    pub const ALL: [Reason; 14] = [
+    pub const ALL: [Reason; 15] = [
         Reason::UnsupportedUrl,
         Reason::Unavailable,
         Reason::Private,
@@ -58,6 +61,7 @@ impl Reason {
         Reason::Network,
         Reason::Timeout,
         Reason::Usage,
+        Reason::NoSpace,
         Reason::Unknown,
     ];
 
@@ -80,6 +84,7 @@ impl Reason {
             | Reason::Http5xx
             | Reason::Network
             | Reason::Timeout
+            | Reason::NoSpace
             | Reason::Unknown => true,
         }
     }
@@ -100,6 +105,7 @@ impl Reason {
             Reason::Network => FailureCode::Network,
             Reason::Timeout => FailureCode::Timeout,
             Reason::Usage => FailureCode::YtdlpUsage,
+            Reason::NoSpace => FailureCode::NoSpace,
             Reason::Unknown => FailureCode::Unknown,
         }
     }
@@ -170,6 +176,11 @@ pub fn classify_message(message: &str) -> Option<Reason> {
 
     if has(&["yt-dlp: error:", "no such option:"]) {
         return Some(Reason::Usage);
+    }
+    // Before everything else that could match the same line: a full disk is
+    // the machine's problem, whatever yt-dlp was doing when it struck.
+    if has(&["no space left on device", "[errno 28]"]) {
+        return Some(Reason::NoSpace);
     }
     if has(&["private video", "this video is private", "video is private"]) {
         return Some(Reason::Private);
@@ -360,6 +371,9 @@ mod tests {
             ("ERROR: [generic] x: Unable to download webpage: HTTPConnection(host='nonexistent.invalid', port=80): Failed to resolve 'nonexistent.invalid' ([Errno -2] Name or service not known) (caused by TransportError(\"HTTPConnection(host='nonexistent.invalid', port=80): Failed to resolve 'nonexistent.invalid' ([Errno -2] Name or service not known)\"))", Retryable(Reason::Network)),
             ("ERROR: [generic] 'not a url' is not a valid URL", Permanent(Reason::UnsupportedUrl)),
             ("ERROR: [generic] clip: Requested format is not available. Use --list-formats for a list of available formats", Permanent(Reason::TooLarge)),
+            // The .part file was a symlink to /dev/full, which fails every
+            // write with ENOSPC as a full disk does.
+            ("ERROR: unable to write data: [Errno 28] No space left on device", Retryable(Reason::NoSpace)),
         ];
         for (line, want) in cases {
             assert_eq!(one(line), want, "{line}");

@@ -132,6 +132,8 @@ pub enum Msg {
     Failed {
         short_id: String,
         code: FailureCode,
+        /// The limit `code` is about, in MB: the download limit for
+        /// `DownloadTooLarge`, else the upload limit.
         limit_mb: u64,
     },
     Chosen {
@@ -147,7 +149,16 @@ pub enum Msg {
         short_id: String,
         title: String,
         count: usize,
+        /// Items listed but not taken, each with why.
         skipped: Vec<String>,
+        /// `limits.playlist_max_items`.
+        limit: u64,
+        /// Items past the limit that were not even listed (the playlist
+        /// says how many it has).
+        unlisted: u64,
+        /// Items past the limit exist, and the playlist does not say how
+        /// many.
+        more_unknown: bool,
     },
     WaitingForDisk {
         short_id: String,
@@ -283,22 +294,36 @@ pub fn render(lang: Lang, msg: &Msg) -> String {
         (En, Msg::TooLate { short_id }) => format!("Job {short_id} has already started with your default."),
         (Fa, Msg::TooLate { short_id }) => format!("کار {short_id} با پیش‌فرض شما شروع شده است."),
         (En, Msg::Saved) => "Saved.".into(),
-        (En, Msg::Playlist { short_id, title, count, skipped }) => {
+        (En, Msg::Playlist { short_id, title, count, skipped, limit, unlisted, more_unknown }) => {
             let mut t = format!("📃 Playlist {title} (job {short_id}): {count} item(s) will come, one by one.");
-            if !skipped.is_empty() {
-                t.push_str(&format!("\nSkipped {}:", skipped.len()));
+            let n = skipped.len() as u64 + unlisted;
+            if n > 0 {
+                let more = if *more_unknown { " or more" } else { "" };
+                t.push_str(&format!("\nSkipped {n}{more}:"));
                 for s in skipped.iter().take(20) {
                     t.push_str(&format!("\n• {s}"));
+                }
+                if *unlisted > 0 {
+                    t.push_str(&format!("\n• … and {unlisted} more over the playlist limit of {limit}"));
+                } else if *more_unknown {
+                    t.push_str(&format!("\n• … and any after them (the playlist limit is {limit})"));
                 }
             }
             t
         }
-        (Fa, Msg::Playlist { short_id, title, count, skipped }) => {
+        (Fa, Msg::Playlist { short_id, title, count, skipped, limit, unlisted, more_unknown }) => {
             let mut t = format!("📃 فهرست پخش {title} (کار {short_id}): {count} مورد یکی‌یکی فرستاده می‌شود.");
-            if !skipped.is_empty() {
-                t.push_str(&format!("\n{} مورد کنار گذاشته شد:", skipped.len()));
+            let n = skipped.len() as u64 + unlisted;
+            if n > 0 {
+                let more = if *more_unknown { " یا بیشتر" } else { "" };
+                t.push_str(&format!("\n{n}{more} مورد کنار گذاشته شد:"));
                 for s in skipped.iter().take(20) {
                     t.push_str(&format!("\n• {s}"));
+                }
+                if *unlisted > 0 {
+                    t.push_str(&format!("\n• … و {unlisted} مورد دیگر بیش از سقف {limit} موردی فهرست پخش"));
+                } else if *more_unknown {
+                    t.push_str(&format!("\n• … و هر موردی پس از آن‌ها (سقف فهرست پخش {limit} مورد است)"));
                 }
             }
             t
@@ -466,6 +491,21 @@ mod tests {
         };
         assert!(render(Lang::En, &m).contains("50 MB"));
         assert!(render(Lang::Fa, &m).contains("50 مگابایت"));
+        let m = Msg::Failed {
+            short_id: "abcd1234".into(),
+            code: FailureCode::DownloadTooLarge,
+            limit_mb: 100,
+        };
+        assert!(
+            render(Lang::En, &m).contains("100 MB limit"),
+            "{}",
+            render(Lang::En, &m)
+        );
+        assert!(
+            render(Lang::Fa, &m).contains("100 مگابایت"),
+            "{}",
+            render(Lang::Fa, &m)
+        );
     }
 
     #[test]

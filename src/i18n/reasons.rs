@@ -6,7 +6,9 @@ use super::Lang;
 use crate::job::FailureCode;
 use crate::net::LinkError;
 
-/// Human text for a failure code, in the user's language.
+/// Human text for a failure code, in the user's language. `limit_mb` is the
+/// limit the code is about: the upload limit for [`FailureCode::TooLarge`],
+/// the download limit for [`FailureCode::DownloadTooLarge`].
 pub(super) fn reason(lang: Lang, code: FailureCode, limit_mb: u64) -> String {
     use FailureCode as C;
     use Lang::*;
@@ -17,6 +19,15 @@ pub(super) fn reason(lang: Lang, code: FailureCode, limit_mb: u64) -> String {
         Fa => {
             format!("حجم فایل از سقف ارسال {limit_mb} مگابایت بیشتر است و قالب کوچک‌تری وجود ندارد")
         }
+    };
+    // `limit_mb` is the download limit here (see `Msg::Failed`).
+    let download_too_large = match lang {
+        En => format!(
+            "the download passed the {limit_mb} MB limit on what one job may download and was stopped"
+        ),
+        Fa => format!(
+            "دانلود از سقف {limit_mb} مگابایتی هر کار بیشتر شد و متوقف شد"
+        ),
     };
     let s: &str = match (lang, code) {
         (En, C::UnsupportedUrl) => "this site or link is not supported",
@@ -30,6 +41,10 @@ pub(super) fn reason(lang: Lang, code: FailureCode, limit_mb: u64) -> String {
         (En, C::Http403) => "the site refused access",
         (Fa, C::Http403) => "سایت اجازهٔ دسترسی نداد",
         (_, C::TooLarge) => &too_large,
+        (En, C::DownloadTooLarge) => &download_too_large,
+        (Fa, C::DownloadTooLarge) => &download_too_large,
+        (En, C::NoSpace) => "the bot's server ran out of disk space",
+        (Fa, C::NoSpace) => "فضای دیسک سرور ربات پر شد",
         (En, C::Cancelled) => "cancelled",
         (Fa, C::Cancelled) => "لغو شد",
         (En, C::CrashedRepeatedly) => "the bot crashed repeatedly while working on it",

@@ -96,6 +96,12 @@ failure_codes! {
     CrashedRepeatedly = "crashed_repeatedly",
     /// Something on this machine failed (yt-dlp would not start, a file vanished).
     LocalError = "local_error",
+    /// The job's files on disk passed `downloader.max_download_mb` while it
+    /// downloaded (a stream without an end, a response without a length).
+    DownloadTooLarge = "download_too_large",
+    /// The disk filled up under the download (ENOSPC). Recorded as the last
+    /// error of a job put back in the queue; never a final failure.
+    NoSpace = "no_space",
     // What Telegram said.
     /// The user blocked the bot, the chat is gone, or the bot was removed.
     ChatUnreachable = "chat_unreachable",

@@ -69,8 +69,25 @@ pub struct Lease {
     pub until: Millis,
 }
 
-/// The durable record of one job. Field order is the bincode layout of codec
-/// version 1: add fields only together with a new codec version.
+/// How far a job had got when a crash last took it from a worker: the
+/// recovery pass counts a rescue toward `downloader.max_rescues` only when
+/// the job got no further since the one before (no more bytes in its
+/// folder, no later stage), so a slow download that resumes further after
+/// every restart is not taken for a job that crashes the bot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RescueMark {
+    /// The furthest stage a rescue found the job in (downloading or
+    /// uploading).
+    pub stage: JobState,
+    /// The most bytes a rescue found in the job's folder.
+    pub bytes: u64,
+    /// Rescues that found no progress: what `max_rescues` limits.
+    pub stalls: u32,
+}
+
+/// The durable record of one job. Field order is the bincode layout of the
+/// codec (`store/codec.rs`): add fields only at the end and together with a
+/// new codec version that still decodes the old layout.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Job {
     pub id: JobId,
@@ -90,7 +107,8 @@ pub struct Job {
     pub attempts: u32,
     /// Times a crash or shutdown took the job back to `queued`; not attempts.
     pub rescues: u32,
-    /// Every state entered, with when.
+    /// States entered, with when: the first (creation) and the latest,
+    /// at most [`HISTORY_MAX`] in all.
     pub history: Vec<(JobState, Millis)>,
     pub created_at: Millis,
     pub updated_at: Millis,
@@ -108,7 +126,14 @@ pub struct Job {
     pub lease: Option<Lease>,
     /// A playlist's parent job, for its children.
     pub parent: Option<JobId>,
+    /// Where the last rescue found the job (codec version 2).
+    pub rescue_mark: Option<RescueMark>,
 }
+
+/// Most history entries a job keeps: the first, and the latest after it.
+/// Each retry or rescue adds entries, and a record must stay small (the
+/// codec refuses records over 1 MiB, and every change rewrites the record).
+pub const HISTORY_MAX: usize = 32;
 
 /// What a caller supplies to create a job.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -153,6 +178,7 @@ impl Job {
             delivery: None,
             lease: None,
             parent: n.parent,
+            rescue_mark: None,
         }
     }
 
@@ -168,6 +194,11 @@ impl Job {
         self.state = to;
         self.updated_at = now;
         self.history.push((to, now));
+        if self.history.len() > HISTORY_MAX {
+            // Keep the creation entry; drop the oldest after it.
+            let cut = self.history.len() - HISTORY_MAX;
+            self.history.drain(1..1 + cut);
+        }
         // A job that is not being worked on has no lease.
         if !matches!(
             to,
@@ -252,6 +283,25 @@ mod tests {
         );
         assert_eq!(job.state, Downloading);
         assert_eq!(job.history, vec![(Queued, 1), (Downloading, 10)]);
+    }
+
+    #[test]
+    fn history_keeps_the_first_entry_and_the_latest() {
+        let mut job = sample();
+        let mut now = 1;
+        for _ in 0..100 {
+            for to in [Downloading, Queued] {
+                now += 1;
+                job.enter(to, now).unwrap();
+            }
+        }
+        assert_eq!(job.history.len(), HISTORY_MAX);
+        assert_eq!(job.history[0], (Queued, 1));
+        assert_eq!(*job.history.last().unwrap(), (Queued, now));
+        // The kept tail is the latest entries, in order and contiguous.
+        for w in job.history[1..].windows(2) {
+            assert_eq!(w[1].1, w[0].1 + 1);
+        }
     }
 
     #[test]
@@ -340,13 +390,20 @@ mod tests {
                         }
                     }
                 }
-                // The history is a walk on the graph starting at queued.
+                // The history is a walk on the graph starting at queued
+                // (once capped, a walk from the first entry kept after it).
                 prop_assert_eq!(job.history[0].0, Queued);
-                for w in job.history.windows(2) {
+                prop_assert!(job.history.len() <= HISTORY_MAX);
+                let walk = if job.history.len() == HISTORY_MAX {
+                    &job.history[1..]
+                } else {
+                    &job.history[..]
+                };
+                for w in walk.windows(2) {
                     prop_assert!(w[0].0.can_become(w[1].0));
                 }
                 // Reaching done or failed is only possible through cleaning.
-                for w in job.history.windows(2) {
+                for w in walk.windows(2) {
                     if w[1].0.is_finished() {
                         prop_assert_eq!(w[0].0, Cleaning);
                     }

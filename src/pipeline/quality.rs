@@ -85,6 +85,8 @@ async fn offer(
         ytdlp,
         &job.url,
         limit,
+        // Two items tell a playlist, which gets no quality buttons.
+        2,
         &stop.child_token(),
         Duration::from_millis(window),
         proxy,

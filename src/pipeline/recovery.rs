@@ -11,7 +11,8 @@ use uuid::Uuid;
 
 use super::cleanup::{self, tree_size, CleanupError};
 use super::JobService;
-use crate::job::{now_ms, FailureCode, Job, JobError, JobId, JobState, Lease, Millis};
+use crate::download::job_dir;
+use crate::job::{now_ms, FailureCode, Job, JobError, JobId, JobState, Lease, Millis, RescueMark};
 use crate::store::{Expect, JobStore, StoreError};
 
 /// What the pass did (or, in a dry run, would do).
@@ -21,7 +22,8 @@ pub struct RecoveryReport {
     pub resumed: Vec<Job>,
     /// Jobs put back in the queue (partial files kept).
     pub requeued: Vec<JobId>,
-    /// Jobs failed with "crashed repeatedly".
+    /// Jobs failed with "crashed repeatedly": more than `max_rescues`
+    /// rescues found them no further than the one before.
     pub failed: Vec<JobId>,
     /// Jobs whose cleaning was finished.
     pub cleaned: Vec<JobId>,
@@ -71,6 +73,50 @@ pub fn is_orphan(job: &Job, me: Uuid, now: Millis, exclusive: bool) -> bool {
         None => true,
         Some(Lease { owner, .. }) if owner == me => false,
         Some(Lease { until, .. }) => exclusive || until < now,
+    }
+}
+
+/// Where this rescue finds `job` (in `downloading` or `uploading`, with
+/// `bytes` in its folder), against where the last one found it. Only a
+/// rescue that finds no progress since, neither more bytes nor a later
+/// stage, is a stall; `max_rescues` limits stalls. A slow download that
+/// resumes further after every crash is no poison pill; a job that brings
+/// the bot down at the same point again and again still is.
+pub fn rescue_mark(job: &Job, bytes: u64) -> RescueMark {
+    // Later stages rank higher.
+    let rank = |s: JobState| match s {
+        JobState::Downloading => 0,
+        JobState::Uploading => 1,
+        _ => 2,
+    };
+    match job.rescue_mark {
+        Some(m) => {
+            let progressed = rank(job.state) > rank(m.stage) || bytes > m.bytes;
+            RescueMark {
+                stage: if rank(job.state) > rank(m.stage) {
+                    job.state
+                } else {
+                    m.stage
+                },
+                bytes: bytes.max(m.bytes),
+                stalls: m.stalls + u32::from(!progressed),
+            }
+        }
+        // Never rescued before: progress since the job started.
+        None if job.rescues == 0 => {
+            let progressed = rank(job.state) > 0 || bytes > 0;
+            RescueMark {
+                stage: job.state,
+                bytes,
+                stalls: u32::from(!progressed),
+            }
+        }
+        // Rescued by a build that kept no mark, which counted every rescue.
+        None => RescueMark {
+            stage: job.state,
+            bytes,
+            stalls: job.rescues + 1,
+        },
     }
 }
 
@@ -124,15 +170,28 @@ fn recover_blocking(
         }
         let (id, state) = (job.id, job.state);
         let rescues = job.rescues + 1;
+        let mark = match state {
+            JobState::Downloading | JobState::Uploading => {
+                rescue_mark(&job, tree_size(&job_dir(downloads, id.0)))
+            }
+            _ => job.rescue_mark.unwrap_or(RescueMark {
+                stage: state,
+                bytes: 0,
+                stalls: 0,
+            }),
+        };
         let res = match state {
-            JobState::Downloading | JobState::Uploading if rescues > max_rescues => {
+            JobState::Downloading | JobState::Uploading if mark.stalls > max_rescues => {
                 r.failed.push(id);
                 if dry_run {
                     continue;
                 }
                 let err = JobError::permanent(
                     FailureCode::CrashedRepeatedly,
-                    format!("rescued {} times", job.rescues),
+                    format!(
+                        "rescued {rescues} times, {} of them without progress",
+                        mark.stalls
+                    ),
                 );
                 s.update(
                     id,
@@ -141,6 +200,7 @@ fn recover_blocking(
                     now,
                     &|j| {
                         j.rescues = rescues;
+                        j.rescue_mark = Some(mark);
                         j.failure = Some(err.clone());
                         j.last_error = Some(err.clone());
                     },
@@ -154,6 +214,7 @@ fn recover_blocking(
                 }
                 s.update(id, Expect::state(state), None, now, &|j| {
                     j.rescues = rescues;
+                    j.rescue_mark = Some(mark);
                     j.lease = Some(Lease {
                         owner: me,
                         until: now + lease_ms,
@@ -173,6 +234,7 @@ fn recover_blocking(
                     now,
                     &|j| {
                         j.rescues = rescues;
+                        j.rescue_mark = Some(mark);
                         j.next_attempt_at = now;
                     },
                 )

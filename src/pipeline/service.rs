@@ -295,7 +295,10 @@ impl JobService {
         }
     }
 
-    /// Queue a failed job again, with a fresh attempt count.
+    /// Queue a failed job again, with a fresh attempt count. It is admitted
+    /// exactly as a new link would be (the per-user active and hourly limits
+    /// and the queue's capacity, in the same transaction), and refused with
+    /// the same [`Refusal`].
     pub async fn retry(&self, asker: Asker, id: &str) -> Result<RetryOutcome, StoreError> {
         let job = match self.lookup(asker, id).await? {
             Lookup::Found(j) => *j,
@@ -305,22 +308,21 @@ impl JobService {
             return Ok(RetryOutcome::NotFailed(job));
         }
         let id = job.id;
+        // The job's owner is held to the limits, unless an admin asks (as
+        // for a link an admin sends).
+        let exempt = asker.admin || self.config.is_admin(job.user_id);
+        let limits = EnqueueLimits::from_config(&self.config.limits, exempt);
         let res = self
             .call(move |s| {
                 let now = now_ms();
-                s.update(
-                    id,
-                    Expect::state(JobState::Failed),
-                    Some(JobState::Queued),
-                    now,
-                    &|j| {
-                        j.attempts = 0;
-                        j.rescues = 0;
-                        j.failure = None;
-                        j.next_attempt_at = now;
-                        j.delivery = None;
-                    },
-                )
+                s.reopen(id, limits, now, &|j| {
+                    j.attempts = 0;
+                    j.rescues = 0;
+                    j.rescue_mark = None;
+                    j.failure = None;
+                    j.next_attempt_at = now;
+                    j.delivery = None;
+                })
             })
             .await;
         match res {
@@ -328,6 +330,7 @@ impl JobService {
                 self.wake_workers();
                 Ok(RetryOutcome::Requeued(j))
             }
+            Err(StoreError::Refused(refusal)) => Ok(RetryOutcome::Refused(refusal)),
             Err(StoreError::Conflict { actual, .. }) => Ok(RetryOutcome::NotFailed(Job {
                 state: actual,
                 ..job
@@ -491,6 +494,8 @@ pub enum CancelOutcome {
 pub enum RetryOutcome {
     Requeued(Job),
     NotFailed(Job),
+    /// Over a limit, as a new link would be.
+    Refused(Refusal),
     Lookup(Lookup),
 }
 

@@ -3,16 +3,24 @@
 //! Why a version byte: bincode is not self-describing, so adding a field to
 //! [`crate::job::Job`] changes the layout. A new layout gets a new version and
 //! a decoder arm here; old records keep decoding. `tests/fixtures/job_v1.bin`
-//! pins version 1 so that such a change cannot silently drop it.
+//! and `job_v2.bin` pin versions 1 and 2 so that such a change cannot
+//! silently drop one.
+//!
+//! Versions:
+//! - 1: the first layout.
+//! - 2: [`Job`] gained `rescue_mark` at its end; every other record is laid
+//!   out as in version 1. A version-1 job reads with no mark.
 //!
 //! Decoding never panics and never allocates more than [`MAX_RECORD`] bytes,
 //! whatever the input: bad bytes are an error the store quarantines.
 
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+
+use crate::job::{Delivery, Job, JobError, JobId, JobOptions, JobState, Lease, MediaInfo, Millis};
 
 /// The version written by this build.
-pub const CURRENT_VERSION: u8 = 1;
+pub const CURRENT_VERSION: u8 = 2;
 
 /// Upper bound on what decoding may allocate. Jobs are a few hundred bytes; a
 /// length prefix claiming gigabytes is corruption, not data.
@@ -36,6 +44,26 @@ pub enum CodecError {
     Encode(String),
 }
 
+/// A record the store keeps, and how it reads the layouts of older codec
+/// versions. By default a version-1 body is laid out as today's.
+pub trait Record: Serialize + DeserializeOwned {
+    /// Decode the body of a record written by codec version 1.
+    fn decode_v1(body: &[u8]) -> Result<Self, CodecError> {
+        decode_body(body)
+    }
+}
+
+impl Record for Job {
+    fn decode_v1(body: &[u8]) -> Result<Self, CodecError> {
+        decode_body::<JobV1>(body).map(Job::from)
+    }
+}
+
+impl Record for super::UserRecord {}
+impl Record for super::CachedMedia {}
+impl Record for super::QuarantineEntry {}
+impl Record for super::UserSettings {}
+
 /// Encode with the current version byte.
 pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
     let mut out = vec![CURRENT_VERSION];
@@ -47,18 +75,83 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
 
 /// Decode any supported version. Every byte must be consumed: a record with
 /// garbage after it is as suspect as one that is cut short.
-pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+pub fn decode<T: Record>(bytes: &[u8]) -> Result<T, CodecError> {
     let (&version, body) = bytes.split_first().ok_or(CodecError::Empty)?;
     match version {
-        1 => {
-            let (value, used): (T, usize) = bincode::serde::decode_from_slice(body, config())
-                .map_err(|e| CodecError::Decode(e.to_string()))?;
-            if used != body.len() {
-                return Err(CodecError::Trailing(body.len() - used));
-            }
-            Ok(value)
-        }
+        1 => T::decode_v1(body),
+        2 => decode_body(body),
         v => Err(CodecError::UnknownVersion(v)),
+    }
+}
+
+/// One bincode body, all of it.
+fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, CodecError> {
+    let (value, used): (T, usize) = bincode::serde::decode_from_slice(body, config())
+        .map_err(|e| CodecError::Decode(e.to_string()))?;
+    if used != body.len() {
+        return Err(CodecError::Trailing(body.len() - used));
+    }
+    Ok(value)
+}
+
+/// [`Job`] as codec version 1 laid it out. Frozen: never change a field.
+#[derive(Deserialize)]
+struct JobV1 {
+    id: JobId,
+    chat_id: i64,
+    user_id: u64,
+    request_msg_id: i32,
+    status_msg_id: Option<i32>,
+    lang: String,
+    url: String,
+    options: JobOptions,
+    state: JobState,
+    attempts: u32,
+    rescues: u32,
+    history: Vec<(JobState, Millis)>,
+    created_at: Millis,
+    updated_at: Millis,
+    next_attempt_at: Millis,
+    last_error: Option<JobError>,
+    failure: Option<JobError>,
+    file_path: Option<String>,
+    file_size: Option<u64>,
+    title: Option<String>,
+    media: Option<MediaInfo>,
+    delivery: Option<Delivery>,
+    lease: Option<Lease>,
+    parent: Option<JobId>,
+}
+
+impl From<JobV1> for Job {
+    fn from(v: JobV1) -> Job {
+        Job {
+            id: v.id,
+            chat_id: v.chat_id,
+            user_id: v.user_id,
+            request_msg_id: v.request_msg_id,
+            status_msg_id: v.status_msg_id,
+            lang: v.lang,
+            url: v.url,
+            options: v.options,
+            state: v.state,
+            attempts: v.attempts,
+            rescues: v.rescues,
+            history: v.history,
+            created_at: v.created_at,
+            updated_at: v.updated_at,
+            next_attempt_at: v.next_attempt_at,
+            last_error: v.last_error,
+            failure: v.failure,
+            file_path: v.file_path,
+            file_size: v.file_size,
+            title: v.title,
+            media: v.media,
+            delivery: v.delivery,
+            lease: v.lease,
+            parent: v.parent,
+            rescue_mark: None,
+        }
     }
 }
 
@@ -114,8 +207,12 @@ mod tests {
 
     #[test]
     fn a_huge_length_prefix_is_an_error_not_an_allocation() {
-        // Version 1, then a varint claiming a u64::MAX-long string.
-        let bytes = [1u8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff];
-        assert!(decode::<String>(&bytes).is_err());
+        // Version 1 or 2, then a varint claiming a u64::MAX-long string
+        // (a quarantine entry starts with one).
+        for v in [1u8, 2] {
+            let bytes = [v, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff];
+            assert!(decode::<crate::store::QuarantineEntry>(&bytes).is_err());
+            assert!(decode::<Job>(&bytes).is_err());
+        }
     }
 }

@@ -21,7 +21,7 @@ use uuid::Uuid;
 use crate::job::{IllegalTransition, Job, JobId, JobState, MediaKind, Millis, NewJob};
 use codec::CodecError;
 
-/// Limits checked atomically with an enqueue (SPEC "Access").
+/// Limits checked atomically with an enqueue or a reopen (SPEC "Access").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EnqueueLimits {
     pub per_user_active: u32,
@@ -254,6 +254,19 @@ pub trait JobStore: Send + Sync {
         limits: EnqueueLimits,
         now: Millis,
     ) -> Result<Enqueued, StoreError>;
+
+    /// Queue a failed job again (a retry), admitting it by the limits of
+    /// [`JobStore::enqueue`] in the same transaction: refused as a new link
+    /// would be, and counted in the user's hourly window when admitted.
+    /// `edit` resets what a new run needs (it may run more than once).
+    /// A job that is not `failed` is a [`StoreError::Conflict`].
+    fn reopen(
+        &self,
+        id: JobId,
+        limits: EnqueueLimits,
+        now: Millis,
+        edit: &(dyn Fn(&mut Job) + Sync),
+    ) -> Result<Job, StoreError>;
 
     /// Claim the next runnable job (queued, `next_attempt_at <= now`), fair
     /// across users, moving it to `downloading` with `owner` and a lease.

@@ -136,6 +136,7 @@ pub(super) async fn on_message(msg: Message, deps: Arc<Deps>) -> Result<(), Pace
                 short_id: j.id.short(),
                 state: j.state.name().into(),
             }),
+            Ok(RetryOutcome::Refused(r)) => say(refusal_msg(r)),
             Ok(RetryOutcome::Lookup(l)) => lookup_text(lang, l, &arg),
             Err(e) => internal(lang, e),
         },

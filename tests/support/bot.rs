@@ -192,3 +192,72 @@ pub async fn wait_for_text(
 pub async fn media() -> MediaServer {
     MediaServer::fixtures().await
 }
+
+/// The bot's first answer to the user's message `msg_id` in `chat`: its text.
+pub async fn reply_text(api: &FakeTelegram, chat: i64, msg_id: i32, timeout: Duration) -> String {
+    let is_reply = |c: &super::fake_telegram::Call| {
+        c.is("sendMessage")
+            && c.chat_id() == Some(chat)
+            && c.reply_to() == Some(msg_id)
+            && c.succeeded()
+    };
+    api.wait_for(|calls| calls.iter().any(is_reply), timeout)
+        .await
+        .into_iter()
+        .find(is_reply)
+        .and_then(|c| c.text().map(str::to_owned))
+        .unwrap()
+}
+
+/// Sends `text` (a link) as the user of private chat `chat` and expects it accepted: the job's
+/// short id and its status message id.
+pub async fn accept_link(
+    api: &FakeTelegram,
+    chat: i64,
+    text: &str,
+    timeout: Duration,
+) -> (String, i32) {
+    let msg_id = api.push_text(chat, chat as u64, text, Some("en"));
+    let is_ack = |c: &super::fake_telegram::Call| {
+        c.is("sendMessage")
+            && c.chat_id() == Some(chat)
+            && c.reply_to() == Some(msg_id)
+            && c.succeeded()
+    };
+    let ack = api
+        .wait_for(|calls| calls.iter().any(is_ack), timeout)
+        .await
+        .into_iter()
+        .find(is_ack)
+        .unwrap();
+    let body = ack.text().unwrap().to_owned();
+    let short: String = body
+        .split("Accepted as job ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("{text:?} was not accepted: {body:?}"))
+        .chars()
+        .take_while(char::is_ascii_hexdigit)
+        .collect();
+    let status = ack.result().unwrap()["message_id"].as_i64().unwrap() as i32;
+    (short, status)
+}
+
+/// Waits until the bot's message `message_id` in `chat` reads like `pred`; returns that text.
+pub async fn message_becomes(
+    api: &FakeTelegram,
+    chat: i64,
+    message_id: i32,
+    pred: impl Fn(&str) -> bool,
+    timeout: Duration,
+) -> String {
+    let found = |ms: &[SentMessage]| {
+        ms.iter()
+            .find(|m| m.message_id == message_id)
+            .and_then(|m| m.text.clone())
+            .filter(|t| pred(t))
+    };
+    let msgs = api
+        .wait_for_messages(chat, |ms| found(ms).is_some(), timeout)
+        .await;
+    found(&msgs).unwrap()
+}

@@ -19,6 +19,12 @@
 //! - `/status/<code>`: an empty answer with that status (403, 429, 500, ...).
 //! - `/page/<name>`: an HTML page registered with [`MediaServer::add_page`] or
 //!   [`MediaServer::add_video_page`].
+//! - `/endless/<name>`: `200` with the `Content-Type` of `<name>` and no `Content-Length`, then
+//!   a body that never ends (`?chunk=<bytes>` every `?delay_ms=<ms>`, 64 KiB every 10 ms by
+//!   default) until the client goes away: a live stream, or a server that does not say.
+//! - `/hls/<n>/index.m3u8`: an HLS media playlist of `n` two-second segments
+//!   `/hls/seg/<i>.ts?size=<bytes>` (`?size=` on the playlist, 256 KiB by default), each that
+//!   many pseudo-random bytes (yt-dlp's HLS downloader does not look inside).
 //! - `/404` and anything missing: 404.
 
 use std::collections::HashMap;
@@ -484,6 +490,12 @@ async fn route(
         let ok = stream.write_all(header.as_bytes()).await.is_ok();
         return (302, 0, ok);
     }
+    if let Some(rest) = path
+        .strip_prefix("/endless/")
+        .or(path.strip_prefix("/hls/"))
+    {
+        return generated(inner, stream, head, path, rest, query, seq).await;
+    }
     if let Some(name) = path.strip_prefix("/page/") {
         let page = inner.lock().pages.get(name).cloned();
         return match page {
@@ -654,4 +666,91 @@ async fn simple(
     }
     let ok = stream.write_all(body).await.is_ok();
     (status, if ok { body.len() as u64 } else { 0 }, ok)
+}
+
+/// Bytes that do not compress and do not repeat within a segment.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// The generated routes: `/endless/<name>` and `/hls/...` (see the module docs). `rest` is the
+/// path after the route's prefix.
+async fn generated(
+    inner: &Inner,
+    stream: &mut TcpStream,
+    head: &Head,
+    path: &str,
+    rest: &str,
+    query: Option<&str>,
+    seq: usize,
+) -> (u16, u64, bool) {
+    if path.starts_with("/hls/") {
+        if let Some(n) = rest
+            .strip_suffix("/index.m3u8")
+            .and_then(|n| n.parse::<u64>().ok())
+        {
+            let size = query_param(query, "size").unwrap_or(256 * 1024);
+            let mut list = String::from(
+                "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:0\n",
+            );
+            for i in 0..n {
+                list.push_str(&format!("#EXTINF:2.0,\n/hls/seg/{i}.ts?size={size}\n"));
+            }
+            list.push_str("#EXT-X-ENDLIST\n");
+            return simple(
+                stream,
+                200,
+                "application/vnd.apple.mpegurl",
+                list.as_bytes(),
+                head,
+            )
+            .await;
+        }
+        if let Some(i) = rest
+            .strip_prefix("seg/")
+            .and_then(|s| s.strip_suffix(".ts"))
+            .and_then(|i| i.parse::<u64>().ok())
+        {
+            let size = query_param(query, "size").unwrap_or(256 * 1024) as usize;
+            return simple(stream, 200, "video/mp2t", &noise(size, i + 1), head).await;
+        }
+        return simple(stream, 404, "text/plain", b"not found\n", head).await;
+    }
+    // /endless/<name>
+    let chunk = query_param(query, "chunk").unwrap_or(64 * 1024).max(1) as usize;
+    let delay = Duration::from_millis(query_param(query, "delay_ms").unwrap_or(10));
+    let header = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: {}\r\nConnection: close\r\n\r\n",
+        content_type_for(Path::new(rest))
+    );
+    inner.lock().requests[seq].status = 200;
+    inner.changed.notify_waiters();
+    if stream.write_all(header.as_bytes()).await.is_err() {
+        return (200, 0, false);
+    }
+    if head.method == "HEAD" {
+        return (200, 0, true);
+    }
+    let mut sent: u64 = 0;
+    for n in 1u64.. {
+        let part = noise(chunk, n);
+        if stream.write_all(&part).await.is_err() || stream.flush().await.is_err() {
+            break;
+        }
+        sent += part.len() as u64;
+        inner.lock().requests[seq].bytes_sent = sent;
+        inner.changed.notify_waiters();
+        // Pacing is the behaviour under test (a stream's rate), not synchronisation.
+        tokio::time::sleep(delay).await;
+    }
+    // The client went away: an endless answer is never complete.
+    (200, sent, false)
 }

@@ -142,11 +142,16 @@ impl Monitor {
         let alerts = self.alerter.update(&conditions, Instant::now());
         let low_disk = conditions.iter().any(|c| c.kind == ConditionKind::DiskLow);
         let was = self.jobs.guard.is_paused();
-        self.jobs.guard.set_paused(low_disk);
+        // After ENOSPC, claims wait until one more download fits.
+        // (A disk whose size cannot be read gives no reason to hold.)
+        let disk = &sample.system;
+        let room = disk.disk_total_bytes == 0
+            || disk.disk_free_bytes >= self.jobs.config.max_download_bytes();
+        let paused = self.jobs.guard.settle(low_disk, room);
         if low_disk && !was {
             tracing::warn!("free disk below the critical threshold: new downloads paused");
             self.tell_waiting_users().await;
-        } else if was && !low_disk {
+        } else if was && !paused {
             tracing::info!("disk space is back: downloads resume");
             self.jobs.wake_workers();
         }
@@ -166,7 +171,7 @@ impl Monitor {
             }
         }
         Ok(Tick {
-            paused: low_disk,
+            paused,
             sample,
             conditions,
             alerts,

@@ -16,7 +16,12 @@ impl Pipeline {
             None => status.message.delete(),
             Some(f) if f.code == FailureCode::ChatUnreachable => {}
             Some(f) => {
-                let text = status.failed_text(f.code, self.jobs.config.telegram.upload_limit_mb);
+                let cfg = &self.jobs.config;
+                let limit_mb = match f.code {
+                    FailureCode::DownloadTooLarge => cfg.max_download_mb(),
+                    _ => cfg.telegram.upload_limit_mb,
+                };
+                let text = status.failed_text(f.code, limit_mb);
                 if !status.message.force(&text).await && status.message.message_id().is_none() {
                     self.reply(&done, text).await;
                 }

@@ -8,9 +8,9 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::download::{self, DownloadError, Want, YtDlpArgs};
-use crate::job::{now_ms, FailureCode, Job, JobState, MediaInfo, MediaKind};
+use crate::job::{FailureCode, Job, JobState, MediaInfo, MediaKind};
 
-use super::{Pipeline, StepOutcome, StepResult};
+use super::{budget, Pipeline, StepOutcome, StepResult};
 
 fn want(kind: MediaKind) -> Want {
     match kind {
@@ -54,14 +54,19 @@ impl Pipeline {
         let session = self.egress_session();
         args.proxy = session.as_ref().map(|s| s.proxy_url());
         let (tx, rx) = watch::channel(None);
+        // Its own token: stopping a download over the limit is not a cancel.
+        let run_cancel = cancel.child_token();
         let run = download::run_ytdlp(
             &args,
-            cancel.clone(),
+            run_cancel.clone(),
             Duration::from_secs(cfg.downloader.timeout_secs),
             move |p| {
                 tx.send_replace(Some(p));
             },
         );
+        let budget = cfg.max_download_bytes();
+        let over = budget::exceeded(args.output_dir.clone(), budget, rx.clone());
+        let mut stopped_at: Option<u64> = None;
         // Tick at half the edit interval: `StatusMessage` enforces the
         // interval itself, and a tick that lands just short of it would
         // otherwise wait a whole extra interval.
@@ -70,9 +75,15 @@ impl Pipeline {
         ));
         let work = async {
             tokio::pin!(run);
+            tokio::pin!(over);
             loop {
                 tokio::select! {
                     r = &mut run => break r,
+                    used = &mut over, if stopped_at.is_none() => {
+                        tracing::warn!(job = %job.id, used, budget, "download passed max_download_mb; stopping it");
+                        stopped_at = Some(used);
+                        run_cancel.cancel();
+                    }
                     _ = progress_tick.tick() => {
                         if status.message.message_id().is_none() {
                             // Claimed before the handler recorded its
@@ -92,6 +103,12 @@ impl Pipeline {
             cancel.cancel();
             return Ok(StepOutcome::Lost(job.id));
         };
+        if let Some(used) = stopped_at {
+            // The clean stage deletes what it wrote.
+            let text =
+                format!("stopped with {used} bytes on disk, over the {budget}-byte download limit");
+            return self.fail(&job, FailureCode::DownloadTooLarge, text).await;
+        }
         match result {
             // `run_ytdlp` refused a file over `args.upload_limit` already.
             Ok(out) => {
@@ -110,20 +127,13 @@ impl Pipeline {
                 })
                 .await
             }
-            Err(DownloadError::Cancelled) => self.stopped(&job).await,
-            Err(_) if Self::refused(&session).is_some() => {
+            Err(e)
+                if !matches!(e, DownloadError::Cancelled) && Self::refused(&session).is_some() =>
+            {
                 let why = Self::refused(&session).unwrap_or_default();
                 self.fail(&job, FailureCode::DestinationRefused, why).await
             }
-            Err(e) => {
-                let (class, code) = e.classify();
-                // An error yt-dlp could not name often means a site changed
-                // and the extractor is out of date: the health task counts them.
-                if code == FailureCode::Unknown {
-                    self.jobs.guard.note_extractor_error(now_ms());
-                }
-                self.error(&job, class, code, e.to_string()).await
-            }
+            Err(e) => self.ytdlp_failed(&job, e).await,
         }
     }
 }

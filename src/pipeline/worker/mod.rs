@@ -7,11 +7,13 @@
 //!
 //! - `policy.rs`: claiming, backoff, and what an error means (retry or fail).
 //! - `download.rs`, `upload.rs`, `clean.rs`: one stage each.
+//! - `budget.rs`: the bound on a download's files on disk.
 //! - `playlist.rs`: a playlist link becomes child jobs.
 //! - `lease.rs`: the one lease keeper every stage runs under.
 //! - `outcome.rs`: [`StepOutcome`] and the transition helper.
 //! - `status.rs`: the status message's text at each stage.
 
+mod budget;
 mod clean;
 mod download;
 mod lease;

@@ -1,15 +1,16 @@
 //! Playlist expansion: a link that is a playlist (or a page of several media)
 //! becomes one child job per item, up to `limits.playlist_max_items`, and the
-//! parent finishes with a summary. A child is never expanded again.
+//! parent finishes with a summary naming what was skipped. A child is never
+//! expanded again, and no download expands a playlist itself (`args.rs`:
+//! `--no-playlist --playlist-items 1`).
 
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
 use crate::download::probe::{self, Playlist, Probed};
-use crate::download::DownloadError;
 use crate::i18n::Msg;
-use crate::job::{now_ms, ErrorClass, FailureCode, Job, JobState, NewJob};
+use crate::job::{now_ms, FailureCode, Job, JobState, NewJob};
 use crate::net;
 use crate::store::{EnqueueLimits, StoreError};
 
@@ -17,7 +18,9 @@ use super::{Pipeline, StepResult};
 
 impl Pipeline {
     /// Probe a top-level link; when it is a playlist, expand it and return
-    /// the step's result. `None`: download it as one media.
+    /// the step's result. `None`: download it as one media. A probe that
+    /// fails or times out is the step's error (retried or failed by its
+    /// class), never a reason to download the link whole.
     pub(super) async fn expand_if_playlist(
         &self,
         job: &Job,
@@ -29,12 +32,15 @@ impl Pipeline {
         let cfg = &self.jobs.config;
         let timeout = Duration::from_secs(120.min(cfg.downloader.timeout_secs));
         let limit = Some(cfg.upload_limit_bytes());
+        // One more than will be taken: whether there are more is then known.
+        let ask = cfg.limits.playlist_max_items.saturating_add(1);
         let session = self.egress_session();
         let proxy = session.as_ref().map(|s| s.proxy_url());
         let probed = probe::probe(
             &self.ytdlp,
             &job.url,
             limit,
+            ask,
             cancel,
             timeout,
             proxy.as_deref(),
@@ -48,20 +54,8 @@ impl Pipeline {
                 playlist: Some(playlist),
                 ..
             }) => Some(self.expand_playlist(job.clone(), playlist).await),
-            Ok(_)
-            | Err(DownloadError::TimedOut | DownloadError::Io(_) | DownloadError::Failed(..)) => {
-                None
-            }
-            Err(DownloadError::Cancelled) => Some(self.stopped(job).await),
-            Err(e @ DownloadError::Spawn(_)) => Some(
-                self.error(
-                    job,
-                    ErrorClass::Retryable,
-                    FailureCode::LocalError,
-                    e.to_string(),
-                )
-                .await,
-            ),
+            Ok(_) => None,
+            Err(e) => Some(self.ytdlp_failed(job, e).await),
         }
     }
 
@@ -77,6 +71,11 @@ impl Pipeline {
         limits.per_user_active = limits.per_user_active.saturating_add(1);
         let mut taken = 0usize;
         let mut skipped: Vec<String> = Vec::new();
+        // The probe listed at most one item past the limit; the playlist's
+        // own count, when yt-dlp knows it, says how many more there are.
+        let listed = playlist.items.len() as u64;
+        let unlisted = playlist.total.unwrap_or(0).saturating_sub(listed);
+        let more_unknown = playlist.total.is_none() && listed > max as u64;
         for (i, item) in playlist.items.iter().enumerate() {
             let name = item.title.clone().unwrap_or_else(|| item.url.clone());
             if i >= max {
@@ -129,6 +128,9 @@ impl Pipeline {
             title: playlist.title.clone().unwrap_or_default(),
             count: taken,
             skipped,
+            limit: max as u64,
+            unlisted,
+            more_unknown,
         });
         if !status.message.force(&summary).await {
             self.reply(&job, summary).await;

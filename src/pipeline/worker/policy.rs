@@ -6,8 +6,10 @@ use std::time::Duration;
 
 use rand::Rng;
 
+use crate::download::DownloadError;
 use crate::job::{now_ms, ErrorClass, FailureCode, Job, JobError, JobState, Millis};
 
+use super::super::cleanup;
 use super::{Pipeline, StepOutcome, StepResult};
 
 /// Exponential backoff with ±20 % jitter, capped at an hour.
@@ -71,6 +73,61 @@ impl Pipeline {
             })
             .await?;
         self.status(job).waiting_retry(attempts + 1, max).await;
+        Ok(out)
+    }
+
+    /// yt-dlp (the probe or the download) did not deliver: stopped by
+    /// shutdown or the user, out of disk space, or an error to retry or fail
+    /// by its class.
+    pub(super) async fn ytdlp_failed(&self, job: &Job, e: DownloadError) -> StepResult {
+        if let DownloadError::Cancelled = e {
+            return self.stopped(job).await;
+        }
+        let (class, code) = e.classify();
+        match code {
+            FailureCode::NoSpace => self.out_of_space(job, e.to_string()).await,
+            code => {
+                // An error yt-dlp could not name often means a site changed
+                // and the extractor is out of date: the health task counts them.
+                if code == FailureCode::Unknown {
+                    self.jobs.guard.note_extractor_error(now_ms());
+                }
+                self.error(job, class, code, e.to_string()).await
+            }
+        }
+    }
+
+    /// The disk filled up under the download (ENOSPC). Nothing is wrong with
+    /// the job, and retrying now would only fill the disk again: hold claims
+    /// (the health task lets them go once a download fits again), delete the
+    /// job's partial files, and put it back in the queue at once without
+    /// counting an attempt.
+    async fn out_of_space(&self, job: &Job, text: String) -> StepResult {
+        self.jobs.guard.hold_for_space();
+        tracing::error!(job = %job.id, error = %text, "disk full: job requeued, claims held until space returns");
+        let downloads = self.jobs.config.downloads_dir();
+        let j = job.clone();
+        match tokio::task::spawn_blocking(move || cleanup::remove_job_dir(&downloads, &j)).await {
+            Ok(Ok(freed)) => tracing::info!(job = %job.id, freed, "partial files deleted"),
+            Ok(Err(e)) => tracing::warn!(job = %job.id, error = %e, "cannot delete partial files"),
+            Err(e) => tracing::warn!(job = %job.id, error = %e, "cannot delete partial files"),
+        }
+        let err = JobError {
+            class: ErrorClass::Retryable,
+            code: FailureCode::NoSpace,
+            text,
+        };
+        let out = self
+            .advance(job, JobState::Queued, move |j| {
+                j.next_attempt_at = now_ms();
+                j.last_error = Some(err.clone());
+                // Its files are gone: bytes count from zero again.
+                if let Some(m) = &mut j.rescue_mark {
+                    m.bytes = 0;
+                }
+            })
+            .await?;
+        self.status(job).waiting_for_disk().await;
         Ok(out)
     }
 

@@ -97,6 +97,14 @@ impl JobStatus {
         self.message.force(&text).await;
     }
 
+    /// Back in the queue until the disk has room again.
+    pub async fn waiting_for_disk(&mut self) {
+        let text = self.render(&Msg::WaitingForDisk {
+            short_id: self.short_id.clone(),
+        });
+        self.message.force(&text).await;
+    }
+
     /// The last line of a failed or cancelled job.
     pub fn failed_text(&self, code: FailureCode, limit_mb: u64) -> String {
         let short_id = self.short_id.clone();

@@ -40,7 +40,10 @@ use super::StoreError;
 use sync::GroupSync;
 
 /// Schema of the trees (not of the records, which carry their own version).
-pub const SCHEMA_VERSION: u32 = 1;
+/// 2: records may be written by codec version 2, which a build of schema 1
+/// cannot read (it would quarantine them); such a build refuses to open the
+/// database instead. A database of schema 1 is marked 2 when opened.
+pub const SCHEMA_VERSION: u32 = 2;
 
 pub struct SledStore {
     db: Db,
@@ -121,6 +124,13 @@ impl SledStore {
                         found,
                         known: SCHEMA_VERSION,
                     });
+                }
+                if found < SCHEMA_VERSION {
+                    // Older records keep decoding; newer ones will be written.
+                    store
+                        .meta
+                        .insert(keys::META_SCHEMA, &SCHEMA_VERSION.to_be_bytes())?;
+                    store.db.flush()?;
                 }
             }
         }

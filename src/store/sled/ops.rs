@@ -5,7 +5,7 @@ use uuid::Uuid;
 
 use super::apply::apply;
 use super::keys::{self, ID_LEN};
-use super::tx::{abort, get_count, get_job, get_user, put_user, TxResult};
+use super::tx::{abort, get_count, get_job, get_user, put_user, Tx, TxResult};
 use super::SledStore;
 use crate::job::{now_ms, Job, JobId, JobState, Lease, Millis, NewJob, HOUR_MS};
 use crate::store::codec;
@@ -39,50 +39,7 @@ impl JobStore for SledStore {
                     }
                 }
             }
-            let active = JobState::ALL
-                .into_iter()
-                .filter(|s| s.is_active())
-                .map(|s| get_count(tx, s))
-                .sum::<TxResult<u64>>()?;
-            if active >= limits.queue_capacity {
-                return abort(
-                    Refusal::QueueFull {
-                        capacity: limits.queue_capacity,
-                    }
-                    .into(),
-                );
-            }
-            let mut rec = get_user(tx, job.user_id)?;
-            rec.recent.retain(|t| *t + HOUR_MS > now);
-            if !limits.exempt {
-                if rec.active >= limits.per_user_active {
-                    return abort(
-                        Refusal::UserActive {
-                            limit: limits.per_user_active,
-                        }
-                        .into(),
-                    );
-                }
-                if rec.recent.len() as u64 >= limits.per_user_per_hour as u64 {
-                    // The oldest enqueue in the window leaves it first.
-                    let idx = rec.recent.len() - limits.per_user_per_hour as usize;
-                    return abort(
-                        Refusal::UserHourly {
-                            limit: limits.per_user_per_hour,
-                            retry_at: rec.recent[idx] + HOUR_MS,
-                        }
-                        .into(),
-                    );
-                }
-            }
-            rec.recent.push(now);
-            // Bound the window for exempt users too.
-            let keep = (limits.per_user_per_hour as usize).max(1) * 2;
-            if rec.recent.len() > keep {
-                let cut = rec.recent.len() - keep;
-                rec.recent.drain(..cut);
-            }
-            put_user(tx, job.user_id, &rec)?;
+            admit(tx, job.user_id, limits, now)?;
             apply(tx, None, Some(&job), None)?;
             let position = get_count(tx, JobState::Queued)?;
             Ok(Enqueued {
@@ -182,6 +139,37 @@ impl JobStore for SledStore {
                 Some(to) => new.enter(to, now).map_err(|e| TxError::Abort(e.into()))?,
                 None => new.updated_at = now,
             }
+            apply(tx, Some(&old), Some(&new), None)?;
+            Ok(new)
+        })
+    }
+
+    fn reopen(
+        &self,
+        id: JobId,
+        limits: EnqueueLimits,
+        now: Millis,
+        edit: &(dyn Fn(&mut Job) + Sync),
+    ) -> Result<Job, StoreError> {
+        self.transact(|tx| {
+            let Some(old) = get_job(tx, id)? else {
+                return abort(StoreError::NotFound(id));
+            };
+            if old.state != JobState::Failed {
+                return abort(StoreError::Conflict {
+                    id,
+                    expected: JobState::Failed,
+                    actual: old.state,
+                });
+            }
+            admit(tx, old.user_id, limits, now)?;
+            let mut new = old.clone();
+            edit(&mut new);
+            new.state = old.state;
+            new.id = old.id;
+            new.user_id = old.user_id;
+            new.enter(JobState::Queued, now)
+                .map_err(|e| TxError::Abort(e.into()))?;
             apply(tx, Some(&old), Some(&new), None)?;
             Ok(new)
         })
@@ -412,4 +400,56 @@ impl JobStore for SledStore {
     fn check_invariants(&self) -> Result<InvariantReport, StoreError> {
         self.full_check()
     }
+}
+
+/// Admit one more active job of `user` (a new one, or a failed one reopened)
+/// inside the transaction that makes it active: the queue's capacity, then,
+/// unless `limits.exempt`, the user's active and hourly limits. Admitted, it
+/// counts in the user's hourly window. `enqueue` and `reopen` both pass here,
+/// so a retry is held to exactly what a new link is.
+fn admit(tx: &Tx, user: u64, limits: EnqueueLimits, now: Millis) -> TxResult<()> {
+    let active = JobState::ALL
+        .into_iter()
+        .filter(|s| s.is_active())
+        .map(|s| get_count(tx, s))
+        .sum::<TxResult<u64>>()?;
+    if active >= limits.queue_capacity {
+        return abort(
+            Refusal::QueueFull {
+                capacity: limits.queue_capacity,
+            }
+            .into(),
+        );
+    }
+    let mut rec = get_user(tx, user)?;
+    rec.recent.retain(|t| *t + HOUR_MS > now);
+    if !limits.exempt {
+        if rec.active >= limits.per_user_active {
+            return abort(
+                Refusal::UserActive {
+                    limit: limits.per_user_active,
+                }
+                .into(),
+            );
+        }
+        if rec.recent.len() as u64 >= limits.per_user_per_hour as u64 {
+            // The oldest enqueue in the window leaves it first.
+            let idx = rec.recent.len() - limits.per_user_per_hour as usize;
+            return abort(
+                Refusal::UserHourly {
+                    limit: limits.per_user_per_hour,
+                    retry_at: rec.recent[idx] + HOUR_MS,
+                }
+                .into(),
+            );
+        }
+    }
+    rec.recent.push(now);
+    // Bound the window for exempt users too.
+    let keep = (limits.per_user_per_hour as usize).max(1) * 2;
+    if rec.recent.len() > keep {
+        let cut = rec.recent.len() - keep;
+        rec.recent.drain(..cut);
+    }
+    put_user(tx, user, &rec)
 }

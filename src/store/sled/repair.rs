@@ -175,7 +175,7 @@ impl SledStore {
 
     /// Read a non-job record; one that does not decode is moved to the
     /// quarantine (kept for the operator) and reads as absent.
-    pub(super) fn get_or_quarantine<T: serde::de::DeserializeOwned>(
+    pub(super) fn get_or_quarantine<T: codec::Record>(
         &self,
         tree: &Tree,
         name: &str,
