@@ -137,6 +137,15 @@ impl JobService {
                     continue;
                 }
             };
+            // The limits first: a refused user costs no DNS lookup.
+            let user = req.user_id;
+            if let Some(refusal) = self
+                .call(move |s| s.would_refuse(user, limits, now_ms()))
+                .await?
+            {
+                outcomes.push(Submission::Refused { link, refusal });
+                continue;
+            }
             if let Err(error) = net::check_destination(&url, &self.destinations).await {
                 outcomes.push(Submission::BadLink { link, error });
                 continue;

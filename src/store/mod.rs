@@ -323,6 +323,17 @@ pub trait JobStore: Send + Sync {
     /// Write and flush a marker: `/healthz` answers 503 when this fails.
     fn probe_write(&self) -> Result<(), StoreError>;
 
+    /// Whether one more active job of `user` would be refused now, read
+    /// without writing: the same rule `enqueue` applies inside its
+    /// transaction, checked before a link costs a DNS lookup. The answer can
+    /// be stale by the time `enqueue` runs; `enqueue` decides.
+    fn would_refuse(
+        &self,
+        user: u64,
+        limits: EnqueueLimits,
+        now: Millis,
+    ) -> Result<Option<Refusal>, StoreError>;
+
     /// Durable intake: store a batch of updates (id, raw bytes) in one
     /// synced write, before the `getUpdates` offset that confirms them is
     /// sent. An id already stored is left as it is.

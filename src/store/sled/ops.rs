@@ -11,7 +11,7 @@ use crate::job::{now_ms, Job, JobId, JobState, Lease, Millis, NewJob, HOUR_MS};
 use crate::store::codec;
 use crate::store::{
     CachedMedia, EnqueueLimits, Enqueued, Expect, FindError, InvariantReport, JobStore,
-    QuarantineEntry, Refusal, StateCounts, StoreError, UserSettings,
+    QuarantineEntry, Refusal, StateCounts, StoreError, UserRecord, UserSettings,
 };
 use ::sled::transaction::ConflictableTransactionError as TxError;
 
@@ -400,49 +400,36 @@ impl JobStore for SledStore {
     fn check_invariants(&self) -> Result<InvariantReport, StoreError> {
         self.full_check()
     }
+
+    fn would_refuse(
+        &self,
+        user: u64,
+        limits: EnqueueLimits,
+        now: Millis,
+    ) -> Result<Option<Refusal>, StoreError> {
+        let active = self.counts()?.active();
+        let mut rec: UserRecord = self
+            .get_or_quarantine(&self.users, "users", &user.to_be_bytes())?
+            .unwrap_or_default();
+        rec.recent.retain(|t| *t + HOUR_MS > now);
+        Ok(refusal(active, &rec, limits))
+    }
 }
 
 /// Admit one more active job of `user` (a new one, or a failed one reopened)
-/// inside the transaction that makes it active: the queue's capacity, then,
-/// unless `limits.exempt`, the user's active and hourly limits. Admitted, it
-/// counts in the user's hourly window. `enqueue` and `reopen` both pass here,
-/// so a retry is held to exactly what a new link is.
+/// inside the transaction that makes it active: see [`refusal`]. Admitted,
+/// it counts in the user's hourly window. `enqueue` and `reopen` both pass
+/// here, so a retry is held to exactly what a new link is.
 fn admit(tx: &Tx, user: u64, limits: EnqueueLimits, now: Millis) -> TxResult<()> {
     let active = JobState::ALL
         .into_iter()
         .filter(|s| s.is_active())
         .map(|s| get_count(tx, s))
         .sum::<TxResult<u64>>()?;
-    if active >= limits.queue_capacity {
-        return abort(
-            Refusal::QueueFull {
-                capacity: limits.queue_capacity,
-            }
-            .into(),
-        );
-    }
     let mut rec = get_user(tx, user)?;
     rec.recent.retain(|t| *t + HOUR_MS > now);
-    if !limits.exempt {
-        if rec.active >= limits.per_user_active {
-            return abort(
-                Refusal::UserActive {
-                    limit: limits.per_user_active,
-                }
-                .into(),
-            );
-        }
-        if rec.recent.len() as u64 >= limits.per_user_per_hour as u64 {
-            // The oldest enqueue in the window leaves it first.
-            let idx = rec.recent.len() - limits.per_user_per_hour as usize;
-            return abort(
-                Refusal::UserHourly {
-                    limit: limits.per_user_per_hour,
-                    retry_at: rec.recent[idx] + HOUR_MS,
-                }
-                .into(),
-            );
-        }
+    if let Some(r) = refusal(active, &rec, limits) {
+        return abort(r.into());
     }
     rec.recent.push(now);
     // Bound the window for exempt users too.
@@ -452,4 +439,32 @@ fn admit(tx: &Tx, user: u64, limits: EnqueueLimits, now: Millis) -> TxResult<()>
         rec.recent.drain(..cut);
     }
     put_user(tx, user, &rec)
+}
+
+/// Why one more active job would be refused: the queue's capacity (`active`
+/// jobs in all), then, unless `limits.exempt`, the user's active and hourly
+/// limits (`rec.recent` already cut to the last hour).
+fn refusal(active: u64, rec: &UserRecord, limits: EnqueueLimits) -> Option<Refusal> {
+    if active >= limits.queue_capacity {
+        return Some(Refusal::QueueFull {
+            capacity: limits.queue_capacity,
+        });
+    }
+    if limits.exempt {
+        return None;
+    }
+    if rec.active >= limits.per_user_active {
+        return Some(Refusal::UserActive {
+            limit: limits.per_user_active,
+        });
+    }
+    if rec.recent.len() as u64 >= limits.per_user_per_hour as u64 {
+        // The oldest enqueue in the window leaves it first.
+        let idx = rec.recent.len() - limits.per_user_per_hour as usize;
+        return Some(Refusal::UserHourly {
+            limit: limits.per_user_per_hour,
+            retry_at: rec.recent[idx] + HOUR_MS,
+        });
+    }
+    None
 }
