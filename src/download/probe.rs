@@ -127,15 +127,21 @@ fn playlist_of(info: Info) -> Option<Playlist> {
 }
 
 /// Run the probe. An empty result for a probe that failed: the download
-/// that follows reports the real error.
+/// that follows reports the real error. `work_dir` (the job's folder, made
+/// here) is its working directory, as for a download (see `process::command`).
 pub async fn probe(
     ytdlp: &Path,
     url: &str,
     limit: Option<u64>,
     cancel: &CancellationToken,
     timeout: Duration,
+    work_dir: &Path,
 ) -> Result<Probed, DownloadError> {
+    tokio::fs::create_dir_all(work_dir)
+        .await
+        .map_err(DownloadError::Io)?;
     let mut cmd = super::process::command(ytdlp);
+    cmd.current_dir(work_dir);
     cmd.args([
         "--ignore-config",
         "--flat-playlist",

@@ -82,6 +82,7 @@ async fn offer(
         limit,
         &stop.child_token(),
         Duration::from_millis(window),
+        &crate::download::job_dir(&jobs.config.downloads_dir(), id.0),
     )
     .await
     {

@@ -29,7 +29,8 @@ impl Pipeline {
         let cfg = &self.jobs.config;
         let timeout = Duration::from_secs(120.min(cfg.downloader.timeout_secs));
         let limit = Some(cfg.upload_limit_bytes());
-        match probe::probe(&self.ytdlp, &job.url, limit, cancel, timeout).await {
+        let dir = crate::download::job_dir(&cfg.downloads_dir(), job.id.0);
+        match probe::probe(&self.ytdlp, &job.url, limit, cancel, timeout, &dir).await {
             Ok(Probed {
                 playlist: Some(playlist),
                 ..
