@@ -10,7 +10,8 @@ mod support;
 use std::time::Duration;
 
 use support::binary::{processes_mentioning, BinaryTest};
-use support::bot::TOKEN;
+use support::bot::{media, wait_for_text, TestBot, TOKEN};
+use support::fake_telegram::{FakeTelegram, SentMessage};
 use tgdl::job::JobState;
 use tgdl::store::{JobStore, SledStore};
 
@@ -160,4 +161,171 @@ extra_args = [\"--downloader\", \"ffmpeg\"]",
     let store = SledStore::open(&data.join("db")).unwrap();
     let done = store.list_state(JobState::Done, 10).unwrap();
     assert_eq!(done.len(), 1, "{:?}", store.in_flight().unwrap());
+}
+
+/// The callback data of every button on a message the bot sent.
+fn buttons(m: &SentMessage) -> Vec<(String, String)> {
+    m.reply_markup
+        .as_ref()
+        .and_then(|k| k.get("inline_keyboard"))
+        .and_then(|k| k.as_array())
+        .into_iter()
+        .flatten()
+        .flat_map(|row| row.as_array().cloned().unwrap_or_default())
+        .filter_map(|b| {
+            Some((
+                b["text"].as_str()?.to_string(),
+                b["callback_data"].as_str()?.to_string(),
+            ))
+        })
+        .collect()
+}
+
+/// The bot's message in `chat` whose text satisfies `pred` (waiting for it).
+async fn bot_message(api: &FakeTelegram, chat: i64, pred: impl Fn(&str) -> bool) -> SentMessage {
+    wait_for_text(api, chat, &pred, T)
+        .await
+        .into_iter()
+        .rfind(|m| m.from_bot && m.text.as_deref().is_some_and(&pred))
+        .unwrap()
+}
+
+/// What the bot answered to the button press `query`.
+async fn answer_to(api: &FakeTelegram, query: &str) -> String {
+    let calls = api
+        .wait_for(
+            |c| {
+                c.iter().any(|c| {
+                    c.is("answerCallbackQuery") && c.param_str("callback_query_id") == Some(query)
+                })
+            },
+            T,
+        )
+        .await;
+    calls
+        .iter()
+        .find(|c| c.is("answerCallbackQuery") && c.param_str("callback_query_id") == Some(query))
+        .and_then(|c| c.param_str("text"))
+        .unwrap_or_default()
+        .to_string()
+}
+
+const GROUP: i64 = -100_777;
+const ALICE: u64 = 7001;
+const BOB: u64 = 7002;
+
+/// In a group, chatter without a link (plain text, a command we do not
+/// know, a command for another bot) gets no reply; our commands and links do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn in_a_group_only_links_and_our_commands_are_answered() {
+    let api = FakeTelegram::start().await;
+    let media = media().await;
+    let _bot = TestBot::start(&api, "").await;
+    for text in [
+        "hello everyone",
+        "/frobnicate",
+        "/help@otherbot",
+        "/start@otherbot now",
+    ] {
+        api.push_text(GROUP, ALICE, text, None);
+    }
+    // Handled in order after those: once it is answered, they were seen.
+    let help = api.push_text(GROUP, ALICE, "/help", None);
+    let link = api.push_text(GROUP, BOB, &media.url("/tiny.mp4?group"), None);
+    api.wait_for(
+        |c| {
+            c.iter()
+                .any(|c| c.is("sendVideo") && c.chat_id() == Some(GROUP) && c.succeeded())
+        },
+        T,
+    )
+    .await;
+    let replied_to: Vec<Option<i32>> = api
+        .calls_to("sendMessage")
+        .iter()
+        .filter(|c| c.chat_id() == Some(GROUP))
+        .map(|c| c.reply_to())
+        .collect();
+    assert_eq!(
+        replied_to,
+        vec![Some(help), Some(link)],
+        "{}",
+        api.describe_calls()
+    );
+    // A private chat still hears that a message had no link.
+    api.push_text(ALICE as i64, ALICE, "hello bot", None);
+    bot_message(&api, ALICE as i64, |t| t.contains("link")).await;
+}
+
+/// Alice's `/settings` panel in a group: Bob's press is refused and changes
+/// nothing (neither her settings, nor his, nor her message); hers works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn settings_buttons_act_only_for_the_user_they_were_shown_to() {
+    let api = FakeTelegram::start().await;
+    let _bot = TestBot::start(&api, "").await;
+    api.push_text(GROUP, ALICE, "/settings", None);
+    let panel = bot_message(&api, GROUP, |t| t.starts_with("Your settings")).await;
+    let (_, audio) = buttons(&panel)
+        .into_iter()
+        .find(|(label, _)| label == "audio")
+        .unwrap_or_else(|| panic!("{:?}", buttons(&panel)));
+    assert_eq!(audio, format!("s:{ALICE}:k:a"));
+    assert!(buttons(&panel).iter().all(|(_, d)| d.len() <= 64));
+
+    let q = api.push_callback(GROUP, BOB, panel.message_id, &audio);
+    let said = answer_to(&api, &q).await;
+    assert!(said.contains("someone else's settings"), "{said}");
+    let after = api.message(GROUP, panel.message_id).unwrap();
+    assert_eq!(after.history.len(), 1, "not edited: {:?}", after.history);
+    for user in [ALICE, BOB] {
+        api.push_text(user as i64, user, "/settings", None);
+        let view = bot_message(&api, user as i64, |t| t.starts_with("Your settings")).await;
+        assert!(
+            view.text.as_deref().unwrap().contains("format: video"),
+            "{view:?}"
+        );
+    }
+
+    let q = api.push_callback(GROUP, ALICE, panel.message_id, &audio);
+    assert_eq!(answer_to(&api, &q).await, "Saved.");
+    let after = api.message(GROUP, panel.message_id).unwrap();
+    assert!(
+        after.text.as_deref().unwrap().contains("format: audio"),
+        "{after:?}"
+    );
+}
+
+/// The choice buttons under Alice's link: Bob's press is refused by the
+/// job lookup ("not yours") and chooses nothing; Alice's choice is taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn job_buttons_act_only_for_the_user_they_were_shown_to() {
+    let api = FakeTelegram::start().await;
+    let media = media().await;
+    let _bot = TestBot::start(&api, "[telegram]\nchoice_wait_secs = 120").await;
+    api.push_text(GROUP, ALICE, &media.url("/tiny.mp4?buttons"), None);
+    let ack = bot_message(&api, GROUP, |t| t.contains("Accepted")).await;
+    let data = |label: &str| {
+        buttons(&ack)
+            .into_iter()
+            .find(|(l, _)| l.contains(label))
+            .map(|(_, d)| d)
+            .unwrap_or_else(|| panic!("{label} in {:?}", buttons(&ack)))
+    };
+    for label in ["Audio", "Cancel"] {
+        let q = api.push_callback(GROUP, BOB, ack.message_id, &data(label));
+        let said = answer_to(&api, &q).await;
+        assert!(said.contains("is not yours"), "{label}: {said}");
+    }
+    assert_eq!(api.message(GROUP, ack.message_id).unwrap().history.len(), 1);
+    let q = api.push_callback(GROUP, ALICE, ack.message_id, &data("Video"));
+    answer_to(&api, &q).await;
+    api.wait_for(
+        |c| {
+            c.iter()
+                .any(|c| c.is("sendVideo") && c.chat_id() == Some(GROUP) && c.succeeded())
+        },
+        T,
+    )
+    .await;
+    assert_eq!(api.count("sendAudio"), 0);
 }

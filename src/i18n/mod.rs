@@ -164,6 +164,8 @@ pub enum Msg {
     NotYours {
         id: String,
     },
+    /// A press on another user's `/settings` panel.
+    NotYourSettings,
     AlreadyFinished {
         short_id: String,
         state: String,
@@ -314,6 +316,8 @@ pub fn render(lang: Lang, msg: &Msg) -> String {
         (Fa, Msg::Ambiguous { id }) => format!("{id} با چند کار جور است؛ بخش بیشتری از شناسه را بفرستید."),
         (En, Msg::NotYours { id }) => format!("Job {id} is not yours."),
         (Fa, Msg::NotYours { id }) => format!("کار {id} متعلق به شما نیست."),
+        (En, Msg::NotYourSettings) => "These are someone else's settings; send /settings for yours.".into(),
+        (Fa, Msg::NotYourSettings) => "این تنظیمات مال کاربر دیگری است؛ برای تنظیمات خودتان /settings را بفرستید.".into(),
         (En, Msg::AlreadyFinished { short_id, state }) => format!("Job {short_id} is already {state}."),
         (Fa, Msg::AlreadyFinished { short_id, state }) => format!("کار {short_id} از قبل {} است.", state_fa(state)),
         (En, Msg::Retried { short_id }) => format!("🔁 Job {short_id} is queued again."),
