@@ -9,7 +9,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::binary::{processes_mentioning, BinaryTest};
+use support::binary::{processes_mentioning, run_tgdl, write_config, BinaryTest};
 use support::bot::{media, wait_for_text, TestBot, TOKEN};
 use support::fake_telegram::{FakeTelegram, SentMessage};
 use tgdl::job::JobState;
@@ -328,4 +328,87 @@ async fn job_buttons_act_only_for_the_user_they_were_shown_to() {
     )
     .await;
     assert_eq!(api.count("sendAudio"), 0);
+}
+
+/// Whether `c` is a character no job text may show: a control character
+/// other than our own line breaks, or a bidi embedding, override or isolate.
+fn unprintable(c: char) -> bool {
+    (c.is_control() && c != '\n')
+        || ('\u{202A}'..='\u{202E}').contains(&c)
+        || ('\u{2066}'..='\u{2069}').contains(&c)
+}
+
+/// A page whose title carries terminal escapes, a C1 CSI, a bell and a
+/// right-to-left override: yt-dlp keeps them, the job stores them, and
+/// neither `/job` nor `tgdl job` (plain or `--json`) shows them raw.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn job_and_tgdl_job_show_a_hostile_title_without_control_characters() {
+    let api = FakeTelegram::start().await;
+    let media = media().await;
+    let mut bot = TestBot::start(&api, "").await;
+    let hostile = "Evil\u{1b}[2J\u{1b}]0;owned\u{7} \u{9b}31m \u{202E}4pm.exe\u{202C}";
+    media.add_page(
+        "evil",
+        &format!(
+            "<!DOCTYPE html><html><head><title>{hostile}</title></head>\
+             <body><video src=\"/tiny.mp4\"></video></body></html>"
+        ),
+    );
+    let chat = 811;
+    api.push_text(chat, chat as u64, &media.url("page/evil"), None);
+    let ack = bot_message(&api, chat, |t| t.contains("Accepted")).await;
+    let ack = ack.text.unwrap();
+    let short = ack
+        .split("job ")
+        .nth(1)
+        .and_then(|r| r.split('.').next())
+        .unwrap_or_else(|| panic!("{ack}"))
+        .to_string();
+    api.wait_for(
+        |c| {
+            c.iter()
+                .any(|c| c.is("sendVideo") && c.chat_id() == Some(chat) && c.succeeded())
+        },
+        T,
+    )
+    .await;
+    api.push_text(chat, chat as u64, &format!("/job {short}"), None);
+    let details = bot_message(&api, chat, |t| t.contains("title:")).await;
+    let details = details.text.unwrap();
+    assert!(!details.chars().any(unprintable), "{details:?}");
+    assert!(details.contains("Evil[2J]0;owned"), "{details}");
+
+    bot.stop().await.unwrap();
+    let store = bot.store();
+    let job = store.list_state(JobState::Done, 10).unwrap().remove(0);
+    let title = job.title.clone().unwrap();
+    assert!(
+        title.contains('\u{1b}') && title.contains('\u{202E}') && title.contains('\u{9b}'),
+        "the hostile characters reached the job: {title:?}"
+    );
+    drop(store);
+    let cfg = write_config(
+        bot.dir.path(),
+        &format!("[storage]\ndata_dir = {:?}\n", bot.config.storage.data_dir),
+    );
+    let id = job.id.to_string();
+    let out = run_tgdl(&["job", &id], &cfg);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!text.chars().any(unprintable), "{text:?}");
+    assert!(text.contains("title    Evil[2J]0;owned"), "{text}");
+    let out = run_tgdl(&["job", &id, "--json"], &cfg);
+    let json = String::from_utf8(out.stdout).unwrap();
+    assert!(!json.chars().any(unprintable), "{json:?}");
+    let row: serde_json::Value =
+        serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"));
+    assert_eq!(
+        row["title"].as_str(),
+        Some(title.as_str()),
+        "--json keeps the value"
+    );
 }

@@ -6,9 +6,11 @@
 //! hides in the pipeline.
 
 mod labels;
+mod printable;
 mod reasons;
 
 pub use labels::{command_description, label, Label};
+pub use printable::{json_printable, printable};
 
 use crate::job::{iso, FailureCode, JobState, MediaKind, Millis};
 use crate::net::LinkError;
@@ -337,7 +339,7 @@ pub fn render(lang: Lang, msg: &Msg) -> String {
             let mut s = head.to_string();
             for l in lines {
                 let st = match lang { En => l.state.clone(), Fa => state_fa(&l.state).to_string() };
-                s.push_str(&format!("\n{} · {} · {}", l.short_id, st, l.url));
+                s.push_str(&format!("\n{} · {} · {}", l.short_id, st, printable(&l.url)));
             }
             s
         }
@@ -376,7 +378,7 @@ fn job_details(lang: Lang, d: &JobDetails) -> String {
         names[1],
         st(d.state),
         names[2],
-        d.url,
+        printable(&d.url),
         names[3],
         label(lang, Label::Kind(d.kind)),
         names[4],
@@ -385,7 +387,7 @@ fn job_details(lang: Lang, d: &JobDetails) -> String {
         d.rescues
     );
     if let Some(t) = &d.title {
-        s.push_str(&format!("\n{}: {t}", names[6]));
+        s.push_str(&format!("\n{}: {}", names[6], printable(t)));
     }
     if let Some((code, text)) = &d.error {
         let head = match lang {
@@ -393,8 +395,9 @@ fn job_details(lang: Lang, d: &JobDetails) -> String {
             Lang::Fa => "خطا",
         };
         s.push_str(&format!(
-            "\n{head}: {} ({code}: {text})",
-            reason(lang, *code, 0)
+            "\n{head}: {} ({code}: {})",
+            reason(lang, *code, 0),
+            printable(text)
         ));
     }
     s.push_str(match lang {
@@ -451,6 +454,41 @@ fn state_fa(state: &str) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn job_details_strip_control_characters_from_title_link_and_error() {
+        let d = JobDetails {
+            short_id: "abcd1234".into(),
+            state: JobState::Failed,
+            url: "https://example.com/\u{1b}]0;x\u{7}".into(),
+            kind: MediaKind::Video,
+            attempts: 1,
+            rescues: 0,
+            title: Some("Evil\u{1b}[2J\u{9b}31m\u{202E}txt.exe\nline".into()),
+            error: Some((
+                FailureCode::Unknown,
+                "ERROR: \u{1b}[1mbold\rover\u{2066}".into(),
+            )),
+            history: vec![(JobState::Queued, 1), (JobState::Failed, 2)],
+        };
+        for lang in [Lang::En, Lang::Fa] {
+            let text = render(lang, &Msg::JobDetails(d.clone()));
+            let bad: Vec<char> = text
+                .chars()
+                .filter(|c| {
+                    (c.is_control() && *c != '\n')
+                        || ('\u{202A}'..='\u{202E}').contains(c)
+                        || ('\u{2066}'..='\u{2069}').contains(c)
+                })
+                .collect();
+            assert!(bad.is_empty(), "{bad:?} in {text}");
+            assert!(text.contains("Evil[2J31mtxt.exe line"), "{text}");
+            assert!(text.contains("ERROR: [1mbold over"), "{text}");
+            // Our own layout: head, state, link, kind, attempts, title,
+            // error, "history:", two events.
+            assert_eq!(text.lines().count(), 10, "{text}");
+        }
+    }
 
     #[test]
     fn language_is_picked_from_the_code_with_a_default() {
