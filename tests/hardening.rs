@@ -12,8 +12,11 @@ use std::time::Duration;
 use support::binary::{processes_mentioning, run_tgdl, write_config, BinaryTest};
 use support::bot::{media, wait_for_text, TestBot, TOKEN};
 use support::fake_telegram::{FakeTelegram, SentMessage};
+use support::fixture_bytes;
+use tgdl::download::{run_ytdlp, Want, YtDlpArgs};
 use tgdl::job::JobState;
 use tgdl::store::{JobStore, SledStore};
+use tokio_util::sync::CancellationToken;
 
 const T: Duration = Duration::from_secs(60);
 
@@ -410,5 +413,122 @@ async fn job_and_tgdl_job_show_a_hostile_title_without_control_characters() {
         row["title"].as_str(),
         Some(title.as_str()),
         "--json keeps the value"
+    );
+}
+
+/// Real yt-dlp from PATH downloading `url` into `tmp/downloads`, ffmpeg on.
+fn ytdlp_args(tmp: &std::path::Path, url: String) -> YtDlpArgs {
+    let mut a = YtDlpArgs::new(
+        "yt-dlp",
+        url,
+        &tmp.join("downloads"),
+        uuid::Uuid::now_v7(),
+        Want::Video,
+    );
+    a.has_ffmpeg = true;
+    a.upload_limit = Some(50 * 1024 * 1024);
+    a
+}
+
+async fn download(a: &YtDlpArgs) -> tgdl::download::DownloadOutput {
+    run_ytdlp(a, CancellationToken::new(), T, |_| {})
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// yt-dlp writes its cookies back to the file it is given when it exits:
+/// it gets a copy in the job's folder, and the operator's file keeps its
+/// bytes and its mtime. The cookie still reaches the site.
+#[tokio::test]
+async fn the_cookies_file_is_copied_for_each_run_and_never_written() {
+    use std::os::unix::fs::PermissionsExt;
+    let media = media().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let cookies = tmp.path().join("cookies.txt");
+    std::fs::write(
+        &cookies,
+        "# Netscape HTTP Cookie File\n127.0.0.1\tFALSE\t/\tFALSE\t0\tsession\tsecret-value\n",
+    )
+    .unwrap();
+    // An mtime long past, so that any rewrite shows, even of equal bytes.
+    let past = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+    std::fs::File::options()
+        .write(true)
+        .open(&cookies)
+        .unwrap()
+        .set_modified(past)
+        .unwrap();
+    let before = std::fs::read(&cookies).unwrap();
+
+    for run in 0..2 {
+        let mut a = ytdlp_args(tmp.path(), media.url(&format!("/tiny.mp4?cookies{run}")));
+        a.cookies = Some(cookies.clone());
+        download(&a).await;
+        assert_eq!(std::fs::read(&cookies).unwrap(), before, "run {run}");
+        assert_eq!(
+            std::fs::metadata(&cookies).unwrap().modified().unwrap(),
+            past,
+            "run {run}"
+        );
+        let copy = a.output_dir.join(".tgdl/cookies.txt");
+        let written = std::fs::read_to_string(&copy).unwrap();
+        assert!(
+            written.contains("secret-value") && written.as_bytes() != before,
+            "yt-dlp wrote its copy back: {written}"
+        );
+        assert_eq!(
+            std::fs::metadata(&copy).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+    let sent = media.requests_to("/tiny.mp4");
+    assert!(
+        sent.iter()
+            .filter(|r| r
+                .header("cookie")
+                .is_some_and(|c| c.contains("session=secret-value")))
+            .count()
+            >= 2,
+        "{sent:?}"
+    );
+}
+
+/// A page titled with 2,000 Persian characters: yt-dlp prints the title as
+/// `\uXXXX` escapes (a 12 KB meta line, past the old 8 KiB cut), and the
+/// download still yields the file and the whole title.
+#[tokio::test]
+async fn a_2000_character_persian_title_survives_a_real_download() {
+    let media = media().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let letters: Vec<char> = "ابپتثجچحخدذرزژسشصضطظعغفقکگلمنوهی".chars().collect();
+    let title: String = (0..2000)
+        .map(|i| {
+            if i % 7 == 6 {
+                ' '
+            } else {
+                letters[i % letters.len()]
+            }
+        })
+        .collect();
+    assert_eq!(title.chars().count(), 2000);
+    media.add_page(
+        "persian",
+        &format!(
+            "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{title}</title></head>\
+             <body><video src=\"/tiny.mp4\"></video></body></html>"
+        ),
+    );
+    let a = ytdlp_args(tmp.path(), media.url("page/persian"));
+    let out = download(&a).await;
+    assert_eq!(
+        std::fs::read(&out.file_path).unwrap(),
+        fixture_bytes("tiny.mp4")
+    );
+    let got = out.title.unwrap();
+    // The generic extractor numbers a page's media: "<title> (1)".
+    assert!(
+        got.starts_with(&title),
+        "{} characters: {got}",
+        got.chars().count()
     );
 }
