@@ -466,14 +466,9 @@ async fn checked_path(dir: &Path, reported: &Path) -> io::Result<PathBuf> {
 /// Its environment is ours without `TGDL_*` (the token above all): a child
 /// runs code we did not write (extractors, ffmpeg, `--exec` in `extra_args`).
 pub(super) fn command(binary: &Path) -> Command {
-    use std::os::unix::ffi::OsStrExt;
     let mut cmd = Command::new(binary);
     cmd.stdin(Stdio::null()).kill_on_drop(true).process_group(0);
-    for (key, _) in std::env::vars_os() {
-        if key.as_bytes().starts_with(b"TGDL_") {
-            cmd.env_remove(key);
-        }
-    }
+    without_secrets(&mut cmd);
     // SAFETY: prctl is async-signal-safe and touches no memory of ours.
     unsafe {
         cmd.pre_exec(|| {
@@ -484,6 +479,17 @@ pub(super) fn command(binary: &Path) -> Command {
         });
     }
     cmd
+}
+
+/// Removes `TGDL_*` (`TGDL_TOKEN` above all) from what `cmd` inherits:
+/// every program the bot starts runs code it did not write.
+pub(super) fn without_secrets(cmd: &mut Command) {
+    use std::os::unix::ffi::OsStrExt;
+    for (key, _) in std::env::vars_os() {
+        if key.as_bytes().starts_with(b"TGDL_") {
+            cmd.env_remove(key);
+        }
+    }
 }
 
 /// The version yt-dlp reports (`yt-dlp --version`), for `/health`.

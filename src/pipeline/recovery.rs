@@ -126,12 +126,14 @@ fn recover_blocking(
     downloads: &Path,
     dry_run: bool,
 ) -> Result<RecoveryReport, RecoveryError> {
-    let mut r = RecoveryReport::default();
     // First, so nothing of a dead run still writes while jobs are requeued.
-    r.processes_ended = if dry_run {
-        leftovers::find(downloads)
-    } else {
-        leftovers::end_all(downloads, LEFTOVER_PATIENCE)
+    let mut r = RecoveryReport {
+        processes_ended: if dry_run {
+            leftovers::find(downloads)
+        } else {
+            leftovers::end_all(downloads, LEFTOVER_PATIENCE)
+        },
+        ..RecoveryReport::default()
     };
     let now = now_ms();
     let exclusive = s.is_exclusive();
