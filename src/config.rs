@@ -20,8 +20,14 @@ use serde::{Deserialize, Serialize};
 pub enum ConfigError {
     #[error("config: cannot read '{path}': {reason}")]
     Read { path: String, reason: String },
-    #[error("config: invalid TOML: {0}")]
-    Syntax(String),
+    /// Where the text stops being TOML, and why; never the text itself
+    /// (the line may hold the token).
+    #[error("config: invalid TOML at line {line}, column {column}: {message}")]
+    Syntax {
+        line: usize,
+        column: usize,
+        message: String,
+    },
     #[error("config: unknown key '{0}'")]
     UnknownKey(String),
     #[error("config: '{key}': {problem}")]
@@ -276,11 +282,11 @@ impl Config {
     pub fn parse(text: &str, env_token: Option<String>) -> Result<Config, ConfigError> {
         let table: toml::Table = text
             .parse()
-            .map_err(|e: toml::de::Error| ConfigError::Syntax(one_line(&e.to_string())))?;
+            .map_err(|e: toml::de::Error| syntax_error(text, &e))?;
         let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(table))
             .map_err(|e| {
                 let key = e.path().to_string();
-                let problem = one_line(&e.inner().to_string());
+                let problem = hide_strings(&one_line(&e.inner().to_string()));
                 if problem.starts_with("unknown field") {
                     ConfigError::UnknownKey(key)
                 } else {
@@ -513,6 +519,45 @@ fn percent(key: &str, v: f64) -> Result<(), ConfigError> {
 }
 
 /// Any text (an error message) on one line, for the one-line error contract.
+/// A TOML syntax error as line, column and toml's message. toml's own
+/// `Display` quotes the offending line, which may be the token's.
+fn syntax_error(text: &str, e: &toml::de::Error) -> ConfigError {
+    let mut at = e.span().map_or(0, |s| s.start).min(text.len());
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
+    let before = &text[..at];
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    ConfigError::Syntax {
+        line: before.matches('\n').count() + 1,
+        column: before[line_start..].chars().count() + 1,
+        message: one_line(e.message()),
+    }
+}
+
+/// serde quotes a string value it refused (`invalid type: string "…"`):
+/// the value may be the token in the wrong place, the key alone is named.
+fn hide_strings(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        out.push(c);
+        if c == '"' {
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' => {
+                        chars.next();
+                    }
+                    '"' => break,
+                    _ => {}
+                }
+            }
+            out.push_str("…\"");
+        }
+    }
+    out
+}
+
 pub(crate) fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
@@ -561,6 +606,62 @@ mod tests {
         assert_eq!(c.health.interval_secs, 60);
         assert_eq!(c.health.alert_cooldown_secs, 300);
         assert_eq!(c.limits.queue_capacity, 10_000);
+    }
+
+    #[test]
+    fn a_syntax_error_names_line_and_column_but_never_prints_the_line() {
+        for (text, line) in [
+            // Unquoted, unterminated, trailing text, a key with no value, a
+            // repeated key; the second after a line with a two-byte letter.
+            ("[telegram]\ntoken = 123456:SECRETSECRET\n", 2),
+            ("# é\n[telegram]\ntoken = \"123456:SECRETSECRET\n", 3),
+            ("[telegram]\ntoken = '123456:SECRETSECRET' x\n", 2),
+            ("[telegram]\n123456:SECRETSECRET\n", 2),
+            (
+                "[telegram]\ntoken = \"1:a\"\ntoken = \"123456:SECRETSECRET\"\n",
+                3,
+            ),
+        ] {
+            let err = Config::parse(text, None).unwrap_err();
+            let shown = err.to_string();
+            assert!(!shown.contains("SECRET"), "{shown}");
+            assert!(!shown.contains('\n'), "{shown}");
+            // toml's own report (which quotes the line) says where, too.
+            let toml_says = text.parse::<toml::Table>().unwrap_err().to_string();
+            let at = toml_says.lines().next().unwrap();
+            assert!(toml_says.contains("SECRET"), "the case shows the leak");
+            match &err {
+                ConfigError::Syntax {
+                    line: l,
+                    column,
+                    message,
+                } => {
+                    assert_eq!(*l, line, "{text:?}: {shown}");
+                    assert_eq!(at, format!("TOML parse error at line {l}, column {column}"));
+                    assert!(!message.is_empty());
+                }
+                other => panic!("{text:?}: {other:?}"),
+            }
+            assert!(
+                shown.starts_with(&format!("config: invalid TOML at line {line}, column ")),
+                "{shown}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_refused_string_value_is_not_quoted() {
+        for text in [
+            "[telegram]\nadmins = \"123456:SECRET\\\"SECRET\"",
+            "[telegram]\nupload_limit_mb = \"123456:SECRET\"",
+        ] {
+            let err = Config::parse(text, None).unwrap_err().to_string();
+            assert!(!err.contains("SECRET"), "{err}");
+            assert!(
+                err.contains("invalid type: string \"…\", expected"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

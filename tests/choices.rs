@@ -181,7 +181,7 @@ async fn a_user_who_chose_not_to_be_asked_is_not_asked() {
     let api = FakeTelegram::start().await;
     let media = media().await;
     let _bot = TestBot::start(&api, ASK).await;
-    press_setting(&api, 505, "s:a:0").await;
+    press_setting(&api, 505, "s:505:a:0").await;
     let a = ack(&api, 505, &media.url("/tiny.mp4?noask")).await;
     assert!(buttons(&a).is_empty(), "no buttons: {:?}", buttons(&a));
     // Delivered without any press, long before the 120 s choice window.
@@ -200,8 +200,8 @@ async fn settings_survive_a_restart_and_apply_to_new_links() {
     let api = FakeTelegram::start().await;
     let media = media().await;
     let mut bot = TestBot::start(&api, ASK).await;
-    press_setting(&api, 506, "s:k:a").await;
-    press_setting(&api, 506, "s:a:0").await;
+    press_setting(&api, 506, "s:506:k:a").await;
+    press_setting(&api, 506, "s:506:a:0").await;
     bot.stop().await.unwrap();
     bot.launch();
     api.push_text(506, 506, "/settings", None);

@@ -3,8 +3,9 @@
 //! parsing their callback data live together so the two cannot drift.
 //!
 //! Callback data stays well under Telegram's 64 bytes: `k:<id>:<v|a|d>`
-//! (kind), `q:<id>:<height>` (quality), `c:<id>` (cancel), `s:<field>:<value>`
-//! (a setting).
+//! (kind), `q:<id>:<height>` (quality), `c:<id>` (cancel),
+//! `s:<user id>:<field>:<value>` (a setting of that user's; in a group anyone
+//! can press a button, and only its owner's press counts).
 
 use teloxide::types::{InlineKeyboardButton, InlineKeyboardMarkup};
 
@@ -22,7 +23,11 @@ pub enum Press {
     Choose(JobId, MediaKind),
     Quality(JobId, u32),
     Cancel(JobId),
-    Setting(Setting),
+    /// A change to `owner`'s settings: the user the panel was shown to.
+    Setting {
+        owner: u64,
+        setting: Setting,
+    },
 }
 
 /// A change pressed on the `/settings` panel.
@@ -54,7 +59,13 @@ pub fn parse_press(data: &str) -> Option<Press> {
         ("k", Some(id), Some(k)) => Some(Press::Choose(id.parse().ok()?, kind_from_code(k)?)),
         ("c", Some(id), None) => Some(Press::Cancel(id.parse().ok()?)),
         ("q", Some(id), Some(h)) => Some(Press::Quality(id.parse().ok()?, h.parse().ok()?)),
-        ("s", Some(field), Some(value)) => Some(Press::Setting(parse_setting(field, value)?)),
+        ("s", Some(owner), Some(rest)) => {
+            let (field, value) = rest.split_once(':')?;
+            Some(Press::Setting {
+                owner: owner.parse().ok()?,
+                setting: parse_setting(field, value)?,
+            })
+        }
         _ => None,
     }
 }
@@ -115,29 +126,29 @@ pub fn choice_keyboard(lang: Lang, id: JobId, heights: &[u32]) -> InlineKeyboard
     InlineKeyboardMarkup::new(rows)
 }
 
-/// The `/settings` buttons (`s:<field>:<value>`), the current choice of each
-/// row marked with a dot.
-pub fn settings_keyboard(lang: Lang, s: &UserSettings) -> InlineKeyboardMarkup {
+/// The `/settings` buttons of user `owner` (`s:<owner>:<field>:<value>`),
+/// the current choice of each row marked with a dot.
+pub fn settings_keyboard(lang: Lang, owner: u64, s: &UserSettings) -> InlineKeyboardMarkup {
     let mark = |on: bool, label: String| if on { format!("• {label}") } else { label };
     let kinds = KINDS.map(|k| {
         button(
             mark(s.kind == k, label(lang, Label::Kind(k))),
-            format!("s:k:{}", kind_code(k)),
+            format!("s:{owner}:k:{}", kind_code(k)),
         )
     });
     let mut qualities = vec![button(
         mark(s.max_height.is_none(), label(lang, Label::Best)),
-        "s:q:0".into(),
+        format!("s:{owner}:q:0"),
     )];
     qualities.extend(QUALITIES.map(|h| {
         button(
             mark(s.max_height == Some(h), format!("{h}p")),
-            format!("s:q:{h}"),
+            format!("s:{owner}:q:{h}"),
         )
     }));
     let ask = button(
         label(lang, Label::Ask(s.ask)),
-        format!("s:a:{}", if s.ask { 0 } else { 1 }),
+        format!("s:{owner}:a:{}", if s.ask { 0 } else { 1 }),
     );
     let mut langs: Vec<InlineKeyboardButton> = [Lang::En, Lang::Fa]
         .map(|l| {
@@ -146,13 +157,13 @@ pub fn settings_keyboard(lang: Lang, s: &UserSettings) -> InlineKeyboardMarkup {
                     s.lang.as_deref() == Some(l.code()),
                     label(lang, Label::LanguageName(l)),
                 ),
-                format!("s:l:{}", l.code()),
+                format!("s:{owner}:l:{}", l.code()),
             )
         })
         .to_vec();
     langs.push(button(
         mark(s.lang.is_none(), label(lang, Label::Auto)),
-        "s:l:-".into(),
+        format!("s:{owner}:l:-"),
     ));
     InlineKeyboardMarkup::new(vec![kinds.to_vec(), qualities, vec![ask], langs])
 }
@@ -175,9 +186,15 @@ mod tests {
             Some(Press::Quality(id, 720))
         );
         assert_eq!(
-            parse_press("s:q:720"),
-            Some(Press::Setting(Setting::Quality(Some(720))))
+            parse_press("s:42:q:720"),
+            Some(Press::Setting {
+                owner: 42,
+                setting: Setting::Quality(Some(720))
+            })
         );
+        // A panel from before buttons carried their owner acts for nobody.
+        assert_eq!(parse_press("s:q:720"), None);
+        assert_eq!(parse_press("s:x:q:720"), None);
         assert_eq!(parse_press("k:nope:v"), None);
         assert_eq!(parse_press("zzz"), None);
     }
@@ -188,7 +205,7 @@ mod tests {
         for lang in [Lang::En, Lang::Fa] {
             let boards = [
                 choice_keyboard(lang, id, &[720, 360]),
-                settings_keyboard(lang, &UserSettings::default()),
+                settings_keyboard(lang, u64::MAX, &UserSettings::default()),
             ];
             for b in boards
                 .iter()
@@ -198,7 +215,11 @@ mod tests {
                     panic!("not a callback button: {b:?}");
                 };
                 assert!(data.len() <= 64, "{data}");
-                assert!(parse_press(data).is_some(), "{data} does not parse");
+                match parse_press(data) {
+                    Some(Press::Setting { owner, .. }) => assert_eq!(owner, u64::MAX),
+                    Some(_) => {}
+                    None => panic!("{data} does not parse"),
+                }
             }
         }
     }

@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 use serde::Serialize;
 
 use crate::config::{one_line, Config, ConfigError};
+use crate::i18n::{json_printable, printable};
 use crate::job::{iso, Job, JobState};
 use crate::pipeline::{recovery, JobService};
 use crate::store::{JobStore, SledStore, StoreError};
@@ -131,10 +132,8 @@ fn dispatch(cli: Cli) -> Result<(), CliError> {
             jobs.sort_by_key(|j| j.id);
             if json {
                 let rows: Vec<JobRow> = jobs.iter().map(JobRow::from).collect();
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&rows).map_err(anyhow::Error::from)?
-                );
+                let text = serde_json::to_string_pretty(&rows).map_err(anyhow::Error::from)?;
+                println!("{}", json_printable(&text));
             } else {
                 print_table(&jobs);
             }
@@ -179,10 +178,8 @@ fn dispatch(cli: Cli) -> Result<(), CliError> {
                     .iter()
                     .map(|(s, t)| serde_json::json!({"state": s.name(), "at": iso(*t)}))
                     .collect();
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&row).map_err(anyhow::Error::from)?
-                );
+                let text = serde_json::to_string_pretty(&row).map_err(anyhow::Error::from)?;
+                println!("{}", json_printable(&text));
             } else {
                 print_job(&job);
             }
@@ -264,34 +261,103 @@ fn print_table(jobs: &[Job]) {
             j.user_id,
             j.attempts,
             iso(j.updated_at),
-            j.url
+            printable(&j.url)
         );
     }
     println!("{} job(s)", jobs.len());
 }
 
+/// `tgdl job ID`. Titles, links and error texts come from outside: no
+/// terminal control characters or bidi overrides reach the operator's
+/// terminal (`--json` writes them as `\uXXXX` escapes).
 fn print_job(j: &Job) {
-    println!("job      {}", j.id);
-    println!("state    {}", j.state);
-    println!("url      {}", j.url);
-    println!("user     {} in chat {}", j.user_id, j.chat_id);
-    println!(
+    print!("{}", job_text(j));
+}
+
+fn job_text(j: &Job) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let mut line = |args: std::fmt::Arguments| {
+        let _ = out.write_fmt(args);
+        out.push('\n');
+    };
+    line(format_args!("job      {}", j.id));
+    line(format_args!("state    {}", j.state));
+    line(format_args!("url      {}", printable(&j.url)));
+    line(format_args!("user     {} in chat {}", j.user_id, j.chat_id));
+    line(format_args!(
         "options  {} {}",
         j.options.kind.name(),
         j.options
             .max_height
             .map(|h| format!("≤{h}p"))
             .unwrap_or_default()
-    );
-    println!("attempts {} (rescues {})", j.attempts, j.rescues);
+    ));
+    line(format_args!(
+        "attempts {} (rescues {})",
+        j.attempts, j.rescues
+    ));
     if let Some(e) = j.failure.as_ref().or(j.last_error.as_ref()) {
-        println!("error    {} ({:?}): {}", e.code, e.class, e.text);
+        line(format_args!(
+            "error    {} ({:?}): {}",
+            e.code,
+            e.class,
+            printable(&e.text)
+        ));
     }
     if let Some(t) = &j.title {
-        println!("title    {t}");
+        line(format_args!("title    {}", printable(t)));
     }
-    println!("history");
+    line(format_args!("history"));
     for (s, t) in &j.history {
-        println!("  {}  {}", iso(*t), s);
+        line(format_args!("  {}  {}", iso(*t), s));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::{FailureCode, JobError, JobId, JobOptions, NewJob};
+
+    #[test]
+    fn job_text_has_no_control_characters_from_outside() {
+        let mut j = Job::new(
+            JobId::new(),
+            NewJob {
+                chat_id: 1,
+                user_id: 2,
+                request_msg_id: 3,
+                lang: "en".into(),
+                url: "https://example.com/a".into(),
+                options: JobOptions::default(),
+                parent: None,
+                not_before: None,
+            },
+            1,
+        );
+        j.title = Some("Evil\u{1b}[2J\u{9b}31m\u{202E}txt.exe\nline\u{7}".into());
+        j.url = "https://example.com/\u{1b}]0;x\u{7}".into();
+        j.failure = Some(JobError::permanent(
+            FailureCode::Unknown,
+            "ERROR: \u{1b}[1mbold\rover\u{2066}",
+        ));
+        let text = job_text(&j);
+        let bad: Vec<char> = text
+            .chars()
+            .filter(|c| {
+                (c.is_control() && *c != '\n')
+                    || ('\u{202A}'..='\u{202E}').contains(c)
+                    || ('\u{2066}'..='\u{2069}').contains(c)
+            })
+            .collect();
+        assert!(bad.is_empty(), "{bad:?} in {text}");
+        assert!(text.contains("title    Evil[2J31mtxt.exe line"), "{text}");
+        assert!(
+            text.contains("error    unknown (Permanent): ERROR: [1mbold over"),
+            "{text}"
+        );
+        // Our own lines only: job, state, url, user, options, attempts, error, title, history, 1 event.
+        assert_eq!(text.lines().count(), 10, "{text}");
     }
 }

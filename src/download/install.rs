@@ -80,7 +80,9 @@ pub async fn managed(tools_dir: &Path) -> Result<PathBuf, InstallError> {
 }
 
 async fn run<'a>(program: &Path, args: impl IntoIterator<Item = &'a OsStr>) -> Result<(), String> {
-    let out = Command::new(program)
+    let mut cmd = Command::new(program);
+    super::process::without_secrets(&mut cmd);
+    let out = cmd
         .args(args)
         .stdin(std::process::Stdio::null())
         .output()

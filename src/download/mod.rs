@@ -7,8 +7,11 @@
 //!   lines, and the max-filesize notice it prints while exiting 0).
 //! - [`classify`]: yt-dlp's stderr to a retryable or permanent
 //!   [`DownloadFailure`] with a stable [`Reason`] code.
-//! - [`process`]: running it in its own process group, draining both pipes,
-//!   and killing the whole group on cancel or timeout.
+//! - [`process`]: running it in its own process group, in the job's folder,
+//!   without `TGDL_*` in its environment, draining both pipes, and killing
+//!   the whole group on cancel or timeout.
+//! - [`leftovers`]: finding and ending processes an earlier run left working
+//!   in a job's folder (an ffmpeg after `kill -9` of the bot).
 //!
 //! The worker owns the policy (retries, backoff, cleaning); this module only
 //! reports what happened.
@@ -16,6 +19,7 @@
 pub mod args;
 pub mod classify;
 pub mod install;
+pub mod leftovers;
 pub mod probe;
 pub mod process;
 pub mod progress;

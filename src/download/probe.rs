@@ -146,20 +146,42 @@ fn playlist_of(info: Info) -> Option<Playlist> {
     })
 }
 
-/// Run the probe, listing at most `max_items` items of a playlist.
-pub async fn probe(
-    ytdlp: &Path,
-    url: &str,
-    limit: Option<u64>,
-    max_items: u32,
-    cancel: &CancellationToken,
-    timeout: Duration,
-    proxy: Option<&str>,
-) -> Result<Probed, DownloadError> {
+/// One probe run: which yt-dlp, which link, and its bounds.
+#[derive(Clone, Copy, Debug)]
+pub struct ProbeRun<'a> {
+    pub ytdlp: &'a Path,
+    pub url: &'a str,
+    /// Video heights are offered only for formats under this many bytes.
+    pub limit: Option<u64>,
+    /// List at most this many items of a playlist.
+    pub max_items: u32,
+    pub timeout: Duration,
+    /// The egress proxy session's URL (`--proxy`).
+    pub proxy: Option<&'a str>,
+    /// The working directory (the job's folder, made here), as for a
+    /// download (see `process::command`).
+    pub work_dir: &'a Path,
+}
+
+/// Run the probe.
+pub async fn probe(run: ProbeRun<'_>, cancel: &CancellationToken) -> Result<Probed, DownloadError> {
+    let ProbeRun {
+        ytdlp,
+        url,
+        limit,
+        max_items,
+        timeout,
+        proxy,
+        work_dir,
+    } = run;
     if cancel.is_cancelled() {
         return Err(DownloadError::Cancelled);
     }
+    tokio::fs::create_dir_all(work_dir)
+        .await
+        .map_err(DownloadError::Io)?;
     let mut cmd = super::process::command(ytdlp);
+    cmd.current_dir(work_dir);
     if let Some(p) = proxy {
         cmd.arg("--proxy").arg(p);
     }
@@ -271,16 +293,17 @@ mod tests {
     }
 
     async fn run(bin: &Path, max_items: u32, timeout: Duration) -> Result<Probed, DownloadError> {
-        probe(
-            bin,
-            "https://example.test/p",
-            None,
+        let dir = tempfile::tempdir().unwrap();
+        let run = ProbeRun {
+            ytdlp: bin,
+            url: "https://example.test/p",
+            limit: None,
             max_items,
-            &CancellationToken::new(),
             timeout,
-            None,
-        )
-        .await
+            proxy: None,
+            work_dir: dir.path(),
+        };
+        probe(run, &CancellationToken::new()).await
     }
 
     #[tokio::test]

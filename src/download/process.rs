@@ -22,9 +22,21 @@ use crate::job::{ErrorClass, FailureCode};
 /// chatty (a warning per fragment on a long HLS stream).
 const STDERR_RING: usize = 50;
 
-/// Longest line kept, in bytes; longer ones are cut (lines are only for
-/// parsing our own short prefixed lines and for error messages).
-const MAX_LINE: usize = 8 * 1024;
+/// Longest stdout line kept, in bytes; the rest of a longer line is read and
+/// dropped, never held. The meta line is JSON in ASCII, so a title costs up to
+/// 6 bytes per character (`\uXXXX`, 12 for one outside the BMP): 256 KiB keeps
+/// a title of tens of thousands of Persian characters whole.
+const MAX_STDOUT_LINE: usize = 256 * 1024;
+
+/// Longest stderr line kept: stderr is only classified and quoted in error
+/// messages, and up to [`STDERR_RING`] of its lines are held at once.
+const MAX_STDERR_LINE: usize = 8 * 1024;
+
+/// Where a run keeps its private copy of the operator's cookies file, inside
+/// the job's folder. yt-dlp writes the cookies back to the file it is given,
+/// so it never gets the original. A subfolder: yt-dlp's output names are
+/// `<job folder>/<media id>.<ext>`, so no download can land on the copy.
+const COOKIES_COPY: &str = ".tgdl/cookies.txt";
 
 /// After yt-dlp exits, how long its pipes may stay open. A grandchild that
 /// inherited them (a stray ffmpeg) would otherwise keep us reading forever.
@@ -120,32 +132,59 @@ impl Drop for GroupKiller {
 
 /// Reads lines of arbitrary bytes; yt-dlp's output is UTF-8 in practice, but
 /// one stray byte must not stop the draining (a full pipe would block yt-dlp).
+/// At most `max` bytes of a line are kept: the rest is read and dropped as it
+/// arrives, so a line without end costs no memory and never blocks yt-dlp.
 struct Lines<R> {
     reader: BufReader<R>,
     buf: Vec<u8>,
+    max: usize,
+    /// The line in `buf` was longer than `max`.
+    cut: bool,
 }
 
 impl<R: AsyncRead + Unpin> Lines<R> {
-    fn new(r: R) -> Self {
+    fn new(r: R, max: usize) -> Self {
         Lines {
             reader: BufReader::new(r),
             buf: Vec::new(),
+            max,
+            cut: false,
         }
     }
 
     /// The next line without its terminator; `None` at end of stream. Cancel
-    /// safe: a partial line stays in `buf` for the next call.
+    /// safe: the only await is `fill_buf`, and a partial line stays in `buf`
+    /// for the next call.
     async fn next(&mut self) -> io::Result<Option<String>> {
-        let n = self.reader.read_until(b'\n', &mut self.buf).await?;
-        if n == 0 && self.buf.is_empty() {
-            return Ok(None);
+        loop {
+            let available = self.reader.fill_buf().await?;
+            if available.is_empty() {
+                if self.buf.is_empty() && !self.cut {
+                    return Ok(None);
+                }
+                return Ok(Some(self.take()));
+            }
+            let end = available.iter().position(|&b| b == b'\n');
+            let used = end.map_or(available.len(), |i| i + 1);
+            let room = self.max.saturating_sub(self.buf.len());
+            self.cut |= used > room;
+            self.buf.extend_from_slice(&available[..used.min(room)]);
+            self.reader.consume(used);
+            if end.is_some() {
+                return Ok(Some(self.take()));
+            }
         }
+    }
+
+    fn take(&mut self) -> String {
         let mut bytes = std::mem::take(&mut self.buf);
+        if std::mem::take(&mut self.cut) {
+            tracing::debug!(target: "tgdl::ytdlp", kept = bytes.len(), "output line over the limit cut");
+        }
         while matches!(bytes.last(), Some(b'\n' | b'\r')) {
             bytes.pop();
         }
-        bytes.truncate(MAX_LINE);
-        Ok(Some(String::from_utf8_lossy(&bytes).into_owned()))
+        String::from_utf8_lossy(&bytes).into_owned()
     }
 }
 
@@ -195,8 +234,26 @@ pub async fn run_ytdlp(
     if cancel.is_cancelled() {
         return Err(DownloadError::Cancelled);
     }
+    // The job's folder is yt-dlp's working directory, and so that of every
+    // ffmpeg it starts: recovery finds a run that outlived the bot by it.
+    tokio::fs::create_dir_all(&args.output_dir)
+        .await
+        .map_err(DownloadError::Io)?;
+    let cookies = match &args.cookies {
+        Some(original) => Some(copy_cookies(original, &args.output_dir).await?),
+        None => None,
+    };
+    let argv = match &cookies {
+        Some(copy) => YtDlpArgs {
+            cookies: Some(copy.clone()),
+            ..args.clone()
+        }
+        .to_args(),
+        None => args.to_args(),
+    };
     let mut cmd = command(&args.binary);
-    cmd.args(args.to_args())
+    cmd.current_dir(&args.output_dir)
+        .args(argv)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         // Python buffers a piped stdout; progress must arrive as it happens.
@@ -209,8 +266,14 @@ pub async fn run_ytdlp(
         .ok_or_else(|| DownloadError::Spawn(io::Error::other("spawned child has no pid")))?;
     let mut killer = GroupKiller { pgid: Some(pgid) };
 
-    let mut stdout = Lines::new(child.stdout.take().expect("stdout is piped"));
-    let mut stderr = Lines::new(child.stderr.take().expect("stderr is piped"));
+    let mut stdout = Lines::new(
+        child.stdout.take().expect("stdout is piped"),
+        MAX_STDOUT_LINE,
+    );
+    let mut stderr = Lines::new(
+        child.stderr.take().expect("stderr is piped"),
+        MAX_STDERR_LINE,
+    );
     let mut out_open = true;
     let mut err_open = true;
     let mut ring: VecDeque<String> = VecDeque::with_capacity(STDERR_RING);
@@ -259,6 +322,43 @@ pub async fn run_ytdlp(
     }
     let status = status.expect("loop ends only after the child was reaped");
     finish(args, status, &ring, state).await
+}
+
+/// A private copy of the operator's cookies file for one run, readable by
+/// us only; the original is only ever read. Every run starts from the
+/// original, so no site's cookies from an earlier run carry over.
+async fn copy_cookies(original: &Path, job_dir: &Path) -> Result<PathBuf, DownloadError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let copy = job_dir.join(COOKIES_COPY);
+    let bytes = tokio::fs::read(original).await.map_err(|e| {
+        DownloadError::Io(io::Error::new(
+            e.kind(),
+            format!("cookies file {}: {e}", original.display()),
+        ))
+    })?;
+    let write = {
+        let copy = copy.clone();
+        move || -> io::Result<()> {
+            use std::io::Write;
+            if let Some(dir) = copy.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            // Replace, never write through: a link left at the copy's place
+            // must not redirect the write.
+            let _ = std::fs::remove_file(&copy);
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&copy)?;
+            f.write_all(&bytes)
+        }
+    };
+    tokio::task::spawn_blocking(write)
+        .await
+        .map_err(|e| DownloadError::Io(io::Error::other(e)))?
+        .map_err(DownloadError::Io)?;
+    Ok(copy)
 }
 
 /// Kills the group (only while the leader is unreaped, see [`GroupKiller`])
@@ -356,12 +456,19 @@ async fn checked_path(dir: &Path, reported: &Path) -> io::Result<PathBuf> {
 /// handle is dropped, in its own process group (one killpg reaches yt-dlp
 /// and everything it spawns, and a Ctrl-C at our terminal does not reach it
 /// behind our back), and killed by the kernel if the bot dies without a
-/// chance to kill it (SIGKILL, OOM), so no download outlives the bot and
-/// races the resumed one after restart. (PDEATHSIG fires when the spawning
+/// chance to kill it (SIGKILL, OOM). (PDEATHSIG fires when the spawning
 /// thread exits: a runtime worker thread, which lives as long as the bot.)
+/// A fork does not inherit PDEATHSIG, so the ffmpeg yt-dlp starts survives
+/// the bot's SIGKILL; it shares yt-dlp's working directory (the job's
+/// folder, set by the caller), and the recovery pass at the next start ends
+/// every process working under the downloads folder.
+///
+/// Its environment is ours without `TGDL_*` (the token above all): a child
+/// runs code we did not write (extractors, ffmpeg, `--exec` in `extra_args`).
 pub(super) fn command(binary: &Path) -> Command {
     let mut cmd = Command::new(binary);
     cmd.stdin(Stdio::null()).kill_on_drop(true).process_group(0);
+    without_secrets(&mut cmd);
     // SAFETY: prctl is async-signal-safe and touches no memory of ours.
     unsafe {
         cmd.pre_exec(|| {
@@ -372,6 +479,17 @@ pub(super) fn command(binary: &Path) -> Command {
         });
     }
     cmd
+}
+
+/// Removes `TGDL_*` (`TGDL_TOKEN` above all) from what `cmd` inherits:
+/// every program the bot starts runs code it did not write.
+pub(super) fn without_secrets(cmd: &mut Command) {
+    use std::os::unix::ffi::OsStrExt;
+    for (key, _) in std::env::vars_os() {
+        if key.as_bytes().starts_with(b"TGDL_") {
+            cmd.env_remove(key);
+        }
+    }
 }
 
 /// The version yt-dlp reports (`yt-dlp --version`), for `/health`.
@@ -501,6 +619,68 @@ echo 'tgdl-meta {{"id": "abc", "title": "T", "ext": "mp4", "width": 160, "height
         assert_eq!(seen.len(), 2);
         assert_eq!(seen[0].percent, Some(50.0));
         assert!(seen[1].finished);
+    }
+
+    #[tokio::test]
+    async fn runs_in_the_job_folder_made_for_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let id = Uuid::now_v7();
+        let dir = crate::download::args::job_dir(tmp.path(), id);
+        let seen = tmp.path().join("cwd");
+        let bin = fake_ytdlp(tmp.path(), &format!("pwd -P > '{}'", seen.display()));
+        let a = YtDlpArgs::new(bin, "https://example.test/v", tmp.path(), id, Want::Video);
+        assert!(!dir.exists());
+        fails(&a).await;
+        assert_eq!(
+            std::fs::read_to_string(&seen).unwrap().trim_end(),
+            std::fs::canonicalize(&dir).unwrap().to_str().unwrap()
+        );
+    }
+
+    /// A meta line with a 2,000-character Persian title, as yt-dlp prints it
+    /// (ASCII JSON, six bytes a character: 12 KB, over the old 8 KiB cut),
+    /// after a line of 3 MB without an end that must be bounded, not held.
+    #[tokio::test]
+    async fn a_long_non_ascii_title_parses_and_an_endless_line_is_bounded() {
+        let tmp = tempfile::tempdir().unwrap();
+        let id = Uuid::now_v7();
+        let dir = crate::download::args::job_dir(tmp.path(), id);
+        let title: String = "سلام دنیا ".chars().cycle().take(2000).collect();
+        let escaped: String = title
+            .chars()
+            .map(|c| format!("\\u{:04x}", c as u32))
+            .collect();
+        let script = format!(
+            r#"mkdir -p '{dir}'
+printf x > '{dir}/a.mp4'
+head -c 3000000 /dev/zero | tr '\0' 'o'; echo
+head -c 3000000 /dev/zero | tr '\0' 'e' >&2; echo >&2
+echo 'tgdl-meta {{"id": "a", "title": "{escaped}", "filepath": "{dir}/a.mp4"}}'
+"#,
+            dir = dir.display()
+        );
+        let bin = fake_ytdlp(tmp.path(), &script);
+        let a = YtDlpArgs::new(bin, "https://example.test/v", tmp.path(), id, Want::Video);
+        let out = run_ytdlp(
+            &a,
+            CancellationToken::new(),
+            Duration::from_secs(60),
+            |_| {},
+        )
+        .await
+        .unwrap();
+        assert_eq!(out.title.as_deref(), Some(title.as_str()));
+        assert_eq!(title.chars().count(), 2000);
+    }
+
+    #[tokio::test]
+    async fn lines_keep_at_most_their_bound_and_resume_at_the_next_line() {
+        let text = format!("{}\nshort\r\n{}", "x".repeat(100_000), "y".repeat(10));
+        let mut lines = Lines::new(text.as_bytes(), 1000);
+        assert_eq!(lines.next().await.unwrap().unwrap(), "x".repeat(1000));
+        assert_eq!(lines.next().await.unwrap().unwrap(), "short");
+        assert_eq!(lines.next().await.unwrap().unwrap(), "y".repeat(10));
+        assert_eq!(lines.next().await.unwrap(), None);
     }
 
     #[tokio::test]

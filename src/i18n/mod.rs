@@ -6,9 +6,11 @@
 //! hides in the pipeline.
 
 mod labels;
+mod printable;
 mod reasons;
 
 pub use labels::{command_description, label, Label};
+pub use printable::{json_printable, printable};
 
 use crate::job::{iso, FailureCode, JobState, MediaKind, Millis};
 use crate::net::LinkError;
@@ -175,6 +177,8 @@ pub enum Msg {
     NotYours {
         id: String,
     },
+    /// A press on another user's `/settings` panel.
+    NotYourSettings,
     AlreadyFinished {
         short_id: String,
         state: String,
@@ -339,6 +343,8 @@ pub fn render(lang: Lang, msg: &Msg) -> String {
         (Fa, Msg::Ambiguous { id }) => format!("{id} با چند کار جور است؛ بخش بیشتری از شناسه را بفرستید."),
         (En, Msg::NotYours { id }) => format!("Job {id} is not yours."),
         (Fa, Msg::NotYours { id }) => format!("کار {id} متعلق به شما نیست."),
+        (En, Msg::NotYourSettings) => "These are someone else's settings; send /settings for yours.".into(),
+        (Fa, Msg::NotYourSettings) => "این تنظیمات مال کاربر دیگری است؛ برای تنظیمات خودتان /settings را بفرستید.".into(),
         (En, Msg::AlreadyFinished { short_id, state }) => format!("Job {short_id} is already {state}."),
         (Fa, Msg::AlreadyFinished { short_id, state }) => format!("کار {short_id} از قبل {} است.", state_fa(state)),
         (En, Msg::Retried { short_id }) => format!("🔁 Job {short_id} is queued again."),
@@ -358,7 +364,7 @@ pub fn render(lang: Lang, msg: &Msg) -> String {
             let mut s = head.to_string();
             for l in lines {
                 let st = match lang { En => l.state.clone(), Fa => state_fa(&l.state).to_string() };
-                s.push_str(&format!("\n{} · {} · {}", l.short_id, st, l.url));
+                s.push_str(&format!("\n{} · {} · {}", l.short_id, st, printable(&l.url)));
             }
             s
         }
@@ -397,7 +403,7 @@ fn job_details(lang: Lang, d: &JobDetails) -> String {
         names[1],
         st(d.state),
         names[2],
-        d.url,
+        printable(&d.url),
         names[3],
         label(lang, Label::Kind(d.kind)),
         names[4],
@@ -406,7 +412,7 @@ fn job_details(lang: Lang, d: &JobDetails) -> String {
         d.rescues
     );
     if let Some(t) = &d.title {
-        s.push_str(&format!("\n{}: {t}", names[6]));
+        s.push_str(&format!("\n{}: {}", names[6], printable(t)));
     }
     if let Some((code, text)) = &d.error {
         let head = match lang {
@@ -414,8 +420,9 @@ fn job_details(lang: Lang, d: &JobDetails) -> String {
             Lang::Fa => "خطا",
         };
         s.push_str(&format!(
-            "\n{head}: {} ({code}: {text})",
-            reason(lang, *code, 0)
+            "\n{head}: {} ({code}: {})",
+            reason(lang, *code, 0),
+            printable(text)
         ));
     }
     s.push_str(match lang {
@@ -472,6 +479,41 @@ fn state_fa(state: &str) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn job_details_strip_control_characters_from_title_link_and_error() {
+        let d = JobDetails {
+            short_id: "abcd1234".into(),
+            state: JobState::Failed,
+            url: "https://example.com/\u{1b}]0;x\u{7}".into(),
+            kind: MediaKind::Video,
+            attempts: 1,
+            rescues: 0,
+            title: Some("Evil\u{1b}[2J\u{9b}31m\u{202E}txt.exe\nline".into()),
+            error: Some((
+                FailureCode::Unknown,
+                "ERROR: \u{1b}[1mbold\rover\u{2066}".into(),
+            )),
+            history: vec![(JobState::Queued, 1), (JobState::Failed, 2)],
+        };
+        for lang in [Lang::En, Lang::Fa] {
+            let text = render(lang, &Msg::JobDetails(d.clone()));
+            let bad: Vec<char> = text
+                .chars()
+                .filter(|c| {
+                    (c.is_control() && *c != '\n')
+                        || ('\u{202A}'..='\u{202E}').contains(c)
+                        || ('\u{2066}'..='\u{2069}').contains(c)
+                })
+                .collect();
+            assert!(bad.is_empty(), "{bad:?} in {text}");
+            assert!(text.contains("Evil[2J31mtxt.exe line"), "{text}");
+            assert!(text.contains("ERROR: [1mbold over"), "{text}");
+            // Our own layout: head, state, link, kind, attempts, title,
+            // error, "history:", two events.
+            assert_eq!(text.lines().count(), 10, "{text}");
+        }
+    }
 
     #[test]
     fn language_is_picked_from_the_code_with_a_default() {

@@ -81,18 +81,18 @@ async fn offer(
         return;
     }
     let limit = Some(jobs.config.upload_limit_bytes());
-    let probed = match probe::probe(
+    let dir = crate::download::job_dir(&jobs.config.downloads_dir(), id.0);
+    let run = probe::ProbeRun {
         ytdlp,
-        &job.url,
+        url: &job.url,
         limit,
         // Two items tell a playlist, which gets no quality buttons.
-        2,
-        &stop.child_token(),
-        Duration::from_millis(window),
+        max_items: 2,
+        timeout: Duration::from_millis(window),
         proxy,
-    )
-    .await
-    {
+        work_dir: &dir,
+    };
+    let probed = match probe::probe(run, &stop.child_token()).await {
         Ok(p) => p,
         Err(e) => {
             tracing::debug!(job = %id, error = %e, "quality probe gave nothing");

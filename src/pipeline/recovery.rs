@@ -1,9 +1,11 @@
 //! The recovery pass (SPEC "Crash recovery"), run at start before any new
-//! work: finish or requeue what a dead process left in flight, and delete
-//! files that belong to no live job.
+//! work: end the processes a dead run left working in job folders, finish or
+//! requeue what it left in flight, and delete files that belong to no live
+//! job.
 //!
-//! It reads only the in-flight state indexes and the downloads folder, so its
-//! cost grows with what was in flight, never with history.
+//! It reads only the in-flight state indexes, the downloads folder and the
+//! process table, so its cost grows with what was in flight, never with
+//! history.
 
 use std::path::Path;
 
@@ -12,8 +14,13 @@ use uuid::Uuid;
 use super::cleanup::{self, tree_size, CleanupError};
 use super::JobService;
 use crate::download::job_dir;
+use crate::download::leftovers::{self, Leftover};
 use crate::job::{now_ms, FailureCode, Job, JobError, JobId, JobState, Lease, Millis, RescueMark};
 use crate::store::{Expect, JobStore, StoreError};
+
+/// How long the pass keeps ending processes of an earlier run before it
+/// goes on (they die at once; this bounds a process stuck in the kernel).
+const LEFTOVER_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// What the pass did (or, in a dry run, would do).
 #[derive(Clone, Debug, Default)]
@@ -30,6 +37,8 @@ pub struct RecoveryReport {
     /// Files or folders deleted because no live job owns them.
     pub orphan_paths: Vec<String>,
     pub bytes_freed: u64,
+    /// Processes of an earlier run (yt-dlp, ffmpeg) ended with SIGKILL.
+    pub processes_ended: Vec<Leftover>,
 }
 
 impl RecoveryReport {
@@ -39,17 +48,19 @@ impl RecoveryReport {
             && self.failed.is_empty()
             && self.cleaned.is_empty()
             && self.orphan_paths.is_empty()
+            && self.processes_ended.is_empty()
     }
 
     pub fn summary(&self) -> String {
         format!(
-            "Recovery: {} upload(s) resumed, {} job(s) requeued, {} failed (crashed repeatedly), {} cleaned, {} orphan file(s) deleted ({} bytes freed)",
+            "Recovery: {} upload(s) resumed, {} job(s) requeued, {} failed (crashed repeatedly), {} cleaned, {} orphan file(s) deleted ({} bytes freed), {} leftover process(es) ended",
             self.resumed.len(),
             self.requeued.len(),
             self.failed.len(),
             self.cleaned.len(),
             self.orphan_paths.len(),
-            self.bytes_freed
+            self.bytes_freed,
+            self.processes_ended.len()
         )
     }
 }
@@ -161,7 +172,15 @@ fn recover_blocking(
     downloads: &Path,
     dry_run: bool,
 ) -> Result<RecoveryReport, RecoveryError> {
-    let mut r = RecoveryReport::default();
+    // First, so nothing of a dead run still writes while jobs are requeued.
+    let mut r = RecoveryReport {
+        processes_ended: if dry_run {
+            leftovers::find(downloads)
+        } else {
+            leftovers::end_all(downloads, LEFTOVER_PATIENCE)
+        },
+        ..RecoveryReport::default()
+    };
     let now = now_ms();
     let exclusive = s.is_exclusive();
     for job in s.in_flight()? {
@@ -344,6 +363,14 @@ pub fn describe(r: &RecoveryReport) -> String {
     }
     for p in &r.orphan_paths {
         out.push_str(&format!("delete orphan  {p}\n"));
+    }
+    for l in &r.processes_ended {
+        out.push_str(&format!(
+            "end process    {} ({}) in {}\n",
+            l.pid,
+            l.name,
+            l.cwd.display()
+        ));
     }
     out.push_str(&r.summary());
     out

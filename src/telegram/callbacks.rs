@@ -59,7 +59,9 @@ pub(super) async fn on_callback(q: CallbackQuery, deps: Arc<Deps>) -> Result<(),
             }
             text
         }
-        Press::Setting(setting) => {
+        // Someone else's panel (in a group): their settings are theirs.
+        Press::Setting { owner, .. } if owner != user_id => render(lang, &Msg::NotYourSettings),
+        Press::Setting { setting, .. } => {
             match jobs
                 .change_settings(user_id, move |s| setting.apply(s))
                 .await
@@ -79,7 +81,7 @@ pub(super) async fn on_callback(q: CallbackQuery, deps: Arc<Deps>) -> Result<(),
                         },
                     );
                     if let Some((chat, mid)) = message {
-                        let keyboard = settings_keyboard(lang, &new);
+                        let keyboard = settings_keyboard(lang, user_id, &new);
                         let _ = api
                             .edit(chat, mid, &text, Some(keyboard), Priority::Urgent)
                             .await;

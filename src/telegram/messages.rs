@@ -13,7 +13,7 @@ use crate::botapi::keyboard::{choice_keyboard, settings_keyboard};
 use crate::botapi::pacer::PaceError;
 use crate::i18n::{render, Lang, Msg};
 use crate::job::{now_ms, JobOptions, MediaKind};
-use crate::net::LinkEntity;
+use crate::net::{self, LinkEntity};
 use crate::ops::report;
 use crate::pipeline::service::{Access, Asker, LinkRequest, Lookup, RetryOutcome, Submission};
 use crate::store::UserSettings;
@@ -37,14 +37,6 @@ pub(super) async fn on_message(msg: Message, deps: Arc<Deps>) -> Result<(), Pace
         settings.lang.as_deref().or(user.language_code.as_deref()),
         jobs.default_lang(),
     );
-    if access == Access::Denied {
-        reply(api, &msg, render(lang, &Msg::NotAllowed)).await?;
-        return Ok(());
-    }
-    let asker = Asker {
-        user_id,
-        admin: access == Access::Admin,
-    };
     let text = msg.text().or(msg.caption()).unwrap_or("").to_string();
     let entities: Vec<LinkEntity> = msg
         .entities()
@@ -53,6 +45,24 @@ pub(super) async fn on_message(msg: Message, deps: Arc<Deps>) -> Result<(), Pace
         .iter()
         .filter_map(LinkEntity::from_telegram)
         .collect();
+    let parsed = commands::parse(&text, &deps.username);
+    // In a group (a negative chat id) people talk among themselves: a
+    // message without a link that is not one of our commands gets no reply
+    // at all, not help, "no link" or "not allowed".
+    let chatter = msg.chat.id.0 < 0
+        && !matches!(parsed, Parsed::Command(_))
+        && net::extract_links(&text, &entities, 1).is_empty();
+    if chatter {
+        return Ok(());
+    }
+    if access == Access::Denied {
+        reply(api, &msg, render(lang, &Msg::NotAllowed)).await?;
+        return Ok(());
+    }
+    let asker = Asker {
+        user_id,
+        admin: access == Access::Admin,
+    };
 
     let say = |m: Msg| render(lang, &m);
     let help = || {
@@ -60,7 +70,7 @@ pub(super) async fn on_message(msg: Message, deps: Arc<Deps>) -> Result<(), Pace
             commands: commands::listed(),
         })
     };
-    let command = match commands::parse(&text, &deps.username) {
+    let command = match parsed {
         Parsed::Command(c) => c,
         Parsed::ForAnotherBot => return Ok(()),
         Parsed::Unknown => {
@@ -98,7 +108,7 @@ pub(super) async fn on_message(msg: Message, deps: Arc<Deps>) -> Result<(), Pace
                 msg.chat.id.0,
                 Some(msg.id.0),
                 &text,
-                Some(settings_keyboard(lang, &settings)),
+                Some(settings_keyboard(lang, user_id, &settings)),
             )
             .await?;
             return Ok(());

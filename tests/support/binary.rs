@@ -79,6 +79,11 @@ impl BinaryTest {
     pub fn start_bot(&self) -> BotProcess {
         BotProcess::start(&self.cfg, &self.log)
     }
+
+    /// [`BinaryTest::start_bot`] with `env` added to the bot's environment.
+    pub fn start_bot_with_env(&self, env: &[(&str, &str)]) -> BotProcess {
+        BotProcess::start_with_env(&self.cfg, &self.log, env)
+    }
 }
 
 /// Run `tgdl ARGS --config CONFIG` to the end, with no token or config path from the
@@ -97,6 +102,11 @@ pub fn run_tgdl(args: &[&str], config: &Path) -> Output {
 impl BotProcess {
     /// Start `tgdl run --config PATH`; its log goes to `log` (appended).
     pub fn start(config: &Path, log: &Path) -> BotProcess {
+        Self::start_with_env(config, log, &[])
+    }
+
+    /// [`BotProcess::start`] with `env` added to (or overriding) the bot's environment.
+    pub fn start_with_env(config: &Path, log: &Path, env: &[(&str, &str)]) -> BotProcess {
         use std::os::unix::process::CommandExt;
         let log_file = std::fs::OpenOptions::new()
             .create(true)
@@ -111,6 +121,7 @@ impl BotProcess {
                 "info,tgdl=debug,sled=warn,hyper=warn,reqwest=warn",
             )
             .env_remove("TGDL_TOKEN")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file)

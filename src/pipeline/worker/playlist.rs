@@ -34,18 +34,19 @@ impl Pipeline {
         let limit = Some(cfg.upload_limit_bytes());
         // One more than will be taken: whether there are more is then known.
         let ask = cfg.limits.playlist_max_items.saturating_add(1);
+        let dir = crate::download::job_dir(&cfg.downloads_dir(), job.id.0);
         let session = self.egress_session();
         let proxy = session.as_ref().map(|s| s.proxy_url());
-        let probed = probe::probe(
-            &self.ytdlp,
-            &job.url,
+        let run = probe::ProbeRun {
+            ytdlp: &self.ytdlp,
+            url: &job.url,
             limit,
-            ask,
-            cancel,
+            max_items: ask,
             timeout,
-            proxy.as_deref(),
-        )
-        .await;
+            proxy: proxy.as_deref(),
+            work_dir: &dir,
+        };
+        let probed = probe::probe(run, cancel).await;
         if let (Err(_), Some(why)) = (&probed, Self::refused(&session)) {
             return Some(self.fail(job, FailureCode::DestinationRefused, why).await);
         }
