@@ -318,24 +318,11 @@ fn job_text(j: &Job) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::job::{FailureCode, JobError, JobId, JobOptions, NewJob};
+    use crate::job::{FailureCode, JobError};
 
     #[test]
     fn job_text_has_no_control_characters_from_outside() {
-        let mut j = Job::new(
-            JobId::new(),
-            NewJob {
-                chat_id: 1,
-                user_id: 2,
-                request_msg_id: 3,
-                lang: "en".into(),
-                url: "https://example.com/a".into(),
-                options: JobOptions::default(),
-                parent: None,
-                not_before: None,
-            },
-            1,
-        );
+        let mut j = crate::job::tests::sample();
         j.title = Some("Evil\u{1b}[2J\u{9b}31m\u{202E}txt.exe\nline\u{7}".into());
         j.url = "https://example.com/\u{1b}]0;x\u{7}".into();
         j.failure = Some(JobError::permanent(
@@ -343,14 +330,7 @@ mod tests {
             "ERROR: \u{1b}[1mbold\rover\u{2066}",
         ));
         let text = job_text(&j);
-        let bad: Vec<char> = text
-            .chars()
-            .filter(|c| {
-                (c.is_control() && *c != '\n')
-                    || ('\u{202A}'..='\u{202E}').contains(c)
-                    || ('\u{2066}'..='\u{2069}').contains(c)
-            })
-            .collect();
+        let bad = crate::i18n::leftovers_in_layout(&text);
         assert!(bad.is_empty(), "{bad:?} in {text}");
         assert!(text.contains("title    Evil[2J31mtxt.exe line"), "{text}");
         assert!(

@@ -10,6 +10,8 @@ mod printable;
 mod reasons;
 
 pub use labels::{command_description, label, Label};
+#[cfg(test)]
+pub(crate) use printable::leftovers_in_layout;
 pub use printable::{json_printable, printable};
 
 use crate::job::{iso, FailureCode, JobState, MediaKind, Millis};
@@ -498,14 +500,7 @@ mod tests {
         };
         for lang in [Lang::En, Lang::Fa] {
             let text = render(lang, &Msg::JobDetails(d.clone()));
-            let bad: Vec<char> = text
-                .chars()
-                .filter(|c| {
-                    (c.is_control() && *c != '\n')
-                        || ('\u{202A}'..='\u{202E}').contains(c)
-                        || ('\u{2066}'..='\u{2069}').contains(c)
-                })
-                .collect();
+            let bad = crate::i18n::leftovers_in_layout(&text);
             assert!(bad.is_empty(), "{bad:?} in {text}");
             assert!(text.contains("Evil[2J31mtxt.exe line"), "{text}");
             assert!(text.contains("ERROR: [1mbold over"), "{text}");

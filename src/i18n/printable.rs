@@ -29,6 +29,16 @@ pub fn printable(s: &str) -> Cow<'_, str> {
     )
 }
 
+/// What a rendered text still holds that [`printable`] would remove, line
+/// breaks aside (our layout's): for tests of every screen that shows outside
+/// text.
+#[cfg(test)]
+pub(crate) fn leftovers_in_layout(text: &str) -> Vec<char> {
+    text.chars()
+        .filter(|c| *c != '\n' && unsafe_char(*c))
+        .collect()
+}
+
 /// JSON text (as serde_json writes it) with every character [`printable`]
 /// would drop written as a `\uXXXX` escape instead: the same JSON value,
 /// safe in a terminal. serde_json escapes C0 inside strings itself, so a raw

@@ -225,7 +225,7 @@ pub fn cache_key(url: &str, options: &JobOptions) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use JobState::*;
 

@@ -113,35 +113,14 @@ impl JobStore for SledStore {
         now: Millis,
         edit: &(dyn Fn(&mut Job) + Sync),
     ) -> Result<Job, StoreError> {
-        self.transact(|tx| {
-            let Some(old) = get_job(tx, id)? else {
-                return abort(StoreError::NotFound(id));
-            };
-            if old.state != expect.state {
-                return abort(StoreError::Conflict {
-                    id,
-                    expected: expect.state,
-                    actual: old.state,
-                });
-            }
-            if let Some(owner) = expect.owner {
-                if old.lease.map(|l| l.owner) != Some(owner) {
-                    return abort(StoreError::LeaseLost { id });
-                }
-            }
-            let mut new = old.clone();
-            edit(&mut new);
-            // The edit may not move the job itself: only `enter` does.
-            new.state = old.state;
-            new.id = old.id;
-            new.user_id = old.user_id;
-            match to {
-                Some(to) => new.enter(to, now).map_err(|e| TxError::Abort(e.into()))?,
-                None => new.updated_at = now,
-            }
-            apply(tx, Some(&old), Some(&new), None)?;
-            Ok(new)
-        })
+        let c = Change {
+            expect,
+            admit: None,
+            to,
+            now,
+            edit,
+        };
+        self.transact(|tx| change(tx, id, &c))
     }
 
     fn reopen(
@@ -151,28 +130,14 @@ impl JobStore for SledStore {
         now: Millis,
         edit: &(dyn Fn(&mut Job) + Sync),
     ) -> Result<Job, StoreError> {
-        self.transact(|tx| {
-            let Some(old) = get_job(tx, id)? else {
-                return abort(StoreError::NotFound(id));
-            };
-            if old.state != JobState::Failed {
-                return abort(StoreError::Conflict {
-                    id,
-                    expected: JobState::Failed,
-                    actual: old.state,
-                });
-            }
-            admit(tx, old.user_id, limits, now)?;
-            let mut new = old.clone();
-            edit(&mut new);
-            new.state = old.state;
-            new.id = old.id;
-            new.user_id = old.user_id;
-            new.enter(JobState::Queued, now)
-                .map_err(|e| TxError::Abort(e.into()))?;
-            apply(tx, Some(&old), Some(&new), None)?;
-            Ok(new)
-        })
+        let c = Change {
+            expect: Expect::state(JobState::Failed),
+            admit: Some(limits),
+            to: Some(JobState::Queued),
+            now,
+            edit,
+        };
+        self.transact(|tx| change(tx, id, &c))
     }
 
     fn get(&self, id: JobId) -> Result<Option<Job>, StoreError> {
@@ -414,6 +379,52 @@ impl JobStore for SledStore {
         rec.recent.retain(|t| *t + HOUR_MS > now);
         Ok(refusal(active, &rec, limits))
     }
+}
+
+/// What [`change`] does to one job.
+struct Change<'a> {
+    expect: Expect,
+    /// Admit the job as one more active job of its user (a reopen).
+    admit: Option<EnqueueLimits>,
+    to: Option<JobState>,
+    now: Millis,
+    edit: &'a (dyn Fn(&mut Job) + Sync),
+}
+
+/// Change one job inside a transaction: check what the caller expects
+/// (state, and the lease's owner when given), admit it against the limits
+/// when asked, apply the edit (which may not move the job: only `enter`
+/// does), move it, and derive every index through [`apply`].
+fn change(tx: &Tx, id: JobId, c: &Change) -> TxResult<Job> {
+    let Some(old) = get_job(tx, id)? else {
+        return abort(StoreError::NotFound(id));
+    };
+    if old.state != c.expect.state {
+        return abort(StoreError::Conflict {
+            id,
+            expected: c.expect.state,
+            actual: old.state,
+        });
+    }
+    if let Some(owner) = c.expect.owner {
+        if old.lease.map(|l| l.owner) != Some(owner) {
+            return abort(StoreError::LeaseLost { id });
+        }
+    }
+    if let Some(limits) = c.admit {
+        admit(tx, old.user_id, limits, c.now)?;
+    }
+    let mut new = old.clone();
+    (c.edit)(&mut new);
+    new.state = old.state;
+    new.id = old.id;
+    new.user_id = old.user_id;
+    match c.to {
+        Some(to) => new.enter(to, c.now).map_err(|e| TxError::Abort(e.into()))?,
+        None => new.updated_at = c.now,
+    }
+    apply(tx, Some(&old), Some(&new), None)?;
+    Ok(new)
 }
 
 /// Admit one more active job of `user` (a new one, or a failed one reopened)
