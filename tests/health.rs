@@ -59,6 +59,31 @@ async fn ask(
     wait_for_text(api, user, answered, T).await
 }
 
+/// `chat` sends the tiny clip's link; the job it became.
+async fn submit_clip(
+    core: &JobService,
+    media: &support::media_server::MediaServer,
+    chat: i64,
+) -> Box<tgdl::job::Job> {
+    let report = core
+        .submit(LinkRequest {
+            chat_id: chat,
+            user_id: chat as u64,
+            message_id: 1,
+            lang: Lang::En,
+            text: media.url("/tiny.mp4"),
+            entities: vec![],
+            options: JobOptions::default(),
+            not_before: None,
+        })
+        .await
+        .unwrap();
+    match &report.outcomes[0] {
+        Submission::Accepted { job, .. } => job.clone(),
+        other => panic!("{other:?}"),
+    }
+}
+
 fn core_for(api: &FakeTelegram, dir: &std::path::Path, extra: &str) -> Arc<JobService> {
     let config: Config = support::bot::test_config(dir, api, extra);
     std::fs::create_dir_all(config.downloads_dir()).unwrap();
@@ -175,23 +200,7 @@ async fn the_disk_guard_pauses_claiming_tells_users_and_resumes() {
         egress: None,
     };
     // A user's link is accepted and has its status message.
-    let report = core
-        .submit(LinkRequest {
-            chat_id: 77,
-            user_id: 77,
-            message_id: 1,
-            lang: Lang::En,
-            text: media.url("/tiny.mp4"),
-            entities: vec![],
-            options: JobOptions::default(),
-            not_before: None,
-        })
-        .await
-        .unwrap();
-    let job = match &report.outcomes[0] {
-        Submission::Accepted { job, .. } => job.clone(),
-        other => panic!("{other:?}"),
-    };
+    let job = submit_clip(&core, &media, 77).await;
     let status = api.bot();
     use teloxide::prelude::Requester;
     let sent = status
@@ -467,23 +476,7 @@ async fn enospc_requeues_uncounted_deletes_the_partial_and_holds_claims_until_a_
             .lines()
             .count()
     };
-    let report = core
-        .submit(LinkRequest {
-            chat_id: 78,
-            user_id: 78,
-            message_id: 1,
-            lang: Lang::En,
-            text: media.url("/tiny.mp4"),
-            entities: vec![],
-            options: JobOptions::default(),
-            not_before: None,
-        })
-        .await
-        .unwrap();
-    let job = match &report.outcomes[0] {
-        Submission::Accepted { job, .. } => job.clone(),
-        other => panic!("{other:?}"),
-    };
+    let job = submit_clip(&core, &media, 78).await;
     use teloxide::prelude::Requester;
     let sent = api
         .bot()

@@ -480,30 +480,7 @@ fn failed_jobs_reopen_only_by_retry_and_done_never() {
         .enqueue(new_job(1, "https://a/1"), LOOSE, 1)
         .unwrap()
         .job;
-    store
-        .update(
-            e.id,
-            Expect::state(JobState::Queued),
-            Some(JobState::Cleaning),
-            2,
-            &|j| {
-                j.failure = Some(JobError {
-                    class: ErrorClass::Permanent,
-                    code: "cancelled".into(),
-                    text: "cancelled".into(),
-                })
-            },
-        )
-        .unwrap();
-    let f = store
-        .update(
-            e.id,
-            Expect::state(JobState::Cleaning),
-            Some(JobState::Failed),
-            3,
-            &|_| {},
-        )
-        .unwrap();
+    let f = fail_cancelled(&store, e.id, JobState::Queued, 3);
     assert_eq!(f.failure.as_ref().unwrap().code, "cancelled");
     let again = store
         .update(
