@@ -11,7 +11,10 @@ fuzz_target!(|data: &[u8]| {
     };
     match Config::parse(text, None) {
         Ok(_) => {}
-        Err(ConfigError::Syntax(msg)) => assert!(msg.contains("line"), "{msg}"),
+        Err(e @ ConfigError::Syntax { line, .. }) => {
+            assert!(line >= 1, "{e}");
+            assert!(e.to_string().contains(&format!("line {line}")), "{e}");
+        }
         Err(ConfigError::UnknownKey(key)) => assert!(!key.is_empty()),
         Err(ConfigError::Invalid { key, .. }) => assert!(!key.is_empty()),
         Err(ConfigError::Read { .. }) => unreachable!("parse reads no file"),
