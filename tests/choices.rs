@@ -6,7 +6,6 @@ mod support;
 
 use std::time::Duration;
 
-use serde_json::Value;
 use support::binary::BinaryTest;
 use support::bot::{media, wait_for_text, TestBot};
 use support::fake_telegram::{Call, FakeTelegram};
@@ -21,22 +20,8 @@ const ASK: &str = "[telegram]\nchoice_wait_secs = 120";
 /// The callback data of every button on a sent message.
 fn buttons(call: &Call) -> Vec<(String, String)> {
     call.param("reply_markup")
-        .and_then(|m| match m {
-            Value::String(s) => serde_json::from_str::<Value>(s).ok(),
-            v => Some(v.clone()),
-        })
-        .and_then(|m| m.get("inline_keyboard").cloned())
-        .and_then(|k| k.as_array().cloned())
+        .map(support::keyboard_buttons)
         .unwrap_or_default()
-        .iter()
-        .flat_map(|row| row.as_array().cloned().unwrap_or_default())
-        .filter_map(|b| {
-            Some((
-                b["text"].as_str()?.to_string(),
-                b["callback_data"].as_str()?.to_string(),
-            ))
-        })
-        .collect()
 }
 
 /// Send a link and return the acknowledgement call (with its buttons).

@@ -170,18 +170,8 @@ extra_args = [\"--downloader\", \"ffmpeg\"]",
 fn buttons(m: &SentMessage) -> Vec<(String, String)> {
     m.reply_markup
         .as_ref()
-        .and_then(|k| k.get("inline_keyboard"))
-        .and_then(|k| k.as_array())
-        .into_iter()
-        .flatten()
-        .flat_map(|row| row.as_array().cloned().unwrap_or_default())
-        .filter_map(|b| {
-            Some((
-                b["text"].as_str()?.to_string(),
-                b["callback_data"].as_str()?.to_string(),
-            ))
-        })
-        .collect()
+        .map(support::keyboard_buttons)
+        .unwrap_or_default()
 }
 
 /// The bot's message in `chat` whose text satisfies `pred` (waiting for it).

@@ -224,16 +224,7 @@ async fn run(cycles: usize) -> Stats {
     );
     // Cleaning ends with the status message deleted: wait for all of them.
     let _ = api
-        .try_wait_for(
-            |calls| {
-                calls
-                    .iter()
-                    .filter(|c| c.is("deleteMessage") && c.succeeded())
-                    .count()
-                    >= expected
-            },
-            Duration::from_secs(60),
-        )
+        .wait_succeeded("deleteMessage", expected, Duration::from_secs(60))
         .await;
     bot.sigterm();
     let status = tokio::task::spawn_blocking(move || {

@@ -142,16 +142,7 @@ async fn slow_downloads_killed_more_often_than_max_rescues_all_end_done() {
     // The last step of each job deletes its status message.
     let _ = t
         .api
-        .try_wait_for(
-            |calls| {
-                calls
-                    .iter()
-                    .filter(|c| c.is("deleteMessage") && c.succeeded())
-                    .count()
-                    >= JOBS as usize
-            },
-            Duration::from_secs(30),
-        )
+        .wait_succeeded("deleteMessage", JOBS as usize, Duration::from_secs(30))
         .await;
     let (status, bot) = bot.sigterm_and_wait(Duration::from_secs(20)).await;
     assert!(

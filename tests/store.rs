@@ -74,14 +74,13 @@ fn finish(store: &SledStore, owner: Uuid, job: &Job, now: u64) -> Job {
             },
         )
         .unwrap();
+    step(store, cl.id, JobState::Cleaning, JobState::Done, now)
+}
+
+/// Move a job that needs no edit from `from` to `to`.
+fn step(store: &SledStore, id: JobId, from: JobState, to: JobState, now: u64) -> Job {
     store
-        .update(
-            cl.id,
-            Expect::state(JobState::Cleaning),
-            Some(JobState::Done),
-            now,
-            &|_| {},
-        )
+        .update(id, Expect::state(from), Some(to), now, &|_| {})
         .unwrap()
 }
 
@@ -522,15 +521,7 @@ fn fail_cancelled(store: &SledStore, id: JobId, from: JobState, now: u64) -> Job
             },
         )
         .unwrap();
-    store
-        .update(
-            id,
-            Expect::state(JobState::Cleaning),
-            Some(JobState::Failed),
-            now,
-            &|_| {},
-        )
-        .unwrap()
+    step(store, id, JobState::Cleaning, JobState::Failed, now)
 }
 
 #[test]

@@ -282,15 +282,8 @@ async fn read_tail(mut r: impl AsyncRead + Unpin, keep: usize) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt;
-    use std::path::PathBuf;
 
-    fn fake_ytdlp(dir: &Path, body: &str) -> PathBuf {
-        let path = dir.join("fake-yt-dlp");
-        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-        path
-    }
+    use crate::download::process::tests::fake_ytdlp;
 
     async fn run(bin: &Path, max_items: u32, timeout: Duration) -> Result<Probed, DownloadError> {
         let dir = tempfile::tempdir().unwrap();

@@ -515,7 +515,7 @@ pub async fn ytdlp_version(binary: &Path) -> Result<String, DownloadError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::download::args::Want;
     use std::os::unix::fs::PermissionsExt;
@@ -524,7 +524,7 @@ mod tests {
 
     /// A stand-in "yt-dlp": a shell script, so the process handling can be
     /// tested exactly (groups, pipes, exit codes) without the network.
-    fn fake_ytdlp(dir: &Path, body: &str) -> PathBuf {
+    pub(in crate::download) fn fake_ytdlp(dir: &Path, body: &str) -> PathBuf {
         let path = dir.join("fake-yt-dlp");
         std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();

@@ -827,6 +827,22 @@ impl FakeTelegram {
         }
     }
 
+    /// Waits until `n` calls of `method` have succeeded; whether they did in time.
+    pub async fn wait_succeeded(&self, method: &str, n: usize, timeout: Duration) -> bool {
+        self.try_wait_for(
+            |calls| {
+                calls
+                    .iter()
+                    .filter(|c| c.is(method) && c.succeeded())
+                    .count()
+                    >= n
+            },
+            timeout,
+        )
+        .await
+        .is_some()
+    }
+
     /// Like [`FakeTelegram::wait_for`] but returns `None` on timeout.
     pub async fn try_wait_for(
         &self,

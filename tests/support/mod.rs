@@ -90,6 +90,28 @@ pub async fn wait_over<'a, S: 'a, T: Clone>(
     met.then(|| items(&lock()).to_vec())
 }
 
+/// Every button of an inline keyboard (`reply_markup`, as an object or as the
+/// JSON text a multipart call carries): its label and callback data.
+pub fn keyboard_buttons(markup: &serde_json::Value) -> Vec<(String, String)> {
+    let markup = match markup {
+        serde_json::Value::String(s) => serde_json::from_str(s).unwrap_or_default(),
+        v => v.clone(),
+    };
+    markup
+        .get("inline_keyboard")
+        .and_then(|k| k.as_array())
+        .into_iter()
+        .flatten()
+        .flat_map(|row| row.as_array().cloned().unwrap_or_default())
+        .filter_map(|b| {
+            Some((
+                b["text"].as_str()?.to_string(),
+                b["callback_data"].as_str()?.to_string(),
+            ))
+        })
+        .collect()
+}
+
 /// A barrier that requests of the fake servers can be parked on ("hold this upload", "hold this
 /// download") until the test releases it. Cloning shares the gate.
 #[derive(Clone, Default)]
