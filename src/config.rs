@@ -285,7 +285,12 @@ impl Config {
             .map_err(|e: toml::de::Error| syntax_error(text, &e))?;
         let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(table))
             .map_err(|e| {
-                let key = e.path().to_string();
+                // TOML allows an empty key (`[""]`); name it as TOML writes
+                // it rather than as nothing.
+                let key = match e.path().to_string() {
+                    k if k.is_empty() || k == "." => "\"\"".to_string(),
+                    k => k,
+                };
                 let problem = hide_strings(&one_line(&e.inner().to_string()));
                 if problem.starts_with("unknown field") {
                     ConfigError::UnknownKey(key)
@@ -662,6 +667,15 @@ mod tests {
                 "{err}"
             );
         }
+    }
+
+    /// Found by the config fuzz target: an empty table name is an unknown
+    /// key, and the error still names it.
+    #[test]
+    fn an_empty_key_is_named() {
+        let err = Config::parse("[\"\"]\n", None).unwrap_err();
+        assert_eq!(err, ConfigError::UnknownKey("\"\"".into()));
+        assert_eq!(err.to_string(), "config: unknown key '\"\"'");
     }
 
     #[test]
