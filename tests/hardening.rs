@@ -140,11 +140,16 @@ extra_args = [\"--downloader\", \"ffmpeg\"]",
         processes_mentioning(&needle),
         bot.log_text()
     );
-    let log = bot.log_text();
-    let summary = log
-        .lines()
-        .find(|l| l.contains("Recovery:"))
-        .unwrap_or_else(|| panic!("no recovery summary; log:\n{log}"));
+    // The leftover process is ended during recovery, before its summary
+    // line is written: wait for the line, not just for the process to go.
+    let summary = poll(T, || {
+        bot.log_text()
+            .lines()
+            .find(|l| l.contains("Recovery:"))
+            .map(str::to_owned)
+    })
+    .await
+    .unwrap_or_else(|| panic!("no recovery summary; log:\n{}", bot.log_text()));
     assert!(
         summary.contains("1 job(s) requeued") && !summary.contains(" 0 leftover process(es) ended"),
         "{summary}"
