@@ -963,12 +963,6 @@ async fn burst(settings: &Settings, how: Burst) -> (Section, Section) {
         .map(|((_, at), f)| at.saturating_sub(*f))
         .collect();
     share.sort();
-    let mut own_share: Vec<Duration> = arrivals
-        .iter()
-        .enumerate()
-        .map(|(i, (_, at))| at.saturating_sub(Duration::from_secs_f64(i as f64 * 1.05 / 30.0)))
-        .collect();
-    own_share.sort();
     let refused = api.too_many_count();
 
     // Whether the memory the burst took is given back once it is over.
@@ -1018,11 +1012,6 @@ async fn burst(settings: &Settings, how: Burst) -> (Section, Section) {
             ),
         ),
         row("answered 429 by the fake", refused.to_string(), ""),
-        row(
-            "p99 above the bot pacer's own floor (28.6/s: 30/s with its 50 ms margin)",
-            ms(percentile(&own_share, 99.0)),
-            "",
-        ),
         row(
             "tgdl CPU time during the burst",
             format!(

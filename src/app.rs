@@ -147,6 +147,11 @@ async fn serve(
     if !report.is_empty() {
         notify_admins(&api, &config, &report.summary()).await;
     }
+    match recovery::adopt_boards(&jobs, &api.boards).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(boards = n, "shared status messages taken back"),
+        Err(e) => tracing::warn!(error = %e, "cannot read the shared status messages"),
+    }
     for job in report.resumed {
         let p = pipeline.clone();
         tracker.spawn(async move {

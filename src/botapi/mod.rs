@@ -9,6 +9,7 @@
 //! waited out, urgent before progress, edits coalesced).
 
 mod api;
+pub mod board;
 mod client;
 mod errors;
 pub mod keyboard;

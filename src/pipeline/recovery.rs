@@ -13,10 +13,11 @@ use uuid::Uuid;
 
 use super::cleanup::{self, tree_size, CleanupError};
 use super::JobService;
+use crate::botapi::board::{self, Boards};
 use crate::download::job_dir;
 use crate::download::leftovers::{self, Leftover};
 use crate::job::{now_ms, FailureCode, Job, JobError, JobId, JobState, Lease, Millis, RescueMark};
-use crate::store::{Expect, JobStore, StoreError};
+use crate::store::{blocking, Expect, JobStore, StoreError};
 
 /// How long the pass keeps ending processes of an earlier run before it
 /// goes on (they die at once; this bounds a process stuck in the kernel).
@@ -162,6 +163,29 @@ pub async fn recover(jobs: &JobService, dry_run: bool) -> Result<RecoveryReport,
         tracing::info!(dry_run, "{}", report.summary());
     }
     Ok(report)
+}
+
+/// Jobs still to finish that share a status message in a group get their
+/// board back (`botapi::board`), so their lines do not overwrite each other;
+/// how many boards.
+pub async fn adopt_boards(jobs: &JobService, boards: &Boards) -> Result<usize, StoreError> {
+    let active = blocking(&jobs.store, |s| {
+        let mut v = s.list_state(JobState::Queued, usize::MAX)?;
+        v.extend(s.in_flight()?);
+        Ok(v)
+    })
+    .await?;
+    let mut shared: std::collections::BTreeMap<(i64, i32), Vec<JobId>> = Default::default();
+    for j in active.iter().filter(|j| board::is_group(j.chat_id)) {
+        if let Some(m) = j.status_msg_id {
+            shared.entry((j.chat_id, m)).or_default().push(j.id);
+        }
+    }
+    shared.retain(|_, ids| ids.len() > 1);
+    for ((chat, message), ids) in &shared {
+        boards.adopt(*chat, *message, ids);
+    }
+    Ok(shared.len())
 }
 
 fn recover_blocking(
