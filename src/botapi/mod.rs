@@ -11,6 +11,7 @@
 mod api;
 mod client;
 mod errors;
+pub mod filename;
 pub mod keyboard;
 pub mod pacer;
 pub mod send;
