@@ -323,3 +323,60 @@ async fn without_ffmpeg_and_ffprobe_the_video_goes_with_what_ytdlp_reported() {
     assert!(text.contains("ffmpeg missing, ffprobe missing"), "{text}");
     assert!(text.contains("without ffprobe"), "{text}");
 }
+
+/// The media step on its own, with ffprobe taken away: yt-dlp's values go
+/// out (here deliberately wrong ones, so the source of each is visible);
+/// with ffprobe, the file's own.
+#[tokio::test]
+async fn without_ffprobe_the_values_are_ytdlps_and_with_it_the_files() {
+    use tgdl::download::media::{prepare, MediaTools};
+    use tgdl::download::DownloadOutput;
+    use tgdl::job::{MediaInfo, MediaKind};
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("p.mp4");
+    std::fs::write(&file, fixture_bytes("portrait.mp4")).unwrap();
+    let out = DownloadOutput {
+        file_path: file.clone(),
+        title: Some("clip title".into()),
+        id: Some("p".into()),
+        ext: Some("mp4".into()),
+        width: Some(640),
+        height: Some(360),
+        duration: Some(7.2),
+        filesize: 0,
+        track: None,
+        artist: None,
+        uploader: Some("The Uploader".into()),
+    };
+    let all = MediaTools::resolve("auto");
+    assert!(all.missing().is_empty(), "ffmpeg and ffprobe are installed");
+    let no_ffprobe = MediaTools {
+        ffprobe: None,
+        ..all.clone()
+    };
+
+    let p = prepare(&no_ffprobe, &out, MediaKind::Video).await;
+    let reported = MediaInfo {
+        width: Some(640),
+        height: Some(360),
+        duration_secs: Some(7),
+    };
+    assert_eq!(p.media, reported);
+    assert!(p.thumbnail.is_some(), "ffmpeg alone still takes a frame");
+
+    let p = prepare(&all, &out, MediaKind::Video).await;
+    let (w, h, secs) = ffprobe(&fixture_bytes("portrait.mp4"));
+    let probed = MediaInfo {
+        width: w.map(|v| v as u32),
+        height: h.map(|v| v as u32),
+        duration_secs: secs.map(|v| v as u32),
+    };
+    assert_eq!(p.media, probed);
+
+    // An audio without tags and without ffprobe: the uploader performs.
+    let p = prepare(&MediaTools::default(), &out, MediaKind::Audio).await;
+    assert_eq!(p.title.as_deref(), Some("clip title"));
+    assert_eq!(p.performer.as_deref(), Some("The Uploader"));
+    assert_eq!(p.thumbnail, None);
+}

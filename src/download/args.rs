@@ -439,6 +439,41 @@ mod tests {
     }
 
     #[test]
+    fn the_source_thumbnail_is_fetched_for_media_through_the_same_proxy() {
+        for (want, thumb) in [
+            (Want::Video, true),
+            (Want::Audio, true),
+            (Want::Document, false),
+        ] {
+            let mut a = args("https://x.test/");
+            a.want = want;
+            a.proxy = Some("http://u:p@127.0.0.1:9/".into());
+            let list = strings(&a);
+            assert_eq!(
+                list.iter().any(|s| s == "--write-thumbnail"),
+                thumb,
+                "{want:?}"
+            );
+            // `--proxy` is global to the run: the thumbnail request takes it too.
+            assert_eq!(
+                value_of(&list, "--proxy").unwrap(),
+                "http://u:p@127.0.0.1:9/"
+            );
+        }
+    }
+
+    #[test]
+    fn a_configured_ffmpeg_folder_is_given_to_ytdlp() {
+        let mut a = args("https://x.test/");
+        assert!(!strings(&a).iter().any(|s| s == "--ffmpeg-location"));
+        a.ffmpeg_location = Some("/opt/ffmpeg/bin".into());
+        assert_eq!(
+            value_of(&strings(&a), "--ffmpeg-location").unwrap(),
+            "/opt/ffmpeg/bin"
+        );
+    }
+
+    #[test]
     fn cookies_are_passed_as_one_argument() {
         let mut a = args("https://x.test/");
         a.cookies = Some("/etc/tgdl/cookies file.txt".into());

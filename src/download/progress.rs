@@ -252,6 +252,18 @@ mod tests {
         assert_eq!(m.ext.as_deref(), Some("mp4"));
         assert_eq!(m.filepath, Some(PathBuf::from("/tmp/ytx/out/clip.mp4")));
         assert_eq!((m.width, m.height, m.duration), (None, None, None));
+        assert_eq!((m.track, m.artist, m.uploader), (None, None, None));
+    }
+
+    #[test]
+    fn meta_carries_track_artist_and_uploader() {
+        let m = parse_meta(
+            r#"tgdl-meta {"id": "a", "track": "Song", "artist": "Singer", "uploader": "Channel", "filepath": "/d/j/a.mp3"}"#,
+        )
+        .unwrap();
+        assert_eq!(m.track.as_deref(), Some("Song"));
+        assert_eq!(m.artist.as_deref(), Some("Singer"));
+        assert_eq!(m.uploader.as_deref(), Some("Channel"));
     }
 
     #[test]
