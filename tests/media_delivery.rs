@@ -248,6 +248,28 @@ async fn audio_carries_title_performer_and_length_and_a_document_its_name() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_audio_with_a_source_picture_carries_it_as_its_cover() {
+    let media = media().await;
+    let html = format!(
+        "<!DOCTYPE html><html><head><title>album</title>\
+         <meta property=\"og:image\" content=\"{}\"></head>\
+         <body><audio src=\"{}\"></audio></body></html>",
+        media.url("cover.jpg"),
+        media.url("song.m4a")
+    );
+    media.add_page("album", &html);
+    let api = FakeTelegram::start().await;
+    let _bot = TestBot::start(&api, "").await;
+    let link = media.url("page/album");
+    api.push_text(1001, 1001, &format!("/audio {link}"), None);
+    let audio = &api.wait_for_calls("sendAudio", 1, T).await[0];
+    assert!(audio.succeeded(), "{:?}", audio.error());
+    // The 480x270 picture, within Telegram's limits.
+    assert_eq!(thumbnail(audio), (320, 180));
+    assert_eq!(audio.param_str("performer"), Some("Fixture Artist"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_hostile_title_becomes_a_safe_file_name_and_the_disk_keeps_the_job_path() {
     let media = media().await;
     let title = format!(
