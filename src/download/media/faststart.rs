@@ -55,9 +55,11 @@ pub fn index_at_front(path: &Path) -> io::Result<Option<bool>> {
     Ok(None)
 }
 
-/// Rewrites `file` with its index at the front, copying every stream as is
-/// (no re-encoding): written beside it in `work_dir` and renamed over it
-/// only when the result checks out, so a failed remux leaves the original.
+/// Rewrites `file` with its index at the front, copying its video and audio
+/// as they are (no re-encoding; subtitle and data streams, which the MP4
+/// muxer may refuse, are left out): written in `work_dir` and renamed over
+/// the original only when the result checks out, so a failed remux leaves
+/// the original.
 pub async fn remux(ffmpeg: &Path, file: &Path, work_dir: &Path) -> Result<(), MediaError> {
     let ext = file.extension().map(OsString::from).unwrap_or("mp4".into());
     let mut out = PathBuf::from(work_dir).join("faststart");
