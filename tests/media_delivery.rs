@@ -81,6 +81,17 @@ fn readable_name(call: &Call, field: &str, ext: &str) -> String {
     name
 }
 
+/// The admin's `/health` report.
+async fn health(api: &FakeTelegram) -> String {
+    let admin = ADMIN as i64;
+    api.push_text(admin, ADMIN, "/health", None);
+    let msgs = wait_for_text(api, admin, |t| t.contains("ffprobe"), T).await;
+    msgs.iter()
+        .filter_map(|m| m.text.clone())
+        .find(|t| t.contains("ffprobe"))
+        .unwrap()
+}
+
 fn call_for<'a>(calls: &'a [Call], link: &str) -> &'a Call {
     calls
         .iter()
@@ -334,14 +345,7 @@ async fn without_ffmpeg_and_ffprobe_the_video_goes_with_what_ytdlp_reported() {
     assert_eq!(call.param("width"), None);
     assert_eq!(readable_name(call, "video", ".mp4"), "tiny.mp4");
 
-    let admin = ADMIN as i64;
-    api.push_text(admin, ADMIN, "/health", None);
-    let msgs = wait_for_text(&api, admin, |t| t.contains("ffprobe"), T).await;
-    let text = msgs
-        .iter()
-        .filter_map(|m| m.text.clone())
-        .find(|t| t.contains("ffprobe"))
-        .unwrap();
+    let text = health(&api).await;
     assert!(text.contains("ffmpeg missing, ffprobe missing"), "{text}");
     assert!(text.contains("without ffprobe"), "{text}");
 }
@@ -401,4 +405,27 @@ async fn without_ffprobe_the_values_are_ytdlps_and_with_it_the_files() {
     assert_eq!(p.title.as_deref(), Some("clip title"));
     assert_eq!(p.performer.as_deref(), Some("The Uploader"));
     assert_eq!(p.thumbnail, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_ffmpeg_but_no_ffprobe_the_video_has_a_thumbnail_and_health_names_ffprobe() {
+    let api = FakeTelegram::start().await;
+    let media = media().await;
+    // A folder holding ffmpeg only: ffprobe is "elsewhere".
+    let tools = tempfile::tempdir().unwrap();
+    let ffmpeg = tgdl::download::install::find_on_path("ffmpeg").expect("ffmpeg installed");
+    std::os::unix::fs::symlink(ffmpeg, tools.path().join("ffmpeg")).unwrap();
+    let extra = format!("[downloader]\nffmpeg = \"{}\"", tools.path().display());
+    let _bot = TestBot::start(&api, &extra).await;
+    api.push_text(1001, 1001, &media.url("portrait.mp4"), None);
+    let call = &api.wait_for_calls("sendVideo", 1, T).await[0];
+    assert!(call.succeeded(), "{:?}", call.error());
+    // A frame of the portrait video, made by ffmpeg alone.
+    assert_eq!(thumbnail(call), (90, 160));
+    // No size from ffprobe, and yt-dlp reported none for a direct link.
+    assert_eq!(call.param("width"), None);
+
+    let text = health(&api).await;
+    assert!(text.contains("ffmpeg present, ffprobe missing"), "{text}");
+    assert!(!text.contains("without ffmpeg"), "{text}");
 }
