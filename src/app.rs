@@ -13,6 +13,7 @@ use crate::botapi::pacer::PacerConfig;
 use crate::botapi::{self, notify_admins, Api};
 use crate::config::Config;
 use crate::download::install;
+use crate::download::media::MediaTools;
 use crate::net::egress::{EgressProxy, ProxyLimits};
 use crate::ops::health::{HealthState, Monitor, SysinfoProbe};
 use crate::ops::http::{self, Observed};
@@ -72,8 +73,15 @@ async fn serve(
     let config = jobs.config.clone();
     let health = Arc::new(HealthState::default());
     let ytdlp = install::resolve(&config.downloader.ytdlp, &config.tools_dir()).await?;
-    let has_ffmpeg = install::find_on_path("ffmpeg").is_some();
-    tracing::info!(ytdlp = %ytdlp.display(), has_ffmpeg, "downloader ready");
+    let tools = MediaTools::resolve(&config.downloader.ffmpeg);
+    let missing = tools.missing();
+    tracing::info!(ytdlp = %ytdlp.display(), ?tools, "downloader ready");
+    if !missing.is_empty() {
+        tracing::warn!(
+            ?missing,
+            "media tools missing: uploads carry only what yt-dlp reports"
+        );
+    }
     // Asking yt-dlp its version costs a Python start-up (0.3-0.5 s): do it
     // beside the start rather than before serving.
     {
@@ -86,9 +94,7 @@ async fn serve(
             *health.ytdlp_version.write().unwrap() = version;
         });
     }
-    health
-        .ffmpeg
-        .store(has_ffmpeg, std::sync::atomic::Ordering::Relaxed);
+    health.set_tools(&tools);
     if let Some(addr) = config.health.metrics_listen {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -134,7 +140,7 @@ async fn serve(
         jobs: jobs.clone(),
         api: api.clone(),
         ytdlp,
-        has_ffmpeg,
+        tools,
         shutdown: stop.clone(),
         upload_grace: UPLOAD_GRACE,
         egress: egress.clone(),

@@ -118,6 +118,10 @@ pub struct DownloaderConfig {
     /// for the video and audio parts next to the merged file). See
     /// [`Config::max_download_bytes`].
     pub max_download_mb: u64,
+    /// Where ffmpeg and ffprobe are: "auto" (PATH) or a folder holding them.
+    /// yt-dlp is pointed at the same folder, so one setting decides which
+    /// ffmpeg merges, remuxes and makes thumbnails.
+    pub ffmpeg: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -197,6 +201,7 @@ impl Default for DownloaderConfig {
             cookies_file: None,
             extra_args: Vec::new(),
             max_download_mb: 0,
+            ffmpeg: "auto".into(),
         }
     }
 }
@@ -375,6 +380,12 @@ impl Config {
             return Err(invalid(
                 "downloader.ytdlp",
                 "must be \"auto\" or a path to yt-dlp",
+            ));
+        }
+        if d.ffmpeg.trim().is_empty() {
+            return Err(invalid(
+                "downloader.ffmpeg",
+                "must be \"auto\" or a folder holding ffmpeg and ffprobe",
             ));
         }
         range("downloader.concurrency", d.concurrency as u64, 1, 64)?;

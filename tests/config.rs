@@ -189,3 +189,17 @@ metrics_listen = ""
         Err(ConfigError::Invalid { key, .. }) if key == "telegram.admins"
     ));
 }
+
+#[test]
+fn an_empty_ffmpeg_setting_is_refused_by_name() {
+    let text = "[telegram]\ntoken = \"1:x\"\n[downloader]\nffmpeg = \" \"\n";
+    assert!(matches!(
+        Config::parse(text, None),
+        Err(ConfigError::Invalid { key, .. }) if key == "downloader.ffmpeg"
+    ));
+    let ok = "[telegram]\ntoken = \"1:x\"\n[downloader]\nffmpeg = \"/opt/ffmpeg\"\n";
+    assert_eq!(
+        Config::parse(ok, None).unwrap().downloader.ffmpeg,
+        "/opt/ffmpeg"
+    );
+}

@@ -159,7 +159,7 @@ async fn the_disk_guard_pauses_claiming_tells_users_and_resumes() {
         api: paced(&api),
         ytdlp: tgdl::download::install::find_on_path("yt-dlp")
             .expect("yt-dlp on PATH (.ci/run installs it)"),
-        has_ffmpeg: true,
+        tools: tgdl::download::media::MediaTools::resolve("auto"),
         shutdown: tokio_util::sync::CancellationToken::new(),
         upload_grace: Duration::from_secs(1),
         egress: None,
@@ -430,7 +430,7 @@ async fn enospc_requeues_uncounted_deletes_the_partial_and_holds_claims_until_a_
         jobs: core.clone(),
         api: paced(&api),
         ytdlp: enospc_ytdlp(dir.path(), &runs, &space),
-        has_ffmpeg: true,
+        tools: tgdl::download::media::MediaTools::resolve("auto"),
         shutdown: tokio_util::sync::CancellationToken::new(),
         upload_grace: Duration::from_secs(1),
         egress: None,

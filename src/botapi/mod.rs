@@ -12,6 +12,7 @@ mod api;
 pub mod board;
 mod client;
 mod errors;
+pub mod filename;
 pub mod keyboard;
 pub mod pacer;
 pub mod send;

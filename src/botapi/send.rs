@@ -23,6 +23,22 @@ pub struct Upload {
     pub source: Source,
     pub caption: String,
     pub media: Option<MediaInfo>,
+    /// What the player shows besides the file.
+    pub extras: Extras,
+}
+
+/// Everything Telegram shows of a file besides its bytes; each is left out
+/// of the request when unknown.
+#[derive(Clone, Debug, Default)]
+pub struct Extras {
+    /// The upload's file name (see [`super::filename`]); the file on disk
+    /// keeps its own.
+    pub file_name: Option<String>,
+    /// A JPEG within Telegram's thumbnail limits.
+    pub thumbnail: Option<PathBuf>,
+    /// An audio's track title and performer.
+    pub title: Option<String>,
+    pub performer: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -77,7 +93,14 @@ pub fn caption(title: Option<&str>, url: &str) -> String {
 /// Paced as urgent; a 429 is waited out inside (only shutdown ends the wait).
 pub async fn send(api: &Api, up: &Upload) -> Result<Sent, PaceError> {
     let (method, input) = match &up.source {
-        Source::File(p) => (method_for(up.kind, p), InputFile::file(p.clone())),
+        Source::File(p) => {
+            let mut input = InputFile::file(p.clone());
+            // The same name whichever method ends up sending it.
+            if let Some(name) = &up.extras.file_name {
+                input = input.file_name(name.clone());
+            }
+            (method_for(up.kind, p), input)
+        }
         Source::Cached { file_id, sent_as } => {
             (*sent_as, InputFile::file_id(FileId(file_id.clone())))
         }
@@ -109,6 +132,11 @@ async fn send_as(
     let (bot, chat) = (&api.bot, ChatId(up.chat_id));
     let reply = ReplyParameters::new(MessageId(up.reply_to)).allow_sending_without_reply();
     let urgent = Priority::Urgent;
+    // Only with a file upload: a resend by file_id keeps Telegram's own.
+    let thumbnail = match (&up.source, &up.extras.thumbnail) {
+        (Source::File(_), Some(t)) => Some(InputFile::file(t.clone()).file_name("thumb.jpg")),
+        _ => None,
+    };
     let msg = match method {
         MediaKind::Video => {
             api.pacer
@@ -129,6 +157,9 @@ async fn send_as(
                             req = req.duration(d);
                         }
                     }
+                    if let Some(t) = &thumbnail {
+                        req = req.thumbnail(t.clone());
+                    }
                     req
                 })
                 .await?
@@ -143,6 +174,15 @@ async fn send_as(
                     if let Some(d) = up.media.and_then(|m| m.duration_secs) {
                         req = req.duration(d);
                     }
+                    if let Some(t) = &up.extras.title {
+                        req = req.title(t.clone());
+                    }
+                    if let Some(p) = &up.extras.performer {
+                        req = req.performer(p.clone());
+                    }
+                    if let Some(t) = &thumbnail {
+                        req = req.thumbnail(t.clone());
+                    }
                     req
                 })
                 .await?
@@ -150,9 +190,14 @@ async fn send_as(
         MediaKind::Document => {
             api.pacer
                 .call(chat, urgent, || {
-                    bot.send_document(chat, input.clone())
+                    let req = bot
+                        .send_document(chat, input.clone())
                         .caption(up.caption.clone())
-                        .reply_parameters(reply.clone())
+                        .reply_parameters(reply.clone());
+                    match &thumbnail {
+                        Some(t) => req.thumbnail(t.clone()),
+                        None => req,
+                    }
                 })
                 .await?
         }

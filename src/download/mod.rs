@@ -10,6 +10,8 @@
 //! - [`process`]: running it in its own process group, in the job's folder,
 //!   without `TGDL_*` in its environment, draining both pipes, and killing
 //!   the whole group on cancel or timeout.
+//! - [`media`]: after yt-dlp, the file made to look right in Telegram
+//!   (streamable MP4, shape and length from ffprobe, thumbnail, tags).
 //! - [`leftovers`]: finding and ending processes an earlier run left working
 //!   in a job's folder (an ffmpeg after `kill -9` of the bot).
 //!
@@ -20,6 +22,7 @@ pub mod args;
 pub mod classify;
 pub mod install;
 pub mod leftovers;
+pub mod media;
 pub mod probe;
 pub mod process;
 pub mod progress;

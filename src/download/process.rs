@@ -56,6 +56,11 @@ pub struct DownloadOutput {
     pub duration: Option<f64>,
     /// Bytes on disk, measured after the download.
     pub filesize: u64,
+    /// The site's track title and artist (music sites), and the uploader:
+    /// what an audio's title and performer fall back to.
+    pub track: Option<String>,
+    pub artist: Option<String>,
+    pub uploader: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -434,6 +439,9 @@ async fn finish(
         height: meta.height,
         duration: meta.duration,
         filesize,
+        track: meta.track,
+        artist: meta.artist,
+        uploader: meta.uploader,
     })
 }
 

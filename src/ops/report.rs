@@ -50,12 +50,23 @@ pub fn render_health(s: &Sample, conditions: &[Condition]) -> String {
         c.done,
         c.failed
     ));
+    let found = |present: bool| if present { "present" } else { "missing" };
     out.push_str(&format!(
-        "yt-dlp {}, ffmpeg {}\nuptime: {} s\n",
+        "yt-dlp {}, ffmpeg {}, ffprobe {}\n",
         s.ytdlp_version,
-        if s.ffmpeg { "present" } else { "missing" },
-        s.uptime_secs
+        found(s.ffmpeg),
+        found(s.ffprobe),
     ));
+    // What a missing tool costs, so the admin knows whether to install it.
+    if !s.ffmpeg {
+        out.push_str(
+            "without ffmpeg: no merged formats, no thumbnails, no remux to a streamable MP4\n",
+        );
+    }
+    if !s.ffprobe {
+        out.push_str("without ffprobe: video size and length as yt-dlp reported them\n");
+    }
+    out.push_str(&format!("uptime: {} s\n", s.uptime_secs));
     if !conditions.is_empty() {
         out.push_str("\nwarnings:\n");
         for cond in conditions {
@@ -99,10 +110,9 @@ pub async fn offline_health(jobs: &Arc<JobService>) -> Result<String, StoreError
             *state.ytdlp_version.write().unwrap() = v;
         }
     }
-    state.ffmpeg.store(
-        find_on_path("ffmpeg").is_some(),
-        std::sync::atomic::Ordering::Relaxed,
-    );
+    state.set_tools(&crate::download::media::MediaTools::resolve(
+        &jobs.config.downloader.ffmpeg,
+    ));
     let text = health_text(jobs, &state).await?;
     Ok(format!(
         "{text}\n(sampled by `tgdl health`; the bot is not running)"

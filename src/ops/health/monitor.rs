@@ -26,6 +26,7 @@ pub struct HealthState {
     latest: RwLock<Option<(Sample, Vec<Condition>)>>,
     pub ytdlp_version: RwLock<String>,
     pub ffmpeg: AtomicBool,
+    pub ffprobe: AtomicBool,
 }
 
 impl Default for HealthState {
@@ -35,11 +36,19 @@ impl Default for HealthState {
             latest: RwLock::new(None),
             ytdlp_version: RwLock::new(String::from("unknown")),
             ffmpeg: AtomicBool::new(false),
+            ffprobe: AtomicBool::new(false),
         }
     }
 }
 
 impl HealthState {
+    /// Records which of ffmpeg and ffprobe the bot found.
+    pub fn set_tools(&self, tools: &crate::download::media::MediaTools) {
+        self.ffmpeg.store(tools.ffmpeg.is_some(), Ordering::Relaxed);
+        self.ffprobe
+            .store(tools.ffprobe.is_some(), Ordering::Relaxed);
+    }
+
     pub fn latest(&self) -> Option<(Sample, Vec<Condition>)> {
         self.latest.read().unwrap().clone()
     }
@@ -131,6 +140,7 @@ impl Monitor {
                 .extractor_errors_since(now.saturating_sub(HOUR_MS)),
             ytdlp_version: h.ytdlp_version.read().unwrap().clone(),
             ffmpeg: h.ffmpeg.load(Ordering::Relaxed),
+            ffprobe: h.ffprobe.load(Ordering::Relaxed),
             uptime_secs: h.started.elapsed().as_secs(),
         })
     }

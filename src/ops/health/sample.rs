@@ -46,6 +46,7 @@ pub struct Sample {
     pub extractor_errors_last_hour: u64,
     pub ytdlp_version: String,
     pub ffmpeg: bool,
+    pub ffprobe: bool,
     pub uptime_secs: u64,
 }
 

@@ -7,6 +7,8 @@
 //!
 //! - `policy.rs`: claiming, backoff, and what an error means (retry or fail).
 //! - `download.rs`, `upload.rs`, `clean.rs`: one stage each.
+//! - `media.rs`: the end of a download (streamable file, shape, thumbnail)
+//!   and what an upload carries besides the file.
 //! - `budget.rs`: the bound on a download's files on disk.
 //! - `playlist.rs`: a playlist link becomes child jobs.
 //! - `lease.rs`: the one lease keeper every stage runs under.
@@ -17,6 +19,7 @@ mod budget;
 mod clean;
 mod download;
 mod lease;
+mod media;
 mod outcome;
 mod playlist;
 mod policy;
@@ -35,6 +38,7 @@ use tokio_util::task::TaskTracker;
 
 use super::JobService;
 use crate::botapi::Api;
+use crate::download::media::MediaTools;
 use crate::job::{Job, JobId, JobState};
 use crate::net::egress::{EgressProxy, EgressSession};
 
@@ -43,7 +47,8 @@ pub struct Pipeline {
     pub jobs: Arc<JobService>,
     pub api: Api,
     pub ytdlp: PathBuf,
-    pub has_ffmpeg: bool,
+    /// ffmpeg and ffprobe (`downloader.ffmpeg`); either may be missing.
+    pub tools: MediaTools,
     /// Fired at shutdown: running downloads stop and their jobs go back to
     /// `queued` without counting an attempt.
     pub shutdown: CancellationToken,

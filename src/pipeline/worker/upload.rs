@@ -33,13 +33,18 @@ impl Pipeline {
             }
         };
         self.status(&job).uploading().await;
+        let (media, extras) = match &source {
+            Source::File(p) => self.upload_extras(&job, p).await,
+            Source::Cached { .. } => (job.media, Default::default()),
+        };
         let up = Upload {
             chat_id: job.chat_id,
             reply_to: job.request_msg_id,
             kind: job.options.kind,
             source,
             caption: send::caption(job.title.as_deref(), &job.url),
-            media: job.media,
+            media,
+            extras,
         };
         // A 429 is waited out inside the pacer, without counting an attempt.
         let sending = async {
