@@ -14,7 +14,10 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::binary::{processes_left, run_tgdl, wait_for_download, BinaryTest, BotProcess};
+use support::binary::{
+    binary_config, processes_left, run_tgdl, wait_for_download, write_config, BinaryTest,
+    BotProcess,
+};
 
 const T: Duration = Duration::from_secs(60);
 
@@ -310,4 +313,56 @@ async fn retry_and_cancel_running_and_stopped_held_to_the_queue_capacity() {
     tgdl_ok(&t, &["retry", &b]);
     let (code, _, err) = tgdl(&t, &["cancel", "deadbeef"]);
     assert_eq!((code, err.trim()), (1, "tgdl: no job matches 'deadbeef'"));
+}
+
+/// A stopped bot's data folder with a database and `n` folders in
+/// `downloads` that belong to no job (what `tgdl recover` deletes).
+fn store_with_orphans(dir: &std::path::Path, n: usize) {
+    drop(tgdl::store::SledStore::open(&dir.join("data/db")).unwrap());
+    for i in 0..n {
+        let d = dir.join(format!("data/downloads/orphan-{i}"));
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("x.part"), b"partial").unwrap();
+    }
+}
+
+#[test]
+fn recover_draws_progress_on_a_terminal_and_nothing_when_piped() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        &binary_config(dir.path(), "http://127.0.0.1:9", ""),
+    );
+    let has_codes = |s: &str| s.contains('\u{1b}') || s.contains('\r');
+
+    store_with_orphans(dir.path(), 300);
+    let piped = run_tgdl(&["recover"], &cfg);
+    let (out, err) = (
+        String::from_utf8_lossy(&piped.stdout),
+        String::from_utf8_lossy(&piped.stderr),
+    );
+    assert!(piped.status.success(), "{err}");
+    assert!(out.contains("300 orphan file(s) deleted"), "{out}");
+    assert!(!has_codes(&out) && !has_codes(&err), "{out:?} {err:?}");
+
+    // The same on a terminal: `script` gives the command a pty.
+    store_with_orphans(dir.path(), 300);
+    let command = format!(
+        "{} recover --config {}",
+        env!("CARGO_BIN_EXE_tgdl"),
+        cfg.display()
+    );
+    let tty = std::process::Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .env_remove("TGDL_CONFIG")
+        .output()
+        .expect("script (util-linux) runs a command on a pty");
+    let shown = String::from_utf8_lossy(&tty.stdout);
+    assert!(tty.status.success(), "{shown}");
+    assert!(shown.contains("300 orphan file(s) deleted"), "{shown}");
+    assert!(
+        has_codes(&shown),
+        "no progress drawn on a terminal: {shown:?}"
+    );
+    assert!(shown.contains("downloads folder"), "{shown:?}");
 }

@@ -3,6 +3,7 @@
 //! Exit codes are a contract: 0 success, 2 bad usage or config, 1 anything
 //! else, always with one clear line on stderr.
 
+mod progress;
 mod remote;
 
 use std::path::PathBuf;
@@ -129,7 +130,8 @@ fn dispatch(cli: Cli) -> Result<(), CliError> {
         Command::Recover { dry_run } => {
             let store = open_offline(&config)?;
             let report =
-                recovery::recover_offline(&store, &config, dry_run).map_err(anyhow::Error::from)?;
+                recovery::recover_offline(&store, &config, dry_run, &progress::Bar::on_terminal())
+                    .map_err(anyhow::Error::from)?;
             if dry_run {
                 println!("dry run: nothing was changed");
             }
