@@ -37,8 +37,9 @@ const MAX_CONNECTIONS: usize = 16;
 pub struct Served {
     pub jobs: Arc<JobService>,
     pub health: HealthSource,
-    /// Set once the start-up recovery has run: cancel and retry wait for
-    /// it, so they never race the pass over the same jobs.
+    /// Set once the start-up recovery has run: until then cancel and retry
+    /// are refused ("the bot is starting"), so they never race the pass
+    /// over the same jobs. Reading works from the moment the store is open.
     pub ready: AtomicBool,
 }
 
