@@ -18,6 +18,8 @@ use support::binary::{
     binary_config, processes_left, run_tgdl, wait_for_download, write_config, BinaryTest,
     BotProcess,
 };
+use support::fake_telegram::FakeTelegram;
+use support::media_server::MediaServer;
 
 const T: Duration = Duration::from_secs(60);
 
@@ -365,4 +367,44 @@ fn recover_draws_progress_on_a_terminal_and_nothing_when_piped() {
         "no progress drawn on a terminal: {shown:?}"
     );
     assert!(shown.contains("downloads folder"), "{shown:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn before_the_bot_reaches_telegram_the_queue_reads_and_changes_are_refused() {
+    let port = support::free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let api_url = format!("http://127.0.0.1:{port}");
+    let t = BinaryTest {
+        api: FakeTelegram::offline(port),
+        media: MediaServer::fixtures().await,
+        cfg: write_config(dir.path(), &binary_config(dir.path(), &api_url, SETTINGS)),
+        log: dir.path().join("bot.log"),
+        dir,
+    };
+    let _bot = t.start_bot();
+    wait_socket(&t).await;
+    // The bot holds the store and waits for the Bot API; it reads already.
+    assert!(tgdl_ok(&t, &["jobs"]).ends_with("0 job(s)\n"));
+    for change in ["cancel", "retry"] {
+        let (code, _, err) = tgdl(&t, &[change, "deadbeef"]);
+        assert_eq!(
+            (code, err.trim()),
+            (
+                1,
+                "tgdl: the bot is starting (its recovery pass has not run yet); try again in a moment"
+            )
+        );
+    }
+    // Once it reached Telegram and recovered, the same request is answered.
+    t.api.go_online().await;
+    let deadline = Instant::now() + T;
+    loop {
+        let (code, _, err) = tgdl(&t, &["cancel", "deadbeef"]);
+        if err.contains("no job matches") {
+            assert_eq!(code, 1);
+            break;
+        }
+        assert!(Instant::now() < deadline, "{err}\nlog:\n{}", log(&t));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
