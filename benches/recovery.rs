@@ -361,7 +361,13 @@ fn recovery_pass(dir: &Path, in_flight: u64) -> Pass {
     let store = SledStore::open(&config.db_dir()).expect("open copy");
     let open = t.elapsed();
     let t = Instant::now();
-    let r = tgdl::pipeline::recovery::recover_offline(&store, &config, false).expect("recover");
+    let r = tgdl::pipeline::recovery::recover_offline(
+        &store,
+        &config,
+        false,
+        &tgdl::pipeline::recovery::Quiet,
+    )
+    .expect("recover");
     let recover = t.elapsed();
     let handled = (r.resumed.len() + r.requeued.len() + r.failed.len() + r.cleaned.len()) as u64;
     assert_eq!(handled, in_flight, "{}", r.summary());

@@ -2,6 +2,7 @@
 //! them all in order when the shutdown future resolves.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,6 +16,7 @@ use crate::config::Config;
 use crate::download::install;
 use crate::download::media::MediaTools;
 use crate::net::egress::{EgressProxy, ProxyLimits};
+use crate::ops::admin;
 use crate::ops::health::{HealthState, Monitor, SysinfoProbe};
 use crate::ops::http::{self, Observed};
 use crate::pipeline::{quality, recovery, spawn_workers, JobService, Pipeline};
@@ -106,6 +108,13 @@ async fn serve(
         };
         tracker.spawn(http::serve_on(listener, observed, stop.clone()));
     }
+    // The shell's way in while we hold the database (`tgdl jobs`, `cancel`...).
+    let admin = Arc::new(admin::server::Served {
+        jobs: jobs.clone(),
+        health: admin::HealthSource::Live(health.clone()),
+        ready: AtomicBool::new(false),
+    });
+    admin::server::start(admin.clone(), &admin::socket_path(&config), &stop, tracker);
 
     let bot = botapi::build_bot(&config)?;
     let api = Api::new(
@@ -148,6 +157,7 @@ async fn serve(
 
     // Recovery runs before any new work is taken.
     let report = recovery::recover(&jobs, false).await?;
+    admin.ready.store(true, Ordering::Release);
     jobs.metrics
         .rescues((report.requeued.len() + report.resumed.len() + report.failed.len()) as u64);
     if !report.is_empty() {

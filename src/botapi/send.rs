@@ -25,6 +25,9 @@ pub struct Upload {
     pub media: Option<MediaInfo>,
     /// What the player shows besides the file.
     pub extras: Extras,
+    /// Send a file by its absolute path (`file://...`) for a local Bot API
+    /// server to read (`telegram.local_api`), not in the request body.
+    pub by_path: bool,
 }
 
 /// Everything Telegram shows of a file besides its bytes; each is left out
@@ -94,7 +97,7 @@ pub fn caption(title: Option<&str>, url: &str) -> String {
 pub async fn send(api: &Api, up: &Upload) -> Result<Sent, PaceError> {
     let (method, input) = match &up.source {
         Source::File(p) => {
-            let mut input = InputFile::file(p.clone());
+            let mut input = file_input(p, up.by_path);
             // The same name whichever method ends up sending it.
             if let Some(name) = &up.extras.file_name {
                 input = input.file_name(name.clone());
@@ -121,6 +124,26 @@ pub async fn send(api: &Api, up: &Upload) -> Result<Sent, PaceError> {
         }
         other => other,
     }
+}
+
+/// A file as the request carries it: its bytes in a multipart body, or, for
+/// a `telegram-bot-api --local` server, its absolute path as a `file://`
+/// URL, which the Bot API's local mode accepts wherever a file goes and
+/// teloxide sends as a plain parameter (no upload). The server then reads
+/// the file itself, so it must stay in place until the server answered.
+fn file_input(path: &Path, by_path: bool) -> InputFile {
+    match by_path.then(|| file_url(path)).flatten() {
+        Some(url) => InputFile::url(url),
+        // Not asked for, or a path no URL can name (empty): the bytes.
+        None => InputFile::file(path.to_path_buf()),
+    }
+}
+
+/// `file:///absolute/path`, percent-encoded as the Bot API expects.
+fn file_url(path: &Path) -> Option<url::Url> {
+    std::path::absolute(path)
+        .ok()
+        .and_then(|abs| url::Url::from_file_path(abs).ok())
 }
 
 async fn send_as(
@@ -246,6 +269,21 @@ mod tests {
             method_for(MediaKind::Document, Path::new("a.mp4")),
             MediaKind::Document
         );
+    }
+
+    #[test]
+    fn a_local_server_gets_the_absolute_path_as_a_file_url() {
+        let cwd = std::env::current_dir().unwrap();
+        let url = file_url(Path::new("data/downloads/a b/x.mp4")).unwrap();
+        assert_eq!(
+            url.as_str(),
+            format!("file://{}/data/downloads/a%20b/x.mp4", cwd.display())
+        );
+        assert_eq!(
+            url.to_file_path().unwrap(),
+            cwd.join("data/downloads/a b/x.mp4")
+        );
+        assert_eq!(file_url(Path::new("")), None);
     }
 
     #[test]

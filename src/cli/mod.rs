@@ -3,18 +3,20 @@
 //! Exit codes are a contract: 0 success, 2 bad usage or config, 1 anything
 //! else, always with one clear line on stderr.
 
+mod progress;
+mod remote;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use serde::Serialize;
 
 use crate::config::{one_line, Config, ConfigError};
-use crate::i18n::{json_printable, printable};
+use crate::i18n::printable;
 use crate::job::{iso, Job, JobState};
-use crate::pipeline::{recovery, JobService};
-use crate::store::{JobStore, SledStore, StoreError};
+use crate::pipeline::recovery;
+use crate::store::{SledStore, StoreError};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -35,7 +37,7 @@ pub struct Cli {
 pub enum Command {
     /// Run the bot (the default when no command is given).
     Run,
-    /// List jobs from the database of a stopped bot.
+    /// List jobs (from the running bot, or the database of a stopped one).
     Jobs {
         /// Only jobs in this state (queued, downloading, uploading, cleaning, done, failed).
         #[arg(long)]
@@ -61,6 +63,11 @@ pub enum Command {
     },
     /// Print the health report (the same as /health).
     Health,
+    /// Cancel a job as /cancel does for an admin: its download is stopped
+    /// and its files removed (on a playlist, every item).
+    Cancel { id: String },
+    /// Queue a failed job again as /retry does for an admin.
+    Retry { id: String },
 }
 
 /// A failure with the exit code it maps to.
@@ -119,72 +126,22 @@ fn dispatch(cli: Cli) -> Result<(), CliError> {
             config.require_token()?;
             crate::app::run_blocking(config).map_err(CliError::Other)
         }
-        Command::Jobs { state, json, limit } => {
-            let store = open_offline(&config)?;
-            let states: Vec<JobState> = match state {
-                Some(s) => vec![s],
-                None => JobState::ALL.to_vec(),
-            };
-            let mut jobs = Vec::new();
-            for s in states {
-                jobs.extend(store.list_state(s, limit).map_err(anyhow::Error::from)?);
-            }
-            jobs.sort_by_key(|j| j.id);
-            if json {
-                let rows: Vec<JobRow> = jobs.iter().map(JobRow::from).collect();
-                let text = serde_json::to_string_pretty(&rows).map_err(anyhow::Error::from)?;
-                println!("{}", json_printable(&text));
-            } else {
-                print_table(&jobs);
-            }
-            Ok(())
-        }
+        Command::Jobs { state, json, limit } => remote::jobs(&config, state, json, limit),
         Command::Recover { dry_run } => {
             let store = open_offline(&config)?;
             let report =
-                recovery::recover_offline(&store, &config, dry_run).map_err(anyhow::Error::from)?;
+                recovery::recover_offline(&store, &config, dry_run, &progress::Bar::on_terminal())
+                    .map_err(anyhow::Error::from)?;
             if dry_run {
                 println!("dry run: nothing was changed");
             }
             println!("{}", recovery::describe(&report));
             Ok(())
         }
-        Command::Health => {
-            let store: Arc<dyn JobStore> = Arc::new(open_offline(&config)?);
-            let jobs = Arc::new(
-                JobService::new(Arc::new(config), store, None).map_err(anyhow::Error::from)?,
-            );
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(anyhow::Error::from)?;
-            let text = rt
-                .block_on(crate::ops::report::offline_health(&jobs))
-                .map_err(anyhow::Error::from)?;
-            println!("{text}");
-            Ok(())
-        }
-        Command::Job { id, json } => {
-            let store = open_offline(&config)?;
-            let job = match store.find(&id).map_err(anyhow::Error::from)? {
-                Ok(j) => j,
-                Err(e) => return Err(CliError::Usage(e.to_string())),
-            };
-            if json {
-                let mut row =
-                    serde_json::to_value(JobRow::from(&job)).map_err(anyhow::Error::from)?;
-                row["history"] = job
-                    .history
-                    .iter()
-                    .map(|(s, t)| serde_json::json!({"state": s.name(), "at": iso(*t)}))
-                    .collect();
-                let text = serde_json::to_string_pretty(&row).map_err(anyhow::Error::from)?;
-                println!("{}", json_printable(&text));
-            } else {
-                print_job(&job);
-            }
-            Ok(())
-        }
+        Command::Health => remote::health(&config),
+        Command::Job { id, json } => remote::job(&config, id, json),
+        Command::Cancel { id } => remote::cancel(&config, id),
+        Command::Retry { id } => remote::retry(&config, id),
     }
 }
 

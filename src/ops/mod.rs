@@ -4,7 +4,10 @@
 //!   driver and retention pruning (the task that ties them together).
 //! - [`report`]: the `/health` text, the admin `/jobs` views, `tgdl health`.
 //! - [`http`]: the optional `/metrics` and `/healthz` listener.
+//! - [`admin`]: the CLI's questions to the running bot (a Unix socket), and
+//!   the one function that answers them running or stopped.
 
+pub mod admin;
 pub mod health;
 pub mod http;
 pub mod report;

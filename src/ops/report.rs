@@ -90,6 +90,16 @@ pub async fn health_text(
     if let Some((s, c)) = state.latest() {
         return Ok(render_health(&s, &c));
     }
+    sampled_health(jobs, state).await
+}
+
+/// The `/health` text from a sample taken now (`tgdl health` on a running
+/// bot: the monitor's latest may be an interval old, and the shell expects
+/// the queue as it is).
+pub async fn sampled_health(
+    jobs: &Arc<JobService>,
+    state: &Arc<HealthState>,
+) -> Result<String, StoreError> {
     let mut m = Monitor::new(
         jobs.clone(),
         state.clone(),

@@ -7,7 +7,11 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use super::bot::{merge_tables, TOKEN};
+
+/// How long a test of the binary waits for one thing.
+const WAIT: Duration = Duration::from_secs(60);
 use super::fake_telegram::FakeTelegram;
+use super::fs::files_under;
 use super::media_server::MediaServer;
 
 pub struct BotProcess {
@@ -189,6 +193,46 @@ impl Drop for BotProcess {
             }
             let _ = self.child.wait();
         }
+    }
+}
+
+/// A slow link to clip.mp4 (about 170 KB): 16 KB at once, then 2 KB every
+/// 50 ms, so a download is in progress for several seconds.
+pub fn slow_link(media: &MediaServer) -> String {
+    media.url("/slow/clip.mp4?burst=16384&chunk=2048&delay_ms=50")
+}
+
+/// Wait until yt-dlp is writing the media: its generic extractor first reads
+/// the start of the link to sniff it (one request), then downloads (a second
+/// request); the partial file appears under the job's folder.
+pub async fn wait_for_download(media: &MediaServer, downloads: &Path) {
+    media
+        .wait_for(
+            |reqs| {
+                reqs.iter()
+                    .filter(|r| r.path == "/slow/clip.mp4")
+                    .nth(1)
+                    .is_some_and(|r| r.bytes_sent > 24_000)
+            },
+            WAIT,
+        )
+        .await;
+    // The file system has no change notification here: poll for the part
+    // file the download is writing.
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let part = files_under(downloads).into_iter().any(|p| {
+            p.to_string_lossy().ends_with(".part")
+                && std::fs::metadata(&p).map(|m| m.len() > 0).unwrap_or(false)
+        });
+        if part {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no partial file appeared"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
