@@ -192,8 +192,7 @@ async fn the_disk_guard_pauses_claiming_tells_users_and_resumes() {
     let pipeline = Pipeline {
         jobs: core.clone(),
         api: paced(&api),
-        ytdlp: tgdl::download::install::find_on_path("yt-dlp")
-            .expect("yt-dlp on PATH (.ci/run installs it)"),
+        ytdlp: support::ytdlp(),
         has_ffmpeg: true,
         shutdown: tokio_util::sync::CancellationToken::new(),
         upload_grace: Duration::from_secs(1),

@@ -34,12 +34,14 @@ choice_wait_secs = 0
 [storage]
 data_dir = "{data}"
 [downloader]
+ytdlp = "{ytdlp}"
 retry_base_secs = 1
 [security]
 allow_private_networks = true
 {extra}
 "#,
         data = dir.join("data").display(),
+        ytdlp = super::ytdlp().display(),
     );
     merge_tables(&text)
 }
