@@ -4,7 +4,9 @@
 //!   driver and retention pruning (the task that ties them together).
 //! - [`report`]: the `/health` text, the admin `/jobs` views, `tgdl health`.
 //! - [`http`]: the optional `/metrics` and `/healthz` listener.
+//! - [`systemd`]: readiness, status, watchdog and stopping for systemd.
 
 pub mod health;
 pub mod http;
 pub mod report;
+pub mod systemd;
