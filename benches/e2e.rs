@@ -970,10 +970,11 @@ async fn burst(settings: &Settings, how: Burst) -> (Section, Section) {
     let settled = proc_status(pid).unwrap_or_default();
 
     // SIGTERM is how a service manager stops the bot; it must exit by itself.
-    // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
-    unsafe {
-        libc::kill(pid as libc::pid_t, libc::SIGTERM);
-    }
+    // The pid of a child we spawned and have not reaped.
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
     gate.release();
     match tokio::time::timeout(Duration::from_secs(30), child.wait()).await {
         Ok(Ok(status)) if status.success() => {}

@@ -430,9 +430,10 @@ async fn binary_start(api: &FakeTelegram, binary: &Path, ytdlp: &Path, dir: &Pat
         )
         .await;
     // The whole group: the bot and any yt-dlp it started for a requeued job.
-    unsafe {
-        libc::killpg(pid, libc::SIGKILL);
-    }
+    let _ = nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    );
     let _ = child.wait();
     let log = std::fs::read_to_string(&log_path).unwrap_or_default();
     let Some(calls) = calls else {

@@ -19,6 +19,7 @@ use crate::net::egress::{EgressProxy, ProxyLimits};
 use crate::ops::admin;
 use crate::ops::health::{HealthState, Monitor, SysinfoProbe};
 use crate::ops::http::{self, Observed};
+use crate::ops::systemd;
 use crate::pipeline::{quality, recovery, spawn_workers, JobService, Pipeline};
 use crate::store::{JobStore, SledStore};
 use crate::telegram::{self, commands, Deps};
@@ -46,6 +47,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         r = &mut serving => r,
         _ = &mut shutdown => {
             tracing::info!("shutdown requested");
+            systemd::stopping();
             // Stop taking updates and jobs; let `serve` wind down in order.
             stop.cancel();
             serving.await
@@ -53,6 +55,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     };
 
     // Whatever happened, stop everything and make the store durable.
+    if !stop.is_cancelled() {
+        systemd::stopping();
+    }
     stop.cancel();
     tracker.close();
     if tokio::time::timeout(Duration::from_secs(4), tracker.wait())
@@ -97,6 +102,10 @@ async fn serve(
         });
     }
     health.set_tools(&tools);
+    // Under systemd: the watchdog from now on (waiting for the Bot API and
+    // recovery can take long), READY=1 once recovery has run.
+    let serving = Arc::new(AtomicBool::new(false));
+    systemd::spawn_watchdog(jobs.clone(), serving.clone(), tracker, stop.clone());
     if let Some(addr) = config.health.metrics_listen {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -123,6 +132,7 @@ async fn serve(
         stop.clone(),
         tracker.clone(),
     );
+    systemd::status("waiting for the Bot API");
     let Some(me) = botapi::wait_for_api(&bot, &stop).await? else {
         return Ok(());
     };
@@ -156,6 +166,7 @@ async fn serve(
     });
 
     // Recovery runs before any new work is taken.
+    systemd::status("recovering");
     let report = recovery::recover(&jobs, false).await?;
     admin.ready.store(true, Ordering::Release);
     jobs.metrics
@@ -200,6 +211,9 @@ async fn serve(
         health,
         username: me.username.clone().unwrap_or_default(),
     });
+    let counts = deps.jobs.call(|s| s.counts()).await.ok();
+    serving.store(true, std::sync::atomic::Ordering::Relaxed);
+    systemd::ready(counts.as_ref());
     telegram::intake::run(deps, tracker.clone(), stop.clone()).await;
     stop.cancelled().await;
     Ok(())
@@ -223,8 +237,8 @@ pub async fn shutdown_signal() {
 }
 
 /// Entry point of `tgdl run`: logging, runtime, signals.
-pub fn run_blocking(config: Config) -> anyhow::Result<()> {
-    init_logging();
+pub fn run_blocking(config: Config, log_format: LogFormat) -> anyhow::Result<()> {
+    init_logging_as(log_format);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         // Store calls run on the blocking pool; a burst of links must queue
@@ -236,15 +250,56 @@ pub fn run_blocking(config: Config) -> anyhow::Result<()> {
     rt.block_on(run(config, shutdown_signal()))
 }
 
+/// How log lines are written (`TGDL_LOG_FORMAT`): text for a terminal or
+/// the journal, JSON lines (with the fields of the span, e.g. a job's
+/// `job_id` and `user_id`) for a log collector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// The environment variable that chooses the [`LogFormat`].
+pub const LOG_FORMAT_ENV: &str = "TGDL_LOG_FORMAT";
+
+impl LogFormat {
+    /// `TGDL_LOG_FORMAT`: unset, `text` or `json`; anything else is an error
+    /// that names the variable.
+    pub fn from_env() -> Result<LogFormat, String> {
+        match std::env::var(LOG_FORMAT_ENV).as_deref() {
+            Err(_) | Ok("") | Ok("text") => Ok(LogFormat::Text),
+            Ok("json") => Ok(LogFormat::Json),
+            Ok(other) => Err(format!(
+                "{LOG_FORMAT_ENV}: '{}' is not a log format (text or json)",
+                crate::i18n::printable(other)
+            )),
+        }
+    }
+}
+
 pub fn init_logging() {
+    init_logging_as(LogFormat::Text)
+}
+
+fn init_logging_as(format: LogFormat) {
     // sled's own messages duplicate the one line we print for a store that
     // cannot be opened; TGDL_LOG can bring them back.
     let filter = tracing_subscriber::EnvFilter::try_from_env("TGDL_LOG").unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new("info,sled=off,reqwest=warn,hyper=warn")
     });
-    let _ = tracing_subscriber::fmt()
+    let text = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => text
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+        LogFormat::Json => text
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init(),
+    };
 }

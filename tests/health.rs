@@ -157,8 +157,7 @@ async fn the_disk_guard_pauses_claiming_tells_users_and_resumes() {
     let pipeline = Pipeline {
         jobs: core.clone(),
         api: paced(&api),
-        ytdlp: tgdl::download::install::find_on_path("yt-dlp")
-            .expect("yt-dlp on PATH (.ci/run installs it)"),
+        ytdlp: support::ytdlp(),
         tools: tgdl::download::media::MediaTools::resolve("auto"),
         shutdown: tokio_util::sync::CancellationToken::new(),
         upload_grace: Duration::from_secs(1),
@@ -365,6 +364,13 @@ async fn metrics_parse_as_prometheus_text_and_healthz_answers() {
     assert_eq!(value("tgdl_jobs", Some(("state", "queued"))), 0.0);
     assert!(value("tgdl_transitions_total", Some(("to", "done"))) >= 1.0);
     assert!(value("tgdl_uploaded_bytes_total", None) > 0.0);
+    // The names scrapers and dashboards know, whatever writes them
+    // (`value` panics on a missing one); nothing was rescued or retried.
+    for name in ["tgdl_rescues_total", "tgdl_retries_total"] {
+        assert_eq!(value(name, None), 0.0, "{name}");
+    }
+    assert!(value("tgdl_downloaded_bytes_total", None) > 0.0);
+    assert_eq!(value("tgdl_downloads_paused", None), 0.0);
     assert!(
         scrape
             .samples

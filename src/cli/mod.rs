@@ -9,7 +9,7 @@ mod remote;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use serde::Serialize;
 
 use crate::config::{one_line, Config, ConfigError};
@@ -68,6 +68,20 @@ pub enum Command {
     Cancel { id: String },
     /// Queue a failed job again as /retry does for an admin.
     Retry { id: String },
+    /// Check a config file without starting anything (exit 0, or 2 naming the key).
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Print a shell completion script (e.g. `tgdl completions bash > /etc/bash_completion.d/tgdl`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Parse and validate the config named by --config (or $TGDL_CONFIG, or ./config.toml).
+    Check,
 }
 
 /// A failure with the exit code it maps to.
@@ -94,11 +108,14 @@ impl CliError {
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
-        Err(e) => {
-            // --help and --version are successes; everything else is usage.
-            let code = if e.use_stderr() { 2 } else { 0 };
+        // --help and --version are successes, printed as clap writes them.
+        Err(e) if !e.use_stderr() => {
             let _ = e.print();
-            return ExitCode::from(code);
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("tgdl: {}", usage_line(&e.render().to_string()));
+            return ExitCode::from(2);
         }
     };
     match dispatch(cli) {
@@ -119,16 +136,43 @@ pub fn load_config(cli: &Cli) -> Result<Config, CliError> {
     Ok(Config::load(&path)?)
 }
 
+/// clap's usage error as the one line the exit-code contract promises:
+/// its message without the usage block, and where to read more.
+fn usage_line(rendered: &str) -> String {
+    let message: Vec<&str> = rendered
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .filter(|l| !l.is_empty() && !l.starts_with("tip:"))
+        .collect();
+    let message = message.join(" ");
+    let message = message.strip_prefix("error: ").unwrap_or(&message);
+    format!("{message} (see tgdl --help)")
+}
+
 fn dispatch(cli: Cli) -> Result<(), CliError> {
+    // Commands that need no config, or check it themselves.
+    match &cli.command {
+        Some(Command::Completions { shell }) => {
+            let mut cmd = Cli::command();
+            clap_complete::generate(*shell, &mut cmd, "tgdl", &mut std::io::stdout());
+            return Ok(());
+        }
+        Some(Command::Config(ConfigCommand::Check)) => return config_check(&cli),
+        _ => {}
+    }
     let config = load_config(&cli)?;
-    match cli.command.unwrap_or(Command::Run) {
+    let command = cli.command.unwrap_or(Command::Run);
+    match command {
+        Command::Completions { .. } | Command::Config(_) => unreachable!("handled above"),
         Command::Run => {
             config.require_token()?;
-            crate::app::run_blocking(config).map_err(CliError::Other)
+            let log_format = crate::app::LogFormat::from_env().map_err(CliError::Usage)?;
+            crate::app::run_blocking(config, log_format).map_err(CliError::Other)
         }
         Command::Jobs { state, json, limit } => remote::jobs(&config, state, json, limit),
         Command::Recover { dry_run } => {
-            let store = open_offline(&config)?;
+            let store = open_offline(&config, "let it be (it ran recovery when it started)")?;
             let report =
                 recovery::recover_offline(&store, &config, dry_run, &progress::Bar::on_terminal())
                     .map_err(anyhow::Error::from)?;
@@ -145,9 +189,25 @@ fn dispatch(cli: Cli) -> Result<(), CliError> {
     }
 }
 
+/// `tgdl config check`: what `tgdl run` would refuse, found without starting
+/// anything (like `nginx -t`).
+fn config_check(cli: &Cli) -> Result<(), CliError> {
+    let config = load_config(cli)?;
+    let path = cli.config.as_deref().unwrap_or("config.toml".as_ref());
+    if config.telegram.token.trim().is_empty() {
+        // systemd's EnvironmentFile may hold it where this shell does not.
+        eprintln!("note: telegram.token is empty here; `tgdl run` needs it or TGDL_TOKEN");
+    } else {
+        config.require_token()?;
+    }
+    println!("{}: ok", path.display());
+    Ok(())
+}
+
 /// Open the database for a read-only command, turning "the bot holds the
-/// lock" into a sentence an operator understands.
-fn open_offline(config: &Config) -> Result<SledStore, CliError> {
+/// lock" into a sentence an operator understands; `ask` says what answers
+/// the same question while the bot runs.
+fn open_offline(config: &Config, ask: &str) -> Result<SledStore, CliError> {
     let dir = config.db_dir();
     if !dir.exists() {
         return Err(CliError::Other(anyhow::anyhow!(
@@ -157,7 +217,7 @@ fn open_offline(config: &Config) -> Result<SledStore, CliError> {
     }
     SledStore::open(&dir).map_err(|e| match e {
         StoreError::Locked { path } => CliError::Other(anyhow::anyhow!(
-            "the bot is running and holds the database at {path}; stop it first, or ask it with /jobs in Telegram"
+            "the bot is running and holds the database at {path}; stop it first, or {ask}"
         )),
         e => CliError::Other(e.into()),
     })

@@ -150,7 +150,10 @@ fn ask_bot(mut stream: UnixStream, req: &Request) -> std::io::Result<Result<Answ
 
 /// The bot is stopped: open its database and answer here.
 fn answer_offline(config: &Config, req: Request) -> Result<Result<Answer, AdminError>, CliError> {
-    let store: Arc<dyn JobStore> = Arc::new(open_offline(config)?);
+    let store: Arc<dyn JobStore> = Arc::new(open_offline(
+        config,
+        "try again in a moment (it answers on its socket once it has started)",
+    )?);
     let jobs = Arc::new(
         JobService::new(Arc::new(config.clone()), store, None).map_err(anyhow::Error::from)?,
     );

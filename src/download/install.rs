@@ -33,10 +33,27 @@ pub async fn resolve(setting: &str, tools_dir: &Path) -> Result<PathBuf, Install
     managed(tools_dir).await
 }
 
+/// The yt-dlp `resolve` would use, without installing anything: for
+/// `tgdl health` on a stopped bot, which reports the version the bot runs.
+pub fn locate(setting: &str, tools_dir: &Path) -> Option<PathBuf> {
+    if setting != "auto" {
+        let p = PathBuf::from(setting);
+        return is_executable(&p).then_some(p);
+    }
+    find_on_path("yt-dlp").or_else(|| {
+        let bin = managed_bin(tools_dir);
+        is_executable(&bin).then_some(bin)
+    })
+}
+
+fn managed_bin(tools_dir: &Path) -> PathBuf {
+    tools_dir.join("venv").join("bin").join("yt-dlp")
+}
+
 /// The managed install: `tools_dir/venv/bin/yt-dlp`, created when missing.
 pub async fn managed(tools_dir: &Path) -> Result<PathBuf, InstallError> {
     let venv = tools_dir.join("venv");
-    let bin = venv.join("bin").join("yt-dlp");
+    let bin = managed_bin(tools_dir);
     if is_executable(&bin) {
         return Ok(bin);
     }

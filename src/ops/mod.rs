@@ -6,8 +6,10 @@
 //! - [`http`]: the optional `/metrics` and `/healthz` listener.
 //! - [`admin`]: the CLI's questions to the running bot (a Unix socket), and
 //!   the one function that answers them running or stopped.
+//! - [`systemd`]: readiness, status, watchdog and stopping for systemd.
 
 pub mod admin;
 pub mod health;
 pub mod http;
 pub mod report;
+pub mod systemd;

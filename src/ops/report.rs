@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use super::health::{rules, Condition, HealthState, Monitor, Sample, SysinfoProbe};
-use crate::download::install::find_on_path;
+use crate::download::install;
 use crate::job::{now_ms, Job, JobState};
 use crate::pipeline::JobService;
 use crate::store::StoreError;
@@ -112,10 +112,12 @@ pub async fn sampled_health(
 }
 
 /// `tgdl health` on a stopped bot's database: the tools are looked up here
-/// since no running bot has recorded them.
+/// since no running bot has recorded them; yt-dlp the way the bot finds it
+/// (a configured path, PATH, or the managed install in `data_dir/tools`).
 pub async fn offline_health(jobs: &Arc<JobService>) -> Result<String, StoreError> {
     let state = Arc::new(HealthState::default());
-    if let Some(bin) = find_on_path("yt-dlp") {
+    let config = &jobs.config;
+    if let Some(bin) = install::locate(&config.downloader.ytdlp, &config.tools_dir()) {
         if let Ok(v) = crate::download::ytdlp_version(&bin).await {
             *state.ytdlp_version.write().unwrap() = v;
         }

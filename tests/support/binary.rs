@@ -6,6 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::unistd::Pid;
+
 use super::bot::{merge_tables, TOKEN};
 
 /// How long a test of the binary waits for one thing.
@@ -38,12 +41,14 @@ choice_wait_secs = 0
 [storage]
 data_dir = "{data}"
 [downloader]
+ytdlp = "{ytdlp}"
 retry_base_secs = 1
 [security]
 allow_private_networks = true
 {extra}
 "#,
         data = dir.join("data").display(),
+        ytdlp = super::ytdlp().display(),
     );
     merge_tables(&text)
 }
@@ -144,16 +149,12 @@ impl BotProcess {
 
     /// SIGKILL the whole process group, as `kill -9 -PGID` would.
     pub fn kill9(&mut self) {
-        unsafe {
-            libc::killpg(self.pid(), libc::SIGKILL);
-        }
+        let _ = killpg(Pid::from_raw(self.pid()), Signal::SIGKILL);
         let _ = self.child.wait();
     }
 
     pub fn sigterm(&self) {
-        unsafe {
-            libc::kill(self.pid(), libc::SIGTERM);
-        }
+        let _ = kill(Pid::from_raw(self.pid()), Signal::SIGTERM);
     }
 
     /// Wait for exit, polling `try_wait` (a child's exit has no async signal
@@ -188,9 +189,7 @@ impl BotProcess {
 impl Drop for BotProcess {
     fn drop(&mut self) {
         if self.child.try_wait().ok().flatten().is_none() {
-            unsafe {
-                libc::killpg(self.pid(), libc::SIGKILL);
-            }
+            let _ = killpg(Pid::from_raw(self.pid()), Signal::SIGKILL);
             let _ = self.child.wait();
         }
     }

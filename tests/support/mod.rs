@@ -40,6 +40,14 @@ pub fn fixtures_dir() -> PathBuf {
         .join("fixtures")
 }
 
+/// The yt-dlp every test uses: the one on PATH, which `./scripts/test` puts
+/// there (one pinned install per machine). Tests name it explicitly instead
+/// of `ytdlp = "auto"`, so no test ever installs its own copy.
+pub fn ytdlp() -> PathBuf {
+    tgdl::download::install::find_on_path("yt-dlp")
+        .expect("yt-dlp on PATH: run the tests with ./scripts/test, which installs it")
+}
+
 /// The bytes of one fixture file; panics with the path when it is missing.
 pub fn fixture_bytes(name: &str) -> Vec<u8> {
     let path = fixtures_dir().join(name);

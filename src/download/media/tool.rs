@@ -26,7 +26,10 @@ pub(super) async fn run(
     let child = cmd
         .spawn()
         .map_err(|source| MediaError::Spawn { tool, source })?;
-    let pgid = child.id().and_then(|id| libc::pid_t::try_from(id).ok());
+    let pgid = child
+        .id()
+        .and_then(|id| i32::try_from(id).ok())
+        .map(nix::unistd::Pid::from_raw);
     match tokio::time::timeout(timeout, child.wait_with_output()).await {
         Ok(Ok(out)) if out.status.success() => Ok(out.stdout),
         Ok(Ok(out)) => {
@@ -42,10 +45,7 @@ pub(super) async fn run(
             // The leader is not reaped yet (its handle was only just
             // dropped), so the group id is still ours to kill.
             if let Some(pgid) = pgid {
-                // SAFETY: killpg has no memory-safety preconditions.
-                unsafe {
-                    libc::killpg(pgid, libc::SIGKILL);
-                }
+                let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
             }
             Err(MediaError::TimedOut { tool })
         }

@@ -35,6 +35,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use super::JobService;
 use crate::botapi::Api;
@@ -92,18 +93,30 @@ impl Pipeline {
         out
     }
 
-    /// Step a claimed job until it leaves the pipeline.
+    /// Step a claimed job until it leaves the pipeline. Everything logged
+    /// meanwhile is in the job's span (its id and user as fields).
     pub async fn run_job(&self, mut job: Job) -> StepResult {
         let id: JobId = job.id;
-        let res = loop {
-            match self.step(job).await {
-                Ok(StepOutcome::Advanced(next)) => job = next,
-                other => break other,
+        let span = job_span(&job);
+        let res = async {
+            loop {
+                match self.step(job).await {
+                    Ok(StepOutcome::Advanced(next)) => job = next,
+                    other => break other,
+                }
             }
-        };
+        }
+        .instrument(span)
+        .await;
         self.jobs.unregister(id);
         res
     }
+}
+
+/// The span every line about a job is logged in: `TGDL_LOG_FORMAT=json`
+/// writes its fields with each line.
+pub fn job_span(job: &Job) -> tracing::Span {
+    tracing::info_span!("job", job_id = %job.id, user_id = job.user_id)
 }
 
 /// Start `downloader.concurrency` worker loops on `tracker`.
@@ -122,13 +135,14 @@ pub fn spawn_workers(pipeline: Arc<Pipeline>, tracker: &TaskTracker) {
                 woken.as_mut().enable();
                 match p.claim().await {
                     Ok(StepOutcome::Advanced(job)) => {
-                        let id = job.id;
-                        match p.run_job(job).await {
+                        let (id, span) = (job.id, job_span(&job));
+                        let out = p.run_job(job).await;
+                        span.in_scope(|| match out {
                             Ok(out) => {
                                 tracing::info!(job = %id, outcome = %out.name(), "job step ended")
                             }
                             Err(e) => tracing::error!(job = %id, error = %e, "job error"),
-                        }
+                        });
                     }
                     Ok(_) => {
                         // Nothing due: wait for new work, a backoff to pass
