@@ -33,6 +33,9 @@ pub struct StatusMessage {
     interval: Duration,
     last_text: String,
     next_allowed: Instant,
+    /// When the latest background edit actually went out: it may have
+    /// waited in the pacer, and the interval counts from there too.
+    sent_at: Arc<std::sync::Mutex<Option<Instant>>>,
     /// The latest background edit still on its way.
     in_flight: Option<JoinHandle<()>>,
 }
@@ -58,6 +61,7 @@ impl StatusMessage {
             interval,
             last_text: String::new(),
             next_allowed: Instant::now(),
+            sent_at: Arc::default(),
             in_flight: None,
         }
     }
@@ -79,7 +83,9 @@ impl StatusMessage {
     /// A progress edit, if the interval allows one now; returns whether one
     /// was started.
     pub fn update(&mut self, text: &str) -> bool {
-        if Instant::now() < self.next_allowed {
+        let now = Instant::now();
+        let sent = *self.sent_at.lock().unwrap_or_else(|e| e.into_inner());
+        if now < self.next_allowed || sent.is_some_and(|t| now < t + self.interval) {
             return false;
         }
         self.show(text)
@@ -104,8 +110,13 @@ impl StatusMessage {
             return true;
         }
         let (api, chat, text) = (self.api.clone(), self.chat, text.to_string());
+        let sent_at = self.sent_at.clone();
         self.in_flight = Some(self.api.in_background(async move {
-            edited(api.edit(chat, id, &text, None, Priority::Progress).await);
+            let result = api.edit(chat, id, &text, None, Priority::Progress).await;
+            if matches!(result, Ok(Edited::Sent(_))) {
+                *sent_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+            }
+            edited(result);
         }));
         true
     }
