@@ -85,6 +85,13 @@ async fn round(api: &FakeTelegram, trap: &Arc<Mutex<Trap>>, n: usize, delay: Dur
     let status = bot.wait_timeout(T).expect("the trap killed the bot");
     assert!(!status.success(), "killed, not exited: {status:?}");
     killed.recv_timeout(T).expect("the trap fired");
+    // The killed bot's last requests may still sit in the fake's socket
+    // buffers: once its connections are closed, all of them are recorded,
+    // so any call recorded later comes from the restarted bot.
+    assert!(
+        api.wait_connections_closed(T).await,
+        "the killed bot's connections were never closed"
+    );
 
     // Restart on the raw post-kill state; it handles its inbox first. Every
     // call the fake received before this instant came from the killed bot.

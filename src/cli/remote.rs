@@ -148,12 +148,25 @@ fn ask_bot(mut stream: UnixStream, req: &Request) -> std::io::Result<Result<Answ
     Ok(reply.into())
 }
 
+/// What to tell an operator whose bot holds the database but does not
+/// answer on its socket yet (it is starting): wait, or ask in Telegram.
+fn starting_hint(req: &Request) -> &'static str {
+    match req {
+        Request::Health {} => {
+            "try again in a moment (it answers on its socket once it has started), or ask it with /health in Telegram"
+        }
+        Request::Jobs { .. } | Request::Job { .. } => {
+            "try again in a moment (it answers on its socket once it has started), or ask it with /jobs or /job in Telegram"
+        }
+        Request::Cancel { .. } | Request::Retry { .. } => {
+            "try again in a moment (it answers on its socket once it has started)"
+        }
+    }
+}
+
 /// The bot is stopped: open its database and answer here.
 fn answer_offline(config: &Config, req: Request) -> Result<Result<Answer, AdminError>, CliError> {
-    let store: Arc<dyn JobStore> = Arc::new(open_offline(
-        config,
-        "try again in a moment (it answers on its socket once it has started)",
-    )?);
+    let store: Arc<dyn JobStore> = Arc::new(open_offline(config, starting_hint(&req))?);
     let jobs = Arc::new(
         JobService::new(Arc::new(config.clone()), store, None).map_err(anyhow::Error::from)?,
     );

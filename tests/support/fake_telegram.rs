@@ -49,7 +49,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::{wait_until, Gate, KillableListener};
+use super::{wait_until, Gate, KillableListener, OpenConnections};
 
 /// A token in the shape Telegram issues; the bot's user id is the part before the colon.
 pub const TEST_TOKEN: &str = "123456:TEST-token-for-the-fake-api";
@@ -443,6 +443,8 @@ struct Inner {
     state: Mutex<FakeState>,
     /// Fired on every change: a call recorded or answered, an update pushed or confirmed.
     changed: Notify,
+    /// Client connections open now.
+    open: Arc<OpenConnections>,
 }
 
 impl Inner {
@@ -488,6 +490,12 @@ impl FakeTelegram {
         fake
     }
 
+    /// Waits until every client connection is closed: after a client was
+    /// killed, every request it had sent has then been read and recorded.
+    pub async fn wait_connections_closed(&self, timeout: Duration) -> bool {
+        self.inner.open.wait_all_closed(timeout).await
+    }
+
     /// Starts on `port` (e.g. one from [`super::free_port`] that a bot was configured with).
     pub async fn start_on(port: u16) -> Self {
         let fake = Self::offline(port);
@@ -502,6 +510,7 @@ impl FakeTelegram {
             inner: Arc::new(Inner {
                 state: Mutex::new(FakeState::default()),
                 changed: Notify::new(),
+                open: Arc::default(),
             }),
             port: AtomicU16::new(port),
             server: Mutex::new(None),
@@ -530,6 +539,7 @@ impl FakeTelegram {
         let listener = KillableListener {
             inner: listener,
             shutdown: shutdown.clone(),
+            open: self.inner.open.clone(),
         };
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, router).await;

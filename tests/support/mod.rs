@@ -228,6 +228,40 @@ impl Gate {
 pub(crate) struct KillableListener {
     pub(crate) inner: TcpListener,
     pub(crate) shutdown: CancellationToken,
+    /// Connections accepted and not yet closed.
+    pub(crate) open: Arc<OpenConnections>,
+}
+
+/// How many accepted connections are still open, and a wake-up when one
+/// closes: once a killed client's connections are closed, the server has
+/// read every byte it sent.
+#[derive(Default)]
+pub(crate) struct OpenConnections {
+    count: std::sync::atomic::AtomicUsize,
+    closed: Notify,
+}
+
+impl OpenConnections {
+    pub(crate) fn count(&self) -> usize {
+        self.count.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Waits until no accepted connection is open; whether it happened in time.
+    pub(crate) async fn wait_all_closed(&self, timeout: Duration) -> bool {
+        wait_until(&self.closed, || self.count() == 0, timeout).await
+    }
+}
+
+/// Counts one open connection while it lives.
+struct OpenGuard(Arc<OpenConnections>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0
+            .count
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        self.0.closed.notify_waiters();
+    }
 }
 
 impl axum::serve::Listener for KillableListener {
@@ -240,10 +274,14 @@ impl axum::serve::Listener for KillableListener {
                 Ok((stream, addr)) => {
                     let _ = stream.set_nodelay(true);
                     let cancelled = Box::pin(self.shutdown.clone().cancelled_owned());
+                    self.open
+                        .count
+                        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     return (
                         KillableStream {
                             inner: stream,
                             cancelled,
+                            _open: OpenGuard(self.open.clone()),
                         },
                         addr,
                     );
@@ -264,6 +302,7 @@ impl axum::serve::Listener for KillableListener {
 pub(crate) struct KillableStream {
     inner: TcpStream,
     cancelled: Pin<Box<WaitForCancellationFutureOwned>>,
+    _open: OpenGuard,
 }
 
 impl KillableStream {
