@@ -13,9 +13,11 @@ use crate::botapi::pacer::PacerConfig;
 use crate::botapi::{self, notify_admins, Api};
 use crate::config::Config;
 use crate::download::install;
+use crate::download::source::Source;
 use crate::net::egress::{EgressProxy, ProxyLimits};
 use crate::ops::health::{HealthState, Monitor, SysinfoProbe};
 use crate::ops::http::{self, Observed};
+use crate::ops::update;
 use crate::pipeline::{quality, recovery, spawn_workers, JobService, Pipeline};
 use crate::store::{JobStore, SledStore};
 use crate::telegram::{self, commands, Deps};
@@ -71,21 +73,15 @@ async fn serve(
 ) -> anyhow::Result<()> {
     let config = jobs.config.clone();
     let health = Arc::new(HealthState::default());
-    let ytdlp = install::resolve(&config.downloader.ytdlp, &config.tools_dir()).await?;
+    let source = Source::from_setting(&config.downloader.ytdlp_source);
+    let ytdlp = install::resolve(&config.downloader.ytdlp, &config.tools_dir(), &source).await?;
     let has_ffmpeg = install::find_on_path("ffmpeg").is_some();
-    tracing::info!(ytdlp = %ytdlp.display(), has_ffmpeg, "downloader ready");
-    // Asking yt-dlp its version costs a Python start-up (0.3-0.5 s): do it
-    // beside the start rather than before serving.
-    {
-        let (health, ytdlp) = (health.clone(), ytdlp.clone());
-        tracker.spawn(async move {
-            let version = crate::download::ytdlp_version(&ytdlp)
-                .await
-                .unwrap_or_else(|e| format!("unknown ({e})"));
-            tracing::info!(version, "yt-dlp version");
-            *health.ytdlp_version.write().unwrap() = version;
-        });
-    }
+    tracing::info!(
+        ytdlp = %ytdlp.current().bin.display(),
+        managed = ytdlp.layout().is_some(),
+        has_ffmpeg,
+        "downloader ready"
+    );
     health
         .ffmpeg
         .store(has_ffmpeg, std::sync::atomic::Ordering::Relaxed);
@@ -156,6 +152,15 @@ async fn serve(
         });
     }
 
+    // The updater also asks yt-dlp its version (a Python start-up, 0.3-0.5
+    // s), beside the start rather than before serving.
+    let (updater, update_task) = update::spawn_parts(
+        jobs.clone(),
+        Some(api.clone()),
+        pipeline.ytdlp.clone(),
+        health.clone(),
+    );
+    tracker.spawn(update_task.run(stop.clone()));
     let monitor = Monitor::new(
         jobs.clone(),
         health.clone(),
@@ -177,6 +182,7 @@ async fn serve(
         api,
         jobs,
         health,
+        updater,
         username: me.username.clone().unwrap_or_default(),
     });
     telegram::intake::run(deps, tracker.clone(), stop.clone()).await;

@@ -61,6 +61,14 @@ pub enum Command {
     },
     /// Print the health report (the same as /health).
     Health,
+    /// Update the managed yt-dlp now (install the newest release beside the
+    /// current one, test it, switch); `tgdl update rollback` goes back to the
+    /// previous one. A running bot uses the result from its next job.
+    Update {
+        /// `rollback` to go back to the previous install.
+        #[arg(value_parser = ["rollback"])]
+        action: Option<String>,
+    },
 }
 
 /// A failure with the exit code it maps to.
@@ -163,6 +171,21 @@ fn dispatch(cli: Cli) -> Result<(), CliError> {
                 .map_err(anyhow::Error::from)?;
             println!("{text}");
             Ok(())
+        }
+        Command::Update { action } => {
+            crate::app::init_logging();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(anyhow::Error::from)?;
+            let rollback = action.is_some();
+            match rt.block_on(crate::ops::update::run_cli(&config, rollback)) {
+                Ok(text) => {
+                    println!("{text}");
+                    Ok(())
+                }
+                Err(text) => Err(CliError::Other(anyhow::anyhow!(text))),
+            }
         }
         Command::Job { id, json } => {
             let store = open_offline(&config)?;

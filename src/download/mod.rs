@@ -10,6 +10,9 @@
 //! - [`process`]: running it in its own process group, in the job's folder,
 //!   without `TGDL_*` in its environment, draining both pipes, and killing
 //!   the whole group on cancel or timeout.
+//! - [`install`], [`handle`], [`managed`], [`source`], [`selftest`]: which
+//!   yt-dlp runs; the managed one lives in its own folders, is updated into a
+//!   fresh folder, checked, and switched to with one symlink rename.
 //! - [`leftovers`]: finding and ending processes an earlier run left working
 //!   in a job's folder (an ffmpeg after `kill -9` of the bot).
 //!
@@ -18,13 +21,18 @@
 
 pub mod args;
 pub mod classify;
+pub mod handle;
 pub mod install;
 pub mod leftovers;
+pub mod managed;
 pub mod probe;
 pub mod process;
 pub mod progress;
+pub mod selftest;
+pub mod source;
 
 pub use args::{job_dir, Want, YtDlpArgs};
 pub use classify::{classify, DownloadFailure, Reason};
+pub use handle::{Install, YtDlp};
 pub use process::{run_ytdlp, ytdlp_version, DownloadError, DownloadOutput};
 pub use progress::{MediaMeta, Progress};

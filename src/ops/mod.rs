@@ -8,3 +8,4 @@
 pub mod health;
 pub mod http;
 pub mod report;
+pub mod update;

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use super::health::{rules, Condition, HealthState, Monitor, Sample, SysinfoProbe};
-use crate::download::install::find_on_path;
+use crate::download::install::{existing, find_on_path};
 use crate::job::{now_ms, Job, JobState};
 use crate::pipeline::JobService;
 use crate::store::StoreError;
@@ -51,11 +51,15 @@ pub fn render_health(s: &Sample, conditions: &[Condition]) -> String {
         c.failed
     ));
     out.push_str(&format!(
-        "yt-dlp {}, ffmpeg {}\nuptime: {} s\n",
+        "yt-dlp {}, ffmpeg {}\n",
         s.ytdlp_version,
         if s.ffmpeg { "present" } else { "missing" },
-        s.uptime_secs
     ));
+    if !s.ytdlp_detail.is_empty() {
+        out.push_str(&s.ytdlp_detail);
+        out.push('\n');
+    }
+    out.push_str(&format!("uptime: {} s\n", s.uptime_secs));
     if !conditions.is_empty() {
         out.push_str("\nwarnings:\n");
         for cond in conditions {
@@ -76,7 +80,10 @@ pub async fn health_text(
     jobs: &Arc<JobService>,
     state: &Arc<HealthState>,
 ) -> Result<String, StoreError> {
-    if let Some((s, c)) = state.latest() {
+    if let Some((mut s, c)) = state.latest() {
+        // yt-dlp changes between samples (an update): show it as it is now.
+        s.ytdlp_version = state.ytdlp_version.read().unwrap().clone();
+        s.ytdlp_detail = state.ytdlp_detail.read().unwrap().clone();
         return Ok(render_health(&s, &c));
     }
     let mut m = Monitor::new(
@@ -94,9 +101,16 @@ pub async fn health_text(
 /// since no running bot has recorded them.
 pub async fn offline_health(jobs: &Arc<JobService>) -> Result<String, StoreError> {
     let state = Arc::new(HealthState::default());
-    if let Some(bin) = find_on_path("yt-dlp") {
-        if let Ok(v) = crate::download::ytdlp_version(&bin).await {
-            *state.ytdlp_version.write().unwrap() = v;
+    let cfg = &jobs.config;
+    match existing(&cfg.downloader.ytdlp, &cfg.tools_dir()) {
+        Some(ytdlp) => {
+            let (version, detail) = super::update::describe(&ytdlp, cfg).await;
+            *state.ytdlp_version.write().unwrap() = version;
+            *state.ytdlp_detail.write().unwrap() = detail;
+        }
+        None => {
+            *state.ytdlp_detail.write().unwrap() =
+                "yt-dlp not installed yet (the bot installs it at its first start)".into();
         }
     }
     state.ffmpeg.store(

@@ -26,7 +26,6 @@ mod upload;
 pub use outcome::{StepOutcome, StepResult, WorkerError};
 pub use policy::backoff;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,6 +34,7 @@ use tokio_util::task::TaskTracker;
 
 use super::JobService;
 use crate::botapi::Api;
+use crate::download::YtDlp;
 use crate::job::{Job, JobId, JobState};
 use crate::net::egress::{EgressProxy, EgressSession};
 
@@ -42,7 +42,8 @@ use crate::net::egress::{EgressProxy, EgressSession};
 pub struct Pipeline {
     pub jobs: Arc<JobService>,
     pub api: Api,
-    pub ytdlp: PathBuf,
+    /// Read once per job: a switch moves new jobs, running ones keep theirs.
+    pub ytdlp: YtDlp,
     pub has_ffmpeg: bool,
     /// Fired at shutdown: running downloads stop and their jobs go back to
     /// `queued` without counting an attempt.
