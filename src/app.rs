@@ -160,6 +160,11 @@ async fn serve(
         pipeline.ytdlp.clone(),
         health.clone(),
     );
+    if pipeline.ytdlp.layout().is_some() {
+        // Cheap for the managed install (its folder says its version), and
+        // /health is right from the first answer.
+        update_task.refresh_health().await;
+    }
     tracker.spawn(update_task.run(stop.clone()));
     let monitor = Monitor::new(
         jobs.clone(),

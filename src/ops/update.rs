@@ -297,7 +297,8 @@ impl UpdateTask {
         }
     }
 
-    async fn refresh_health(&self) {
+    /// Put the install in use into `/health`.
+    pub async fn refresh_health(&self) {
         let (version, detail) = describe(&self.ytdlp, &self.jobs.config).await;
         *self.health.ytdlp_version.write().unwrap() = version;
         *self.health.ytdlp_detail.write().unwrap() = detail;

@@ -19,6 +19,7 @@ pub mod bot;
 pub mod fake_telegram;
 pub mod fs;
 pub mod media_server;
+pub mod standin;
 
 use std::future::Future;
 use std::path::PathBuf;
