@@ -6,14 +6,27 @@
 
 mod support;
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use support::bot::{media, wait_for_text, TestBot, ADMIN};
 use support::fake_telegram::{FakeTelegram, SentMessage};
 use support::standin::{build_wheel, runs};
-use tgdl::download::managed::{Layout, ManagedError, Outcome};
+use tgdl::botapi::pacer::PacerConfig;
+use tgdl::botapi::Api;
+use tgdl::download::managed::{Attempt, Layout, ManagedError, Outcome, State};
 use tgdl::download::source::Source;
+use tgdl::download::YtDlp;
+use tgdl::job::{now_ms, HOUR_MS};
+use tgdl::ops::health::HealthState;
+use tgdl::ops::update::{self, Request, UpdateTask};
+use tgdl::pipeline::JobService;
+use tgdl::store::{JobStore, SledStore};
 
 /// Installs make a venv and run pip: generous on a shared 2-core machine.
 const T: Duration = Duration::from_secs(180);
@@ -213,7 +226,7 @@ async fn an_update_from_an_unreachable_source_changes_nothing() {
     let tools = tempfile::tempdir().unwrap();
     let layout = Layout::new(tools.path());
     let first = layout
-        .update(&Source::Folder(wheels.path().into()), &[])
+        .update(&Source::Folder(wheels.path().into()))
         .await
         .unwrap();
     assert_eq!(
@@ -226,7 +239,7 @@ async fn an_update_from_an_unreachable_source_changes_nothing() {
 
     // No network: an index on a loopback port nobody listens on.
     let dead = format!("http://127.0.0.1:{}/simple", support::free_port());
-    let err = layout.update(&Source::Index(dead), &[]).await.unwrap_err();
+    let err = layout.update(&Source::Index(dead)).await.unwrap_err();
     assert!(matches!(err, ManagedError::Install(_)), "{err}");
     assert_eq!(layout.current().unwrap().version, "2026.1.1");
     assert_eq!(
@@ -245,4 +258,160 @@ async fn an_update_from_an_unreachable_source_changes_nothing() {
         layout.rollback().await,
         Err(ManagedError::NoPrevious)
     ));
+}
+
+/// The updater task over a fresh store, telling admins through the fake API.
+fn updater_for(
+    api: &FakeTelegram,
+    dir: &Path,
+    extra: &str,
+    ytdlp: impl FnOnce(&tgdl::config::Config) -> YtDlp,
+) -> (Arc<JobService>, Arc<HealthState>, UpdateTask) {
+    let config = support::bot::test_config(dir, api, extra);
+    let ytdlp = ytdlp(&config);
+    let store: Arc<dyn JobStore> = Arc::new(SledStore::open(&config.db_dir()).unwrap());
+    let jobs = Arc::new(JobService::new(Arc::new(config), store, None).unwrap());
+    let paced = Api::new(
+        api.bot(),
+        PacerConfig::default(),
+        CancellationToken::new(),
+        TaskTracker::new(),
+    );
+    let health = Arc::new(HealthState::default());
+    let (_, task) = update::spawn_parts(jobs.clone(), Some(paced), ytdlp, health.clone());
+    (jobs, health, task)
+}
+
+/// An install folder as the updater leaves one, with a shell script for
+/// yt-dlp that only knows its version.
+fn fake_install(root: &Path, name: &str, version: &str, installed_at: u64) {
+    let bin = root.join(name).join("venv/bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let script = bin.join("yt-dlp");
+    std::fs::write(&script, format!("#!/bin/sh\necho {version}\n")).unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let meta = serde_json::json!({"version": version, "installed_at": installed_at});
+    std::fs::write(root.join(name).join("installed.json"), meta.to_string()).unwrap();
+}
+
+/// The bot's messages in the admin's chat, in order.
+fn admin_texts(api: &FakeTelegram) -> Vec<String> {
+    api.sent_messages(ADMIN as i64)
+        .into_iter()
+        .filter(|m| m.from_bot)
+        .filter_map(|m| m.text)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extractor_errors_on_an_old_release_update_at_once_and_right_after_an_update_offer_rollback(
+) {
+    let api = FakeTelegram::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let wheels = tempfile::tempdir().unwrap();
+    build_wheel(wheels.path(), "2026.2.1", false);
+    let extra = format!(
+        "[downloader]\nytdlp = \"managed\"\nytdlp_source = \"{}\"\nupdate_interval_hours = 24",
+        wheels.path().display()
+    );
+    // Installed a week ago; the last attempt an hour ago, so the interval
+    // is not due: only the spike can start an update.
+    let layout = Layout::new(&dir.path().join("data/tools"));
+    let now = now_ms();
+    fake_install(&layout.root, "i-1", "2026.1.1", now - 7 * 24 * HOUR_MS);
+    std::os::unix::fs::symlink("i-1", layout.root.join("current")).unwrap();
+    layout
+        .save_state(&State {
+            last_attempt: Some(Attempt {
+                at: now - HOUR_MS,
+                outcome: Outcome::UpToDate {
+                    version: "2026.1.1".into(),
+                },
+            }),
+            newest_known: None,
+        })
+        .unwrap();
+    let (jobs, _, mut task) = updater_for(&api, dir.path(), &extra, |_| {
+        YtDlp::managed(layout.clone()).unwrap()
+    });
+
+    // A quiet round changes nothing.
+    task.tick().await;
+    assert!(admin_texts(&api).is_empty());
+    assert_eq!(layout.current().unwrap().version, "2026.1.1");
+
+    for _ in 0..update::SPIKE {
+        jobs.guard.note_extractor_error(now_ms());
+    }
+    task.tick().await;
+    assert_eq!(
+        admin_texts(&api),
+        vec![
+            "⚠️ 5 extractor errors in the last hour on yt-dlp 2026.1.1: sites may have changed, updating yt-dlp now.".to_string(),
+            "✅ yt-dlp updated: 2026.1.1 → 2026.2.1. New downloads use 2026.2.1; running ones finish with 2026.1.1. /update rollback goes back.".to_string(),
+        ]
+    );
+    assert_eq!(layout.current().unwrap().version, "2026.2.1");
+
+    // The errors before the switch do not count against the new release.
+    task.tick().await;
+    assert_eq!(admin_texts(&api).len(), 2);
+    for _ in 0..update::SPIKE {
+        jobs.guard.note_extractor_error(now_ms());
+    }
+    task.tick().await;
+    task.tick().await;
+    let texts = admin_texts(&api);
+    assert_eq!(texts.len(), 3, "offered once: {texts:?}");
+    assert_eq!(
+        texts[2],
+        "⚠️ 5 extractor errors since yt-dlp was updated to 2026.2.1. If the new release is to blame, /update rollback goes back to 2026.1.1."
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_yt_dlp_is_never_changed_but_an_old_one_is_reported() {
+    let api = FakeTelegram::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let wheels = tempfile::tempdir().unwrap();
+    build_wheel(wheels.path(), "2026.3.1", false);
+    let own = dir.path().join("own");
+    fake_install(&own, "i-0", "2026.1.1", 0);
+    let bin = own.join("i-0/venv/bin/yt-dlp");
+    let extra = format!(
+        "[downloader]\nytdlp = \"{}\"\nytdlp_source = \"{}\"\nstale_after_days = 14",
+        bin.display(),
+        wheels.path().display()
+    );
+    let (jobs, health, mut task) =
+        updater_for(&api, dir.path(), &extra, |_| YtDlp::operator(bin.clone()));
+    let before = std::fs::read(&bin).unwrap();
+
+    task.tick().await;
+    task.tick().await;
+    let path = bin.display().to_string();
+    assert_eq!(
+        admin_texts(&api),
+        vec![format!("🟠 yt-dlp 2026.1.1 ({path}, managed by the operator) is 59 days behind the newest release 2026.3.1. Sites break on old releases: please update it.")],
+        "told once"
+    );
+    let detail = health.ytdlp_detail.read().unwrap().clone();
+    assert!(
+        detail.contains(&format!("managed by the operator ({path})"))
+            && detail.contains("newest known release: 2026.3.1")
+            && detail.contains("59 days newer"),
+        "{detail}"
+    );
+    assert_eq!(*health.ytdlp_version.read().unwrap(), "2026.1.1");
+
+    // /update and /update rollback change nothing and say why.
+    task.handle(Request::Update).await;
+    task.handle(Request::Rollback).await;
+    let texts = admin_texts(&api);
+    assert_eq!(texts.len(), 3, "{texts:?}");
+    for t in &texts[1..] {
+        assert!(t.contains("the bot never changes it"), "{t}");
+    }
+    assert_eq!(std::fs::read(&bin).unwrap(), before);
+    assert!(!jobs.config.tools_dir().join("ytdlp/current").exists());
 }

@@ -42,7 +42,7 @@ pub async fn resolve(
     let layout = Layout::new(tools_dir);
     if layout.current().is_err() {
         tracing::info!(dir = %layout.root.display(), "no managed yt-dlp yet: installing (first start)");
-        layout.update(source, &[]).await?;
+        layout.update(source).await?;
     }
     Ok(YtDlp::managed(layout)?)
 }

@@ -246,16 +246,15 @@ impl Layout {
     /// Install the newest release from `source` into a fresh folder, check
     /// it, and switch to it. Nothing changes unless every step succeeds; the
     /// attempt is recorded in `state.json` either way.
-    pub async fn update(
-        &self,
-        source: &Source,
-        in_use: &[PathBuf],
-    ) -> Result<Outcome, ManagedError> {
+    ///
+    /// Old folders are not removed here ([`Layout::prune`]): deleting a venv
+    /// takes seconds, and the admin should hear the outcome first.
+    pub async fn update(&self, source: &Source) -> Result<Outcome, ManagedError> {
         let layout = self.clone();
         let lock = tokio::task::spawn_blocking(move || layout.lock())
             .await
             .expect("lock task")?;
-        let result = self.update_locked(source, in_use).await;
+        let result = self.update_locked(source).await;
         let outcome = match &result {
             Ok(o) => o.clone(),
             Err(e) => Outcome::Failed {
@@ -269,11 +268,16 @@ impl Layout {
         result
     }
 
-    async fn update_locked(
-        &self,
-        source: &Source,
-        in_use: &[PathBuf],
-    ) -> Result<Outcome, ManagedError> {
+    async fn update_locked(&self, source: &Source) -> Result<Outcome, ManagedError> {
+        let current = self.current().ok();
+        // Asking the source costs one page; a fresh venv costs seconds.
+        if let (Some(c), Ok(newest)) = (&current, source.newest().await) {
+            if super::source::compare(&c.version, &newest).is_ge() {
+                return Ok(Outcome::UpToDate {
+                    version: c.version.clone(),
+                });
+            }
+        }
         let dir = self.root.join(format!("i-{}", crate::job::now_ms()));
         let fresh = async {
             let bin = install_into(&dir, source).await?;
@@ -290,7 +294,6 @@ impl Layout {
                 return Err(e);
             }
         };
-        let current = self.current().ok();
         if current.as_ref().is_some_and(|c| c.version == version) {
             let _ = std::fs::remove_dir_all(&dir);
             return Ok(Outcome::UpToDate { version });
@@ -306,7 +309,6 @@ impl Layout {
         let path = dir.join("installed.json");
         std::fs::write(&path, serde_json::to_vec(&meta).expect("serialises")).map_err(io(&path))?;
         let switched = self.switch_to(&dir)?;
-        self.prune(in_use);
         Ok(match current {
             Some(_) => Outcome::Updated {
                 from: switched.from,

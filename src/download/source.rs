@@ -77,11 +77,15 @@ impl Source {
     }
 }
 
-/// `yt_dlp-2026.10.26-py3-none-any.whl` -> `2026.10.26`.
+/// `yt_dlp-2026.10.26-py3-none-any.whl` -> `2026.10.26`. Pre-releases
+/// (`2026.10.26.232815.dev0`) are left out, as pip leaves them out.
 fn wheel_version(name: &str) -> Option<String> {
     let rest = name.strip_prefix("yt_dlp-")?;
     let stem = rest.strip_suffix(".whl")?;
-    Some(stem.split('-').next()?.to_string())
+    let v = stem.split('-').next()?;
+    v.split('.')
+        .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| v.to_string())
 }
 
 fn numbers(v: &str) -> Vec<u64> {
@@ -151,6 +155,10 @@ mod tests {
             Some("2026.10.26")
         );
         assert_eq!(wheel_version("yt_dlp-2026.10.26.tar.gz"), None);
+        assert_eq!(
+            wheel_version("yt_dlp-2026.10.26.232815.dev0-py3-none-any.whl"),
+            None
+        );
     }
 
     #[tokio::test]

@@ -102,13 +102,20 @@ impl UpdateTask {
         loop {
             tokio::select! {
                 r = self.rx.recv() => match r {
-                    Some(Request::Update) => self.update(true).await,
-                    Some(Request::Rollback) => self.rollback().await,
+                    Some(r) => self.handle(r).await,
                     None => return,
                 },
                 _ = every.tick() => self.tick().await,
                 _ = stop.cancelled() => return,
             }
+        }
+    }
+
+    /// An admin's request (`/update`, `/update rollback`).
+    pub async fn handle(&mut self, r: Request) {
+        match r {
+            Request::Update => self.update(true).await,
+            Request::Rollback => self.rollback().await,
         }
     }
 
@@ -124,7 +131,8 @@ impl UpdateTask {
         self.jobs.config.downloader.update_interval_hours * HOUR_MS
     }
 
-    async fn tick(&mut self) {
+    /// One round: a due update, the spike rule, the operator's staleness.
+    pub async fn tick(&mut self) {
         let now = now_ms();
         let Some(layout) = self.ytdlp.layout().cloned() else {
             self.check_stale(now).await;
@@ -200,10 +208,17 @@ impl UpdateTask {
             return;
         };
         let before = self.ytdlp.current().version.clone();
-        let result = layout.update(&self.source, &self.ytdlp.in_use()).await;
+        let result = layout.update(&self.source).await;
         self.refresh_health().await;
+        if result.is_ok() {
+            self.told_failure = None;
+        }
         let msg = match result {
-            Ok(Outcome::Updated { from, to }) => Some(Msg::YtdlpUpdated { from, to }),
+            Ok(Outcome::Updated { from, to }) => {
+                // A fresh release gets its own spike watch.
+                self.spike_offered_for = None;
+                Some(Msg::YtdlpUpdated { from, to })
+            }
             Ok(Outcome::Installed { version }) => Some(Msg::YtdlpInstalled { version }),
             Ok(Outcome::UpToDate { version }) => asked.then_some(Msg::YtdlpUpToDate { version }),
             Ok(Outcome::Failed { .. } | Outcome::RolledBack { .. }) => None,
@@ -218,17 +233,12 @@ impl UpdateTask {
                 })
             }
         };
-        if !matches!(msg, Some(Msg::YtdlpUpdateFailed { .. })) {
-            self.told_failure = None;
-        }
         if let Some(m) = msg {
             self.tell(m).await;
         }
-        // A fresh release gets a fresh chance before the next spike offer.
-        self.spike_offered_for = None;
-        self.ytdlp
-            .layout()
-            .inspect(|l| l.prune(&self.ytdlp.in_use()));
+        // After the message: removing a venv takes seconds.
+        let in_use = self.ytdlp.in_use();
+        let _ = tokio::task::spawn_blocking(move || layout.prune(&in_use)).await;
     }
 
     async fn rollback(&mut self) {
@@ -394,7 +404,12 @@ pub async fn run_cli(config: &Config, rollback: bool) -> Result<String, String> 
     }
     let still = layout.current().map(|c| c.version).unwrap_or_default();
     let source = Source::from_setting(&config.downloader.ytdlp_source);
-    match layout.update(&source, &[]).await {
+    let result = layout.update(&source).await;
+    // No bot's jobs are known here: a folder older than `previous` that a
+    // running bot still uses is removed anyway (rare: two updates during one
+    // download); the bot's own updates never do that.
+    layout.prune(&[]);
+    match result {
         Ok(Outcome::Updated { from, to }) => Ok(en(Msg::YtdlpUpdated { from, to })),
         Ok(Outcome::Installed { version }) => Ok(en(Msg::YtdlpInstalled { version })),
         Ok(Outcome::UpToDate { version }) => Ok(en(Msg::YtdlpUpToDate { version })),
