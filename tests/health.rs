@@ -192,8 +192,10 @@ async fn the_disk_guard_pauses_claiming_tells_users_and_resumes() {
     let pipeline = Pipeline {
         jobs: core.clone(),
         api: paced(&api),
-        ytdlp: tgdl::download::install::find_on_path("yt-dlp")
-            .expect("yt-dlp on PATH (.ci/run installs it)"),
+        ytdlp: tgdl::download::YtDlp::operator(
+            tgdl::download::install::find_on_path("yt-dlp")
+                .expect("yt-dlp on PATH (.ci/run installs it)"),
+        ),
         has_ffmpeg: true,
         shutdown: tokio_util::sync::CancellationToken::new(),
         upload_grace: Duration::from_secs(1),
@@ -464,7 +466,7 @@ async fn enospc_requeues_uncounted_deletes_the_partial_and_holds_claims_until_a_
     let pipeline = Pipeline {
         jobs: core.clone(),
         api: paced(&api),
-        ytdlp: enospc_ytdlp(dir.path(), &runs, &space),
+        ytdlp: tgdl::download::YtDlp::operator(enospc_ytdlp(dir.path(), &runs, &space)),
         has_ffmpeg: true,
         shutdown: tokio_util::sync::CancellationToken::new(),
         upload_grace: Duration::from_secs(1),

@@ -7,7 +7,7 @@
 //! `data_dir/tools/ytdlp` (see [`super::managed`]), swapped with one
 //! `rename`: the bot, `tgdl update` and `tgdl health` read the same truth.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock, Weak};
 
 use super::managed::{self, Layout};
@@ -62,11 +62,6 @@ impl YtDlp {
             handed: RwLock::new(vec![Arc::downgrade(&first)]),
             cached: RwLock::new(first),
         })))
-    }
-
-    /// A plain path (tests, benches): an operator-managed yt-dlp.
-    pub fn fixed(bin: &Path) -> Self {
-        Self::operator(bin.to_path_buf())
     }
 
     /// The install a new job should use. For the managed install this reads
