@@ -829,7 +829,7 @@ async fn burst(settings: &Settings, how: Burst) -> (Section, Section) {
     let config = format!(
         "[telegram]\ntoken = \"{TOKEN}\"\napi_url = \"{api}\"\n{pacing}\
          [storage]\ndata_dir = \"{data}\"\n\
-         [downloader]\nconcurrency = 1\n\
+         [downloader]\nconcurrency = 1\nytdlp_source = \"{data}/no-releases\"\n\
          {LIMITS}\
          [security]\nallow_private_networks = true\n",
         api = api.url_string(),
