@@ -76,6 +76,19 @@ async fn admin_says(api: &FakeTelegram, text: &str, pred: impl Fn(&str) -> bool)
     (bot_says_after(api, admin, sent, pred).await, sent)
 }
 
+/// Polls until `path` no longer exists (nothing notifies a removal).
+async fn wait_gone(path: &Path) {
+    let deadline = tokio::time::Instant::now() + T;
+    while path.exists() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} still there",
+            path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// The user sends `url`; the id of that message.
 fn send_link(api: &FakeTelegram, url: &str) -> i32 {
     api.push_text(USER, USER as u64, url, Some("en"))
@@ -199,6 +212,8 @@ async fn an_update_switches_new_jobs_a_broken_release_is_refused_and_rollback_go
     .await;
     let v4 = pointed(&root, "current");
     assert_eq!(pointed(&root, "previous"), v1);
+    // Removal follows the message (a venv takes seconds to delete).
+    wait_gone(&v2).await;
     assert_eq!(
         installs(&root),
         vec![v1.clone(), v4.clone()],
