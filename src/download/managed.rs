@@ -205,7 +205,16 @@ impl Layout {
 
     /// Remove install folders that are neither current nor previous nor in
     /// `in_use` (installs jobs of this process still run from).
+    /// Takes the lock (blocking): a folder another process is installing
+    /// into must not be taken for an old one.
     pub fn prune(&self, in_use: &[PathBuf]) {
+        let _lock = match self.lock() {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot prune old yt-dlp installs");
+                return;
+            }
+        };
         let keep: Vec<PathBuf> = [self.current_dir(), self.previous_dir()]
             .into_iter()
             .flatten()

@@ -100,12 +100,24 @@ impl UpdateTask {
         self.refresh_health().await;
         let mut every = tokio::time::interval(TICK);
         loop {
-            tokio::select! {
+            let asked = tokio::select! {
                 r = self.rx.recv() => match r {
-                    Some(r) => self.handle(r).await,
+                    Some(r) => Some(r),
                     None => return,
                 },
-                _ = every.tick() => self.tick().await,
+                _ = every.tick() => None,
+                _ = stop.cancelled() => return,
+            };
+            let work = async {
+                match asked {
+                    Some(r) => self.handle(r).await,
+                    None => self.tick().await,
+                }
+            };
+            // Shutdown does not wait for pip: dropping the work kills it
+            // (`kill_on_drop`), and its half-made folder is pruned later.
+            tokio::select! {
+                _ = work => {}
                 _ = stop.cancelled() => return,
             }
         }
