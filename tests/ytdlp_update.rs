@@ -430,3 +430,50 @@ async fn an_operator_yt_dlp_is_never_changed_but_an_old_one_is_reported() {
     assert_eq!(std::fs::read(&bin).unwrap(), before);
     assert!(!jobs.config.tools_dir().join("ytdlp/current").exists());
 }
+
+#[test]
+fn tgdl_update_installs_reports_and_refuses_what_it_cannot_do() {
+    use support::binary::{binary_config, run_tgdl, write_config};
+    let dir = tempfile::tempdir().unwrap();
+    let wheels = tempfile::tempdir().unwrap();
+    build_wheel(wheels.path(), "2026.1.1", false);
+    let extra = format!(
+        "[downloader]\nytdlp = \"managed\"\nytdlp_source = \"{}\"",
+        wheels.path().display()
+    );
+    let config = write_config(
+        dir.path(),
+        &binary_config(dir.path(), "http://127.0.0.1:9", &extra),
+    );
+    let text = |o: &std::process::Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+
+    // Nothing to go back to yet: a clear error, exit 1.
+    let out = run_tgdl(&["update", "rollback"], &config);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("no previous yt-dlp install"),
+        "{}",
+        text(&out)
+    );
+    // A word that is not an action is a usage error.
+    let out = run_tgdl(&["update", "downgrade"], &config);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+
+    let out = run_tgdl(&["update"], &config);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "✅ yt-dlp 2026.1.1 installed."
+    );
+    let out = run_tgdl(&["update"], &config);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "✅ yt-dlp 2026.1.1 is the newest release; nothing changed."
+    );
+}
