@@ -961,12 +961,6 @@ async fn burst(settings: &Settings, how: Burst) -> (Section, Section) {
         .map(|((_, at), f)| at.saturating_sub(*f))
         .collect();
     share.sort();
-    let mut own_share: Vec<Duration> = arrivals
-        .iter()
-        .enumerate()
-        .map(|(i, (_, at))| at.saturating_sub(Duration::from_secs_f64(i as f64 * 1.05 / 30.0)))
-        .collect();
-    own_share.sort();
     let refused = api.too_many_count();
 
     // Whether the memory the burst took is given back once it is over.
@@ -974,10 +968,11 @@ async fn burst(settings: &Settings, how: Burst) -> (Section, Section) {
     let settled = proc_status(pid).unwrap_or_default();
 
     // SIGTERM is how a service manager stops the bot; it must exit by itself.
-    // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
-    unsafe {
-        libc::kill(pid as libc::pid_t, libc::SIGTERM);
-    }
+    // The pid of a child we spawned and have not reaped.
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
     gate.release();
     match tokio::time::timeout(Duration::from_secs(30), child.wait()).await {
         Ok(Ok(status)) if status.success() => {}
@@ -1016,11 +1011,6 @@ async fn burst(settings: &Settings, how: Burst) -> (Section, Section) {
             ),
         ),
         row("answered 429 by the fake", refused.to_string(), ""),
-        row(
-            "p99 above the bot pacer's own floor (28.6/s: 30/s with its 50 ms margin)",
-            ms(percentile(&own_share, 99.0)),
-            "",
-        ),
         row(
             "tgdl CPU time during the burst",
             format!(

@@ -351,6 +351,7 @@ struct CpuRow {
 
 /// Process CPU time (user + system, every thread).
 fn process_cpu() -> Duration {
+    // SAFETY: rusage is plain integers, for which all-zero bytes are valid.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: `ru` is a valid out pointer for getrusage.
     let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };

@@ -361,7 +361,13 @@ fn recovery_pass(dir: &Path, in_flight: u64) -> Pass {
     let store = SledStore::open(&config.db_dir()).expect("open copy");
     let open = t.elapsed();
     let t = Instant::now();
-    let r = tgdl::pipeline::recovery::recover_offline(&store, &config, false).expect("recover");
+    let r = tgdl::pipeline::recovery::recover_offline(
+        &store,
+        &config,
+        false,
+        &tgdl::pipeline::recovery::Quiet,
+    )
+    .expect("recover");
     let recover = t.elapsed();
     let handled = (r.resumed.len() + r.requeued.len() + r.failed.len() + r.cleaned.len()) as u64;
     assert_eq!(handled, in_flight, "{}", r.summary());
@@ -424,9 +430,10 @@ async fn binary_start(api: &FakeTelegram, binary: &Path, ytdlp: &Path, dir: &Pat
         )
         .await;
     // The whole group: the bot and any yt-dlp it started for a requeued job.
-    unsafe {
-        libc::killpg(pid, libc::SIGKILL);
-    }
+    let _ = nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    );
     let _ = child.wait();
     let log = std::fs::read_to_string(&log_path).unwrap_or_default();
     let Some(calls) = calls else {

@@ -2,6 +2,7 @@
 //! them all in order when the shutdown future resolves.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,10 +14,13 @@ use crate::botapi::pacer::PacerConfig;
 use crate::botapi::{self, notify_admins, Api};
 use crate::config::Config;
 use crate::download::install;
+use crate::download::media::MediaTools;
 use crate::download::source::Source;
 use crate::net::egress::{EgressProxy, ProxyLimits};
+use crate::ops::admin;
 use crate::ops::health::{HealthState, Monitor, SysinfoProbe};
 use crate::ops::http::{self, Observed};
+use crate::ops::systemd;
 use crate::ops::update;
 use crate::pipeline::{quality, recovery, spawn_workers, JobService, Pipeline};
 use crate::store::{JobStore, SledStore};
@@ -45,6 +49,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         r = &mut serving => r,
         _ = &mut shutdown => {
             tracing::info!("shutdown requested");
+            systemd::stopping();
             // Stop taking updates and jobs; let `serve` wind down in order.
             stop.cancel();
             serving.await
@@ -52,6 +57,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     };
 
     // Whatever happened, stop everything and make the store durable.
+    if !stop.is_cancelled() {
+        systemd::stopping();
+    }
     stop.cancel();
     tracker.close();
     if tokio::time::timeout(Duration::from_secs(4), tracker.wait())
@@ -75,16 +83,27 @@ async fn serve(
     let health = Arc::new(HealthState::default());
     let source = Source::from_setting(&config.downloader.ytdlp_source);
     let ytdlp = install::resolve(&config.downloader.ytdlp, &config.tools_dir(), &source).await?;
-    let has_ffmpeg = install::find_on_path("ffmpeg").is_some();
+    let tools = MediaTools::resolve(&config.downloader.ffmpeg);
+    let missing = tools.missing();
     tracing::info!(
         ytdlp = %ytdlp.current().bin.display(),
         managed = ytdlp.layout().is_some(),
-        has_ffmpeg,
+        ?tools,
         "downloader ready"
     );
-    health
-        .ffmpeg
-        .store(has_ffmpeg, std::sync::atomic::Ordering::Relaxed);
+    if !missing.is_empty() {
+        tracing::warn!(
+            ?missing,
+            "media tools missing: uploads carry only what yt-dlp reports"
+        );
+    }
+    // yt-dlp's version is asked by the updater task below (it also follows
+    // every switch), not here.
+    health.set_tools(&tools);
+    // Under systemd: the watchdog from now on (waiting for the Bot API and
+    // recovery can take long), READY=1 once recovery has run.
+    let serving = Arc::new(AtomicBool::new(false));
+    systemd::spawn_watchdog(jobs.clone(), serving.clone(), tracker, stop.clone());
     if let Some(addr) = config.health.metrics_listen {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -96,6 +115,13 @@ async fn serve(
         };
         tracker.spawn(http::serve_on(listener, observed, stop.clone()));
     }
+    // The shell's way in while we hold the database (`tgdl jobs`, `cancel`...).
+    let admin = Arc::new(admin::server::Served {
+        jobs: jobs.clone(),
+        health: admin::HealthSource::Live(health.clone()),
+        ready: AtomicBool::new(false),
+    });
+    admin::server::start(admin.clone(), &admin::socket_path(&config), &stop, tracker);
 
     let bot = botapi::build_bot(&config)?;
     let api = Api::new(
@@ -104,6 +130,7 @@ async fn serve(
         stop.clone(),
         tracker.clone(),
     );
+    systemd::status("waiting for the Bot API");
     let Some(me) = botapi::wait_for_api(&bot, &stop).await? else {
         return Ok(());
     };
@@ -130,18 +157,25 @@ async fn serve(
         jobs: jobs.clone(),
         api: api.clone(),
         ytdlp,
-        has_ffmpeg,
+        tools,
         shutdown: stop.clone(),
         upload_grace: UPLOAD_GRACE,
         egress: egress.clone(),
     });
 
     // Recovery runs before any new work is taken.
+    systemd::status("recovering");
     let report = recovery::recover(&jobs, false).await?;
+    admin.ready.store(true, Ordering::Release);
     jobs.metrics
         .rescues((report.requeued.len() + report.resumed.len() + report.failed.len()) as u64);
     if !report.is_empty() {
         notify_admins(&api, &config, &report.summary()).await;
+    }
+    match recovery::adopt_boards(&jobs, &api.boards).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(boards = n, "shared status messages taken back"),
+        Err(e) => tracing::warn!(error = %e, "cannot read the shared status messages"),
     }
     for job in report.resumed {
         let p = pipeline.clone();
@@ -190,6 +224,9 @@ async fn serve(
         updater,
         username: me.username.clone().unwrap_or_default(),
     });
+    let counts = deps.jobs.call(|s| s.counts()).await.ok();
+    serving.store(true, std::sync::atomic::Ordering::Relaxed);
+    systemd::ready(counts.as_ref());
     telegram::intake::run(deps, tracker.clone(), stop.clone()).await;
     stop.cancelled().await;
     Ok(())
@@ -213,8 +250,8 @@ pub async fn shutdown_signal() {
 }
 
 /// Entry point of `tgdl run`: logging, runtime, signals.
-pub fn run_blocking(config: Config) -> anyhow::Result<()> {
-    init_logging();
+pub fn run_blocking(config: Config, log_format: LogFormat) -> anyhow::Result<()> {
+    init_logging_as(log_format);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         // Store calls run on the blocking pool; a burst of links must queue
@@ -226,15 +263,56 @@ pub fn run_blocking(config: Config) -> anyhow::Result<()> {
     rt.block_on(run(config, shutdown_signal()))
 }
 
+/// How log lines are written (`TGDL_LOG_FORMAT`): text for a terminal or
+/// the journal, JSON lines (with the fields of the span, e.g. a job's
+/// `job_id` and `user_id`) for a log collector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// The environment variable that chooses the [`LogFormat`].
+pub const LOG_FORMAT_ENV: &str = "TGDL_LOG_FORMAT";
+
+impl LogFormat {
+    /// `TGDL_LOG_FORMAT`: unset, `text` or `json`; anything else is an error
+    /// that names the variable.
+    pub fn from_env() -> Result<LogFormat, String> {
+        match std::env::var(LOG_FORMAT_ENV).as_deref() {
+            Err(_) | Ok("") | Ok("text") => Ok(LogFormat::Text),
+            Ok("json") => Ok(LogFormat::Json),
+            Ok(other) => Err(format!(
+                "{LOG_FORMAT_ENV}: '{}' is not a log format (text or json)",
+                crate::i18n::printable(other)
+            )),
+        }
+    }
+}
+
 pub fn init_logging() {
+    init_logging_as(LogFormat::Text)
+}
+
+fn init_logging_as(format: LogFormat) {
     // sled's own messages duplicate the one line we print for a store that
     // cannot be opened; TGDL_LOG can bring them back.
     let filter = tracing_subscriber::EnvFilter::try_from_env("TGDL_LOG").unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new("info,sled=off,reqwest=warn,hyper=warn")
     });
-    let _ = tracing_subscriber::fmt()
+    let text = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => text
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+        LogFormat::Json => text
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init(),
+    };
 }

@@ -41,6 +41,10 @@ fn invalid(key: &str, problem: impl Into<String>) -> ConfigError {
     }
 }
 
+/// The public Bot API's host, and the largest upload it takes.
+const PUBLIC_API_HOST: &str = "api.telegram.org";
+const PUBLIC_UPLOAD_LIMIT_MB: u64 = 50;
+
 #[derive(Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -80,6 +84,10 @@ pub struct TelegramConfig {
     pub pace_per_chat_per_sec: u32,
     /// Calls a minute to one group (Telegram: 20).
     pub pace_per_group_per_min: u32,
+    /// `api_url` is a `telegram-bot-api --local` server on this machine:
+    /// files are sent by their absolute path (`file://`), which it reads
+    /// itself, instead of in the request body.
+    pub local_api: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -127,6 +135,10 @@ pub struct DownloaderConfig {
     /// for the video and audio parts next to the merged file). See
     /// [`Config::max_download_bytes`].
     pub max_download_mb: u64,
+    /// Where ffmpeg and ffprobe are: "auto" (PATH) or a folder holding them.
+    /// yt-dlp is pointed at the same folder, so one setting decides which
+    /// ffmpeg merges, remuxes and makes thumbnails.
+    pub ffmpeg: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -180,6 +192,7 @@ impl Default for TelegramConfig {
             pace_per_sec: 30,
             pace_per_chat_per_sec: 1,
             pace_per_group_per_min: 20,
+            local_api: false,
         }
     }
 }
@@ -209,6 +222,7 @@ impl Default for DownloaderConfig {
             cookies_file: None,
             extra_args: Vec::new(),
             max_download_mb: 0,
+            ffmpeg: "auto".into(),
         }
     }
 }
@@ -255,6 +269,7 @@ impl fmt::Debug for TelegramConfig {
             .field("admins", &self.admins)
             .field("allowed_users", &self.allowed_users)
             .field("upload_limit_mb", &self.upload_limit_mb)
+            .field("local_api", &self.local_api)
             .field("language", &self.language)
             .finish_non_exhaustive()
     }
@@ -335,6 +350,22 @@ impl Config {
         }
         // 2000 MB is the ceiling of a local telegram-bot-api server.
         range("telegram.upload_limit_mb", t.upload_limit_mb, 1, 2000)?;
+        // Telegram's own server can neither read our files by path nor take
+        // more than 50 MB: say so now rather than at the first big upload.
+        if api.host_str() == Some(PUBLIC_API_HOST) {
+            if t.local_api {
+                return Err(invalid(
+                    "telegram.local_api",
+                    "files are sent by path, which only a local telegram-bot-api server (--local) can read; point telegram.api_url at it",
+                ));
+            }
+            if t.upload_limit_mb > PUBLIC_UPLOAD_LIMIT_MB {
+                return Err(invalid(
+                    "telegram.upload_limit_mb",
+                    format!("the public Bot API takes at most {PUBLIC_UPLOAD_LIMIT_MB} MB; more needs a local telegram-bot-api server (--local) at telegram.api_url"),
+                ));
+            }
+        }
         if !matches!(t.language.as_str(), "en" | "fa") {
             return Err(invalid(
                 "telegram.language",
@@ -387,6 +418,12 @@ impl Config {
             return Err(invalid(
                 "downloader.ytdlp",
                 "must be \"auto\", \"managed\" or a path to yt-dlp",
+            ));
+        }
+        if d.ffmpeg.trim().is_empty() {
+            return Err(invalid(
+                "downloader.ffmpeg",
+                "must be \"auto\" or a folder holding ffmpeg and ffprobe",
             ));
         }
         range(

@@ -146,7 +146,7 @@ fn processes_mentioning(needle: &str) -> Vec<Vec<String>> {
 }
 
 /// A host name other than `localhost` that the system resolver maps to
-/// 127.0.0.1. `.ci/run` adds `tgdl-loopback.test` to /etc/hosts; elsewhere
+/// 127.0.0.1. `./scripts/test` adds `tgdl-loopback.test` to /etc/hosts; elsewhere
 /// any other loopback alias listed there serves the same purpose.
 fn loopback_hostname() -> String {
     use std::net::ToSocketAddrs;
@@ -171,7 +171,7 @@ fn loopback_hostname() -> String {
         .flatten()
         .find(|name| !name.eq_ignore_ascii_case("localhost") && !name.ends_with(".localhost"))
         .filter(|name| resolves_to_loopback(name))
-        .expect("no loopback host name besides localhost: add `127.0.0.1 tgdl-loopback.test` to /etc/hosts (.ci/run does)")
+        .expect("no loopback host name besides localhost: add `127.0.0.1 tgdl-loopback.test` to /etc/hosts (./scripts/test does)")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

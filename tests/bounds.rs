@@ -220,7 +220,7 @@ async fn a_download_of_a_playlist_link_takes_its_first_item_only() {
     let media = media().await;
     let page = media.add_video_page("three", &["tiny.mp4?a", "tiny.mp4?b", "tiny.mp4?c"]);
     let tmp = tempfile::tempdir().unwrap();
-    let ytdlp = tgdl::download::install::find_on_path("yt-dlp").expect("yt-dlp on PATH");
+    let ytdlp = support::ytdlp();
     let args = YtDlpArgs::new(
         ytdlp,
         page,

@@ -392,7 +392,7 @@ fn two_quality_hls(dir: &std::path::Path) {
             "out_%v.m3u8",
         ])
         .status()
-        .expect("ffmpeg runs (.ci/run installs it)");
+        .expect("ffmpeg runs (./scripts/test installs it)");
     assert!(status.success());
     std::fs::write(
         dir.join("master.m3u8"),

@@ -79,6 +79,25 @@ fn out_of_range_values_are_named() {
 }
 
 #[test]
+fn big_uploads_and_files_by_path_need_a_local_bot_api_server() {
+    // Telegram's own server can neither read a path on this machine nor
+    // take more than 50 MB.
+    let err = refused(&format!("{TOKEN}local_api = true\n"));
+    assert!(err.contains("'telegram.local_api'"), "{err}");
+    assert!(err.contains("telegram-bot-api server (--local)"), "{err}");
+    let err = refused(&format!("{TOKEN}upload_limit_mb = 1500\n"));
+    assert!(err.contains("'telegram.upload_limit_mb'"), "{err}");
+    assert!(err.contains("at most 50 MB"), "{err}");
+    // A local server takes both, up to its 2000 MB.
+    let local = format!("{TOKEN}api_url = \"http://127.0.0.1:8081\"\nlocal_api = true\n");
+    let c = Config::parse(&format!("{local}upload_limit_mb = 2000\n"), None).unwrap();
+    assert!(c.telegram.local_api);
+    assert_eq!(c.upload_limit_bytes(), 2000 * 1024 * 1024);
+    let err = refused(&format!("{local}upload_limit_mb = 2001\n"));
+    assert!(err.contains("'telegram.upload_limit_mb'"), "{err}");
+}
+
+#[test]
 fn a_missing_token_is_named() {
     let err = refused("");
     assert!(err.contains("'telegram.token'"), "{err}");
@@ -188,4 +207,18 @@ metrics_listen = ""
         Config::parse("[telegram]\nadmins = [0]\n", None),
         Err(ConfigError::Invalid { key, .. }) if key == "telegram.admins"
     ));
+}
+
+#[test]
+fn an_empty_ffmpeg_setting_is_refused_by_name() {
+    let text = "[telegram]\ntoken = \"1:x\"\n[downloader]\nffmpeg = \" \"\n";
+    assert!(matches!(
+        Config::parse(text, None),
+        Err(ConfigError::Invalid { key, .. }) if key == "downloader.ffmpeg"
+    ));
+    let ok = "[telegram]\ntoken = \"1:x\"\n[downloader]\nffmpeg = \"/opt/ffmpeg\"\n";
+    assert_eq!(
+        Config::parse(ok, None).unwrap().downloader.ffmpeg,
+        "/opt/ffmpeg"
+    );
 }

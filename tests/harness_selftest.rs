@@ -684,7 +684,7 @@ async fn media_server_pages_list_media() {
 
 // ---- media server against the real yt-dlp ----
 
-/// Runs yt-dlp from PATH (installed by `.ci/run`) the way the bot does: no config, the link
+/// Runs yt-dlp from PATH (installed by `./scripts/test`) the way the bot does: no config, the link
 /// after `--`, output named from the media id. Returns (success, stdout, stderr).
 async fn ytdlp(dir: &std::path::Path, extra: &[&str], url: &str) -> (bool, String, String) {
     let out = tokio::process::Command::new("yt-dlp")
@@ -694,7 +694,7 @@ async fn ytdlp(dir: &std::path::Path, extra: &[&str], url: &str) -> (bool, Strin
         .args(["--", url])
         .output()
         .await
-        .expect("yt-dlp must be on PATH for the harness self-test");
+        .expect("yt-dlp on PATH: run the tests with ./scripts/test, which installs it");
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -9,16 +9,13 @@ use std::time::Duration;
 
 use support::bot::{media, wait_for_text, TestBot, ADMIN};
 use support::fake_telegram::{FakeTelegram, SentMessage};
+use support::service::{service_for, submit_link};
 use tgdl::botapi::pacer::PacerConfig;
 use tgdl::botapi::Api;
-use tgdl::config::Config;
-use tgdl::i18n::Lang;
-use tgdl::job::{JobOptions, JobState};
+use tgdl::job::JobState;
 use tgdl::ops::health::{HealthState, Monitor, Probe, SystemSample};
-use tgdl::pipeline::service::{LinkRequest, Submission};
 use tgdl::pipeline::JobService;
 use tgdl::pipeline::{Pipeline, StepOutcome};
-use tgdl::store::{JobStore, SledStore};
 use tokio_util::sync::CancellationToken;
 
 const T: Duration = Duration::from_secs(30);
@@ -59,38 +56,6 @@ async fn ask(
     wait_for_text(api, user, answered, T).await
 }
 
-/// `chat` sends the tiny clip's link; the job it became.
-async fn submit_clip(
-    core: &JobService,
-    media: &support::media_server::MediaServer,
-    chat: i64,
-) -> Box<tgdl::job::Job> {
-    let report = core
-        .submit(LinkRequest {
-            chat_id: chat,
-            user_id: chat as u64,
-            message_id: 1,
-            lang: Lang::En,
-            text: media.url("/tiny.mp4"),
-            entities: vec![],
-            options: JobOptions::default(),
-            not_before: None,
-        })
-        .await
-        .unwrap();
-    match &report.outcomes[0] {
-        Submission::Accepted { job, .. } => job.clone(),
-        other => panic!("{other:?}"),
-    }
-}
-
-fn core_for(api: &FakeTelegram, dir: &std::path::Path, extra: &str) -> Arc<JobService> {
-    let config: Config = support::bot::test_config(dir, api, extra);
-    std::fs::create_dir_all(config.downloads_dir()).unwrap();
-    let store: Arc<dyn JobStore> = Arc::new(SledStore::open(&config.db_dir()).unwrap());
-    Arc::new(JobService::new(Arc::new(config), store, None).expect("job service"))
-}
-
 /// A health monitor over `core` that samples `machine` and alerts through the
 /// fake Bot API, and the state it records its samples in.
 /// The fake's Bot API behind the bot's pacer, as the running bot has it.
@@ -122,7 +87,7 @@ fn monitor_for(
 async fn a_condition_alerts_the_admin_once_per_cooldown_then_resolves() {
     let api = FakeTelegram::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let core = core_for(
+    let core = service_for(
         &api,
         dir.path(),
         "[health]\nalert_cooldown_secs = 3600\nmemory_percent_warning = 50",
@@ -169,7 +134,7 @@ async fn a_condition_alerts_the_admin_once_per_cooldown_then_resolves() {
 async fn an_alert_that_cannot_be_delivered_stops_nothing() {
     let api = FakeTelegram::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let core = core_for(&api, dir.path(), "[health]\nmemory_percent_warning = 50");
+    let core = service_for(&api, dir.path(), "[health]\nmemory_percent_warning = 50");
     let machine = Scripted(Arc::new(Mutex::new(SystemSample {
         memory_percent: 95.0,
         ..normal()
@@ -186,23 +151,20 @@ async fn the_disk_guard_pauses_claiming_tells_users_and_resumes() {
     let api = FakeTelegram::start().await;
     let media = media().await;
     let dir = tempfile::tempdir().unwrap();
-    let core = core_for(&api, dir.path(), "");
+    let core = service_for(&api, dir.path(), "");
     let machine = Scripted(Arc::new(Mutex::new(normal())));
     let (mut monitor, _) = monitor_for(&core, &api, &machine);
     let pipeline = Pipeline {
         jobs: core.clone(),
         api: paced(&api),
-        ytdlp: tgdl::download::YtDlp::operator(
-            tgdl::download::install::find_on_path("yt-dlp")
-                .expect("yt-dlp on PATH (.ci/run installs it)"),
-        ),
-        has_ffmpeg: true,
+        ytdlp: tgdl::download::YtDlp::operator(support::ytdlp()),
+        tools: tgdl::download::media::MediaTools::resolve("auto"),
         shutdown: tokio_util::sync::CancellationToken::new(),
         upload_grace: Duration::from_secs(1),
         egress: None,
     };
     // A user's link is accepted and has its status message.
-    let job = submit_clip(&core, &media, 77).await;
+    let job = submit_link(&core, 77, 77, &media.url("/tiny.mp4")).await;
     let status = api.bot();
     use teloxide::prelude::Requester;
     let sent = status
@@ -402,6 +364,13 @@ async fn metrics_parse_as_prometheus_text_and_healthz_answers() {
     assert_eq!(value("tgdl_jobs", Some(("state", "queued"))), 0.0);
     assert!(value("tgdl_transitions_total", Some(("to", "done"))) >= 1.0);
     assert!(value("tgdl_uploaded_bytes_total", None) > 0.0);
+    // The names scrapers and dashboards know, whatever writes them
+    // (`value` panics on a missing one); nothing was rescued or retried.
+    for name in ["tgdl_rescues_total", "tgdl_retries_total"] {
+        assert_eq!(value(name, None), 0.0, "{name}");
+    }
+    assert!(value("tgdl_downloaded_bytes_total", None) > 0.0);
+    assert_eq!(value("tgdl_downloads_paused", None), 0.0);
     assert!(
         scrape
             .samples
@@ -458,7 +427,7 @@ async fn enospc_requeues_uncounted_deletes_the_partial_and_holds_claims_until_a_
     let api = FakeTelegram::start().await;
     let media = media().await;
     let dir = tempfile::tempdir().unwrap();
-    let core = core_for(&api, dir.path(), "");
+    let core = service_for(&api, dir.path(), "");
     let runs = dir.path().join("runs");
     let space = dir.path().join("space-is-back");
     let machine = Scripted(Arc::new(Mutex::new(normal())));
@@ -467,7 +436,7 @@ async fn enospc_requeues_uncounted_deletes_the_partial_and_holds_claims_until_a_
         jobs: core.clone(),
         api: paced(&api),
         ytdlp: tgdl::download::YtDlp::operator(enospc_ytdlp(dir.path(), &runs, &space)),
-        has_ffmpeg: true,
+        tools: tgdl::download::media::MediaTools::resolve("auto"),
         shutdown: tokio_util::sync::CancellationToken::new(),
         upload_grace: Duration::from_secs(1),
         egress: None,
@@ -478,7 +447,7 @@ async fn enospc_requeues_uncounted_deletes_the_partial_and_holds_claims_until_a_
             .lines()
             .count()
     };
-    let job = submit_clip(&core, &media, 78).await;
+    let job = submit_link(&core, 78, 78, &media.url("/tiny.mp4")).await;
     use teloxide::prelude::Requester;
     let sent = api
         .bot()

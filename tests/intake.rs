@@ -150,9 +150,10 @@ async fn run(rounds: usize) -> Vec<(u64, Round)> {
                 return;
             };
             let kill = move || {
-                unsafe {
-                    libc::killpg(pid, libc::SIGKILL);
-                }
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
                 let _ = done.send(Instant::now());
             };
             if delay.is_zero() {

@@ -4,15 +4,12 @@
 
 mod support;
 
-use std::path::Path;
 use std::time::Duration;
 
 use support::binary::{
-    binary_config, processes_left, processes_mentioning, run_tgdl, write_config, BinaryTest,
-    BotProcess,
+    binary_config, processes_left, processes_mentioning, run_tgdl, slow_link, wait_for_download,
+    write_config, BinaryTest, BotProcess,
 };
-use support::fs::files_under;
-use support::media_server::MediaServer;
 use support::{fixture_bytes, free_port};
 use tgdl::job::JobState;
 use tgdl::store::{JobStore, SledStore};
@@ -26,46 +23,6 @@ admins = [9000]
 progress_interval_secs = 1
 [downloader]
 lease_secs = 5";
-
-/// A slow link to clip.mp4 (about 170 KB): 16 KB at once, then 2 KB every
-/// 50 ms, so a download is in progress for several seconds.
-fn slow_link(media: &MediaServer) -> String {
-    media.url("/slow/clip.mp4?burst=16384&chunk=2048&delay_ms=50")
-}
-
-/// Wait until yt-dlp is writing the media: its generic extractor first reads
-/// the start of the link to sniff it (one request), then downloads (a second
-/// request); the partial file appears under the job's folder.
-async fn wait_for_download(media: &MediaServer, downloads: &Path) {
-    media
-        .wait_for(
-            |reqs| {
-                reqs.iter()
-                    .filter(|r| r.path == "/slow/clip.mp4")
-                    .nth(1)
-                    .is_some_and(|r| r.bytes_sent > 24_000)
-            },
-            T,
-        )
-        .await;
-    // The file system has no change notification here: poll for the part
-    // file the download is writing.
-    let deadline = std::time::Instant::now() + T;
-    loop {
-        let part = files_under(downloads).into_iter().any(|p| {
-            p.to_string_lossy().ends_with(".part")
-                && std::fs::metadata(&p).map(|m| m.len() > 0).unwrap_or(false)
-        });
-        if part {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no partial file appeared"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 /// The real bot on a fresh data folder, caught while yt-dlp is writing the
 /// slow link user 1001 sent.

@@ -188,10 +188,10 @@ async fn hostname_resolving_to_loopback_is_refused_after_dns() {
             addr.is_loopback().then(|| name.to_owned())
         })
         .next();
-    // `.ci/run` adds `127.0.0.1 tgdl-loopback.test` so that a fresh machine
+    // `./scripts/test` adds `127.0.0.1 tgdl-loopback.test` so that a fresh machine
     // always has one; the test never skips.
     let name = name.expect(
-        "/etc/hosts has no loopback name other than localhost; .ci/run adds tgdl-loopback.test",
+        "/etc/hosts has no loopback name other than localhost; ./scripts/test adds tgdl-loopback.test",
     );
     let link = format!("http://{name}/video");
     match verdict(&link, false).await {

@@ -243,8 +243,8 @@ fn pids_mentioning(needle: &str) -> Vec<i32> {
 }
 
 fn alive(pid: i32) -> bool {
-    // SAFETY: signal 0 only checks for existence.
-    unsafe { libc::kill(pid, 0) == 0 }
+    // No signal: only checks for existence.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
 }
 
 fn files_in(dir: &Path) -> Vec<PathBuf> {

@@ -3,12 +3,15 @@
 //! a 429 is waited out and retried (never dropped), and replies a user must
 //! see go before progress edits.
 
+use std::sync::Arc;
+
 use teloxide::prelude::*;
 use teloxide::types::{CallbackQueryId, InlineKeyboardMarkup, MessageId, ReplyParameters};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::board::{Board, Boards};
 use super::pacer::{Edited, MessageKey, PaceError, Pacer, PacerConfig, Priority, Target};
 use super::text::{truncate_utf16, TEXT_MAX};
 
@@ -19,6 +22,8 @@ pub struct Api {
     /// Where calls nobody waits for run (a status edit, a deletion), so
     /// shutdown can wait for them too.
     tracker: TaskTracker,
+    /// The shared status messages of groups.
+    pub boards: Arc<Boards>,
 }
 
 impl Api {
@@ -33,6 +38,7 @@ impl Api {
             bot,
             pacer: Pacer::new(config, shutdown),
             tracker,
+            boards: Arc::default(),
         }
     }
 
@@ -130,5 +136,53 @@ impl Api {
             })
             .await
             .map(|_| ())
+    }
+
+    /// Edit a board with its text at the moment the pacer lets the edit go,
+    /// in the background. Progress edits coalesce in the pacer; an urgent one
+    /// (a new job's acknowledgement) is skipped while another waits, since
+    /// that one will carry this change too.
+    pub fn refresh_board(&self, board: &Arc<Board>, priority: Priority) {
+        if priority == Priority::Urgent && !board.claim_urgent() {
+            return;
+        }
+        let (api, board) = (self.clone(), board.clone());
+        self.in_background(async move {
+            if let Err(e) = api.edit_board(&board, priority).await {
+                tracing::debug!(error = %e, "board edit failed");
+            }
+        });
+    }
+
+    /// Edit a board now with its latest text (a final line), waiting for
+    /// Telegram's answer.
+    pub async fn edit_board(
+        &self,
+        board: &Board,
+        priority: Priority,
+    ) -> Result<Edited<Message>, PaceError> {
+        let (chat, id) = (board.chat, board.message);
+        self.pacer
+            .edit(MessageKey::new(chat, id), priority, || {
+                if priority == Priority::Urgent {
+                    board.urgent_sent();
+                }
+                let text = truncate_utf16(&board.text(), TEXT_MAX);
+                self.bot
+                    .edit_message_text(ChatId(chat), MessageId(id), text)
+            })
+            .await
+    }
+
+    /// A board's last line left: forget it and delete its message, in the
+    /// background.
+    pub fn close_board(&self, board: &Board) {
+        self.boards.forget(board);
+        let (api, chat, id) = (self.clone(), board.chat, board.message);
+        self.in_background(async move {
+            if let Err(e) = api.delete(chat, id).await {
+                tracing::debug!(error = %e, "board delete failed");
+            }
+        });
     }
 }

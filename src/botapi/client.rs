@@ -17,7 +17,7 @@ pub fn build_bot(config: &Config) -> anyhow::Result<Bot> {
     let client = teloxide::net::default_reqwest_settings()
         .timeout(timeout)
         .build()?;
-    let url = reqwest::Url::parse(&config.telegram.api_url)?;
+    let url = url::Url::parse(&config.telegram.api_url)?;
     Ok(Bot::with_client(config.telegram.token.clone(), client).set_api_url(url))
 }
 

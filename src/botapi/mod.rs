@@ -9,8 +9,10 @@
 //! waited out, urgent before progress, edits coalesced).
 
 mod api;
+pub mod board;
 mod client;
 mod errors;
+pub mod filename;
 pub mod keyboard;
 pub mod pacer;
 pub mod send;

@@ -23,6 +23,25 @@ pub struct Upload {
     pub source: Source,
     pub caption: String,
     pub media: Option<MediaInfo>,
+    /// What the player shows besides the file.
+    pub extras: Extras,
+    /// Send a file by its absolute path (`file://...`) for a local Bot API
+    /// server to read (`telegram.local_api`), not in the request body.
+    pub by_path: bool,
+}
+
+/// Everything Telegram shows of a file besides its bytes; each is left out
+/// of the request when unknown.
+#[derive(Clone, Debug, Default)]
+pub struct Extras {
+    /// The upload's file name (see [`super::filename`]); the file on disk
+    /// keeps its own.
+    pub file_name: Option<String>,
+    /// A JPEG within Telegram's thumbnail limits.
+    pub thumbnail: Option<PathBuf>,
+    /// An audio's track title and performer.
+    pub title: Option<String>,
+    pub performer: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -77,7 +96,14 @@ pub fn caption(title: Option<&str>, url: &str) -> String {
 /// Paced as urgent; a 429 is waited out inside (only shutdown ends the wait).
 pub async fn send(api: &Api, up: &Upload) -> Result<Sent, PaceError> {
     let (method, input) = match &up.source {
-        Source::File(p) => (method_for(up.kind, p), InputFile::file(p.clone())),
+        Source::File(p) => {
+            let mut input = file_input(p, up.by_path);
+            // The same name whichever method ends up sending it.
+            if let Some(name) = &up.extras.file_name {
+                input = input.file_name(name.clone());
+            }
+            (method_for(up.kind, p), input)
+        }
         Source::Cached { file_id, sent_as } => {
             (*sent_as, InputFile::file_id(FileId(file_id.clone())))
         }
@@ -100,6 +126,26 @@ pub async fn send(api: &Api, up: &Upload) -> Result<Sent, PaceError> {
     }
 }
 
+/// A file as the request carries it: its bytes in a multipart body, or, for
+/// a `telegram-bot-api --local` server, its absolute path as a `file://`
+/// URL, which the Bot API's local mode accepts wherever a file goes and
+/// teloxide sends as a plain parameter (no upload). The server then reads
+/// the file itself, so it must stay in place until the server answered.
+fn file_input(path: &Path, by_path: bool) -> InputFile {
+    match by_path.then(|| file_url(path)).flatten() {
+        Some(url) => InputFile::url(url),
+        // Not asked for, or a path no URL can name (empty): the bytes.
+        None => InputFile::file(path.to_path_buf()),
+    }
+}
+
+/// `file:///absolute/path`, percent-encoded as the Bot API expects.
+fn file_url(path: &Path) -> Option<url::Url> {
+    std::path::absolute(path)
+        .ok()
+        .and_then(|abs| url::Url::from_file_path(abs).ok())
+}
+
 async fn send_as(
     api: &Api,
     up: &Upload,
@@ -109,6 +155,11 @@ async fn send_as(
     let (bot, chat) = (&api.bot, ChatId(up.chat_id));
     let reply = ReplyParameters::new(MessageId(up.reply_to)).allow_sending_without_reply();
     let urgent = Priority::Urgent;
+    // Only with a file upload: a resend by file_id keeps Telegram's own.
+    let thumbnail = match (&up.source, &up.extras.thumbnail) {
+        (Source::File(_), Some(t)) => Some(InputFile::file(t.clone()).file_name("thumb.jpg")),
+        _ => None,
+    };
     let msg = match method {
         MediaKind::Video => {
             api.pacer
@@ -129,6 +180,9 @@ async fn send_as(
                             req = req.duration(d);
                         }
                     }
+                    if let Some(t) = &thumbnail {
+                        req = req.thumbnail(t.clone());
+                    }
                     req
                 })
                 .await?
@@ -143,6 +197,15 @@ async fn send_as(
                     if let Some(d) = up.media.and_then(|m| m.duration_secs) {
                         req = req.duration(d);
                     }
+                    if let Some(t) = &up.extras.title {
+                        req = req.title(t.clone());
+                    }
+                    if let Some(p) = &up.extras.performer {
+                        req = req.performer(p.clone());
+                    }
+                    if let Some(t) = &thumbnail {
+                        req = req.thumbnail(t.clone());
+                    }
                     req
                 })
                 .await?
@@ -150,9 +213,14 @@ async fn send_as(
         MediaKind::Document => {
             api.pacer
                 .call(chat, urgent, || {
-                    bot.send_document(chat, input.clone())
+                    let req = bot
+                        .send_document(chat, input.clone())
                         .caption(up.caption.clone())
-                        .reply_parameters(reply.clone())
+                        .reply_parameters(reply.clone());
+                    match &thumbnail {
+                        Some(t) => req.thumbnail(t.clone()),
+                        None => req,
+                    }
                 })
                 .await?
         }
@@ -201,6 +269,21 @@ mod tests {
             method_for(MediaKind::Document, Path::new("a.mp4")),
             MediaKind::Document
         );
+    }
+
+    #[test]
+    fn a_local_server_gets_the_absolute_path_as_a_file_url() {
+        let cwd = std::env::current_dir().unwrap();
+        let url = file_url(Path::new("data/downloads/a b/x.mp4")).unwrap();
+        assert_eq!(
+            url.as_str(),
+            format!("file://{}/data/downloads/a%20b/x.mp4", cwd.display())
+        );
+        assert_eq!(
+            url.to_file_path().unwrap(),
+            cwd.join("data/downloads/a b/x.mp4")
+        );
+        assert_eq!(file_url(Path::new("")), None);
     }
 
     #[test]

@@ -4,23 +4,32 @@
 //! cannot be shown); progress, stage lines and the deletion after delivery
 //! go out in the background, so a worker never waits on a chat's pacing.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use teloxide::{ApiError, RequestError};
 use tokio::task::JoinHandle;
 
+use super::board::Board;
 use super::pacer::{Edited, PaceError, Priority};
 use super::Api;
+use crate::job::JobId;
 
 /// The bot's status message for one job: progress edits at most once per
 /// interval, never with unchanged text, sent in the background through the
 /// pacer (a waiting one is replaced by the next, and the download never
 /// waits for Telegram); stage changes and final lines are urgent and awaited.
 /// "Message is not modified" counts as success.
+///
+/// In a group the message may be a [`Board`] shared with other jobs: then
+/// this job's text is its line on the board, and the board is edited.
 pub struct StatusMessage {
     api: Api,
     chat: i64,
     message: Option<i32>,
+    /// The job this message is about, to find its line on a board.
+    job: Option<JobId>,
+    board: Option<Arc<Board>>,
     interval: Duration,
     last_text: String,
     next_allowed: Instant,
@@ -44,10 +53,26 @@ impl StatusMessage {
             api,
             chat: chat_id,
             message: message_id,
+            job: None,
+            board: None,
             interval,
             last_text: String::new(),
             next_allowed: Instant::now(),
             in_flight: None,
+        }
+    }
+
+    /// The status message of `job`: when it is a group's shared board, this
+    /// job's text goes to its line there.
+    pub fn for_job(mut self, job: JobId) -> Self {
+        self.job = Some(job);
+        self.find_board();
+        self
+    }
+
+    fn find_board(&mut self) {
+        if let (Some(id), Some(job)) = (self.message, self.job) {
+            self.board = self.api.boards.find(self.chat, id).filter(|b| b.holds(job));
         }
     }
 
@@ -72,6 +97,12 @@ impl StatusMessage {
         }
         self.next_allowed = Instant::now() + self.interval;
         self.last_text = text.to_string();
+        if let (Some(board), Some(job)) = (&self.board, self.job) {
+            if board.set(job, text) {
+                self.api.refresh_board(board, Priority::Progress);
+            }
+            return true;
+        }
         let (api, chat, text) = (self.api.clone(), self.chat, text.to_string());
         self.in_flight = Some(self.api.in_background(async move {
             edited(api.edit(chat, id, &text, None, Priority::Progress).await);
@@ -87,6 +118,15 @@ impl StatusMessage {
         };
         if text == self.last_text {
             return false;
+        }
+        if let (Some(board), Some(job)) = (&self.board, self.job) {
+            board.set(job, text);
+            let shown = edited(self.api.edit_board(board, Priority::Urgent).await);
+            if shown {
+                self.last_text = text.to_string();
+                self.next_allowed = Instant::now() + self.interval;
+            }
+            return shown;
         }
         if edited(
             self.api
@@ -104,6 +144,16 @@ impl StatusMessage {
     /// Remove the status message (after a successful delivery), in the
     /// background.
     pub fn delete(&mut self) {
+        if let (Some(board), Some(job)) = (self.board.take(), self.job) {
+            self.message = None;
+            // Others still on the board keep it; the last one out removes it.
+            if board.remove(job) {
+                self.api.close_board(&board);
+            } else {
+                self.api.refresh_board(&board, Priority::Progress);
+            }
+            return;
+        }
         if let Some(id) = self.message.take() {
             let (api, chat) = (self.api.clone(), self.chat);
             // A stage line still waiting would fail on a deleted message.
@@ -118,6 +168,11 @@ impl StatusMessage {
         }
     }
 
+    /// Whether this is a line on a group's shared status message.
+    pub fn is_shared(&self) -> bool {
+        self.board.is_some()
+    }
+
     pub fn message_id(&self) -> Option<i32> {
         self.message
     }
@@ -128,6 +183,7 @@ impl StatusMessage {
     pub fn attach(&mut self, message_id: i32) {
         if self.message.is_none() {
             self.message = Some(message_id);
+            self.find_board();
         }
     }
 }

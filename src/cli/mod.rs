@@ -3,18 +3,20 @@
 //! Exit codes are a contract: 0 success, 2 bad usage or config, 1 anything
 //! else, always with one clear line on stderr.
 
+mod progress;
+mod remote;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use serde::Serialize;
 
 use crate::config::{one_line, Config, ConfigError};
-use crate::i18n::{json_printable, printable};
+use crate::i18n::printable;
 use crate::job::{iso, Job, JobState};
-use crate::pipeline::{recovery, JobService};
-use crate::store::{JobStore, SledStore, StoreError};
+use crate::pipeline::recovery;
+use crate::store::{SledStore, StoreError};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -35,7 +37,7 @@ pub struct Cli {
 pub enum Command {
     /// Run the bot (the default when no command is given).
     Run,
-    /// List jobs from the database of a stopped bot.
+    /// List jobs (from the running bot, or the database of a stopped one).
     Jobs {
         /// Only jobs in this state (queued, downloading, uploading, cleaning, done, failed).
         #[arg(long)]
@@ -69,6 +71,25 @@ pub enum Command {
         #[arg(value_parser = ["rollback"])]
         action: Option<String>,
     },
+    /// Cancel a job as /cancel does for an admin: its download is stopped
+    /// and its files removed (on a playlist, every item).
+    Cancel { id: String },
+    /// Queue a failed job again as /retry does for an admin.
+    Retry { id: String },
+    /// Check a config file without starting anything (exit 0, or 2 naming the key).
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Print a shell completion script (e.g. `tgdl completions bash > /etc/bash_completion.d/tgdl`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Parse and validate the config named by --config (or $TGDL_CONFIG, or ./config.toml).
+    Check,
 }
 
 /// A failure with the exit code it maps to.
@@ -95,11 +116,14 @@ impl CliError {
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
-        Err(e) => {
-            // --help and --version are successes; everything else is usage.
-            let code = if e.use_stderr() { 2 } else { 0 };
+        // --help and --version are successes, printed as clap writes them.
+        Err(e) if !e.use_stderr() => {
             let _ = e.print();
-            return ExitCode::from(code);
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("tgdl: {}", usage_line(&e.render().to_string()));
+            return ExitCode::from(2);
         }
     };
     match dispatch(cli) {
@@ -120,58 +144,56 @@ pub fn load_config(cli: &Cli) -> Result<Config, CliError> {
     Ok(Config::load(&path)?)
 }
 
+/// clap's usage error as the one line the exit-code contract promises:
+/// its message without the usage block, and where to read more.
+fn usage_line(rendered: &str) -> String {
+    let message: Vec<&str> = rendered
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .filter(|l| !l.is_empty() && !l.starts_with("tip:"))
+        .collect();
+    let message = message.join(" ");
+    let message = message.strip_prefix("error: ").unwrap_or(&message);
+    format!("{message} (see tgdl --help)")
+}
+
 fn dispatch(cli: Cli) -> Result<(), CliError> {
+    // Commands that need no config, or check it themselves.
+    match &cli.command {
+        Some(Command::Completions { shell }) => {
+            let mut cmd = Cli::command();
+            clap_complete::generate(*shell, &mut cmd, "tgdl", &mut std::io::stdout());
+            return Ok(());
+        }
+        Some(Command::Config(ConfigCommand::Check)) => return config_check(&cli),
+        _ => {}
+    }
     let config = load_config(&cli)?;
-    match cli.command.unwrap_or(Command::Run) {
+    let command = cli.command.unwrap_or(Command::Run);
+    match command {
+        Command::Completions { .. } | Command::Config(_) => unreachable!("handled above"),
         Command::Run => {
             config.require_token()?;
-            crate::app::run_blocking(config).map_err(CliError::Other)
+            let log_format = crate::app::LogFormat::from_env().map_err(CliError::Usage)?;
+            crate::app::run_blocking(config, log_format).map_err(CliError::Other)
         }
-        Command::Jobs { state, json, limit } => {
-            let store = open_offline(&config)?;
-            let states: Vec<JobState> = match state {
-                Some(s) => vec![s],
-                None => JobState::ALL.to_vec(),
-            };
-            let mut jobs = Vec::new();
-            for s in states {
-                jobs.extend(store.list_state(s, limit).map_err(anyhow::Error::from)?);
-            }
-            jobs.sort_by_key(|j| j.id);
-            if json {
-                let rows: Vec<JobRow> = jobs.iter().map(JobRow::from).collect();
-                let text = serde_json::to_string_pretty(&rows).map_err(anyhow::Error::from)?;
-                println!("{}", json_printable(&text));
-            } else {
-                print_table(&jobs);
-            }
-            Ok(())
-        }
+        Command::Jobs { state, json, limit } => remote::jobs(&config, state, json, limit),
         Command::Recover { dry_run } => {
-            let store = open_offline(&config)?;
+            let store = open_offline(&config, "let it be (it ran recovery when it started)")?;
             let report =
-                recovery::recover_offline(&store, &config, dry_run).map_err(anyhow::Error::from)?;
+                recovery::recover_offline(&store, &config, dry_run, &progress::Bar::on_terminal())
+                    .map_err(anyhow::Error::from)?;
             if dry_run {
                 println!("dry run: nothing was changed");
             }
             println!("{}", recovery::describe(&report));
             Ok(())
         }
-        Command::Health => {
-            let store: Arc<dyn JobStore> = Arc::new(open_offline(&config)?);
-            let jobs = Arc::new(
-                JobService::new(Arc::new(config), store, None).map_err(anyhow::Error::from)?,
-            );
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(anyhow::Error::from)?;
-            let text = rt
-                .block_on(crate::ops::report::offline_health(&jobs))
-                .map_err(anyhow::Error::from)?;
-            println!("{text}");
-            Ok(())
-        }
+        Command::Health => remote::health(&config),
+        Command::Job { id, json } => remote::job(&config, id, json),
+        Command::Cancel { id } => remote::cancel(&config, id),
+        Command::Retry { id } => remote::retry(&config, id),
         Command::Update { action } => {
             crate::app::init_logging();
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -187,33 +209,28 @@ fn dispatch(cli: Cli) -> Result<(), CliError> {
                 Err(text) => Err(CliError::Other(anyhow::anyhow!(text))),
             }
         }
-        Command::Job { id, json } => {
-            let store = open_offline(&config)?;
-            let job = match store.find(&id).map_err(anyhow::Error::from)? {
-                Ok(j) => j,
-                Err(e) => return Err(CliError::Usage(e.to_string())),
-            };
-            if json {
-                let mut row =
-                    serde_json::to_value(JobRow::from(&job)).map_err(anyhow::Error::from)?;
-                row["history"] = job
-                    .history
-                    .iter()
-                    .map(|(s, t)| serde_json::json!({"state": s.name(), "at": iso(*t)}))
-                    .collect();
-                let text = serde_json::to_string_pretty(&row).map_err(anyhow::Error::from)?;
-                println!("{}", json_printable(&text));
-            } else {
-                print_job(&job);
-            }
-            Ok(())
-        }
     }
 }
 
+/// `tgdl config check`: what `tgdl run` would refuse, found without starting
+/// anything (like `nginx -t`).
+fn config_check(cli: &Cli) -> Result<(), CliError> {
+    let config = load_config(cli)?;
+    let path = cli.config.as_deref().unwrap_or("config.toml".as_ref());
+    if config.telegram.token.trim().is_empty() {
+        // systemd's EnvironmentFile may hold it where this shell does not.
+        eprintln!("note: telegram.token is empty here; `tgdl run` needs it or TGDL_TOKEN");
+    } else {
+        config.require_token()?;
+    }
+    println!("{}: ok", path.display());
+    Ok(())
+}
+
 /// Open the database for a read-only command, turning "the bot holds the
-/// lock" into a sentence an operator understands.
-fn open_offline(config: &Config) -> Result<SledStore, CliError> {
+/// lock" into a sentence an operator understands; `ask` says what answers
+/// the same question while the bot runs.
+fn open_offline(config: &Config, ask: &str) -> Result<SledStore, CliError> {
     let dir = config.db_dir();
     if !dir.exists() {
         return Err(CliError::Other(anyhow::anyhow!(
@@ -223,7 +240,7 @@ fn open_offline(config: &Config) -> Result<SledStore, CliError> {
     }
     SledStore::open(&dir).map_err(|e| match e {
         StoreError::Locked { path } => CliError::Other(anyhow::anyhow!(
-            "the bot is running and holds the database at {path}; stop it first, or ask it with /jobs in Telegram"
+            "the bot is running and holds the database at {path}; stop it first, or {ask}"
         )),
         e => CliError::Other(e.into()),
     })

@@ -35,8 +35,8 @@ pub const PROGRESS_TEMPLATE: &str = "download:tgdl-progress %(progress.status)s 
 /// one line of ASCII JSON, so a title with newlines or odd characters cannot
 /// break line-based parsing or forge another line. Fields yt-dlp does not know
 /// are simply left out of the object.
-pub const META_PRINT: &str =
-    "after_move:tgdl-meta %(.{id,title,ext,width,height,duration,filesize,filepath})j";
+pub const META_PRINT: &str = "after_move:tgdl-meta \
+%(.{id,title,ext,width,height,duration,filesize,filepath,track,artist,uploader})j";
 
 /// yt-dlp's sort order of its own `-t mp4` preset: prefer H.264 video and AAC
 /// audio, which every Telegram client can play inline.
@@ -108,6 +108,9 @@ pub struct YtDlpArgs {
     /// The egress proxy of this run (`--proxy`): every request yt-dlp and its
     /// ffmpeg make goes through it.
     pub proxy: Option<String>,
+    /// `--ffmpeg-location`: the folder `downloader.ffmpeg` names, so yt-dlp
+    /// uses the ffmpeg the bot checked; `None` leaves it to PATH.
+    pub ffmpeg_location: Option<PathBuf>,
 }
 
 impl YtDlpArgs {
@@ -131,6 +134,7 @@ impl YtDlpArgs {
             extra_args: Vec::new(),
             has_ffmpeg: false,
             proxy: None,
+            ffmpeg_location: None,
         }
     }
 
@@ -246,6 +250,16 @@ impl YtDlpArgs {
                 }
             }
             _ => {}
+        }
+        if matches!(self.want, Want::Video | Want::Audio) {
+            // The source's own picture becomes the Telegram thumbnail (or
+            // the audio's cover). It is fetched like every other request of
+            // the run, through `--proxy`; a failure is only a warning.
+            push(OsStr::new("--write-thumbnail"));
+        }
+        if let Some(dir) = &self.ffmpeg_location {
+            push(OsStr::new("--ffmpeg-location"));
+            push(dir.as_os_str());
         }
         if let Some(limit) = self.upload_limit {
             push(OsStr::new("--max-filesize"));
@@ -422,6 +436,41 @@ mod tests {
             proxied("ba[acodec^=mp3]/ba/b")
         );
         assert!(value_of(&list, "--max-filesize").is_none());
+    }
+
+    #[test]
+    fn the_source_thumbnail_is_fetched_for_media_through_the_same_proxy() {
+        for (want, thumb) in [
+            (Want::Video, true),
+            (Want::Audio, true),
+            (Want::Document, false),
+        ] {
+            let mut a = args("https://x.test/");
+            a.want = want;
+            a.proxy = Some("http://u:p@127.0.0.1:9/".into());
+            let list = strings(&a);
+            assert_eq!(
+                list.iter().any(|s| s == "--write-thumbnail"),
+                thumb,
+                "{want:?}"
+            );
+            // `--proxy` is global to the run: the thumbnail request takes it too.
+            assert_eq!(
+                value_of(&list, "--proxy").unwrap(),
+                "http://u:p@127.0.0.1:9/"
+            );
+        }
+    }
+
+    #[test]
+    fn a_configured_ffmpeg_folder_is_given_to_ytdlp() {
+        let mut a = args("https://x.test/");
+        assert!(!strings(&a).iter().any(|s| s == "--ffmpeg-location"));
+        a.ffmpeg_location = Some("/opt/ffmpeg/bin".into());
+        assert_eq!(
+            value_of(&strings(&a), "--ffmpeg-location").unwrap(),
+            "/opt/ffmpeg/bin"
+        );
     }
 
     #[test]

@@ -73,7 +73,7 @@ pub fn find_on_path(name: &str) -> Option<PathBuf> {
     })
 }
 
-pub(super) fn is_executable(p: &Path) -> bool {
+pub fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(p)
         .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)

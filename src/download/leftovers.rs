@@ -29,8 +29,7 @@ pub fn find(downloads: &Path) -> Vec<Leftover> {
         return Vec::new();
     };
     let me = std::process::id();
-    // SAFETY: geteuid has no preconditions.
-    let uid = unsafe { libc::geteuid() };
+    let uid = nix::unistd::geteuid().as_raw();
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -83,8 +82,8 @@ pub fn end_all(downloads: &Path, patience: Duration) -> Vec<Leftover> {
             return ended;
         }
         for l in found {
-            // SAFETY: kill has no memory-safety preconditions.
-            let sent = unsafe { libc::kill(l.pid, libc::SIGKILL) } == 0;
+            let pid = nix::unistd::Pid::from_raw(l.pid);
+            let sent = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).is_ok();
             if sent && !ended.iter().any(|e| e.pid == l.pid) {
                 tracing::warn!(pid = l.pid, name = %l.name, cwd = %l.cwd.display(), "ended a process left by an earlier run");
                 ended.push(l);

@@ -18,10 +18,10 @@
 //! are removed, unless a job of this process still runs from one.
 
 use std::ffi::OsStr;
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 use tokio::process::Command;
 
@@ -240,16 +240,16 @@ impl Layout {
     }
 
     /// One updater at a time, across processes (the bot and `tgdl update`).
-    fn lock(&self) -> Result<std::fs::File, ManagedError> {
+    /// The lock is released when the returned guard is dropped (or the
+    /// process dies: flock belongs to the open file).
+    fn lock(&self) -> Result<Flock<std::fs::File>, ManagedError> {
         std::fs::create_dir_all(&self.root).map_err(io(&self.root))?;
         let path = self.root.join(".lock");
         let file = std::fs::File::create(&path).map_err(io(&path))?;
         // Blocking, but only against another updater; callers run this on
         // the blocking pool.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(io(&path)(std::io::Error::last_os_error()));
-        }
-        Ok(file)
+        Flock::lock(file, FlockArg::LockExclusive)
+            .map_err(|(_, errno)| io(&path)(std::io::Error::from(errno)))
     }
 
     /// Install the newest release from `source` into a fresh folder, check

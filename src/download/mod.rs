@@ -13,6 +13,8 @@
 //! - [`install`], [`handle`], [`managed`], [`source`], [`selftest`]: which
 //!   yt-dlp runs; the managed one lives in its own folders, is updated into a
 //!   fresh folder, checked, and switched to with one symlink rename.
+//! - [`media`]: after yt-dlp, the file made to look right in Telegram
+//!   (streamable MP4, shape and length from ffprobe, thumbnail, tags).
 //! - [`leftovers`]: finding and ending processes an earlier run left working
 //!   in a job's folder (an ffmpeg after `kill -9` of the bot).
 //!
@@ -25,6 +27,7 @@ pub mod handle;
 pub mod install;
 pub mod leftovers;
 pub mod managed;
+pub mod media;
 pub mod probe;
 pub mod process;
 pub mod progress;

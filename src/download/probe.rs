@@ -199,7 +199,10 @@ pub async fn probe(run: ProbeRun<'_>, cancel: &CancellationToken) -> Result<Prob
     .stderr(Stdio::piped())
     .env("PYTHONUNBUFFERED", "1");
     let mut child = cmd.spawn().map_err(DownloadError::Spawn)?;
-    let pgid = child.id().and_then(|p| libc::pid_t::try_from(p).ok());
+    let pgid = child
+        .id()
+        .and_then(|p| i32::try_from(p).ok())
+        .map(nix::unistd::Pid::from_raw);
     let stdout = child.stdout.take().expect("piped");
     let stderr = child.stderr.take().expect("piped");
     let ran = tokio::select! {
@@ -214,11 +217,9 @@ pub async fn probe(run: ProbeRun<'_>, cancel: &CancellationToken) -> Result<Prob
         Ok(r) => r,
         Err(e) => {
             if let Some(pg) = pgid {
-                // SAFETY: signalling the process group we created; its
-                // leader is our child, not yet reaped.
-                unsafe {
-                    libc::killpg(pg, libc::SIGKILL);
-                }
+                // The process group we created; its leader is our child,
+                // not yet reaped, so the id is not anyone else's.
+                let _ = nix::sys::signal::killpg(pg, nix::sys::signal::Signal::SIGKILL);
             }
             let _ = child.wait().await;
             return Err(e);
@@ -362,9 +363,9 @@ echo '{{"_type":"playlist","title":"T","playlist_count":30,"entries":[{{"url":"h
             .parse()
             .unwrap();
         // Reaped by the probe: the pid is gone, not a zombie.
-        // SAFETY: signal 0 only checks for existence.
+        // No signal: only checks for existence.
         assert!(
-            unsafe { libc::kill(pid, 0) } != 0,
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err(),
             "the probe's yt-dlp survived"
         );
     }

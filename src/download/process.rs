@@ -2,6 +2,9 @@
 //! drained, progress fed to a callback, and a kill that takes the whole group
 //! (yt-dlp and the ffmpeg it starts) on cancel or timeout.
 
+use nix::sys::prctl::set_pdeathsig;
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
 use std::collections::VecDeque;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -56,6 +59,11 @@ pub struct DownloadOutput {
     pub duration: Option<f64>,
     /// Bytes on disk, measured after the download.
     pub filesize: u64,
+    /// The site's track title and artist (music sites), and the uploader:
+    /// what an audio's title and performer fall back to.
+    pub track: Option<String>,
+    pub artist: Option<String>,
+    pub uploader: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -105,17 +113,15 @@ impl DownloadError {
 /// It must be disarmed as soon as the child is reaped: after that the pid,
 /// and with it the group id, may be reused by an unrelated process.
 struct GroupKiller {
-    pgid: Option<libc::pid_t>,
+    pgid: Option<Pid>,
 }
 
 impl GroupKiller {
     fn kill(&mut self) {
+        // The group is ours because its leader is our unreaped child; an
+        // error (it is gone already) leaves nothing to do.
         if let Some(pgid) = self.pgid.take() {
-            // SAFETY: killpg has no memory-safety preconditions; the group is
-            // ours because its leader is our unreaped child.
-            unsafe {
-                libc::killpg(pgid, libc::SIGKILL);
-            }
+            let _ = killpg(pgid, Signal::SIGKILL);
         }
     }
 
@@ -262,7 +268,8 @@ pub async fn run_ytdlp(
     let mut child = cmd.spawn().map_err(DownloadError::Spawn)?;
     let pgid = child
         .id()
-        .and_then(|id| libc::pid_t::try_from(id).ok())
+        .and_then(|id| i32::try_from(id).ok())
+        .map(Pid::from_raw)
         .ok_or_else(|| DownloadError::Spawn(io::Error::other("spawned child has no pid")))?;
     let mut killer = GroupKiller { pgid: Some(pgid) };
 
@@ -434,6 +441,9 @@ async fn finish(
         height: meta.height,
         duration: meta.duration,
         filesize,
+        track: meta.track,
+        artist: meta.artist,
+        uploader: meta.uploader,
     })
 }
 
@@ -469,12 +479,13 @@ pub(super) fn command(binary: &Path) -> Command {
     let mut cmd = Command::new(binary);
     cmd.stdin(Stdio::null()).kill_on_drop(true).process_group(0);
     without_secrets(&mut cmd);
-    // SAFETY: prctl is async-signal-safe and touches no memory of ours.
+    // SAFETY: the closure runs in the forked child before exec, where only
+    // async-signal-safe calls are allowed: it makes one prctl(2) system call
+    // (no allocation, no lock, no memory of the parent touched) and builds
+    // an io::Error from errno, which does not allocate either.
     unsafe {
         cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
-                return Err(io::Error::last_os_error());
-            }
+            set_pdeathsig(Signal::SIGKILL).map_err(io::Error::from)?;
             Ok(())
         });
     }
@@ -489,6 +500,11 @@ pub(super) fn without_secrets(cmd: &mut Command) {
         if key.as_bytes().starts_with(b"TGDL_") {
             cmd.env_remove(key);
         }
+    }
+    // systemd's socket and watchdog are the bot's; a child must not answer
+    // for it (sd_notify(3) unsets them for the same reason).
+    for key in ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"] {
+        cmd.env_remove(key);
     }
 }
 
@@ -553,8 +569,8 @@ pub(super) mod tests {
     /// Exists and is not a zombie (a killed orphan stays a zombie until
     /// whatever is pid 1 in this container gets round to reaping it).
     fn alive(pid: i32) -> bool {
-        // SAFETY: signal 0 only checks for existence.
-        let exists = unsafe { libc::kill(pid, 0) == 0 };
+        // No signal: only checks for existence.
+        let exists = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
         let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
             .map(|s| {
                 s.rsplit_once(')')

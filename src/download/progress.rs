@@ -43,6 +43,10 @@ pub struct MediaMeta {
     pub duration: Option<f64>,
     pub filesize: Option<u64>,
     pub filepath: Option<PathBuf>,
+    /// The site's track metadata (music sites), when it has any.
+    pub track: Option<String>,
+    pub artist: Option<String>,
+    pub uploader: Option<String>,
 }
 
 /// A number from the template, or `None` for yt-dlp's placeholders (`NA`,
@@ -129,6 +133,9 @@ pub fn parse_meta(line: &str) -> Option<MediaMeta> {
         duration: map.get("duration").and_then(Value::as_f64).and_then(sane),
         filesize: json_u64(&map, "filesize"),
         filepath: json_str(&map, "filepath").map(PathBuf::from),
+        track: json_str(&map, "track"),
+        artist: json_str(&map, "artist"),
+        uploader: json_str(&map, "uploader"),
     })
 }
 
@@ -245,6 +252,18 @@ mod tests {
         assert_eq!(m.ext.as_deref(), Some("mp4"));
         assert_eq!(m.filepath, Some(PathBuf::from("/tmp/ytx/out/clip.mp4")));
         assert_eq!((m.width, m.height, m.duration), (None, None, None));
+        assert_eq!((m.track, m.artist, m.uploader), (None, None, None));
+    }
+
+    #[test]
+    fn meta_carries_track_artist_and_uploader() {
+        let m = parse_meta(
+            r#"tgdl-meta {"id": "a", "track": "Song", "artist": "Singer", "uploader": "Channel", "filepath": "/d/j/a.mp3"}"#,
+        )
+        .unwrap();
+        assert_eq!(m.track.as_deref(), Some("Song"));
+        assert_eq!(m.artist.as_deref(), Some("Singer"));
+        assert_eq!(m.uploader.as_deref(), Some("Channel"));
     }
 
     #[test]

@@ -50,7 +50,9 @@ impl Source {
                 .collect(),
             Source::Index(url) => {
                 let page = format!("{url}/yt-dlp/");
-                let body = reqwest::Client::builder()
+                // teloxide's reqwest (as src/botapi does): the bot has no
+                // HTTP client crate of its own.
+                let body = teloxide::net::default_reqwest_settings()
                     .timeout(std::time::Duration::from_secs(30))
                     .build()
                     .map_err(|e| e.to_string())?

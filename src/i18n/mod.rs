@@ -6,6 +6,7 @@
 //! hides in the pipeline.
 
 mod labels;
+pub mod operator;
 mod printable;
 mod reasons;
 

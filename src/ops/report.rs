@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use super::health::{rules, Condition, HealthState, Monitor, Sample, SysinfoProbe};
-use crate::download::install::{existing, find_on_path};
+use crate::download::install::existing;
 use crate::job::{now_ms, Job, JobState};
 use crate::pipeline::JobService;
 use crate::store::StoreError;
@@ -50,14 +50,25 @@ pub fn render_health(s: &Sample, conditions: &[Condition]) -> String {
         c.done,
         c.failed
     ));
+    let found = |present: bool| if present { "present" } else { "missing" };
     out.push_str(&format!(
-        "yt-dlp {}, ffmpeg {}\n",
+        "yt-dlp {}, ffmpeg {}, ffprobe {}\n",
         s.ytdlp_version,
-        if s.ffmpeg { "present" } else { "missing" },
+        found(s.ffmpeg),
+        found(s.ffprobe),
     ));
     if !s.ytdlp_detail.is_empty() {
         out.push_str(&s.ytdlp_detail);
         out.push('\n');
+    }
+    // What a missing tool costs, so the admin knows whether to install it.
+    if !s.ffmpeg {
+        out.push_str(
+            "without ffmpeg: no merged formats, no thumbnails, no remux to a streamable MP4\n",
+        );
+    }
+    if !s.ffprobe {
+        out.push_str("without ffprobe: video size and length as yt-dlp reported them\n");
     }
     out.push_str(&format!("uptime: {} s\n", s.uptime_secs));
     if !conditions.is_empty() {
@@ -86,6 +97,16 @@ pub async fn health_text(
         s.ytdlp_detail = state.ytdlp_detail.read().unwrap().clone();
         return Ok(render_health(&s, &c));
     }
+    sampled_health(jobs, state).await
+}
+
+/// The `/health` text from a sample taken now (`tgdl health` on a running
+/// bot: the monitor's latest may be an interval old, and the shell expects
+/// the queue as it is).
+pub async fn sampled_health(
+    jobs: &Arc<JobService>,
+    state: &Arc<HealthState>,
+) -> Result<String, StoreError> {
     let mut m = Monitor::new(
         jobs.clone(),
         state.clone(),
@@ -98,7 +119,8 @@ pub async fn health_text(
 }
 
 /// `tgdl health` on a stopped bot's database: the tools are looked up here
-/// since no running bot has recorded them.
+/// since no running bot has recorded them; yt-dlp the way the bot finds it
+/// (a configured path, PATH, or the managed install in `data_dir/tools`).
 pub async fn offline_health(jobs: &Arc<JobService>) -> Result<String, StoreError> {
     let state = Arc::new(HealthState::default());
     let cfg = &jobs.config;
@@ -113,10 +135,9 @@ pub async fn offline_health(jobs: &Arc<JobService>) -> Result<String, StoreError
                 "yt-dlp not installed yet (the bot installs it at its first start)".into();
         }
     }
-    state.ffmpeg.store(
-        find_on_path("ffmpeg").is_some(),
-        std::sync::atomic::Ordering::Relaxed,
-    );
+    state.set_tools(&crate::download::media::MediaTools::resolve(
+        &jobs.config.downloader.ffmpeg,
+    ));
     let text = health_text(jobs, &state).await?;
     Ok(format!(
         "{text}\n(sampled by `tgdl health`; the bot is not running)"

@@ -1,9 +1,10 @@
 //! Process-lifetime counters of the pipeline (since start, as Prometheus
 //! expects). The `/metrics` endpoint in `ops::http` renders them.
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
 
 use crate::job::{Job, JobState};
 
@@ -12,61 +13,81 @@ pub const BUCKETS: [f64; 12] = [
     0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
 ];
 
-#[derive(Default, Clone)]
-pub struct Histogram {
-    pub counts: [u64; BUCKETS.len()],
-    pub sum: f64,
-    pub count: u64,
+/// Labels of `tgdl_transitions_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Transition {
+    pub from: &'static str,
+    pub to: &'static str,
 }
 
-/// Process-lifetime counters, updated by workers and recovery.
-#[derive(Default)]
+/// Labels of `tgdl_stage_duration_seconds`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Stage {
+    pub stage: &'static str,
+}
+
+fn stage_histogram() -> Histogram {
+    Histogram::new(BUCKETS)
+}
+
+/// Process-lifetime counters, updated by workers and recovery. The handles
+/// are shared (cloning one counts into the same value), so `ops::http`
+/// registers clones of them for each scrape.
 pub struct Metrics {
-    pub(crate) transitions: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
-    pub(crate) rescues: AtomicU64,
-    pub(crate) retries: AtomicU64,
-    pub(crate) downloaded_bytes: AtomicU64,
-    pub(crate) uploaded_bytes: AtomicU64,
-    pub(crate) stages: Mutex<BTreeMap<&'static str, Histogram>>,
+    pub transitions: Family<Transition, Counter>,
+    pub rescues: Counter,
+    pub retries: Counter,
+    pub downloaded_bytes: Counter,
+    pub uploaded_bytes: Counter,
+    pub stages: Family<Stage, Histogram, fn() -> Histogram>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            transitions: Family::default(),
+            rescues: Counter::default(),
+            retries: Counter::default(),
+            downloaded_bytes: Counter::default(),
+            uploaded_bytes: Counter::default(),
+            stages: Family::new_with_constructor(stage_histogram),
+        }
+    }
 }
 
 impl Metrics {
     pub fn transition(&self, from: JobState, to: JobState) {
-        *self
-            .transitions
-            .lock()
-            .unwrap()
-            .entry((from.name(), to.name()))
-            .or_default() += 1;
+        self.transitions
+            .get_or_create(&Transition {
+                from: from.name(),
+                to: to.name(),
+            })
+            .inc();
     }
 
     pub fn rescues(&self, n: u64) {
-        self.rescues.fetch_add(n, Ordering::Relaxed);
+        self.rescues.inc_by(n);
     }
 
     pub fn retry(&self) {
-        self.retries.fetch_add(1, Ordering::Relaxed);
+        self.retries.inc();
     }
 
     pub fn downloaded(&self, bytes: u64) {
-        self.downloaded_bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.downloaded_bytes.inc_by(bytes);
     }
 
     pub fn uploaded(&self, bytes: u64) {
-        self.uploaded_bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.uploaded_bytes.inc_by(bytes);
     }
 
     /// How long a job spent in `stage`.
     pub fn stage_duration(&self, stage: JobState, secs: f64) {
-        let mut stages = self.stages.lock().unwrap();
-        let h = stages.entry(stage.name()).or_default();
-        for (i, b) in BUCKETS.iter().enumerate() {
-            if secs <= *b {
-                h.counts[i] += 1;
-            }
-        }
-        h.sum += secs;
-        h.count += 1;
+        self.stages
+            .get_or_create(&Stage {
+                stage: stage.name(),
+            })
+            .observe(secs);
     }
 
     /// Record what a change from `old` to `new` means: a transition, the time

@@ -13,10 +13,11 @@ use uuid::Uuid;
 
 use super::cleanup::{self, tree_size, CleanupError};
 use super::JobService;
+use crate::botapi::board::{self, Boards};
 use crate::download::job_dir;
 use crate::download::leftovers::{self, Leftover};
 use crate::job::{now_ms, FailureCode, Job, JobError, JobId, JobState, Lease, Millis, RescueMark};
-use crate::store::{Expect, JobStore, StoreError};
+use crate::store::{blocking, Expect, JobStore, StoreError};
 
 /// How long the pass keeps ending processes of an earlier run before it
 /// goes on (they die at once; this bounds a process stuck in the kernel).
@@ -63,6 +64,23 @@ impl RecoveryReport {
             self.processes_ended.len()
         )
     }
+}
+
+/// How far the pass is, for whoever watches (`tgdl recover` on a terminal
+/// draws a bar; the bot watches nothing). Each phase has a known total.
+pub trait Progress: Sync {
+    fn phase(&self, name: &'static str, total: u64);
+    fn advance(&self);
+    fn finish(&self);
+}
+
+/// Nobody watches.
+pub struct Quiet;
+
+impl Progress for Quiet {
+    fn phase(&self, _: &'static str, _: u64) {}
+    fn advance(&self) {}
+    fn finish(&self) {}
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -151,7 +169,7 @@ pub async fn recover(jobs: &JobService, dry_run: bool) -> Result<RecoveryReport,
     let downloads = jobs.config.downloads_dir();
     let st = jobs.store.clone();
     let report = tokio::task::spawn_blocking(move || {
-        recover_blocking(&*st, me, max_rescues, lease_ms, &downloads, dry_run)
+        recover_blocking(&*st, me, max_rescues, lease_ms, &downloads, dry_run, &Quiet)
     })
     .await
     .map_err(|e| RecoveryError::Io {
@@ -164,6 +182,29 @@ pub async fn recover(jobs: &JobService, dry_run: bool) -> Result<RecoveryReport,
     Ok(report)
 }
 
+/// Jobs still to finish that share a status message in a group get their
+/// board back (`botapi::board`), so their lines do not overwrite each other;
+/// how many boards.
+pub async fn adopt_boards(jobs: &JobService, boards: &Boards) -> Result<usize, StoreError> {
+    let active = blocking(&jobs.store, |s| {
+        let mut v = s.list_state(JobState::Queued, usize::MAX)?;
+        v.extend(s.in_flight()?);
+        Ok(v)
+    })
+    .await?;
+    let mut shared: std::collections::BTreeMap<(i64, i32), Vec<JobId>> = Default::default();
+    for j in active.iter().filter(|j| board::is_group(j.chat_id)) {
+        if let Some(m) = j.status_msg_id {
+            shared.entry((j.chat_id, m)).or_default().push(j.id);
+        }
+    }
+    shared.retain(|_, ids| ids.len() > 1);
+    for ((chat, message), ids) in &shared {
+        boards.adopt(*chat, *message, ids);
+    }
+    Ok(shared.len())
+}
+
 fn recover_blocking(
     s: &dyn JobStore,
     me: Uuid,
@@ -171,6 +212,7 @@ fn recover_blocking(
     lease_ms: u64,
     downloads: &Path,
     dry_run: bool,
+    progress: &dyn Progress,
 ) -> Result<RecoveryReport, RecoveryError> {
     // First, so nothing of a dead run still writes while jobs are requeued.
     let mut r = RecoveryReport {
@@ -183,7 +225,10 @@ fn recover_blocking(
     };
     let now = now_ms();
     let exclusive = s.is_exclusive();
-    for job in s.in_flight()? {
+    let in_flight = s.in_flight()?;
+    progress.phase("jobs in flight", in_flight.len() as u64);
+    for job in in_flight {
+        progress.advance();
         if !is_orphan(&job, me, now, exclusive) {
             continue;
         }
@@ -277,7 +322,8 @@ fn recover_blocking(
             Err(e) => return Err(e.into()),
         }
     }
-    sweep_orphans(s, downloads, dry_run, &mut r)?;
+    sweep_orphans(s, downloads, dry_run, progress, &mut r)?;
+    progress.finish();
     Ok(r)
 }
 
@@ -299,10 +345,11 @@ fn sweep_orphans(
     s: &dyn JobStore,
     downloads: &Path,
     dry_run: bool,
+    progress: &dyn Progress,
     r: &mut RecoveryReport,
 ) -> Result<(), RecoveryError> {
-    let entries = match std::fs::read_dir(downloads) {
-        Ok(e) => e,
+    let entries: Vec<_> = match std::fs::read_dir(downloads) {
+        Ok(e) => e.flatten().collect(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(source) => {
             return Err(RecoveryError::Io {
@@ -311,7 +358,9 @@ fn sweep_orphans(
             })
         }
     };
-    for entry in entries.flatten() {
+    progress.phase("downloads folder", entries.len() as u64);
+    for entry in entries {
+        progress.advance();
         let path = entry.path();
         let live = entry
             .file_name()
@@ -376,11 +425,12 @@ pub fn describe(r: &RecoveryReport) -> String {
     out
 }
 
-/// Blocking access for the CLI.
+/// Blocking access for the CLI, which shows `progress`.
 pub fn recover_offline(
     s: &dyn JobStore,
     config: &crate::config::Config,
     dry_run: bool,
+    progress: &dyn Progress,
 ) -> Result<RecoveryReport, RecoveryError> {
     recover_blocking(
         s,
@@ -389,5 +439,6 @@ pub fn recover_offline(
         config.downloader.lease_secs * 1000,
         &config.downloads_dir(),
         dry_run,
+        progress,
     )
 }

@@ -84,6 +84,9 @@ async fn serve_chat(
 
 async fn handle(deps: &Arc<Deps>, update: Update, durable: bool) {
     let id = update.id.0;
+    // Who sent it: how an operator finds their own id for `admins`.
+    let user_id = update.from().map(|u| u.id.0);
+    tracing::debug!(update = id, user_id, "update received");
     let result = match update.kind {
         UpdateKind::Message(m) => messages::on_message(m, deps.clone()).await,
         UpdateKind::CallbackQuery(q) => callbacks::on_callback(q, deps.clone()).await,

@@ -2,17 +2,19 @@
 
 use std::sync::Arc;
 
-use teloxide::types::Message;
+use teloxide::types::{InlineKeyboardMarkup, Message};
 
 use super::commands::{self, Command, Parsed};
 use super::replies::{
     cancel_text, internal, job_details, job_line, lookup_text, refusal_msg, reply,
 };
 use super::Deps;
+use crate::botapi::board::{self, Board};
 use crate::botapi::keyboard::{choice_keyboard, settings_keyboard};
-use crate::botapi::pacer::PaceError;
+use crate::botapi::pacer::{PaceError, Priority};
+use crate::botapi::Api;
 use crate::i18n::{render, Lang, Msg};
-use crate::job::{now_ms, JobOptions, MediaKind};
+use crate::job::{now_ms, Job, JobOptions, MediaKind};
 use crate::net::{self, LinkEntity};
 use crate::ops::report;
 use crate::ops::update::Request;
@@ -83,7 +85,12 @@ pub(super) async fn on_message(msg: Message, deps: Arc<Deps>) -> Result<(), Pace
                 kind: settings.kind,
                 max_height: settings.max_height,
             };
-            let ask = settings.ask && jobs.config.telegram.choice_wait_secs > 0;
+            // A group that had a link within the minute is busy: its next
+            // links start at once and share a status message, since the
+            // group gets 20 messages a minute (`botapi::board`).
+            let chat = msg.chat.id.0;
+            let busy_group = board::is_group(chat) && api.boards.busy(chat);
+            let ask = settings.ask && jobs.config.telegram.choice_wait_secs > 0 && !busy_group;
             return submit(&msg, &deps, lang, text, entities, options, ask).await;
         }
     };
@@ -232,17 +239,20 @@ async fn submit(
                     },
                 );
                 let keyboard = ask.then(|| choice_keyboard(lang, job.id, &[]));
-                let sent = api
-                    .send(msg.chat.id.0, Some(job.request_msg_id), &text, keyboard)
-                    .await?;
-                match jobs.attach_status(job.id, sent.id.0).await {
+                let chat = msg.chat.id.0;
+                let (status, board) = acknowledge(api, &job, text, keyboard).await?;
+                match jobs.attach_status(job.id, status).await {
                     // Finished before its status message was recorded (a
                     // cache hit, a fast failure): the worker has already sent
                     // the file or its own failure reply, so the
                     // acknowledgement has nothing left to say.
-                    Ok(Some(j)) if j.state.is_finished() => {
-                        let _ = api.delete(msg.chat.id.0, sent.id.0).await;
-                    }
+                    Ok(Some(j)) if j.state.is_finished() => match board {
+                        Some(b) if b.remove(job.id) => api.close_board(&b),
+                        Some(b) => api.refresh_board(&b, Priority::Progress),
+                        None => {
+                            let _ = api.delete(chat, status).await;
+                        }
+                    },
                     Ok(_) => {}
                     Err(e) => {
                         tracing::warn!(job = %job.id, error = %e, "cannot record the status message")
@@ -273,4 +283,33 @@ async fn submit(
         reply(api, msg, refusals.join("\n")).await?;
     }
     Ok(())
+}
+
+/// Acknowledge a new job: its own reply, or in a group without buttons (a
+/// busy group, or a user who does not ask) a line on the group's shared
+/// status message (a new one when none is open).
+/// The status message id, and the board when it is one.
+async fn acknowledge(
+    api: &Api,
+    job: &Job,
+    text: String,
+    keyboard: Option<InlineKeyboardMarkup>,
+) -> Result<(i32, Option<Arc<Board>>), PaceError> {
+    let chat = job.chat_id;
+    let group = board::is_group(chat);
+    if group {
+        api.boards.acknowledged(chat);
+    }
+    let shared = keyboard.is_none() && group;
+    if shared {
+        if let Some(b) = api.boards.join(chat, job.id, text.clone()) {
+            api.refresh_board(&b, Priority::Urgent);
+            return Ok((b.message, Some(b)));
+        }
+    }
+    let sent = api
+        .send(chat, Some(job.request_msg_id), &text, keyboard)
+        .await?;
+    let board = shared.then(|| api.boards.open(chat, sent.id.0, job.id, text));
+    Ok((sent.id.0, board))
 }

@@ -6,8 +6,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::unistd::Pid;
+
 use super::bot::{merge_tables, TOKEN};
+
+/// How long a test of the binary waits for one thing.
+const WAIT: Duration = Duration::from_secs(60);
 use super::fake_telegram::FakeTelegram;
+use super::fs::files_under;
 use super::media_server::MediaServer;
 
 pub struct BotProcess {
@@ -35,6 +42,7 @@ choice_wait_secs = 0
 [storage]
 data_dir = "{data}"
 [downloader]
+ytdlp = "{ytdlp}"
 retry_base_secs = 1
 ytdlp_source = "{data}/no-releases"
 [security]
@@ -42,6 +50,7 @@ allow_private_networks = true
 {extra}
 "#,
         data = dir.join("data").display(),
+        ytdlp = super::ytdlp().display(),
     );
     merge_tables(&text)
 }
@@ -142,16 +151,12 @@ impl BotProcess {
 
     /// SIGKILL the whole process group, as `kill -9 -PGID` would.
     pub fn kill9(&mut self) {
-        unsafe {
-            libc::killpg(self.pid(), libc::SIGKILL);
-        }
+        let _ = killpg(Pid::from_raw(self.pid()), Signal::SIGKILL);
         let _ = self.child.wait();
     }
 
     pub fn sigterm(&self) {
-        unsafe {
-            libc::kill(self.pid(), libc::SIGTERM);
-        }
+        let _ = kill(Pid::from_raw(self.pid()), Signal::SIGTERM);
     }
 
     /// Wait for exit, polling `try_wait` (a child's exit has no async signal
@@ -186,11 +191,49 @@ impl BotProcess {
 impl Drop for BotProcess {
     fn drop(&mut self) {
         if self.child.try_wait().ok().flatten().is_none() {
-            unsafe {
-                libc::killpg(self.pid(), libc::SIGKILL);
-            }
+            let _ = killpg(Pid::from_raw(self.pid()), Signal::SIGKILL);
             let _ = self.child.wait();
         }
+    }
+}
+
+/// A slow link to clip.mp4 (about 170 KB): 16 KB at once, then 2 KB every
+/// 50 ms, so a download is in progress for several seconds.
+pub fn slow_link(media: &MediaServer) -> String {
+    media.url("/slow/clip.mp4?burst=16384&chunk=2048&delay_ms=50")
+}
+
+/// Wait until yt-dlp is writing the media: its generic extractor first reads
+/// the start of the link to sniff it (one request), then downloads (a second
+/// request); the partial file appears under the job's folder.
+pub async fn wait_for_download(media: &MediaServer, downloads: &Path) {
+    media
+        .wait_for(
+            |reqs| {
+                reqs.iter()
+                    .filter(|r| r.path == "/slow/clip.mp4")
+                    .nth(1)
+                    .is_some_and(|r| r.bytes_sent > 24_000)
+            },
+            WAIT,
+        )
+        .await;
+    // The file system has no change notification here: poll for the part
+    // file the download is writing.
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let part = files_under(downloads).into_iter().any(|p| {
+            p.to_string_lossy().ends_with(".part")
+                && std::fs::metadata(&p).map(|m| m.len() > 0).unwrap_or(false)
+        });
+        if part {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no partial file appeared"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -37,7 +37,7 @@ choice_wait_secs = 0
 [storage]
 data_dir = "{data}"
 [downloader]
-ytdlp = "auto"
+ytdlp = "{ytdlp}"
 ytdlp_source = "{data}/no-releases"
 retry_base_secs = 1
 max_attempts = 3
@@ -47,6 +47,7 @@ allow_private_networks = true
 "#,
         api = api.url_string(),
         data = dir.join("data").display(),
+        ytdlp = super::ytdlp().display(),
     );
     // Later sections in `extra` may repeat a table; merge them instead.
     let text = merge_tables(&text);

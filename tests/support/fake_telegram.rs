@@ -34,6 +34,7 @@
 //! ```
 
 use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -114,6 +115,9 @@ pub struct UploadedFile {
     /// The number of bytes the client sent for this part.
     pub size: u64,
     pub truncated: bool,
+    /// Sent as a `file://` path that the server read from disk (local mode, see
+    /// [`FakeTelegram::set_local_mode`]) rather than in the body.
+    pub by_path: Option<PathBuf>,
 }
 
 /// One recorded API call.
@@ -389,6 +393,8 @@ struct FakeState {
     users: HashMap<u64, UserInfo>,
     failures: HashMap<String, VecDeque<Failure>>,
     upload_limit: Option<u64>,
+    /// `telegram-bot-api --local`: `file://` paths are read from disk.
+    local_mode: bool,
     files: HashMap<String, StoredFile>,
     next_file: u64,
     next_callback: u64,
@@ -419,6 +425,7 @@ impl Default for FakeState {
             users: HashMap::new(),
             failures: HashMap::new(),
             upload_limit: Some(DEFAULT_UPLOAD_LIMIT),
+            local_mode: false,
             files: HashMap::new(),
             next_file: 1,
             next_callback: 1,
@@ -586,6 +593,15 @@ impl FakeTelegram {
     /// `None` accepts any size. Default: [`DEFAULT_UPLOAD_LIMIT`].
     pub fn set_upload_limit(&self, limit: Option<u64>) {
         self.inner.lock().upload_limit = limit;
+    }
+
+    /// Act as a `telegram-bot-api --local` server: a media parameter given as a `file://` URL is
+    /// read from this machine's disk when the call is handled (after any [`Failure::Hold`]), as
+    /// the real server does, and recorded as an upload with [`UploadedFile::by_path`]. A path
+    /// that cannot be read is a 400. Off (the default), a `file://` URL is refused as Telegram's
+    /// own server refuses it.
+    pub fn set_local_mode(&self, on: bool) {
+        self.inner.lock().local_mode = on;
     }
 
     /// Answers the next call of `method` (case-insensitive) with `failure`. Failures queue up:
@@ -1545,6 +1561,7 @@ async fn parse_body(req: Request, upload_limit: Option<u64>) -> Result<ParsedBod
                         bytes,
                         size,
                         truncated,
+                        by_path: None,
                     });
                 }
             }
@@ -1608,7 +1625,9 @@ async fn dispatch(app: &App, method: &str, token: &str, seq: usize) -> Reply {
     let params = st.calls[seq].params.clone();
     let files = std::mem::take(&mut st.calls[seq].files);
     let reply = handle_sync(&mut st, method, token, &params, &files, seq);
-    st.calls[seq].files = files;
+    // Files the call named by path were read (and recorded) while it was handled.
+    let read_by_path = std::mem::take(&mut st.calls[seq].files);
+    st.calls[seq].files = files.into_iter().chain(read_by_path).collect();
     reply
 }
 
@@ -1927,7 +1946,19 @@ fn send_media(
         Err(e) => return e,
     };
 
-    let (file_id, meta) = if let Some(upload) = files.iter().find(|f| f.field == field) {
+    let local = match p.get(field).and_then(Value::as_str) {
+        Some(u) if st.local_mode && u.starts_with("file://") => match read_local(field, u) {
+            Ok(f) => {
+                st.calls[seq].files.push(f.clone());
+                Some(f)
+            }
+            Err(e) => return bad_request(&e),
+        },
+        _ => None,
+    };
+    let (file_id, meta) = if let Some(upload) =
+        files.iter().find(|f| f.field == field).or(local.as_ref())
+    {
         if upload.size == 0 {
             return bad_request("file must be non-empty");
         }
@@ -2022,6 +2053,26 @@ fn send_media(
         reply,
         markup,
     ))
+}
+
+/// A `file://` media parameter read the way a local Bot API server reads it.
+fn read_local(field: &str, url: &str) -> Result<UploadedFile, String> {
+    let path = reqwest::Url::parse(url)
+        .ok()
+        .and_then(|u| u.to_file_path().ok())
+        .filter(|p| p.is_absolute())
+        .ok_or_else(|| format!("wrong file URL specified: {url}"))?;
+    let bytes = std::fs::read(&path).map_err(|e| format!("can't read {}: {e}", path.display()))?;
+    Ok(UploadedFile {
+        field: field.to_owned(),
+        part_name: field.to_owned(),
+        file_name: path.file_name().map(|n| n.to_string_lossy().into_owned()),
+        content_type: None,
+        size: bytes.len() as u64,
+        bytes,
+        truncated: false,
+        by_path: Some(path),
+    })
 }
 
 fn capitalize(s: &str) -> String {

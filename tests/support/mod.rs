@@ -19,6 +19,7 @@ pub mod bot;
 pub mod fake_telegram;
 pub mod fs;
 pub mod media_server;
+pub mod service;
 pub mod standin;
 
 use std::future::Future;
@@ -38,6 +39,14 @@ pub fn fixtures_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests")
         .join("fixtures")
+}
+
+/// The yt-dlp every test uses: the one on PATH, which `./scripts/test` puts
+/// there (one pinned install per machine). Tests name it explicitly instead
+/// of `ytdlp = "auto"`, so no test ever installs its own copy.
+pub fn ytdlp() -> PathBuf {
+    tgdl::download::install::find_on_path("yt-dlp")
+        .expect("yt-dlp on PATH: run the tests with ./scripts/test, which installs it")
 }
 
 /// The bytes of one fixture file; panics with the path when it is missing.

@@ -29,6 +29,7 @@ pub struct HealthState {
     /// (written by the updater, [`crate::ops::update`]).
     pub ytdlp_detail: RwLock<String>,
     pub ffmpeg: AtomicBool,
+    pub ffprobe: AtomicBool,
 }
 
 impl Default for HealthState {
@@ -39,11 +40,19 @@ impl Default for HealthState {
             ytdlp_version: RwLock::new(String::from("unknown")),
             ytdlp_detail: RwLock::new(String::new()),
             ffmpeg: AtomicBool::new(false),
+            ffprobe: AtomicBool::new(false),
         }
     }
 }
 
 impl HealthState {
+    /// Records which of ffmpeg and ffprobe the bot found.
+    pub fn set_tools(&self, tools: &crate::download::media::MediaTools) {
+        self.ffmpeg.store(tools.ffmpeg.is_some(), Ordering::Relaxed);
+        self.ffprobe
+            .store(tools.ffprobe.is_some(), Ordering::Relaxed);
+    }
+
     pub fn latest(&self) -> Option<(Sample, Vec<Condition>)> {
         self.latest.read().unwrap().clone()
     }
@@ -136,6 +145,7 @@ impl Monitor {
             ytdlp_version: h.ytdlp_version.read().unwrap().clone(),
             ytdlp_detail: h.ytdlp_detail.read().unwrap().clone(),
             ffmpeg: h.ffmpeg.load(Ordering::Relaxed),
+            ffprobe: h.ffprobe.load(Ordering::Relaxed),
             uptime_secs: h.started.elapsed().as_secs(),
         })
     }

@@ -48,6 +48,7 @@ pub struct Sample {
     /// Managed or not, installed when, the last update attempt.
     pub ytdlp_detail: String,
     pub ffmpeg: bool,
+    pub ffprobe: bool,
     pub uptime_secs: u64,
 }
 
@@ -123,15 +124,12 @@ impl Probe for SysinfoProbe {
 
 /// Total and available bytes of the file system holding `path`.
 pub fn disk_space(path: &Path) -> Option<(u64, u64)> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `c` is a valid NUL-terminated path and `st` a valid out pointer.
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return None;
-    }
-    let frag = st.f_frsize as u64;
-    Some((st.f_blocks as u64 * frag, st.f_bavail as u64 * frag))
+    let st = nix::sys::statvfs::statvfs(path).ok()?;
+    let frag = st.fragment_size() as u64;
+    Some((
+        st.blocks() as u64 * frag,
+        st.blocks_available() as u64 * frag,
+    ))
 }
 
 fn proc_threads() -> Option<u64> {

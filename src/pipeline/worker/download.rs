@@ -8,8 +8,9 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::download::{self, DownloadError, Want, YtDlpArgs};
-use crate::job::{FailureCode, Job, JobState, MediaInfo, MediaKind};
+use crate::job::{FailureCode, Job, JobState, MediaKind};
 
+use super::media::Media;
 use super::{budget, Pipeline, StepOutcome, StepResult};
 
 fn want(kind: MediaKind) -> Want {
@@ -51,7 +52,8 @@ impl Pipeline {
         );
         args.max_height = job.options.max_height;
         args.upload_limit = Some(cfg.upload_limit_bytes());
-        args.has_ffmpeg = self.has_ffmpeg;
+        args.has_ffmpeg = self.tools.ffmpeg.is_some();
+        args.ffmpeg_location = self.tools.location.clone();
         args.extra_args = cfg.downloader.extra_args.clone();
         args.cookies = cfg.downloader.cookies_file.clone().map(PathBuf::from);
         let session = self.egress_session();
@@ -115,13 +117,17 @@ impl Pipeline {
         match result {
             // `run_ytdlp` refused a file over `args.upload_limit` already.
             Ok(out) => {
-                let path = out.file_path.display().to_string();
-                let media = MediaInfo {
-                    width: out.width,
-                    height: out.height,
-                    duration_secs: out.duration.map(|d| d.round() as u32),
+                let media = match self.prepare_media(&job, &out, cancel).await {
+                    Media::Ready(p) => p.media,
+                    Media::Stopped => return self.stopped(&job).await,
+                    Media::Lost => return Ok(StepOutcome::Lost(job.id)),
                 };
-                let (title, size) = (out.title, out.filesize);
+                let path = out.file_path.display().to_string();
+                // A remux moves the index, which can change the size a little.
+                let size = tokio::fs::metadata(&out.file_path)
+                    .await
+                    .map_or(out.filesize, |m| m.len());
+                let title = out.title;
                 self.advance(&job, JobState::Uploading, move |j| {
                     j.file_path = Some(path.clone());
                     j.file_size = Some(size);

@@ -7,6 +7,8 @@
 //!
 //! - `policy.rs`: claiming, backoff, and what an error means (retry or fail).
 //! - `download.rs`, `upload.rs`, `clean.rs`: one stage each.
+//! - `media.rs`: the end of a download (streamable file, shape, thumbnail)
+//!   and what an upload carries besides the file.
 //! - `budget.rs`: the bound on a download's files on disk.
 //! - `playlist.rs`: a playlist link becomes child jobs.
 //! - `lease.rs`: the one lease keeper every stage runs under.
@@ -17,6 +19,7 @@ mod budget;
 mod clean;
 mod download;
 mod lease;
+mod media;
 mod outcome;
 mod playlist;
 mod policy;
@@ -31,9 +34,11 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use super::JobService;
 use crate::botapi::Api;
+use crate::download::media::MediaTools;
 use crate::download::YtDlp;
 use crate::job::{Job, JobId, JobState};
 use crate::net::egress::{EgressProxy, EgressSession};
@@ -44,7 +49,8 @@ pub struct Pipeline {
     pub api: Api,
     /// Read once per job: a switch moves new jobs, running ones keep theirs.
     pub ytdlp: YtDlp,
-    pub has_ffmpeg: bool,
+    /// ffmpeg and ffprobe (`downloader.ffmpeg`); either may be missing.
+    pub tools: MediaTools,
     /// Fired at shutdown: running downloads stop and their jobs go back to
     /// `queued` without counting an attempt.
     pub shutdown: CancellationToken,
@@ -88,18 +94,30 @@ impl Pipeline {
         out
     }
 
-    /// Step a claimed job until it leaves the pipeline.
+    /// Step a claimed job until it leaves the pipeline. Everything logged
+    /// meanwhile is in the job's span (its id and user as fields).
     pub async fn run_job(&self, mut job: Job) -> StepResult {
         let id: JobId = job.id;
-        let res = loop {
-            match self.step(job).await {
-                Ok(StepOutcome::Advanced(next)) => job = next,
-                other => break other,
+        let span = job_span(&job);
+        let res = async {
+            loop {
+                match self.step(job).await {
+                    Ok(StepOutcome::Advanced(next)) => job = next,
+                    other => break other,
+                }
             }
-        };
+        }
+        .instrument(span)
+        .await;
         self.jobs.unregister(id);
         res
     }
+}
+
+/// The span every line about a job is logged in: `TGDL_LOG_FORMAT=json`
+/// writes its fields with each line.
+pub fn job_span(job: &Job) -> tracing::Span {
+    tracing::info_span!("job", job_id = %job.id, user_id = job.user_id)
 }
 
 /// Start `downloader.concurrency` worker loops on `tracker`.
@@ -118,13 +136,14 @@ pub fn spawn_workers(pipeline: Arc<Pipeline>, tracker: &TaskTracker) {
                 woken.as_mut().enable();
                 match p.claim().await {
                     Ok(StepOutcome::Advanced(job)) => {
-                        let id = job.id;
-                        match p.run_job(job).await {
+                        let (id, span) = (job.id, job_span(&job));
+                        let out = p.run_job(job).await;
+                        span.in_scope(|| match out {
                             Ok(out) => {
                                 tracing::info!(job = %id, outcome = %out.name(), "job step ended")
                             }
                             Err(e) => tracing::error!(job = %id, error = %e, "job error"),
-                        }
+                        });
                     }
                     Ok(_) => {
                         // Nothing due: wait for new work, a backoff to pass

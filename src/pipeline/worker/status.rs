@@ -26,7 +26,8 @@ impl Pipeline {
                 job.chat_id,
                 job.status_msg_id,
                 Duration::from_secs(self.jobs.config.telegram.progress_interval_secs),
-            ),
+            )
+            .for_job(job.id),
             lang: self.lang(job),
             short_id: job.id.short(),
         }
@@ -81,11 +82,17 @@ impl JobStatus {
 
     /// Awaited, so the line is shown before the file is sent (and nothing
     /// follows a send that Telegram refused because the user blocked the bot).
+    /// On a group's shared message it is one more line change, coalesced
+    /// with the others: there the group's budget is worth more.
     pub async fn uploading(&mut self) {
         let text = self.render(&Msg::Uploading {
             short_id: self.short_id.clone(),
         });
-        self.message.force(&text).await;
+        if self.message.is_shared() {
+            self.message.show(&text);
+        } else {
+            self.message.force(&text).await;
+        }
     }
 
     pub async fn waiting_retry(&mut self, attempt: u32, max: u32) {

@@ -33,13 +33,19 @@ impl Pipeline {
             }
         };
         self.status(&job).uploading().await;
+        let (media, extras) = match &source {
+            Source::File(p) => self.upload_extras(&job, p).await,
+            Source::Cached { .. } => (job.media, Default::default()),
+        };
         let up = Upload {
             chat_id: job.chat_id,
             reply_to: job.request_msg_id,
             kind: job.options.kind,
             source,
             caption: send::caption(job.title.as_deref(), &job.url),
-            media: job.media,
+            media,
+            extras,
+            by_path: self.jobs.config.telegram.local_api,
         };
         // A 429 is waited out inside the pacer, without counting an attempt.
         let sending = async {
@@ -49,8 +55,15 @@ impl Pipeline {
                 r = &mut send => Some(r),
                 _ = cancel.cancelled() => {
                     if self.shutdown.is_cancelled() {
-                        // Let an upload in flight finish if it can.
+                        // Let an upload in flight finish if it can. (Given
+                        // up, the job stays in uploading with its folder,
+                        // and the next start sends it again.)
                         tokio::time::timeout(self.upload_grace, &mut send).await.ok()
+                    } else if up.by_path {
+                        // A local server reads the file by path after our
+                        // request left: cleaning now would pull the file
+                        // from under it. Telegram's answer comes first.
+                        Some(send.await)
                     } else {
                         None
                     }
