@@ -154,9 +154,7 @@ fn main() {
         .build()
         .expect("tokio runtime");
     let sections = rt.block_on(async {
-        let ytdlp = install::resolve("auto", &std::env::temp_dir())
-            .await
-            .expect("yt-dlp on PATH (pip install yt-dlp)");
+        let ytdlp = install::find_on_path("yt-dlp").expect("yt-dlp on PATH (pip install yt-dlp)");
         let mut sections = Vec::new();
         if settings.run_e2e {
             sections.push(end_to_end(&settings, &ytdlp).await);
@@ -831,7 +829,7 @@ async fn burst(settings: &Settings, how: Burst) -> (Section, Section) {
     let config = format!(
         "[telegram]\ntoken = \"{TOKEN}\"\napi_url = \"{api}\"\n{pacing}\
          [storage]\ndata_dir = \"{data}\"\n\
-         [downloader]\nconcurrency = 1\n\
+         [downloader]\nconcurrency = 1\nytdlp_source = \"{data}/no-releases\"\n\
          {LIMITS}\
          [security]\nallow_private_networks = true\n",
         api = api.url_string(),

@@ -402,7 +402,7 @@ async fn binary_start(api: &FakeTelegram, binary: &Path, ytdlp: &Path, dir: &Pat
     let config = format!(
         "[telegram]\ntoken = \"{TOKEN}\"\napi_url = \"{api}\"\nadmins = [1]\n\
          [storage]\ndata_dir = \"{data}\"\nretention_days = 0\n\
-         [downloader]\nytdlp = \"{ytdlp}\"\n",
+         [downloader]\nytdlp = \"{ytdlp}\"\nytdlp_source = \"{data}/no-releases\"\n",
         api = api.url_string(),
         data = dir.join("data").display(),
         ytdlp = ytdlp.display(),

@@ -15,11 +15,13 @@ use crate::botapi::{self, notify_admins, Api};
 use crate::config::Config;
 use crate::download::install;
 use crate::download::media::MediaTools;
+use crate::download::source::Source;
 use crate::net::egress::{EgressProxy, ProxyLimits};
 use crate::ops::admin;
 use crate::ops::health::{HealthState, Monitor, SysinfoProbe};
 use crate::ops::http::{self, Observed};
 use crate::ops::systemd;
+use crate::ops::update;
 use crate::pipeline::{quality, recovery, spawn_workers, JobService, Pipeline};
 use crate::store::{JobStore, SledStore};
 use crate::telegram::{self, commands, Deps};
@@ -79,28 +81,24 @@ async fn serve(
 ) -> anyhow::Result<()> {
     let config = jobs.config.clone();
     let health = Arc::new(HealthState::default());
-    let ytdlp = install::resolve(&config.downloader.ytdlp, &config.tools_dir()).await?;
+    let source = Source::from_setting(&config.downloader.ytdlp_source);
+    let ytdlp = install::resolve(&config.downloader.ytdlp, &config.tools_dir(), &source).await?;
     let tools = MediaTools::resolve(&config.downloader.ffmpeg);
     let missing = tools.missing();
-    tracing::info!(ytdlp = %ytdlp.display(), ?tools, "downloader ready");
+    tracing::info!(
+        ytdlp = %ytdlp.current().bin.display(),
+        managed = ytdlp.layout().is_some(),
+        ?tools,
+        "downloader ready"
+    );
     if !missing.is_empty() {
         tracing::warn!(
             ?missing,
             "media tools missing: uploads carry only what yt-dlp reports"
         );
     }
-    // Asking yt-dlp its version costs a Python start-up (0.3-0.5 s): do it
-    // beside the start rather than before serving.
-    {
-        let (health, ytdlp) = (health.clone(), ytdlp.clone());
-        tracker.spawn(async move {
-            let version = crate::download::ytdlp_version(&ytdlp)
-                .await
-                .unwrap_or_else(|e| format!("unknown ({e})"));
-            tracing::info!(version, "yt-dlp version");
-            *health.ytdlp_version.write().unwrap() = version;
-        });
-    }
+    // yt-dlp's version is asked by the updater task below (it also follows
+    // every switch), not here.
     health.set_tools(&tools);
     // Under systemd: the watchdog from now on (waiting for the Bot API and
     // recovery can take long), READY=1 once recovery has run.
@@ -188,6 +186,20 @@ async fn serve(
         });
     }
 
+    // The updater also asks yt-dlp its version (a Python start-up, 0.3-0.5
+    // s), beside the start rather than before serving.
+    let (updater, update_task) = update::spawn_parts(
+        jobs.clone(),
+        Some(api.clone()),
+        pipeline.ytdlp.clone(),
+        health.clone(),
+    );
+    if pipeline.ytdlp.layout().is_some() {
+        // Cheap for the managed install (its folder says its version), and
+        // /health is right from the first answer.
+        update_task.refresh_health().await;
+    }
+    tracker.spawn(update_task.run(stop.clone()));
     let monitor = Monitor::new(
         jobs.clone(),
         health.clone(),
@@ -209,6 +221,7 @@ async fn serve(
         api,
         jobs,
         health,
+        updater,
         username: me.username.clone().unwrap_or_default(),
     });
     let counts = deps.jobs.call(|s| s.counts()).await.ok();

@@ -104,8 +104,17 @@ pub struct StorageConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DownloaderConfig {
-    /// A path to yt-dlp, or "auto": yt-dlp on PATH, else a managed install.
+    /// A path to yt-dlp, or "auto": yt-dlp on PATH, else a managed install;
+    /// "managed": always the managed install.
     pub ytdlp: String,
+    /// Hours between updates of the managed yt-dlp; 0: never by itself.
+    pub update_interval_hours: u64,
+    /// An operator-managed yt-dlp this many days behind the newest release
+    /// is an alert.
+    pub stale_after_days: u64,
+    /// Where releases come from: "" for PyPI, a PEP 503 index URL, or a
+    /// folder of wheels.
+    pub ytdlp_source: String,
     pub concurrency: usize,
     pub timeout_secs: u64,
     /// Attempts (errors) before a job fails for good.
@@ -201,6 +210,9 @@ impl Default for DownloaderConfig {
     fn default() -> Self {
         DownloaderConfig {
             ytdlp: "auto".into(),
+            update_interval_hours: 24,
+            stale_after_days: 14,
+            ytdlp_source: String::new(),
             concurrency: 2,
             timeout_secs: 1800,
             max_attempts: 3,
@@ -405,7 +417,7 @@ impl Config {
         if d.ytdlp.trim().is_empty() {
             return Err(invalid(
                 "downloader.ytdlp",
-                "must be \"auto\" or a path to yt-dlp",
+                "must be \"auto\", \"managed\" or a path to yt-dlp",
             ));
         }
         if d.ffmpeg.trim().is_empty() {
@@ -414,6 +426,13 @@ impl Config {
                 "must be \"auto\" or a folder holding ffmpeg and ffprobe",
             ));
         }
+        range(
+            "downloader.update_interval_hours",
+            d.update_interval_hours,
+            0,
+            24 * 365,
+        )?;
+        range("downloader.stale_after_days", d.stale_after_days, 1, 3650)?;
         range("downloader.concurrency", d.concurrency as u64, 1, 64)?;
         range("downloader.timeout_secs", d.timeout_secs, 1, 7 * 86_400)?;
         range("downloader.max_attempts", d.max_attempts as u64, 1, 100)?;

@@ -157,7 +157,7 @@ async fn the_disk_guard_pauses_claiming_tells_users_and_resumes() {
     let pipeline = Pipeline {
         jobs: core.clone(),
         api: paced(&api),
-        ytdlp: support::ytdlp(),
+        ytdlp: tgdl::download::YtDlp::operator(support::ytdlp()),
         tools: tgdl::download::media::MediaTools::resolve("auto"),
         shutdown: tokio_util::sync::CancellationToken::new(),
         upload_grace: Duration::from_secs(1),
@@ -435,7 +435,7 @@ async fn enospc_requeues_uncounted_deletes_the_partial_and_holds_claims_until_a_
     let pipeline = Pipeline {
         jobs: core.clone(),
         api: paced(&api),
-        ytdlp: enospc_ytdlp(dir.path(), &runs, &space),
+        ytdlp: tgdl::download::YtDlp::operator(enospc_ytdlp(dir.path(), &runs, &space)),
         tools: tgdl::download::media::MediaTools::resolve("auto"),
         shutdown: tokio_util::sync::CancellationToken::new(),
         upload_grace: Duration::from_secs(1),

@@ -63,6 +63,14 @@ pub enum Command {
     },
     /// Print the health report (the same as /health).
     Health,
+    /// Update the managed yt-dlp now (install the newest release beside the
+    /// current one, test it, switch); `tgdl update rollback` goes back to the
+    /// previous one. A running bot uses the result from its next job.
+    Update {
+        /// `rollback` to go back to the previous install.
+        #[arg(value_parser = ["rollback"])]
+        action: Option<String>,
+    },
     /// Cancel a job as /cancel does for an admin: its download is stopped
     /// and its files removed (on a playlist, every item).
     Cancel { id: String },
@@ -186,6 +194,21 @@ fn dispatch(cli: Cli) -> Result<(), CliError> {
         Command::Job { id, json } => remote::job(&config, id, json),
         Command::Cancel { id } => remote::cancel(&config, id),
         Command::Retry { id } => remote::retry(&config, id),
+        Command::Update { action } => {
+            crate::app::init_logging();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(anyhow::Error::from)?;
+            let rollback = action.is_some();
+            match rt.block_on(crate::ops::update::run_cli(&config, rollback)) {
+                Ok(text) => {
+                    println!("{text}");
+                    Ok(())
+                }
+                Err(text) => Err(CliError::Other(anyhow::anyhow!(text))),
+            }
+        }
     }
 }
 

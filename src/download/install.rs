@@ -1,124 +1,66 @@
 //! Finding yt-dlp (`downloader.ytdlp`): a configured path, else `yt-dlp` on
-//! PATH, else a managed install in `data_dir/tools` (a Python venv + pip),
-//! made once on first start and reused after.
+//! PATH, else the managed install in `data_dir/tools/ytdlp` (made on first
+//! start; [`super::managed`] keeps it current). "managed" skips PATH.
 
-use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 
-use tokio::process::Command;
+use super::handle::YtDlp;
+use super::managed::{Layout, ManagedError};
+use super::source::Source;
 
 #[derive(Debug, thiserror::Error)]
 pub enum InstallError {
     #[error("downloader.ytdlp: '{0}' does not exist or is not executable")]
     NotExecutable(String),
-    #[error("yt-dlp is not on PATH and Python 3 (needed to install it) was not found; install yt-dlp or python3, or set downloader.ytdlp")]
-    NoPython,
-    #[error("installing yt-dlp into {dir} failed: {detail}")]
-    Failed { dir: String, detail: String },
+    #[error("yt-dlp is not on PATH and the managed install failed: {0}")]
+    Managed(#[from] ManagedError),
 }
 
-/// Resolve the yt-dlp executable for `setting` ("auto" or a path).
-pub async fn resolve(setting: &str, tools_dir: &Path) -> Result<PathBuf, InstallError> {
-    if setting != "auto" {
-        let p = PathBuf::from(setting);
-        return if is_executable(&p) {
-            Ok(p)
-        } else {
-            Err(InstallError::NotExecutable(setting.to_string()))
-        };
+/// Resolve the yt-dlp to run for `setting` ("auto", "managed" or a path).
+/// The managed install is made on first start from `source`.
+pub async fn resolve(
+    setting: &str,
+    tools_dir: &Path,
+    source: &Source,
+) -> Result<YtDlp, InstallError> {
+    match setting {
+        "auto" => {
+            if let Some(p) = find_on_path("yt-dlp") {
+                return Ok(YtDlp::operator(p));
+            }
+        }
+        "managed" => {}
+        path => {
+            let p = PathBuf::from(path);
+            return if is_executable(&p) {
+                Ok(YtDlp::operator(p))
+            } else {
+                Err(InstallError::NotExecutable(setting.to_string()))
+            };
+        }
     }
-    if let Some(p) = find_on_path("yt-dlp") {
-        return Ok(p);
+    let layout = Layout::new(tools_dir);
+    if layout.current().is_err() {
+        tracing::info!(dir = %layout.root.display(), "no managed yt-dlp yet: installing (first start)");
+        layout.update(source).await?;
     }
-    managed(tools_dir).await
+    Ok(YtDlp::managed(layout)?)
 }
 
-/// The yt-dlp `resolve` would use, without installing anything: for
-/// `tgdl health` on a stopped bot, which reports the version the bot runs.
-pub fn locate(setting: &str, tools_dir: &Path) -> Option<PathBuf> {
-    if setting != "auto" {
-        let p = PathBuf::from(setting);
-        return is_executable(&p).then_some(p);
-    }
-    find_on_path("yt-dlp").or_else(|| {
-        let bin = managed_bin(tools_dir);
-        is_executable(&bin).then_some(bin)
-    })
-}
-
-fn managed_bin(tools_dir: &Path) -> PathBuf {
-    tools_dir.join("venv").join("bin").join("yt-dlp")
-}
-
-/// The managed install: `tools_dir/venv/bin/yt-dlp`, created when missing.
-pub async fn managed(tools_dir: &Path) -> Result<PathBuf, InstallError> {
-    let venv = tools_dir.join("venv");
-    let bin = managed_bin(tools_dir);
-    if is_executable(&bin) {
-        return Ok(bin);
-    }
-    let python = ["python3", "python"]
-        .into_iter()
-        .find_map(find_on_path)
-        .ok_or(InstallError::NoPython)?;
-    let failed = |detail: String| InstallError::Failed {
-        dir: venv.display().to_string(),
-        detail,
-    };
-    std::fs::create_dir_all(tools_dir).map_err(|e| failed(e.to_string()))?;
-    tracing::info!(dir = %venv.display(), "installing yt-dlp (first start)");
-    run(
-        &python,
-        ["-m", "venv", "--clear"]
-            .map(OsStr::new)
-            .into_iter()
-            .chain([venv.as_os_str()]),
-    )
-    .await
-    .map_err(failed)?;
-    let pip = venv.join("bin").join("pip");
-    run(
-        &pip,
-        [
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "yt-dlp",
-        ]
-        .map(OsStr::new),
-    )
-    .await
-    .map_err(failed)?;
-    if is_executable(&bin) {
-        Ok(bin)
-    } else {
-        Err(failed("pip finished but bin/yt-dlp is missing".into()))
-    }
-}
-
-async fn run<'a>(program: &Path, args: impl IntoIterator<Item = &'a OsStr>) -> Result<(), String> {
-    let mut cmd = Command::new(program);
-    super::process::without_secrets(&mut cmd);
-    let out = cmd
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .await
-        .map_err(|e| format!("{}: {e}", program.display()))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        let err = String::from_utf8_lossy(&out.stderr);
-        let last = err
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("");
-        Err(format!(
-            "{} exited with {}: {last}",
-            program.display(),
-            out.status
-        ))
+/// The yt-dlp `setting` names, without installing anything (for `tgdl
+/// health` and `tgdl update` beside or without a running bot). `None`: the
+/// managed install is meant but not made yet, or the path is not there.
+pub fn existing(setting: &str, tools_dir: &Path) -> Option<YtDlp> {
+    let on_path = (setting == "auto")
+        .then(|| find_on_path("yt-dlp"))
+        .flatten();
+    match setting {
+        "auto" | "managed" if on_path.is_none() => YtDlp::managed(Layout::new(tools_dir)).ok(),
+        "auto" => on_path.map(YtDlp::operator),
+        path => {
+            let p = PathBuf::from(path);
+            is_executable(&p).then(|| YtDlp::operator(p))
+        }
     }
 }
 
@@ -146,9 +88,14 @@ mod tests {
     async fn a_configured_path_must_be_executable() {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("nope");
-        let err = resolve(missing.to_str().unwrap(), dir.path())
-            .await
-            .unwrap_err();
+        let err = resolve(
+            missing.to_str().unwrap(),
+            dir.path(),
+            &Source::from_setting(""),
+        )
+        .await
+        .err()
+        .unwrap();
         assert!(matches!(err, InstallError::NotExecutable(_)));
         assert!(err.to_string().contains("downloader.ytdlp"));
     }

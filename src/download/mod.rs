@@ -10,6 +10,9 @@
 //! - [`process`]: running it in its own process group, in the job's folder,
 //!   without `TGDL_*` in its environment, draining both pipes, and killing
 //!   the whole group on cancel or timeout.
+//! - [`install`], [`handle`], [`managed`], [`source`], [`selftest`]: which
+//!   yt-dlp runs; the managed one lives in its own folders, is updated into a
+//!   fresh folder, checked, and switched to with one symlink rename.
 //! - [`media`]: after yt-dlp, the file made to look right in Telegram
 //!   (streamable MP4, shape and length from ffprobe, thumbnail, tags).
 //! - [`leftovers`]: finding and ending processes an earlier run left working
@@ -20,14 +23,19 @@
 
 pub mod args;
 pub mod classify;
+pub mod handle;
 pub mod install;
 pub mod leftovers;
+pub mod managed;
 pub mod media;
 pub mod probe;
 pub mod process;
 pub mod progress;
+pub mod selftest;
+pub mod source;
 
 pub use args::{job_dir, Want, YtDlpArgs};
 pub use classify::{classify, DownloadFailure, Reason};
+pub use handle::{Install, YtDlp};
 pub use process::{run_ytdlp, ytdlp_version, DownloadError, DownloadOutput};
 pub use progress::{MediaMeta, Progress};

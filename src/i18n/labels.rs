@@ -84,6 +84,8 @@ pub fn command_description(lang: Lang, command: &str) -> Option<&'static str> {
         (Fa, "retry") => "تلاش دوباره برای کار ناموفق: /retry <شناسه>",
         (En, "health") => "admins: the bot's health",
         (Fa, "health") => "مدیران: وضعیت سلامت ربات",
+        (En, "update") => "admins: update yt-dlp now, or /update rollback",
+        (Fa, "update") => "مدیران: به‌روزرسانی yt-dlp، یا /update rollback",
         _ => return None,
     })
 }

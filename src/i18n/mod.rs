@@ -111,6 +111,51 @@ pub enum Msg {
     QueueFull,
     NotAllowed,
     AdminOnly,
+    /// `/update` for admins: what the updater will do, then what it did.
+    UpdateStarted,
+    RollbackStarted,
+    UpdateBusy,
+    UsageUpdate,
+    YtdlpUpdated {
+        from: String,
+        to: String,
+    },
+    YtdlpInstalled {
+        version: String,
+    },
+    YtdlpUpToDate {
+        version: String,
+    },
+    YtdlpUpdateFailed {
+        still: String,
+        error: String,
+    },
+    YtdlpRolledBack {
+        from: String,
+        to: String,
+    },
+    YtdlpNoRollback,
+    YtdlpNotManaged {
+        path: String,
+    },
+    /// Extractor errors spiked right after a switch: offer the way back.
+    YtdlpSpikeAfterUpdate {
+        errors: u64,
+        version: String,
+        previous: String,
+    },
+    /// Extractor errors spiked on an old release: updating now.
+    YtdlpSpikeUpdating {
+        errors: u64,
+        version: String,
+    },
+    /// The operator's yt-dlp is far behind the newest release.
+    YtdlpStale {
+        path: String,
+        version: String,
+        newest: String,
+        days: i64,
+    },
     Downloading {
         short_id: String,
     },
@@ -266,6 +311,34 @@ pub fn render(lang: Lang, msg: &Msg) -> String {
         (Fa, Msg::NotAllowed) => "متأسفم، این ربات خصوصی است.".into(),
         (En, Msg::AdminOnly) => "This command is for the bot's admins only.".into(),
         (Fa, Msg::AdminOnly) => "این دستور فقط برای مدیران ربات است.".into(),
+        (En, Msg::UpdateStarted) => "⏳ Updating yt-dlp: installing the newest release beside the current one and testing it. Admins get the result.".into(),
+        (Fa, Msg::UpdateStarted) => "⏳ به‌روزرسانی yt-dlp: تازه‌ترین نسخه کنار نسخهٔ فعلی نصب و آزموده می‌شود. نتیجه برای مدیران فرستاده می‌شود.".into(),
+        (En, Msg::RollbackStarted) => "⏳ Going back to the previous yt-dlp. Admins get the result.".into(),
+        (Fa, Msg::RollbackStarted) => "⏳ بازگشت به نسخهٔ قبلی yt-dlp. نتیجه برای مدیران فرستاده می‌شود.".into(),
+        (En, Msg::UpdateBusy) => "An update of yt-dlp is already running; its result comes shortly.".into(),
+        (Fa, Msg::UpdateBusy) => "به‌روزرسانی yt-dlp در جریان است؛ نتیجه‌اش به‌زودی می‌رسد.".into(),
+        (En, Msg::UsageUpdate) => "Usage: /update (install the newest yt-dlp) or /update rollback (go back to the previous one).".into(),
+        (Fa, Msg::UsageUpdate) => "استفاده: /update (نصب تازه‌ترین yt-dlp) یا /update rollback (بازگشت به نسخهٔ قبلی).".into(),
+        (En, Msg::YtdlpUpdated { from, to }) => format!("✅ yt-dlp updated: {from} → {to}. New downloads use {to}; running ones finish with {from}. /update rollback goes back."),
+        (Fa, Msg::YtdlpUpdated { from, to }) => format!("✅ yt-dlp به‌روز شد: {from} ← {to}. دانلودهای تازه با {to} انجام می‌شوند؛ دانلودهای در جریان با {from} تمام می‌شوند. /update rollback برمی‌گرداند."),
+        (En, Msg::YtdlpInstalled { version }) => format!("✅ yt-dlp {version} installed."),
+        (Fa, Msg::YtdlpInstalled { version }) => format!("✅ yt-dlp {version} نصب شد."),
+        (En, Msg::YtdlpUpToDate { version }) => format!("✅ yt-dlp {version} is the newest release; nothing changed."),
+        (Fa, Msg::YtdlpUpToDate { version }) => format!("✅ yt-dlp {version} تازه‌ترین نسخه است؛ چیزی تغییر نکرد."),
+        (En, Msg::YtdlpUpdateFailed { still, error }) => format!("⚠️ yt-dlp update failed; nothing changed, downloads keep using {still}.\nWhy: {error}"),
+        (Fa, Msg::YtdlpUpdateFailed { still, error }) => format!("⚠️ به‌روزرسانی yt-dlp ناموفق بود؛ چیزی تغییر نکرد و دانلودها با {still} ادامه می‌یابند.\nعلت: {error}"),
+        (En, Msg::YtdlpRolledBack { from, to }) => format!("↩️ yt-dlp rolled back: {from} → {to}. New downloads use {to}."),
+        (Fa, Msg::YtdlpRolledBack { from, to }) => format!("↩️ yt-dlp برگردانده شد: {from} ← {to}. دانلودهای تازه با {to} انجام می‌شوند."),
+        (En, Msg::YtdlpNoRollback) => "There is no previous yt-dlp install to go back to.".into(),
+        (Fa, Msg::YtdlpNoRollback) => "نسخهٔ قبلی‌ای از yt-dlp برای بازگشت وجود ندارد.".into(),
+        (En, Msg::YtdlpNotManaged { path }) => format!("yt-dlp here is the operator's ({path}); the bot never changes it. Update it the way it was installed."),
+        (Fa, Msg::YtdlpNotManaged { path }) => format!("yt-dlp اینجا را گرداننده نصب کرده است ({path})؛ ربات هرگز آن را تغییر نمی‌دهد. همان‌طور که نصب شده به‌روزش کنید."),
+        (En, Msg::YtdlpSpikeAfterUpdate { errors, version, previous }) => format!("⚠️ {errors} extractor errors since yt-dlp was updated to {version}. If the new release is to blame, /update rollback goes back to {previous}."),
+        (Fa, Msg::YtdlpSpikeAfterUpdate { errors, version, previous }) => format!("⚠️ {errors} خطای استخراج از زمان به‌روزرسانی yt-dlp به {version}. اگر نسخهٔ تازه مقصر است، /update rollback به {previous} برمی‌گرداند."),
+        (En, Msg::YtdlpSpikeUpdating { errors, version }) => format!("⚠️ {errors} extractor errors in the last hour on yt-dlp {version}: sites may have changed, updating yt-dlp now."),
+        (Fa, Msg::YtdlpSpikeUpdating { errors, version }) => format!("⚠️ {errors} خطای استخراج در یک ساعت گذشته با yt-dlp {version}: شاید سایت‌ها تغییر کرده‌اند؛ yt-dlp هم‌اکنون به‌روز می‌شود."),
+        (En, Msg::YtdlpStale { path, version, newest, days }) => format!("🟠 yt-dlp {version} ({path}, managed by the operator) is {days} days behind the newest release {newest}. Sites break on old releases: please update it."),
+        (Fa, Msg::YtdlpStale { path, version, newest, days }) => format!("🟠 yt-dlp {version} ({path}، نصب‌شده به دست گرداننده) {days} روز از تازه‌ترین نسخه {newest} عقب است. سایت‌ها با نسخه‌های قدیمی کار نمی‌کنند: لطفاً به‌روزش کنید."),
         (En, Msg::Downloading { short_id }) => format!("⬇️ Job {short_id}: downloading…"),
         (Fa, Msg::Downloading { short_id }) => format!("⬇️ کار {short_id}: در حال دانلود…"),
         (_, Msg::Progress { short_id, percent, downloaded, total, speed, eta }) => {

@@ -7,9 +7,12 @@
 //! - [`admin`]: the CLI's questions to the running bot (a Unix socket), and
 //!   the one function that answers them running or stopped.
 //! - [`systemd`]: readiness, status, watchdog and stopping for systemd.
+//! - [`update`]: the managed yt-dlp's updater task and the one update
+//!   operation `/update` and `tgdl update` both call.
 
 pub mod admin;
 pub mod health;
 pub mod http;
 pub mod report;
 pub mod systemd;
+pub mod update;

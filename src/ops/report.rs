@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use super::health::{rules, Condition, HealthState, Monitor, Sample, SysinfoProbe};
-use crate::download::install;
+use crate::download::install::existing;
 use crate::job::{now_ms, Job, JobState};
 use crate::pipeline::JobService;
 use crate::store::StoreError;
@@ -57,6 +57,10 @@ pub fn render_health(s: &Sample, conditions: &[Condition]) -> String {
         found(s.ffmpeg),
         found(s.ffprobe),
     ));
+    if !s.ytdlp_detail.is_empty() {
+        out.push_str(&s.ytdlp_detail);
+        out.push('\n');
+    }
     // What a missing tool costs, so the admin knows whether to install it.
     if !s.ffmpeg {
         out.push_str(
@@ -87,7 +91,10 @@ pub async fn health_text(
     jobs: &Arc<JobService>,
     state: &Arc<HealthState>,
 ) -> Result<String, StoreError> {
-    if let Some((s, c)) = state.latest() {
+    if let Some((mut s, c)) = state.latest() {
+        // yt-dlp changes between samples (an update): show it as it is now.
+        s.ytdlp_version = state.ytdlp_version.read().unwrap().clone();
+        s.ytdlp_detail = state.ytdlp_detail.read().unwrap().clone();
         return Ok(render_health(&s, &c));
     }
     sampled_health(jobs, state).await
@@ -116,10 +123,16 @@ pub async fn sampled_health(
 /// (a configured path, PATH, or the managed install in `data_dir/tools`).
 pub async fn offline_health(jobs: &Arc<JobService>) -> Result<String, StoreError> {
     let state = Arc::new(HealthState::default());
-    let config = &jobs.config;
-    if let Some(bin) = install::locate(&config.downloader.ytdlp, &config.tools_dir()) {
-        if let Ok(v) = crate::download::ytdlp_version(&bin).await {
-            *state.ytdlp_version.write().unwrap() = v;
+    let cfg = &jobs.config;
+    match existing(&cfg.downloader.ytdlp, &cfg.tools_dir()) {
+        Some(ytdlp) => {
+            let (version, detail) = super::update::describe(&ytdlp, cfg).await;
+            *state.ytdlp_version.write().unwrap() = version;
+            *state.ytdlp_detail.write().unwrap() = detail;
+        }
+        None => {
+            *state.ytdlp_detail.write().unwrap() =
+                "yt-dlp not installed yet (the bot installs it at its first start)".into();
         }
     }
     state.set_tools(&crate::download::media::MediaTools::resolve(

@@ -6,7 +6,6 @@
 //! Best effort by design: if the probe is slow or the bot restarts, the
 //! window simply closes and the user's default applies.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +16,7 @@ use tokio_util::task::TaskTracker;
 use super::JobService;
 use crate::botapi::keyboard::choice_keyboard;
 use crate::botapi::Api;
-use crate::download::probe;
+use crate::download::{probe, YtDlp};
 use crate::i18n::Lang;
 use crate::job::{now_ms, JobId, JobState};
 use crate::net::egress::EgressProxy;
@@ -37,7 +36,7 @@ pub fn queue() -> (mpsc::Sender<JobId>, mpsc::Receiver<JobId>) {
 pub fn spawn(
     jobs: Arc<JobService>,
     api: Api,
-    ytdlp: PathBuf,
+    ytdlp: YtDlp,
     egress: Option<Arc<EgressProxy>>,
     mut rx: mpsc::Receiver<JobId>,
     tracker: &TaskTracker,
@@ -58,7 +57,15 @@ pub fn spawn(
             let session = egress.as_ref().map(|p| p.session());
             inner.spawn(async move {
                 let proxy = session.as_ref().map(|s| s.proxy_url());
-                offer(&jobs, &api, &ytdlp, proxy.as_deref(), id, &stop).await;
+                offer(
+                    &jobs,
+                    &api,
+                    &ytdlp.current().bin,
+                    proxy.as_deref(),
+                    id,
+                    &stop,
+                )
+                .await;
                 drop(permit);
             });
         }

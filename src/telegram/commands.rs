@@ -32,6 +32,9 @@ pub enum Command {
     /// Admins only: not listed in the menu or /help.
     #[command(hide)]
     Health,
+    /// Admins only: `/update` or `/update rollback`.
+    #[command(hide, parse_with = rest)]
+    Update(String),
 }
 
 fn rest(s: String) -> Result<(String,), ParseError> {

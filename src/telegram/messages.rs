@@ -17,6 +17,7 @@ use crate::i18n::{render, Lang, Msg};
 use crate::job::{now_ms, Job, JobOptions, MediaKind};
 use crate::net::{self, LinkEntity};
 use crate::ops::report;
+use crate::ops::update::Request;
 use crate::pipeline::service::{Access, Asker, LinkRequest, Lookup, RetryOutcome, Submission};
 use crate::store::UserSettings;
 
@@ -161,6 +162,22 @@ pub(super) async fn on_message(msg: Message, deps: Arc<Deps>) -> Result<(), Pace
         Command::Health => report::health_text(jobs, &deps.health)
             .await
             .unwrap_or_else(|e| internal(lang, e)),
+        Command::Update(_) if !asker.admin => say(Msg::AdminOnly),
+        Command::Update(arg) => {
+            let (request, started) = match arg.to_ascii_lowercase().as_str() {
+                "" => (Request::Update, Msg::UpdateStarted),
+                "rollback" => (Request::Rollback, Msg::RollbackStarted),
+                _ => {
+                    reply(api, &msg, say(Msg::UsageUpdate)).await?;
+                    return Ok(());
+                }
+            };
+            if deps.updater.request(request) {
+                say(started)
+            } else {
+                say(Msg::UpdateBusy)
+            }
+        }
     };
     reply(api, &msg, out).await?;
     Ok(())

@@ -21,6 +21,7 @@ use std::sync::Arc;
 
 use crate::botapi::Api;
 use crate::ops::health::HealthState;
+use crate::ops::update::Updater;
 use crate::pipeline::JobService;
 
 /// What every handler gets.
@@ -29,6 +30,8 @@ pub struct Deps {
     pub api: Api,
     pub jobs: Arc<JobService>,
     pub health: Arc<HealthState>,
+    /// Where `/update` sends its request (the updater task does the work).
+    pub updater: Updater,
     /// This bot's username, to tell `/cmd@thisbot` from `/cmd@otherbot`.
     pub username: String,
 }

@@ -30,7 +30,8 @@ pub fn write_config(dir: &Path, text: &str) -> PathBuf {
 }
 
 /// Config text for the binary with its data in `dir/data`, talking to the Bot API at `api_url`:
-/// the test token, loopback media allowed, one-second retries, no wait for a format choice.
+/// the test token, loopback media allowed, one-second retries, no wait for a format choice,
+/// yt-dlp releases looked up in an empty local folder (never the live registry).
 /// `extra` adds or overrides keys; a table it repeats is merged into the one above.
 pub fn binary_config(dir: &Path, api_url: &str, extra: &str) -> String {
     let text = format!(
@@ -43,6 +44,7 @@ data_dir = "{data}"
 [downloader]
 ytdlp = "{ytdlp}"
 retry_base_secs = 1
+ytdlp_source = "{data}/no-releases"
 [security]
 allow_private_networks = true
 {extra}

@@ -23,7 +23,8 @@ pub struct TestBot {
 }
 
 /// A config for tests: loopback allowed (the media server is on 127.0.0.1),
-/// fast retries, one-second progress edits, the admin above.
+/// fast retries, one-second progress edits, the admin above, and yt-dlp
+/// releases looked up in an empty local folder, never the live registry.
 pub fn test_config(dir: &Path, api: &FakeTelegram, extra: &str) -> tgdl::config::Config {
     let text = format!(
         r#"
@@ -37,6 +38,7 @@ choice_wait_secs = 0
 data_dir = "{data}"
 [downloader]
 ytdlp = "{ytdlp}"
+ytdlp_source = "{data}/no-releases"
 retry_base_secs = 1
 max_attempts = 3
 [security]

@@ -20,6 +20,7 @@ pub mod fake_telegram;
 pub mod fs;
 pub mod media_server;
 pub mod service;
+pub mod standin;
 
 use std::future::Future;
 use std::path::PathBuf;

@@ -25,6 +25,9 @@ pub struct HealthState {
     pub started: Instant,
     latest: RwLock<Option<(Sample, Vec<Condition>)>>,
     pub ytdlp_version: RwLock<String>,
+    /// Who manages yt-dlp, when it was installed, the last update attempt
+    /// (written by the updater, [`crate::ops::update`]).
+    pub ytdlp_detail: RwLock<String>,
     pub ffmpeg: AtomicBool,
     pub ffprobe: AtomicBool,
 }
@@ -35,6 +38,7 @@ impl Default for HealthState {
             started: Instant::now(),
             latest: RwLock::new(None),
             ytdlp_version: RwLock::new(String::from("unknown")),
+            ytdlp_detail: RwLock::new(String::new()),
             ffmpeg: AtomicBool::new(false),
             ffprobe: AtomicBool::new(false),
         }
@@ -139,6 +143,7 @@ impl Monitor {
                 .guard
                 .extractor_errors_since(now.saturating_sub(HOUR_MS)),
             ytdlp_version: h.ytdlp_version.read().unwrap().clone(),
+            ytdlp_detail: h.ytdlp_detail.read().unwrap().clone(),
             ffmpeg: h.ffmpeg.load(Ordering::Relaxed),
             ffprobe: h.ffprobe.load(Ordering::Relaxed),
             uptime_secs: h.started.elapsed().as_secs(),

@@ -45,6 +45,8 @@ pub struct Sample {
     /// Download failures that look like extractor breakage in the last hour.
     pub extractor_errors_last_hour: u64,
     pub ytdlp_version: String,
+    /// Managed or not, installed when, the last update attempt.
+    pub ytdlp_detail: String,
     pub ffmpeg: bool,
     pub ffprobe: bool,
     pub uptime_secs: u64,

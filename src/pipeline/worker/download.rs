@@ -40,8 +40,11 @@ impl Pipeline {
         status.downloading();
 
         let cfg = &self.jobs.config;
+        // Held until the run ends: an update meanwhile leaves this job on
+        // the install it started with (and keeps that folder on disk).
+        let ytdlp = self.ytdlp.current();
         let mut args = YtDlpArgs::new(
-            &self.ytdlp,
+            &ytdlp.bin,
             job.url.clone(),
             &cfg.downloads_dir(),
             job.id.0,

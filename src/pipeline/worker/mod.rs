@@ -29,7 +29,6 @@ mod upload;
 pub use outcome::{StepOutcome, StepResult, WorkerError};
 pub use policy::backoff;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,6 +39,7 @@ use tracing::Instrument;
 use super::JobService;
 use crate::botapi::Api;
 use crate::download::media::MediaTools;
+use crate::download::YtDlp;
 use crate::job::{Job, JobId, JobState};
 use crate::net::egress::{EgressProxy, EgressSession};
 
@@ -47,7 +47,8 @@ use crate::net::egress::{EgressProxy, EgressSession};
 pub struct Pipeline {
     pub jobs: Arc<JobService>,
     pub api: Api,
-    pub ytdlp: PathBuf,
+    /// Read once per job: a switch moves new jobs, running ones keep theirs.
+    pub ytdlp: YtDlp,
     /// ffmpeg and ffprobe (`downloader.ffmpeg`); either may be missing.
     pub tools: MediaTools,
     /// Fired at shutdown: running downloads stop and their jobs go back to

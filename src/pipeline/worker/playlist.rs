@@ -37,8 +37,9 @@ impl Pipeline {
         let dir = crate::download::job_dir(&cfg.downloads_dir(), job.id.0);
         let session = self.egress_session();
         let proxy = session.as_ref().map(|s| s.proxy_url());
+        let ytdlp = self.ytdlp.current();
         let run = probe::ProbeRun {
-            ytdlp: &self.ytdlp,
+            ytdlp: &ytdlp.bin,
             url: &job.url,
             limit,
             max_items: ask,
