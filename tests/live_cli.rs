@@ -214,6 +214,9 @@ async fn bad_requests_get_a_clear_error_and_the_bot_keeps_answering() {
 
     let (code, _, err) = tgdl(&t, &["job", "zz"]);
     assert_eq!((code, err.trim()), (2, "tgdl: 'zz' is not a job id"));
+    // Changes wait for the start-up recovery; the bot polls Telegram only
+    // after it has run.
+    t.api.wait_for_call("getUpdates", T).await;
     let (code, _, err) = tgdl(&t, &["cancel", "deadbeef"]);
     assert_eq!((code, err.trim()), (1, "tgdl: no job matches 'deadbeef'"));
     // Still serving, and still the same process.
