@@ -740,8 +740,14 @@ impl State {
         Some(entry)
     }
 
-    fn ready_at(&self, chat: Option<i64>, priority: Priority) -> Option<Instant> {
-        let global = later(self.global.ready_at(), self.global_hold);
+    /// When a waiter for `chat` may go, given the overall limit's moment `global` (the same for
+    /// every waiter, so [`State::pump`] computes it once per pass rather than once per waiter).
+    fn ready_at(
+        &self,
+        global: Option<Instant>,
+        chat: Option<i64>,
+        priority: Priority,
+    ) -> Option<Instant> {
         let chat = chat
             .and_then(|c| self.chats.get(&c))
             .and_then(|l| l.ready_at(priority));
@@ -754,8 +760,9 @@ impl State {
         loop {
             let mut earliest: Option<Instant> = None;
             let mut go = None;
+            let global = later(self.global.ready_at(), self.global_hold);
             for (&slot, entry) in &self.queue {
-                match self.ready_at(entry.chat, slot.0) {
+                match self.ready_at(global, entry.chat, slot.0) {
                     Some(at) if at > now => {
                         earliest = Some(earliest.map_or(at, |e| e.min(at)));
                     }
