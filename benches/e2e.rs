@@ -831,7 +831,8 @@ async fn burst(settings: &Settings, how: Burst) -> (Section, Section) {
          [storage]\ndata_dir = \"{data}\"\n\
          [downloader]\nconcurrency = 1\nytdlp_source = \"{data}/no-releases\"\n\
          {LIMITS}\
-         [security]\nallow_private_networks = true\n",
+         [security]\nallow_private_networks = true\n\
+         [health]\ndisk_free_percent_critical = 0.5\n",
         api = api.url_string(),
         data = dir.path().join("data").display(),
     );

@@ -20,6 +20,9 @@ use tokio_util::sync::CancellationToken;
 
 const T: Duration = Duration::from_secs(30);
 const GB: u64 = 1 << 30;
+/// The shipped threshold; test configs lower it so the host's own disk
+/// cannot pause them, and these tests drive a scripted disk against it.
+const DISK_GUARD_AT_10: &str = "[health]\ndisk_free_percent_critical = 10";
 
 /// A probe the test controls: the same interface the sysinfo probe
 /// implements, fed with the machine state the test needs.
@@ -151,7 +154,7 @@ async fn the_disk_guard_pauses_claiming_tells_users_and_resumes() {
     let api = FakeTelegram::start().await;
     let media = media().await;
     let dir = tempfile::tempdir().unwrap();
-    let core = service_for(&api, dir.path(), "");
+    let core = service_for(&api, dir.path(), DISK_GUARD_AT_10);
     let machine = Scripted(Arc::new(Mutex::new(normal())));
     let (mut monitor, _) = monitor_for(&core, &api, &machine);
     let pipeline = Pipeline {
@@ -427,7 +430,7 @@ async fn enospc_requeues_uncounted_deletes_the_partial_and_holds_claims_until_a_
     let api = FakeTelegram::start().await;
     let media = media().await;
     let dir = tempfile::tempdir().unwrap();
-    let core = service_for(&api, dir.path(), "");
+    let core = service_for(&api, dir.path(), DISK_GUARD_AT_10);
     let runs = dir.path().join("runs");
     let space = dir.path().join("space-is-back");
     let machine = Scripted(Arc::new(Mutex::new(normal())));

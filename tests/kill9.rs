@@ -49,8 +49,13 @@ per_user_active = 100
 per_user_per_hour = 1000
 [security]
 allow_private_networks = true
+[health]
+disk_free_percent_critical = {}
+memory_percent_warning = 100
+cpu_percent_warning = 100
 "#,
-        dir.join("data").display()
+        dir.join("data").display(),
+        support::bot::HOST_DISK_CRITICAL,
     )
 }
 

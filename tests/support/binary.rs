@@ -31,6 +31,7 @@ pub fn write_config(dir: &Path, text: &str) -> PathBuf {
 
 /// Config text for the binary with its data in `dir/data`, talking to the Bot API at `api_url`:
 /// the test token, loopback media allowed, one-second retries, no wait for a format choice,
+/// the disk guard at [`super::bot::HOST_DISK_CRITICAL`] (the host's disk may be fuller than 90 %),
 /// yt-dlp releases looked up in an empty local folder (never the live registry).
 /// `extra` adds or overrides keys; a table it repeats is merged into the one above.
 pub fn binary_config(dir: &Path, api_url: &str, extra: &str) -> String {
@@ -47,8 +48,13 @@ retry_base_secs = 1
 ytdlp_source = "{data}/no-releases"
 [security]
 allow_private_networks = true
+[health]
+disk_free_percent_critical = {critical}
+memory_percent_warning = 100
+cpu_percent_warning = 100
 {extra}
 "#,
+        critical = super::bot::HOST_DISK_CRITICAL,
         data = dir.join("data").display(),
         ytdlp = super::ytdlp().display(),
     );

@@ -15,6 +15,15 @@ use super::media_server::MediaServer;
 pub const TOKEN: &str = "123456:TEST-token";
 pub const ADMIN: u64 = 9000;
 
+/// The disk guard's threshold in test configs. The guard measures the host's
+/// real disk, and a CI machine may well have under 10 % free (one had 8.6 %,
+/// 21.6 GB, and every download test waited paused). Tests of the guard use a
+/// scripted probe and set the threshold they test; the rest must not depend
+/// on how full the machine running them is. For the same reason the test
+/// configs set the memory and CPU warnings to 100 % (never): a busy CI host
+/// would otherwise add admin alerts to the calls a test reads.
+pub const HOST_DISK_CRITICAL: f64 = 0.5;
+
 pub struct TestBot {
     pub dir: tempfile::TempDir,
     pub config: tgdl::config::Config,
@@ -23,7 +32,8 @@ pub struct TestBot {
 }
 
 /// A config for tests: loopback allowed (the media server is on 127.0.0.1),
-/// fast retries, one-second progress edits, the admin above, and yt-dlp
+/// fast retries, one-second progress edits, the admin above, the disk guard
+/// at [`HOST_DISK_CRITICAL`], and yt-dlp
 /// releases looked up in an empty local folder, never the live registry.
 pub fn test_config(dir: &Path, api: &FakeTelegram, extra: &str) -> tgdl::config::Config {
     let text = format!(
@@ -43,6 +53,10 @@ retry_base_secs = 1
 max_attempts = 3
 [security]
 allow_private_networks = true
+[health]
+disk_free_percent_critical = {HOST_DISK_CRITICAL}
+memory_percent_warning = 100
+cpu_percent_warning = 100
 {extra}
 "#,
         api = api.url_string(),
