@@ -5,6 +5,7 @@
 
 mod progress;
 mod remote;
+mod transfer;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -76,6 +77,15 @@ pub enum Command {
     Cancel { id: String },
     /// Queue a failed job again as /retry does for an admin.
     Retry { id: String },
+    /// Write a stopped bot's store (every job, cache entry, user setting and
+    /// counter) as versioned JSON lines, to stdout or --output FILE.
+    Export {
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+    /// Load an export file into an empty store (a new data_dir), then verify
+    /// the counts and the store's consistency.
+    Import { file: PathBuf },
     /// Check a config file without starting anything (exit 0, or 2 naming the key).
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -194,6 +204,8 @@ fn dispatch(cli: Cli) -> Result<(), CliError> {
         Command::Job { id, json } => remote::job(&config, id, json),
         Command::Cancel { id } => remote::cancel(&config, id),
         Command::Retry { id } => remote::retry(&config, id),
+        Command::Export { output } => transfer::export(&config, output),
+        Command::Import { file } => transfer::import(&config, &file),
         Command::Update { action } => {
             crate::app::init_logging();
             let rt = tokio::runtime::Builder::new_current_thread()

@@ -12,6 +12,7 @@
 pub mod codec;
 mod keys;
 mod sled;
+pub mod transfer;
 
 pub use self::sled::SledStore;
 

@@ -21,6 +21,7 @@ pub mod fs;
 pub mod media_server;
 pub mod service;
 pub mod standin;
+pub mod store_fixture;
 
 use std::future::Future;
 use std::path::PathBuf;

@@ -22,13 +22,14 @@
 //! `tx.rs` runs one transaction over the job trees; `apply.rs` derives the
 //! indexes; `ops.rs` is the [`JobStore`] implementation; `repair.rs`
 //! quarantines undecodable records and rebuilds a user record; `check.rs` is
-//! the full invariant check.
+//! the full invariant check; `transfer.rs` reads and loads export files.
 
 mod apply;
 mod check;
 mod ops;
 mod repair;
 mod sync;
+mod transfer;
 mod tx;
 
 use std::path::Path;

@@ -1,0 +1,230 @@
+//! [`Transfer`] for [`SledStore`]: export walks the trees; import loads jobs
+//! through [`apply`] (so the indexes, counters and user records are derived
+//! exactly as the store's own changes derive them), a batch per transaction.
+
+use ::sled::Tree;
+
+use super::apply::apply;
+use super::keys;
+use super::repair::qkey;
+use super::tx::{get_user, put_user, TxResult};
+use super::SledStore;
+use crate::job::{now_ms, Job, JobState};
+use crate::store::codec;
+use crate::store::transfer::{
+    CacheLine, FinishedLine, InboxLine, Line, QuarantineLine, SettingsLine, Transfer,
+    TransferError, UserLine,
+};
+use crate::store::{CachedMedia, JobStore, QuarantineEntry, StoreError, UserRecord};
+
+type Sink<'a> = dyn FnMut(Line) -> Result<(), TransferError> + 'a;
+
+impl SledStore {
+    /// A record of `tree` that does not decode: exported as a quarantine line.
+    fn undecodable(tree: &str, key: &[u8], bytes: &[u8], reason: String) -> Line {
+        Line::Quarantine(QuarantineLine::from_entry(&QuarantineEntry {
+            tree: tree.to_string(),
+            key: key.to_vec(),
+            bytes: bytes.to_vec(),
+            reason: format!("undecodable at export: {reason}"),
+            at: now_ms(),
+        }))
+    }
+
+    fn export_users(&self, sink: &mut Sink) -> Result<(), TransferError> {
+        for kv in self.users.iter() {
+            let (k, v) = kv.map_err(StoreError::from)?;
+            let line = match (keys::u64_at(&k, 0), codec::decode::<UserRecord>(&v)) {
+                (Some(user_id), Ok(r)) => Line::User(UserLine {
+                    user_id,
+                    recent: r.recent,
+                    last_served: r.last_served,
+                }),
+                (_, Err(e)) => Self::undecodable("users", &k, &v, e.to_string()),
+                (None, Ok(_)) => Self::undecodable("users", &k, &v, "bad key".into()),
+            };
+            sink(line)?;
+        }
+        Ok(())
+    }
+
+    fn export_jobs(&self, sink: &mut Sink) -> Result<(), TransferError> {
+        for kv in self.jobs.iter() {
+            let (k, v) = kv.map_err(StoreError::from)?;
+            sink(match codec::decode::<Job>(&v) {
+                Ok(job) => Line::Job(Box::new(job)),
+                Err(e) => Self::undecodable("jobs", &k, &v, e.to_string()),
+            })?;
+        }
+        Ok(())
+    }
+
+    fn export_cache_and_settings(&self, sink: &mut Sink) -> Result<(), TransferError> {
+        for kv in self.cache.iter() {
+            let (k, v) = kv.map_err(StoreError::from)?;
+            let key = String::from_utf8(k.to_vec());
+            sink(match (key, codec::decode::<CachedMedia>(&v)) {
+                (Ok(key), Ok(media)) => Line::Cache(CacheLine { key, media }),
+                (Err(e), _) => Self::undecodable("cache", &k, &v, e.to_string()),
+                (_, Err(e)) => Self::undecodable("cache", &k, &v, e.to_string()),
+            })?;
+        }
+        for kv in self.settings.iter() {
+            let (k, v) = kv.map_err(StoreError::from)?;
+            sink(match (keys::u64_at(&k, 0), codec::decode(&v)) {
+                (Some(user_id), Ok(settings)) => Line::Settings(SettingsLine { user_id, settings }),
+                (_, Err(e)) => Self::undecodable("settings", &k, &v, e.to_string()),
+                (None, Ok(_)) => Self::undecodable("settings", &k, &v, "bad key".into()),
+            })?;
+        }
+        Ok(())
+    }
+
+    fn export_rest(&self, sink: &mut Sink) -> Result<(), TransferError> {
+        for state in [JobState::Done, JobState::Failed] {
+            let from = keys::finished_key(state, 0);
+            let to = keys::finished_key(state, u64::MAX);
+            for kv in self.meta.range(from..=to) {
+                let (k, v) = kv.map_err(StoreError::from)?;
+                if let (Some(minute), Some(count)) = (keys::u64_at(&k, 5), keys::u64_at(&v, 0)) {
+                    sink(Line::Finished(FinishedLine {
+                        state,
+                        minute,
+                        count,
+                    }))?;
+                }
+            }
+        }
+        for (update_id, raw) in self.inbox_pending()? {
+            sink(Line::Inbox(InboxLine::new(update_id, &raw)))?;
+        }
+        for kv in self.quarantine.iter() {
+            let (k, v) = kv.map_err(StoreError::from)?;
+            sink(match codec::decode::<QuarantineEntry>(&v) {
+                Ok(e) => Line::Quarantine(QuarantineLine::from_entry(&e)),
+                Err(e) => Self::undecodable("quarantine", &k, &v, e.to_string()),
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Lines that live outside the job transaction: settings, pending
+    /// updates, quarantine. Written before the batch's transaction, synced
+    /// with it.
+    fn import_side_trees(&self, lines: &[Line]) -> Result<(), TransferError> {
+        for line in lines {
+            match line {
+                Line::Settings(s) => self.settings.insert(
+                    s.user_id.to_be_bytes(),
+                    codec::encode(&s.settings).map_err(StoreError::from)?,
+                ),
+                Line::Inbox(i) => {
+                    let raw = i.raw().map_err(TransferError::Record)?;
+                    self.inbox.insert(i.update_id.to_be_bytes(), raw)
+                }
+                Line::Quarantine(q) => {
+                    let e = q.to_entry().map_err(TransferError::Record)?;
+                    self.quarantine.insert(
+                        qkey(&e.tree, &e.key),
+                        codec::encode(&e).map_err(StoreError::from)?,
+                    )
+                }
+                _ => continue,
+            }
+            .map_err(StoreError::from)?;
+        }
+        Ok(())
+    }
+}
+
+/// A user's window and turn, keeping the active and queued counts the
+/// jobs loaded so far gave the record (and moving its turn with it).
+fn import_user(tx: &super::tx::Tx, u: &UserLine) -> TxResult<()> {
+    let mut rec = get_user(tx, u.user_id)?;
+    if rec.queued > 0 {
+        tx.turns
+            .remove(&keys::turn_key(rec.last_served, u.user_id))?;
+        tx.turns
+            .insert(&keys::turn_key(u.last_served, u.user_id), &[])?;
+    }
+    rec.recent = u.recent.clone();
+    rec.last_served = u.last_served;
+    put_user(tx, u.user_id, &rec)
+}
+
+impl Transfer for SledStore {
+    fn backend(&self) -> &'static str {
+        "sled"
+    }
+
+    fn export_lines(&self, sink: &mut Sink) -> Result<(), TransferError> {
+        self.export_users(sink)?;
+        self.export_jobs(sink)?;
+        self.export_cache_and_settings(sink)?;
+        self.export_rest(sink)
+    }
+
+    fn is_empty(&self) -> Result<bool, StoreError> {
+        Ok([
+            &self.jobs,
+            &self.users,
+            &self.cache,
+            &self.settings,
+            &self.inbox,
+            &self.quarantine,
+        ]
+        .into_iter()
+        .all(Tree::is_empty))
+    }
+
+    fn import_lines(&self, lines: &[Line]) -> Result<(), TransferError> {
+        self.import_side_trees(lines)?;
+        let cache: Vec<(&str, Vec<u8>)> = lines
+            .iter()
+            .filter_map(|l| match l {
+                Line::Cache(c) => Some(codec::encode(&c.media).map(|b| (c.key.as_str(), b))),
+                _ => None,
+            })
+            .collect::<Result<_, _>>()
+            .map_err(StoreError::from)?;
+        // One transaction (and one sync) for the batch: jobs through `apply`,
+        // then the user lines over the records those jobs derived.
+        self.transact(|tx| {
+            for line in lines {
+                if let Line::Job(job) = line {
+                    apply(tx, None, Some(job), None)?;
+                }
+            }
+            for line in lines {
+                if let Line::User(u) = line {
+                    import_user(tx, u)?;
+                }
+            }
+            for (key, bytes) in &cache {
+                tx.cache.insert(key.as_bytes(), bytes.as_slice())?;
+            }
+            Ok(())
+        })?;
+        Ok(())
+    }
+
+    fn import_finished(&self, counters: &[FinishedLine]) -> Result<(), TransferError> {
+        let mut batch = ::sled::Batch::default();
+        for state in [JobState::Done, JobState::Failed] {
+            let from = keys::finished_key(state, 0);
+            let to = keys::finished_key(state, u64::MAX);
+            for k in self.meta.range(from..=to).keys() {
+                batch.remove(k.map_err(StoreError::from)?);
+            }
+        }
+        for c in counters.iter().filter(|c| c.state.is_finished()) {
+            batch.insert(
+                &keys::finished_key(c.state, c.minute),
+                &c.count.to_be_bytes(),
+            );
+        }
+        self.meta.apply_batch(batch).map_err(StoreError::from)?;
+        self.sync()?;
+        Ok(())
+    }
+}
