@@ -75,8 +75,8 @@ pub struct TelegramConfig {
     pub progress_interval_secs: u64,
     /// HTTP timeout for Bot API calls, uploads included.
     pub request_timeout_secs: u64,
-    /// Seconds a user has to pick video, audio or document on a new link
-    /// before their default applies (0: never ask).
+    /// Seconds a user who turned "ask on each link" on has to pick video,
+    /// audio or document before their default applies (0: never ask).
     pub choice_wait_secs: u64,
     /// Outgoing Bot API calls a second, over all chats (Telegram: about 30).
     pub pace_per_sec: u32,

@@ -7,7 +7,7 @@ mod support;
 use std::time::Duration;
 
 use support::binary::BinaryTest;
-use support::bot::{media, wait_for_text, TestBot};
+use support::bot::{ack, buttons, media, message_id, wait_for_text, TestBot};
 use support::fake_telegram::{Call, FakeTelegram};
 use support::fixture_bytes;
 use tgdl::job::JobState;
@@ -17,38 +17,11 @@ const T: Duration = Duration::from_secs(60);
 /// Long enough that the default never applies before the test presses.
 const ASK: &str = "[telegram]\nchoice_wait_secs = 120";
 
-/// The callback data of every button on a sent message.
-fn buttons(call: &Call) -> Vec<(String, String)> {
-    call.param("reply_markup")
-        .map(support::keyboard_buttons)
-        .unwrap_or_default()
-}
-
-/// Send a link and return the acknowledgement call (with its buttons).
-async fn ack(api: &FakeTelegram, chat: i64, link: &str) -> Call {
-    let accepted = |c: &Call| {
-        c.is("sendMessage") && c.succeeded() && c.text().is_some_and(|t| t.contains("Accepted"))
-    };
-    let n = api.calls().iter().filter(|c| accepted(c)).count();
-    api.push_text(chat, chat as u64, link, None);
-    let calls = api
-        .wait_for(|c| c.iter().filter(|c| accepted(c)).count() > n, T)
-        .await;
-    calls
-        .into_iter()
-        .rfind(|c| accepted(c) && c.chat_id() == Some(chat))
-        .unwrap()
-}
-
-fn message_id(call: &Call) -> i32 {
-    call.result().unwrap()["message_id"].as_i64().unwrap() as i32
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn each_button_leads_to_its_upload_method() {
     let api = FakeTelegram::start().await;
     let media = media().await;
-    let _bot = TestBot::start(&api, ASK).await;
+    let _bot = TestBot::start_asking(&api, ASK, &[501, 502, 503]).await;
     for (chat, label, method, field) in [
         (501i64, "Video", "sendVideo", "video"),
         (502, "Audio", "sendAudio", "audio"),
@@ -110,7 +83,7 @@ async fn each_button_leads_to_its_upload_method() {
 async fn the_cancel_button_cancels_the_waiting_job() {
     let api = FakeTelegram::start().await;
     let media = media().await;
-    let mut bot = TestBot::start(&api, ASK).await;
+    let mut bot = TestBot::start_asking(&api, ASK, &[504]).await;
     let a = ack(&api, 504, &media.url("/tiny.mp4?c")).await;
     let (_, data) = buttons(&a)
         .into_iter()
@@ -162,22 +135,23 @@ async fn press_setting(api: &FakeTelegram, chat: i64, data: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_user_who_chose_not_to_be_asked_is_not_asked() {
+async fn a_user_who_turns_ask_on_gets_the_window() {
     let api = FakeTelegram::start().await;
     let media = media().await;
-    let _bot = TestBot::start(&api, ASK).await;
-    press_setting(&api, 505, "s:505:a:0").await;
-    let a = ack(&api, 505, &media.url("/tiny.mp4?noask")).await;
-    assert!(buttons(&a).is_empty(), "no buttons: {:?}", buttons(&a));
-    // Delivered without any press, long before the 120 s choice window.
-    api.wait_for(
-        |c| {
-            c.iter()
-                .any(|c| c.is("sendVideo") && c.chat_id() == Some(505) && c.succeeded())
-        },
-        T,
-    )
-    .await;
+    let mut bot = TestBot::start(&api, ASK).await;
+    press_setting(&api, 505, "s:505:a:1").await;
+    let a = ack(&api, 505, &media.url("/tiny.mp4?ask")).await;
+    assert!(!buttons(&a).is_empty());
+    bot.stop().await.unwrap();
+    // Not started: it waits out the 120 s window for a press.
+    let queued = bot.store().list_state(JobState::Queued, 10).unwrap();
+    assert_eq!(queued.len(), 1, "{queued:?}");
+    assert!(
+        queued[0].next_attempt_at >= queued[0].created_at + 100_000,
+        "{:?}",
+        queued[0]
+    );
+    assert_eq!(api.count("sendVideo"), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -186,7 +160,6 @@ async fn settings_survive_a_restart_and_apply_to_new_links() {
     let media = media().await;
     let mut bot = TestBot::start(&api, ASK).await;
     press_setting(&api, 506, "s:506:k:a").await;
-    press_setting(&api, 506, "s:506:a:0").await;
     bot.stop().await.unwrap();
     bot.launch();
     api.push_text(506, 506, "/settings", None);
@@ -407,7 +380,7 @@ async fn quality_buttons_offer_the_heights_and_the_choice_is_used() {
     let dir = tempfile::tempdir().unwrap();
     two_quality_hls(dir.path());
     let media = support::media_server::MediaServer::start(dir.path()).await;
-    let mut bot = TestBot::start(&api, ASK).await;
+    let mut bot = TestBot::start_asking(&api, ASK, &[510]).await;
     let a = ack(&api, 510, &media.url("/master.m3u8")).await;
     // The probe adds a row of heights to the status message.
     let calls = api

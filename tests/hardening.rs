@@ -10,7 +10,7 @@ mod support;
 use std::time::Duration;
 
 use support::binary::{processes_mentioning, run_tgdl, write_config, BinaryTest};
-use support::bot::{media, wait_for_text, TestBot, TOKEN};
+use support::bot::{answer_to, media, wait_for_text, TestBot, TOKEN};
 use support::fake_telegram::{FakeTelegram, SentMessage};
 use support::fixture_bytes;
 use tgdl::download::{run_ytdlp, Want, YtDlpArgs};
@@ -188,26 +188,6 @@ async fn bot_message(api: &FakeTelegram, chat: i64, pred: impl Fn(&str) -> bool)
         .unwrap()
 }
 
-/// What the bot answered to the button press `query`.
-async fn answer_to(api: &FakeTelegram, query: &str) -> String {
-    let calls = api
-        .wait_for(
-            |c| {
-                c.iter().any(|c| {
-                    c.is("answerCallbackQuery") && c.param_str("callback_query_id") == Some(query)
-                })
-            },
-            T,
-        )
-        .await;
-    calls
-        .iter()
-        .find(|c| c.is("answerCallbackQuery") && c.param_str("callback_query_id") == Some(query))
-        .and_then(|c| c.param_str("text"))
-        .unwrap_or_default()
-        .to_string()
-}
-
 const GROUP: i64 = -100_777;
 const ALICE: u64 = 7001;
 const BOB: u64 = 7002;
@@ -299,7 +279,7 @@ async fn settings_buttons_act_only_for_the_user_they_were_shown_to() {
 async fn job_buttons_act_only_for_the_user_they_were_shown_to() {
     let api = FakeTelegram::start().await;
     let media = media().await;
-    let _bot = TestBot::start(&api, "[telegram]\nchoice_wait_secs = 120").await;
+    let _bot = TestBot::start_asking(&api, "[telegram]\nchoice_wait_secs = 120", &[ALICE]).await;
     api.push_text(GROUP, ALICE, &media.url("/tiny.mp4?buttons"), None);
     let ack = bot_message(&api, GROUP, |t| t.contains("Accepted")).await;
     let data = |label: &str| {

@@ -25,8 +25,9 @@ const USERS: i64 = 8;
 const PER_USER: usize = 5;
 const DELAYS_MS: [u64; 3] = [0, 5, 20];
 
-/// Jobs wait 10 minutes for a choice, so nothing downloads: the test is
-/// about intake, and 40 links a round stay cheap.
+/// Jobs wait 10 minutes for a choice (every user has "ask" on, seeded before
+/// the bot starts), so nothing downloads: the test is about intake, and 40
+/// links a round stay cheap.
 const SETTINGS: &str = "[telegram]
 choice_wait_secs = 600
 [limits]
@@ -79,6 +80,8 @@ async fn round(api: &FakeTelegram, trap: &Arc<Mutex<Trap>>, n: usize, delay: Dur
             sent.push((chat, api.push_text(chat, chat as u64, &link, None)));
         }
     }
+    let users: Vec<u64> = (0..USERS).map(|u| 5000 + u as u64).collect();
+    support::bot::ask_on(&dir.path().join("data/db"), &users);
     let mut bot = BotProcess::start(&cfg, &log);
     let (tx, killed) = std::sync::mpsc::channel();
     *trap.lock().unwrap() = Some((bot.pid(), delay, tx));

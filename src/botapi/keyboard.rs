@@ -100,17 +100,28 @@ fn button(label: impl Into<String>, data: String) -> InlineKeyboardButton {
     InlineKeyboardButton::callback(label.into(), data)
 }
 
-/// Video / Audio / Document / Cancel under a new job's status message, and
-/// a row of video heights once the quality probe found more than one.
-pub fn choice_keyboard(lang: Lang, id: JobId, heights: &[u32]) -> InlineKeyboardMarkup {
-    let mut rows = vec![KINDS
+/// One button per form (`k:<id>:<kind>`).
+fn kind_row(lang: Lang, id: JobId) -> Vec<InlineKeyboardButton> {
+    KINDS
         .map(|k| {
             button(
                 label(lang, Label::KindButton(k)),
                 format!("k:{id}:{}", kind_code(k)),
             )
         })
-        .to_vec()];
+        .to_vec()
+}
+
+/// Video / Audio / Document under a delivered file: a press sends that
+/// form too.
+pub fn form_keyboard(lang: Lang, id: JobId) -> InlineKeyboardMarkup {
+    InlineKeyboardMarkup::new(vec![kind_row(lang, id)])
+}
+
+/// Video / Audio / Document / Cancel under a job's status message, and a
+/// row of video heights once the quality probe found more than one.
+pub fn choice_keyboard(lang: Lang, id: JobId, heights: &[u32]) -> InlineKeyboardMarkup {
+    let mut rows = vec![kind_row(lang, id)];
     if heights.len() > 1 {
         rows.push(
             heights

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use teloxide::prelude::*;
-use teloxide::types::{FileId, InputFile, MessageId, ReplyParameters};
+use teloxide::types::{FileId, InlineKeyboardMarkup, InputFile, MessageId, ReplyParameters};
 
 use super::pacer::{PaceError, Priority};
 use super::text::{truncate_utf16, CAPTION_MAX};
@@ -28,6 +28,8 @@ pub struct Upload {
     /// Send a file by its absolute path (`file://...`) for a local Bot API
     /// server to read (`telegram.local_api`), not in the request body.
     pub by_path: bool,
+    /// Buttons under the delivered file (the other forms).
+    pub keyboard: Option<InlineKeyboardMarkup>,
 }
 
 /// Everything Telegram shows of a file besides its bytes; each is left out
@@ -169,6 +171,9 @@ async fn send_as(
                         .caption(up.caption.clone())
                         .supports_streaming(true)
                         .reply_parameters(reply.clone());
+                    if let Some(k) = &up.keyboard {
+                        req = req.reply_markup(k.clone());
+                    }
                     if let Some(m) = up.media {
                         if let Some(w) = m.width {
                             req = req.width(w);
@@ -194,6 +199,9 @@ async fn send_as(
                         .send_audio(chat, input.clone())
                         .caption(up.caption.clone())
                         .reply_parameters(reply.clone());
+                    if let Some(k) = &up.keyboard {
+                        req = req.reply_markup(k.clone());
+                    }
                     if let Some(d) = up.media.and_then(|m| m.duration_secs) {
                         req = req.duration(d);
                     }
@@ -213,10 +221,13 @@ async fn send_as(
         MediaKind::Document => {
             api.pacer
                 .call(chat, urgent, || {
-                    let req = bot
+                    let mut req = bot
                         .send_document(chat, input.clone())
                         .caption(up.caption.clone())
                         .reply_parameters(reply.clone());
+                    if let Some(k) = &up.keyboard {
+                        req = req.reply_markup(k.clone());
+                    }
                     match &thumbnail {
                         Some(t) => req.thumbnail(t.clone()),
                         None => req,

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use teloxide::types::InlineKeyboardMarkup;
 use teloxide::{ApiError, RequestError};
 use tokio::task::JoinHandle;
 
@@ -38,6 +39,8 @@ pub struct StatusMessage {
     sent_at: Arc<std::sync::Mutex<Option<Instant>>>,
     /// The latest background edit still on its way.
     in_flight: Option<JoinHandle<()>>,
+    /// Buttons kept under the text: an edit without them would remove them.
+    keyboard: Option<InlineKeyboardMarkup>,
 }
 
 fn edited(r: Result<Edited<teloxide::types::Message>, PaceError>) -> bool {
@@ -63,7 +66,15 @@ impl StatusMessage {
             next_allowed: Instant::now(),
             sent_at: Arc::default(),
             in_flight: None,
+            keyboard: None,
         }
+    }
+
+    /// Keep `keyboard` under every edit of this message's own text (a
+    /// group's shared board has no buttons, so it is not used there).
+    pub fn with_keyboard(mut self, keyboard: InlineKeyboardMarkup) -> Self {
+        self.keyboard = Some(keyboard);
+        self
     }
 
     /// The status message of `job`: when it is a group's shared board, this
@@ -111,8 +122,11 @@ impl StatusMessage {
         }
         let (api, chat, text) = (self.api.clone(), self.chat, text.to_string());
         let sent_at = self.sent_at.clone();
+        let keyboard = self.keyboard.clone();
         self.in_flight = Some(self.api.in_background(async move {
-            let result = api.edit(chat, id, &text, None, Priority::Progress).await;
+            let result = api
+                .edit(chat, id, &text, keyboard, Priority::Progress)
+                .await;
             if matches!(result, Ok(Edited::Sent(_))) {
                 *sent_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
             }
@@ -141,7 +155,7 @@ impl StatusMessage {
         }
         if edited(
             self.api
-                .edit(self.chat, id, text, None, Priority::Urgent)
+                .edit(self.chat, id, text, self.keyboard.clone(), Priority::Urgent)
                 .await,
         ) {
             self.last_text = text.to_string();

@@ -191,8 +191,23 @@ pub enum Msg {
         kind: MediaKind,
         max_height: Option<u32>,
     },
-    TooLate {
+    /// A press of the form the download already has.
+    AlreadyAs {
         short_id: String,
+        kind: MediaKind,
+        max_height: Option<u32>,
+    },
+    /// A press of the form a delivered job was sent in.
+    AlreadySent {
+        short_id: String,
+        kind: MediaKind,
+        max_height: Option<u32>,
+    },
+    /// A running download stops and starts again in another form.
+    Switching {
+        short_id: String,
+        kind: MediaKind,
+        max_height: Option<u32>,
     },
     Saved,
     Playlist {
@@ -371,8 +386,12 @@ pub fn render(lang: Lang, msg: &Msg) -> String {
         (Fa, Msg::Failed { short_id, code, limit_mb }) => format!("❌ کار {short_id} ناموفق بود: {}.", reason(lang, *code, *limit_mb)),
         (En, Msg::Chosen { short_id, kind, max_height }) => format!("✅ Job {short_id}: {}. Starting soon…", chosen(lang, *kind, *max_height)),
         (Fa, Msg::Chosen { short_id, kind, max_height }) => format!("✅ کار {short_id}: {}. به‌زودی شروع می‌شود…", chosen(lang, *kind, *max_height)),
-        (En, Msg::TooLate { short_id }) => format!("Job {short_id} has already started with your default."),
-        (Fa, Msg::TooLate { short_id }) => format!("کار {short_id} با پیش‌فرض شما شروع شده است."),
+        (En, Msg::AlreadyAs { short_id, kind, max_height }) => format!("Job {short_id} is already downloading as {}.", chosen(lang, *kind, *max_height)),
+        (Fa, Msg::AlreadyAs { short_id, kind, max_height }) => format!("کار {short_id} همین حالا به صورت {} دانلود می‌شود.", chosen(lang, *kind, *max_height)),
+        (En, Msg::AlreadySent { short_id, kind, max_height }) => format!("Job {short_id} was already sent as {}.", chosen(lang, *kind, *max_height)),
+        (Fa, Msg::AlreadySent { short_id, kind, max_height }) => format!("کار {short_id} قبلاً به صورت {} ارسال شد.", chosen(lang, *kind, *max_height)),
+        (En, Msg::Switching { short_id, kind, max_height }) => format!("🔁 Job {short_id}: switching to {}; starting again…", chosen(lang, *kind, *max_height)),
+        (Fa, Msg::Switching { short_id, kind, max_height }) => format!("🔁 کار {short_id}: تغییر به {}؛ از نو شروع می‌شود…", chosen(lang, *kind, *max_height)),
         (En, Msg::Saved) => "Saved.".into(),
         (En, Msg::Playlist { short_id, title, count, skipped, limit, unlisted, more_unknown }) => {
             let mut t = format!("📃 Playlist {title} (job {short_id}): {count} item(s) will come, one by one.");

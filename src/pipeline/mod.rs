@@ -6,6 +6,7 @@
 //! - [`cleanup`]: removing a job's folder and settling its outcome.
 //! - [`recovery`]: the pass at start that finishes what a crash left.
 //! - [`quality`]: the background probe that offers video heights as buttons.
+//! - [`switch`]: a press of another form, reaching a job at whatever stage.
 //! - [`guard`]: the disk guard and extractor-error count the health task sets.
 //! - [`metrics`]: the pipeline's counters.
 
@@ -15,6 +16,7 @@ pub mod metrics;
 pub mod quality;
 pub mod recovery;
 pub mod service;
+pub mod switch;
 pub mod worker;
 
 pub use service::JobService;

@@ -14,9 +14,11 @@ use uuid::Uuid;
 use super::cleanup::{self, CleanupError};
 use super::guard::Guard;
 use super::metrics::Metrics;
+pub use super::switch::Choice;
+use super::switch::Switches;
 use crate::config::Config;
 use crate::i18n::Lang;
-use crate::job::{now_ms, Job, JobError, JobId, JobOptions, JobState, MediaKind, Millis, NewJob};
+use crate::job::{now_ms, Job, JobError, JobId, JobOptions, JobState, Millis, NewJob};
 use crate::net::egress::EgressError;
 use crate::net::{self, Destinations, LinkEntity, LinkError};
 use crate::store::{
@@ -43,6 +45,8 @@ pub struct JobService {
     quality_probe: Option<mpsc::Sender<JobId>>,
     /// Which destinations links (and yt-dlp's requests) may reach.
     pub destinations: Destinations,
+    /// The running downloads a press of another form can reach.
+    pub switches: Switches,
 }
 
 impl JobService {
@@ -65,6 +69,7 @@ impl JobService {
             metrics: Metrics::default(),
             quality_probe,
             destinations,
+            switches: Switches::default(),
         })
     }
 
@@ -376,45 +381,76 @@ impl JobService {
         .await
     }
 
-    /// The user pressed a button on a waiting job: store the choice and start
-    /// it now. A job a worker already took keeps its default ("too late").
+    /// The user pressed a form on a job's status message (see
+    /// [`super::switch`]): a waiting job takes it and starts now; a download
+    /// running here restarts in it, unless it is already that form; a job
+    /// whose download has ended gets the form as a job of its own, replying
+    /// to `on_message` (the message with the button), under the limits of a
+    /// new link.
     pub async fn choose(
         &self,
         asker: Asker,
         id: JobId,
         choice: Choice,
+        on_message: Option<i32>,
     ) -> Result<ChooseOutcome, StoreError> {
-        let job = match self.lookup(asker, &id.to_string()).await? {
+        let mut job = match self.lookup(asker, &id.to_string()).await? {
             Lookup::Found(j) => *j,
             other => return Ok(ChooseOutcome::Lookup(other)),
         };
-        if job.state != JobState::Queued {
-            return Ok(ChooseOutcome::TooLate(job));
-        }
-        let res = self
-            .call(move |s| {
-                let now = now_ms();
-                s.update(id, Expect::state(JobState::Queued), None, now, &|j| {
-                    match choice {
-                        Choice::Kind(kind) => j.options.kind = kind,
-                        Choice::Height(h) => {
-                            j.options.kind = MediaKind::Video;
-                            j.options.max_height = Some(h);
-                        }
-                    }
-                    j.next_attempt_at = j.next_attempt_at.min(now);
+        if job.state == JobState::Queued {
+            let res = self
+                .call(move |s| {
+                    let now = now_ms();
+                    s.update(id, Expect::state(JobState::Queued), None, now, &|j| {
+                        choice.apply(&mut j.options);
+                        j.next_attempt_at = j.next_attempt_at.min(now);
+                    })
                 })
-            })
-            .await;
-        match res {
-            Ok(j) => {
-                self.wake_workers();
-                Ok(ChooseOutcome::Chosen(j))
+                .await;
+            match res {
+                Ok(j) => {
+                    self.wake_workers();
+                    return Ok(ChooseOutcome::Chosen(j));
+                }
+                // Claimed meanwhile: the download's slot takes it below.
+                Err(StoreError::Conflict { actual, .. }) => job.state = actual,
+                Err(e) => return Err(e),
             }
-            Err(StoreError::Conflict { actual, .. }) => Ok(ChooseOutcome::TooLate(Job {
-                state: actual,
-                ..job
-            })),
+        }
+        // The form it already has: nothing to do, while it downloads or
+        // once it was delivered.
+        let delivered = job.state == JobState::Done && job.delivery.is_some();
+        if (job.state == JobState::Downloading || delivered) && choice.is_in(&job.options) {
+            return Ok(ChooseOutcome::Unchanged(job));
+        }
+        if job.state == JobState::Downloading && self.switches.offer(id, choice) {
+            return Ok(ChooseOutcome::Switching(job));
+        }
+        let mut options = job.options.clone();
+        choice.apply(&mut options);
+        let admin = asker.admin || self.config.is_admin(job.user_id);
+        let limits = EnqueueLimits::from_config(&self.config.limits, admin);
+        let new = NewJob {
+            chat_id: job.chat_id,
+            user_id: job.user_id,
+            request_msg_id: on_message.unwrap_or(job.request_msg_id),
+            lang: job.lang.clone(),
+            url: job.url.clone(),
+            options,
+            parent: None,
+            not_before: None,
+        };
+        match self.call(move |s| s.enqueue(new, limits, now_ms())).await {
+            Ok(e) => {
+                self.wake_workers();
+                Ok(ChooseOutcome::Again {
+                    job: Box::new(e.job),
+                    position: e.position,
+                    duplicate: e.duplicate,
+                })
+            }
+            Err(StoreError::Refused(r)) => Ok(ChooseOutcome::Refused(r)),
             Err(e) => Err(e),
         }
     }
@@ -510,17 +546,20 @@ pub enum RetryOutcome {
 
 #[derive(Debug)]
 pub enum ChooseOutcome {
-    /// The job will run with the chosen kind, now.
+    /// The waiting job will run with the chosen form, now.
     Chosen(Job),
-    /// A worker already started it with the default.
-    TooLate(Job),
+    /// Its download stops and starts again in the chosen form.
+    Switching(Job),
+    /// It is already downloading in that form, or was delivered in it.
+    Unchanged(Job),
+    /// Its download had ended: the chosen form is this new job (or, for a
+    /// press repeated on the same message, the job the first press made).
+    Again {
+        job: Box<Job>,
+        position: u64,
+        duplicate: bool,
+    },
+    /// The new job would pass a limit, as a new link would.
+    Refused(Refusal),
     Lookup(Lookup),
-}
-
-/// What the user picked for a waiting job.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Choice {
-    Kind(MediaKind),
-    /// Video at most this tall.
-    Height(u32),
 }

@@ -173,7 +173,9 @@ pub struct UserSettings {
     pub kind: MediaKind,
     /// Preferred maximum video height; `None` for the best that fits.
     pub max_height: Option<u32>,
-    /// Offer the Video / Audio / Document choice on each link.
+    /// Hold each link for `choice_wait_secs` until a form is pressed. Off
+    /// by default: a link starts at once in the default form, and the
+    /// buttons under its status message switch it while it runs.
     pub ask: bool,
     /// Reply language; `None` follows Telegram's `language_code`.
     pub lang: Option<String>,
@@ -184,7 +186,7 @@ impl Default for UserSettings {
         UserSettings {
             kind: MediaKind::Video,
             max_height: None,
-            ask: true,
+            ask: false,
             lang: None,
         }
     }

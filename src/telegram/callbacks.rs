@@ -4,13 +4,14 @@ use std::sync::Arc;
 
 use teloxide::types::CallbackQuery;
 
-use super::replies::{cancel_text, internal, lookup_text};
+use super::messages::announce;
+use super::replies::{cancel_text, internal, lookup_text, refusal_msg};
 use super::Deps;
-use crate::botapi::keyboard::{parse_press, settings_keyboard, Press};
+use crate::botapi::keyboard::{choice_keyboard, parse_press, settings_keyboard, Press};
 use crate::botapi::pacer::{PaceError, Priority};
 use crate::botapi::Api;
 use crate::i18n::{render, Lang, Msg};
-use crate::job::{JobId, MediaKind};
+use crate::job::{JobId, JobState, MediaKind};
 use crate::pipeline::service::{Access, Asker, Choice, ChooseOutcome};
 use crate::pipeline::JobService;
 
@@ -95,8 +96,9 @@ pub(super) async fn on_callback(q: CallbackQuery, deps: Arc<Deps>) -> Result<(),
     answer(text).await
 }
 
-/// Apply a choice and say what happened; on success the status message
-/// becomes the chosen line (replacing the text drops the buttons).
+/// Apply a choice (see [`crate::pipeline::switch`]) and say what happened.
+/// The buttons stay on the status message whatever was pressed: the user may
+/// still want another form.
 async fn chosen_text(
     api: &Api,
     jobs: &JobService,
@@ -106,12 +108,13 @@ async fn chosen_text(
     choice: Choice,
     message: Option<(i64, i32)>,
 ) -> String {
-    match jobs.choose(asker, id, choice).await {
+    let (kind, max_height) = match choice {
+        Choice::Kind(k) => (k, None),
+        Choice::Height(h) => (MediaKind::Video, Some(h)),
+    };
+    let on_message = message.map(|(_, mid)| mid);
+    match jobs.choose(asker, id, choice, on_message).await {
         Ok(ChooseOutcome::Chosen(j)) => {
-            let (kind, max_height) = match choice {
-                Choice::Kind(k) => (k, None),
-                Choice::Height(h) => (MediaKind::Video, Some(h)),
-            };
             let line = render(
                 lang,
                 &Msg::Chosen {
@@ -121,16 +124,62 @@ async fn chosen_text(
                 },
             );
             if let Some((chat, mid)) = message {
-                let _ = api.edit(chat, mid, &line, None, Priority::Urgent).await;
+                let keyboard = choice_keyboard(lang, j.id, &[]);
+                let _ = api
+                    .edit(chat, mid, &line, Some(keyboard), Priority::Urgent)
+                    .await;
             }
             line
         }
-        Ok(ChooseOutcome::TooLate(j)) => render(
+        // The worker shows the switch on the status message as it restarts.
+        Ok(ChooseOutcome::Switching(j)) => render(
             lang,
-            &Msg::TooLate {
+            &Msg::Switching {
                 short_id: j.id.short(),
+                kind,
+                max_height,
             },
         ),
+        Ok(ChooseOutcome::Unchanged(j)) => {
+            let short_id = j.id.short();
+            render(
+                lang,
+                &if j.state == JobState::Downloading {
+                    Msg::AlreadyAs {
+                        short_id,
+                        kind,
+                        max_height,
+                    }
+                } else {
+                    Msg::AlreadySent {
+                        short_id,
+                        kind,
+                        max_height,
+                    }
+                },
+            )
+        }
+        Ok(ChooseOutcome::Again {
+            job,
+            position,
+            duplicate,
+        }) => {
+            // A second press of the same form on the same message finds the
+            // job the first one made, already announced.
+            if !(duplicate && job.status_msg_id.is_some()) {
+                if let Err(e) = announce(api, jobs, &job, position, lang, true).await {
+                    tracing::warn!(job = %job.id, error = %e, "cannot announce the new form's job");
+                }
+            }
+            render(
+                lang,
+                &Msg::Accepted {
+                    short_id: job.id.short(),
+                    position,
+                },
+            )
+        }
+        Ok(ChooseOutcome::Refused(r)) => render(lang, &refusal_msg(r)),
         Ok(ChooseOutcome::Lookup(l)) => lookup_text(lang, l, &id.short()),
         Err(e) => internal(lang, e),
     }

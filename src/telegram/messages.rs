@@ -19,6 +19,7 @@ use crate::net::{self, LinkEntity};
 use crate::ops::report;
 use crate::ops::update::Request;
 use crate::pipeline::service::{Access, Asker, LinkRequest, Lookup, RetryOutcome, Submission};
+use crate::pipeline::JobService;
 use crate::store::UserSettings;
 
 pub(super) async fn on_message(msg: Message, deps: Arc<Deps>) -> Result<(), PaceError> {
@@ -229,35 +230,11 @@ async fn submit(
                 ..
             } if job.status_msg_id.is_some() => {}
             Submission::Accepted { job, position, .. } => {
-                // One status message per job: it is edited with that job's
-                // progress and final line.
-                let text = render(
-                    lang,
-                    &Msg::Accepted {
-                        short_id: job.id.short(),
-                        position,
-                    },
-                );
-                let keyboard = ask.then(|| choice_keyboard(lang, job.id, &[]));
-                let chat = msg.chat.id.0;
-                let (status, board) = acknowledge(api, &job, text, keyboard).await?;
-                match jobs.attach_status(job.id, status).await {
-                    // Finished before its status message was recorded (a
-                    // cache hit, a fast failure): the worker has already sent
-                    // the file or its own failure reply, so the
-                    // acknowledgement has nothing left to say.
-                    Ok(Some(j)) if j.state.is_finished() => match board {
-                        Some(b) if b.remove(job.id) => api.close_board(&b),
-                        Some(b) => api.refresh_board(&b, Priority::Progress),
-                        None => {
-                            let _ = api.delete(chat, status).await;
-                        }
-                    },
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::warn!(job = %job.id, error = %e, "cannot record the status message")
-                    }
-                }
+                // The form buttons go on every status message of its own: a
+                // private chat's, or a group's when the user asks. A group's
+                // shared board has none (its edits are budgeted).
+                let buttons = ask || !board::is_group(msg.chat.id.0);
+                announce(api, jobs, &job, position, lang, buttons).await?;
                 if ask {
                     jobs.offer_quality(job.id);
                 }
@@ -281,6 +258,46 @@ async fn submit(
     refusals.dedup();
     if !refusals.is_empty() {
         reply(api, msg, refusals.join("\n")).await?;
+    }
+    Ok(())
+}
+
+/// One status message per job (edited with that job's progress and final
+/// line), replying to the job's request message, with the form buttons when
+/// `buttons`; recorded on the job.
+pub(super) async fn announce(
+    api: &Api,
+    jobs: &JobService,
+    job: &Job,
+    position: u64,
+    lang: Lang,
+    buttons: bool,
+) -> Result<(), PaceError> {
+    let text = render(
+        lang,
+        &Msg::Accepted {
+            short_id: job.id.short(),
+            position,
+        },
+    );
+    let keyboard = buttons.then(|| choice_keyboard(lang, job.id, &[]));
+    let chat = job.chat_id;
+    let (status, board) = acknowledge(api, job, text, keyboard).await?;
+    match jobs.attach_status(job.id, status).await {
+        // Finished before its status message was recorded (a cache hit, a
+        // fast failure): the worker has already sent the file or its own
+        // failure reply, so the acknowledgement has nothing left to say.
+        Ok(Some(j)) if j.state.is_finished() => match board {
+            Some(b) if b.remove(job.id) => api.close_board(&b),
+            Some(b) => api.refresh_board(&b, Priority::Progress),
+            None => {
+                let _ = api.delete(chat, status).await;
+            }
+        },
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(job = %job.id, error = %e, "cannot record the status message")
+        }
     }
     Ok(())
 }

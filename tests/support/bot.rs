@@ -100,10 +100,33 @@ pub(super) fn merge_tables(text: &str) -> String {
     out
 }
 
+/// Turn "ask on each link" on for `users` in the store at `db` while no bot
+/// runs, as their own `/settings` press would: for tests of the choice
+/// window (a link otherwise starts at once).
+pub fn ask_on(db: &Path, users: &[u64]) {
+    use tgdl::store::JobStore;
+    let store = tgdl::store::SledStore::open(db).expect("open the store to seed settings");
+    for user in users {
+        let settings = tgdl::store::UserSettings {
+            ask: true,
+            ..Default::default()
+        };
+        store.put_settings(*user, &settings).unwrap();
+    }
+}
+
 impl TestBot {
     pub async fn start(api: &FakeTelegram, extra: &str) -> TestBot {
+        Self::start_asking(api, extra, &[]).await
+    }
+
+    /// [`TestBot::start`] with "ask on each link" on for `users`.
+    pub async fn start_asking(api: &FakeTelegram, extra: &str, users: &[u64]) -> TestBot {
         let dir = tempfile::tempdir().unwrap();
         let config = test_config(dir.path(), api, extra);
+        if !users.is_empty() {
+            ask_on(&config.db_dir(), users);
+        }
         let mut bot = TestBot {
             dir,
             config,
@@ -203,6 +226,54 @@ pub async fn wait_for_text(
         timeout,
     )
     .await
+}
+
+/// The callback data of every button on a sent message, with its label.
+pub fn buttons(call: &super::fake_telegram::Call) -> Vec<(String, String)> {
+    call.param("reply_markup")
+        .map(super::keyboard_buttons)
+        .unwrap_or_default()
+}
+
+/// The id of the message a successful send made.
+pub fn message_id(call: &super::fake_telegram::Call) -> i32 {
+    call.result().unwrap()["message_id"].as_i64().unwrap() as i32
+}
+
+/// User `chat` sends `link` in their private chat; the bot's "Accepted"
+/// acknowledgement (with its buttons), within 60 s.
+pub async fn ack(api: &FakeTelegram, chat: i64, link: &str) -> super::fake_telegram::Call {
+    let accepted = |c: &super::fake_telegram::Call| {
+        c.is("sendMessage")
+            && c.succeeded()
+            && c.chat_id() == Some(chat)
+            && c.text().is_some_and(|t| t.contains("Accepted"))
+    };
+    let n = api.calls().iter().filter(|c| accepted(c)).count();
+    api.push_text(chat, chat as u64, link, None);
+    let calls = api
+        .wait_for(
+            |c| c.iter().filter(|c| accepted(c)).count() > n,
+            Duration::from_secs(60),
+        )
+        .await;
+    calls.into_iter().rfind(accepted).unwrap()
+}
+
+/// What the bot answered to the button press `query` (within 60 s).
+pub async fn answer_to(api: &FakeTelegram, query: &str) -> String {
+    let answered = |c: &super::fake_telegram::Call| {
+        c.is("answerCallbackQuery") && c.param_str("callback_query_id") == Some(query)
+    };
+    let calls = api
+        .wait_for(|c| c.iter().any(answered), Duration::from_secs(60))
+        .await;
+    calls
+        .iter()
+        .find(|c| answered(c))
+        .and_then(|c| c.param_str("text"))
+        .unwrap_or_default()
+        .to_string()
 }
 
 /// Media server with the committed fixtures.

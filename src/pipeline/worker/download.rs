@@ -13,6 +13,15 @@ use crate::job::{FailureCode, Job, JobState, MediaKind};
 use super::media::Media;
 use super::{budget, Pipeline, StepOutcome, StepResult};
 
+/// Closes the download's switch slot on every way out of the stage.
+struct CloseSwitch<'a>(&'a crate::pipeline::switch::Switches, crate::job::JobId);
+
+impl Drop for CloseSwitch<'_> {
+    fn drop(&mut self) {
+        self.0.close(self.1);
+    }
+}
+
 fn want(kind: MediaKind) -> Want {
     match kind {
         MediaKind::Video => Want::Video,
@@ -33,6 +42,11 @@ impl Pipeline {
                 .advance(&job, JobState::Uploading, |j| j.file_path = None)
                 .await;
         }
+        // From here a press of another form reaches this download (see
+        // `pipeline::switch`); opened before the reload, so a press before
+        // it is in the reloaded options and one after it is in the slot.
+        let switch = self.jobs.switches.open(job.id);
+        let _closed = CloseSwitch(&self.jobs.switches, job.id);
         // Reload: the handler may have attached the status message since.
         let id = job.id;
         let job = self.jobs.call(move |s| s.get(id)).await?.unwrap_or(job);
@@ -72,6 +86,7 @@ impl Pipeline {
         let budget = cfg.max_download_bytes();
         let over = budget::exceeded(args.output_dir.clone(), budget, rx.clone());
         let mut stopped_at: Option<u64> = None;
+        let mut switching = false;
         // Tick at half the edit interval: `StatusMessage` enforces the
         // interval itself, and a tick that lands just short of it would
         // otherwise wait a whole extra interval.
@@ -84,6 +99,11 @@ impl Pipeline {
             loop {
                 tokio::select! {
                     r = &mut run => break r,
+                    _ = switch.pressed(), if !switching => {
+                        tracing::info!(job = %job.id, "another form was chosen; stopping this download");
+                        switching = true;
+                        run_cancel.cancel();
+                    }
                     used = &mut over, if stopped_at.is_none() => {
                         tracing::warn!(job = %job.id, used, budget, "download passed max_download_mb; stopping it");
                         stopped_at = Some(used);
@@ -108,6 +128,14 @@ impl Pipeline {
             cancel.cancel();
             return Ok(StepOutcome::Lost(job.id));
         };
+        // The download has ended: a later press makes a job of its own. One
+        // pressed until now wins over what this run produced, unless the job
+        // was cancelled or the process is stopping.
+        if let Some(choice) = self.jobs.switches.close(job.id) {
+            if !cancel.is_cancelled() {
+                return self.switch_form(&job, choice, &mut status).await;
+            }
+        }
         if let Some(used) = stopped_at {
             // The clean stage deletes what it wrote.
             let text =

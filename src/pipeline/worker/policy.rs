@@ -10,6 +10,7 @@ use crate::download::DownloadError;
 use crate::job::{now_ms, ErrorClass, FailureCode, Job, JobError, JobState, Millis};
 
 use super::super::cleanup;
+use super::super::switch::Choice;
 use super::{Pipeline, StepOutcome, StepResult};
 
 /// Exponential backoff with ±20 % jitter, capped at an hour.
@@ -105,13 +106,7 @@ impl Pipeline {
     async fn out_of_space(&self, job: &Job, text: String) -> StepResult {
         self.jobs.guard.hold_for_space();
         tracing::error!(job = %job.id, error = %text, "disk full: job requeued, claims held until space returns");
-        let downloads = self.jobs.config.downloads_dir();
-        let j = job.clone();
-        match tokio::task::spawn_blocking(move || cleanup::remove_job_dir(&downloads, &j)).await {
-            Ok(Ok(freed)) => tracing::info!(job = %job.id, freed, "partial files deleted"),
-            Ok(Err(e)) => tracing::warn!(job = %job.id, error = %e, "cannot delete partial files"),
-            Err(e) => tracing::warn!(job = %job.id, error = %e, "cannot delete partial files"),
-        }
+        self.remove_partial_files(job).await;
         let err = JobError {
             class: ErrorClass::Retryable,
             code: FailureCode::NoSpace,
@@ -163,6 +158,43 @@ impl Pipeline {
                 j.failure = Some(JobError::cancelled())
             })
             .await
+        }
+    }
+
+    /// The user chose another form while the download ran: its files go,
+    /// and the job is queued again at once in that form, no attempt counted.
+    pub(super) async fn switch_form(
+        &self,
+        job: &Job,
+        choice: Choice,
+        status: &mut super::status::JobStatus,
+    ) -> StepResult {
+        tracing::info!(job = %job.id, ?choice, "switching form: requeued");
+        self.remove_partial_files(job).await;
+        let out = self
+            .advance(job, JobState::Queued, move |j| {
+                choice.apply(&mut j.options);
+                j.next_attempt_at = now_ms();
+                if let Some(m) = &mut j.rescue_mark {
+                    m.bytes = 0;
+                }
+            })
+            .await?;
+        let mut options = job.options.clone();
+        choice.apply(&mut options);
+        status.switching(&options).await;
+        self.jobs.wake_workers();
+        Ok(out)
+    }
+
+    /// Delete a job's folder (what a stopped run left), logging what it cost.
+    async fn remove_partial_files(&self, job: &Job) {
+        let downloads = self.jobs.config.downloads_dir();
+        let j = job.clone();
+        match tokio::task::spawn_blocking(move || cleanup::remove_job_dir(&downloads, &j)).await {
+            Ok(Ok(freed)) => tracing::info!(job = %job.id, freed, "partial files deleted"),
+            Ok(Err(e)) => tracing::warn!(job = %job.id, error = %e, "cannot delete partial files"),
+            Err(e) => tracing::warn!(job = %job.id, error = %e, "cannot delete partial files"),
         }
     }
 

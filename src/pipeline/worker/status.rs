@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use crate::botapi::keyboard::choice_keyboard;
 use crate::botapi::StatusMessage;
 use crate::download::Progress;
 use crate::i18n::{render, Lang, Msg};
@@ -20,15 +21,23 @@ pub(super) struct JobStatus {
 
 impl Pipeline {
     pub(super) fn status(&self, job: &Job) -> JobStatus {
+        let lang = self.lang(job);
+        let mut message = StatusMessage::new(
+            self.api.clone(),
+            job.chat_id,
+            job.status_msg_id,
+            Duration::from_secs(self.jobs.config.telegram.progress_interval_secs),
+        )
+        .for_job(job.id);
+        // The form buttons stay under a job's own status message until it
+        // is delivered (a press switches the download or sends that form
+        // too). A playlist's items answer to their parent's message.
+        if job.parent.is_none() {
+            message = message.with_keyboard(choice_keyboard(lang, job.id, &[]));
+        }
         JobStatus {
-            message: StatusMessage::new(
-                self.api.clone(),
-                job.chat_id,
-                job.status_msg_id,
-                Duration::from_secs(self.jobs.config.telegram.progress_interval_secs),
-            )
-            .for_job(job.id),
-            lang: self.lang(job),
+            message,
+            lang,
             short_id: job.id.short(),
         }
     }
@@ -100,6 +109,18 @@ impl JobStatus {
             short_id: self.short_id.clone(),
             attempt,
             max,
+        });
+        self.message.force(&text).await;
+    }
+
+    /// Stopped to start again in the form the user switched to.
+    pub async fn switching(&mut self, options: &crate::job::JobOptions) {
+        let text = self.render(&Msg::Switching {
+            short_id: self.short_id.clone(),
+            kind: options.kind,
+            max_height: options
+                .max_height
+                .filter(|_| options.kind == crate::job::MediaKind::Video),
         });
         self.message.force(&text).await;
     }

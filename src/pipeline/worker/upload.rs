@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::botapi::keyboard::form_keyboard;
 use crate::botapi::pacer::PaceError;
 use crate::botapi::send::{self, Source, Upload};
 use crate::botapi::{classify, TgFailure};
@@ -46,6 +47,12 @@ impl Pipeline {
             media,
             extras,
             by_path: self.jobs.config.telegram.local_api,
+            // The other forms, one press away (see `pipeline::switch`); a
+            // playlist's items answer to their parent's message.
+            keyboard: job
+                .parent
+                .is_none()
+                .then(|| form_keyboard(self.lang(&job), job.id)),
         };
         // A 429 is waited out inside the pacer, without counting an attempt.
         let sending = async {
