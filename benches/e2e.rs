@@ -22,6 +22,11 @@
 //! 3. Resident memory of that child process (`/proc/<pid>/status`): idle
 //!    after start, sampled during the burst, and its high-water mark. Memory of
 //!    the yt-dlp child it spawns is not included (it is a separate process).
+//! 4. Link to file. One link at a time through the in-process bot with the
+//!    shipped settings (`choice_wait_secs = 5`, a user who never opened
+//!    `/settings`): from the link's update queued in the fake to the fake
+//!    holding the whole `sendVideo`, beside bare yt-dlp run on the same URL,
+//!    one at a time, in the same run.
 //!
 //! A plain `main` rather than criterion: each number is one long run of a
 //! whole system, not a micro-benchmark to sample.
@@ -29,8 +34,8 @@
 //! Environment:
 //! - `TGDL_BENCH_QUICK=1`: 20 jobs and a 200-link burst, for a smoke run.
 //! - `TGDL_BENCH_JOBS=n`, `TGDL_BENCH_BURST=n`: override the two sizes.
-//! - `TGDL_BENCH_ONLY=e2e` or `burst`: run one part only (the burst part
-//!   reports both latency and memory).
+//! - `TGDL_BENCH_ONLY=e2e`, `burst` or `link`: run one part only (the burst
+//!   part reports both latency and memory).
 //!
 //! Arguments (cargo passes `--bench`) are ignored.
 
@@ -82,6 +87,9 @@ struct Settings {
     baseline_runs: usize,
     run_e2e: bool,
     run_burst: bool,
+    /// Links sent one at a time for "link to file", and bare yt-dlp runs.
+    link_runs: usize,
+    run_link: bool,
 }
 
 impl Settings {
@@ -98,6 +106,8 @@ impl Settings {
             baseline_runs: (jobs / 2).clamp(CONCURRENCY, 40),
             run_e2e: only.as_deref().is_none_or(|o| o == "e2e"),
             run_burst: only.as_deref().is_none_or(|o| o == "burst"),
+            link_runs: num("TGDL_BENCH_LINKS", if quick { 5 } else { 15 }),
+            run_link: only.as_deref().is_none_or(|o| o == "link"),
         }
     }
 }
@@ -166,6 +176,9 @@ fn main() {
             sections.extend([ack, mem]);
             sections.push(burst(&settings, Burst::Unstored).await.0);
             sections.push(burst(&settings, Burst::Paced).await.0);
+        }
+        if settings.run_link {
+            sections.push(link_to_file(&settings, &ytdlp).await);
         }
         sections
     });
@@ -723,6 +736,113 @@ async fn end_to_end(settings: &Settings, ytdlp: &Path) -> Section {
         rows,
         notes,
     }
+}
+
+// ---------------------------------------------------------------------------
+// 4. Link to file, with the shipped settings
+// ---------------------------------------------------------------------------
+
+/// One link at a time: how long a user waits for the file with the shipped
+/// settings, against bare yt-dlp on the same URL (one run at a time too,
+/// the argument list the bot builds, the same media server).
+async fn link_to_file(settings: &Settings, ytdlp: &Path) -> Section {
+    let n = settings.link_runs;
+    let media = MediaServer::fixtures().await;
+    let scratch = tempfile::tempdir().expect("temp dir");
+    eprintln!("link: warming up yt-dlp, then {n} bare runs and {n} links through the bot");
+    ytdlp_standalone(ytdlp, &media, scratch.path(), 1, 1).await;
+    let (mut bare, _) = ytdlp_standalone(ytdlp, &media, scratch.path(), n, 1).await;
+    bare.sort();
+
+    let api = FakeTelegram::start().await;
+    // `test_config` turns the choice window off; put back what ships.
+    let shipped = tgdl::config::Config::default();
+    let extra = format!(
+        "[telegram]\nchoice_wait_secs = {}\nprogress_interval_secs = {}\n{LIMITS}",
+        shipped.telegram.choice_wait_secs, shipped.telegram.progress_interval_secs
+    );
+    // User 77,000 never opened /settings; 77,001 turned "ask" on (the
+    // default before links started at once), as the baseline of the change.
+    let (user, asking) = (77_000u64, 77_001u64);
+    let mut bot = TestBot::start_asking(&api, &extra, &[asking]).await;
+    api.try_wait_for(
+        |c| c.iter().any(|c| c.is("getUpdates")),
+        Duration::from_secs(60),
+    )
+    .await
+    .expect("the bot starts polling within 60 s");
+    let mut through_bot = links_one_at_a_time(&api, &media, user, n).await;
+    let mut with_window = links_one_at_a_time(&api, &media, asking, n).await;
+    with_window.sort();
+    bot.stop().await.expect("bot stops cleanly");
+    through_bot.sort();
+    let median = |v: &[Duration]| percentile(v, 0.5);
+    let overhead = median(&through_bot).saturating_sub(median(&bare));
+    Section {
+        title: "4. Link to file, one link at a time, shipped settings".to_owned(),
+        rows: vec![
+            row("bare yt-dlp, median", ms(median(&bare)), ""),
+            row(
+                "link to file through the bot, median",
+                ms(median(&through_bot)),
+                "",
+            ),
+            row(
+                "link to file, max",
+                ms(*through_bot.last().expect("runs")),
+                "",
+            ),
+            row(
+                "the bot's overhead (median - median)",
+                ms(overhead),
+                &verdict(overhead < Duration::from_millis(300), "< 300 ms"),
+            ),
+        ],
+        notes: vec![
+            format!(
+                "{n} links (tiny.mp4, each with its own query string so the cache never \
+                 answers), sent one after the other's file; bare yt-dlp ran the same URL \
+                 form {n} times just before, one at a time."
+            ),
+            "Through the bot: from the update queued in the fake to the fake having read \
+             the whole sendVideo request (long-poll delivery, acknowledgement, download, \
+             media step and upload included)."
+                .to_owned(),
+        ],
+    }
+}
+
+/// `n` links from `user`, each sent once the previous one's file arrived;
+/// how long each took from its update to its `sendVideo`.
+async fn links_one_at_a_time(
+    api: &FakeTelegram,
+    media: &MediaServer,
+    user: u64,
+    n: usize,
+) -> Vec<Duration> {
+    let mut took = Vec::new();
+    for i in 0..n {
+        let videos = |c: &[Call]| {
+            c.iter()
+                .filter(|c| c.is("sendVideo") && c.succeeded())
+                .count()
+        };
+        let before = videos(&api.calls());
+        let link = media.url(&format!("/tiny.mp4?user={user}&link={i}"));
+        let pushed = Instant::now();
+        api.push_text(user as i64, user, &link, Some("en"));
+        let calls = api
+            .try_wait_for(|c| videos(c) > before, Duration::from_secs(120))
+            .await
+            .expect("the file arrives within 120 s");
+        let sent = calls
+            .iter()
+            .filter(|c| c.is("sendVideo") && c.succeeded())
+            .nth(before)
+            .expect("the new sendVideo");
+        took.push(sent.received_at.saturating_duration_since(pushed));
+    }
+    took
 }
 
 // ---------------------------------------------------------------------------
