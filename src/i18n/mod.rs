@@ -203,6 +203,11 @@ pub enum Msg {
         kind: MediaKind,
         max_height: Option<u32>,
     },
+    /// A job that changed form too often already.
+    TooManySwitches {
+        short_id: String,
+        max: u32,
+    },
     /// A running download stops and starts again in another form.
     Switching {
         short_id: String,
@@ -390,6 +395,8 @@ pub fn render(lang: Lang, msg: &Msg) -> String {
         (Fa, Msg::AlreadyAs { short_id, kind, max_height }) => format!("کار {short_id} همین حالا به صورت {} دانلود می‌شود.", chosen(lang, *kind, *max_height)),
         (En, Msg::AlreadySent { short_id, kind, max_height }) => format!("Job {short_id} was already sent as {}.", chosen(lang, *kind, *max_height)),
         (Fa, Msg::AlreadySent { short_id, kind, max_height }) => format!("کار {short_id} قبلاً به صورت {} ارسال شد.", chosen(lang, *kind, *max_height)),
+        (En, Msg::TooManySwitches { short_id, max }) => format!("Job {short_id} has changed form {max} times already; send the link again for another form."),
+        (Fa, Msg::TooManySwitches { short_id, max }) => format!("شکل کار {short_id} تاکنون {max} بار عوض شده است؛ برای شکل دیگر، لینک را دوباره بفرستید."),
         (En, Msg::Switching { short_id, kind, max_height }) => format!("🔁 Job {short_id}: switching to {}; starting again…", chosen(lang, *kind, *max_height)),
         (Fa, Msg::Switching { short_id, kind, max_height }) => format!("🔁 کار {short_id}: تغییر به {}؛ از نو شروع می‌شود…", chosen(lang, *kind, *max_height)),
         (En, Msg::Saved) => "Saved.".into(),

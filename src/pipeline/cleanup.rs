@@ -77,6 +77,7 @@ pub fn finish_cleaning_blocking(
 
 /// [`finish_cleaning_blocking`] on the blocking pool, recorded in metrics.
 pub async fn finish_cleaning(jobs: &JobService, job: Job) -> Result<Job, CleanupError> {
+    jobs.switches.forget(job.id);
     let downloads = jobs.config.downloads_dir();
     let store = jobs.store.clone();
     let before = job.clone();

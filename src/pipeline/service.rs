@@ -15,7 +15,7 @@ use super::cleanup::{self, CleanupError};
 use super::guard::Guard;
 use super::metrics::Metrics;
 pub use super::switch::Choice;
-use super::switch::Switches;
+use super::switch::{Offer, Switches};
 use crate::config::Config;
 use crate::i18n::Lang;
 use crate::job::{now_ms, Job, JobError, JobId, JobOptions, JobState, Millis, NewJob};
@@ -424,8 +424,12 @@ impl JobService {
         if (job.state == JobState::Downloading || delivered) && choice.is_in(&job.options) {
             return Ok(ChooseOutcome::Unchanged(job));
         }
-        if job.state == JobState::Downloading && self.switches.offer(id, choice) {
-            return Ok(ChooseOutcome::Switching(job));
+        if job.state == JobState::Downloading {
+            match self.switches.offer(id, choice) {
+                Offer::Taken => return Ok(ChooseOutcome::Switching(job)),
+                Offer::Spent => return Ok(ChooseOutcome::TooManySwitches(job)),
+                Offer::NoSlot => {}
+            }
         }
         let mut options = job.options.clone();
         choice.apply(&mut options);
@@ -559,6 +563,8 @@ pub enum ChooseOutcome {
         position: u64,
         duplicate: bool,
     },
+    /// It restarted in other forms too often already (`MAX_SWITCHES`).
+    TooManySwitches(Job),
     /// The new job would pass a limit, as a new link would.
     Refused(Refusal),
     Lookup(Lookup),

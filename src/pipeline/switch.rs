@@ -63,50 +63,81 @@ impl Slot {
     }
 }
 
+/// Restarts one job may take in another form. Each restart throws away a
+/// download in progress, so a press loop must not keep yt-dlp busy forever;
+/// past this, another form is a new link (held to the limits).
+pub const MAX_SWITCHES: u32 = 3;
+
+/// What became of a press offered to a running download.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Offer {
+    /// The download will restart in the chosen form.
+    Taken,
+    /// No download of the job runs here (not started, or ended).
+    NoSlot,
+    /// The job already restarted [`MAX_SWITCHES`] times.
+    Spent,
+}
+
 /// The open slots of the downloads this process runs.
 #[derive(Default)]
 pub struct Switches {
-    slots: Mutex<HashMap<JobId, Arc<Slot>>>,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    slots: HashMap<JobId, Arc<Slot>>,
+    /// Restarts taken per unfinished job (forgotten when it finishes; a
+    /// restart of the process starts the count again).
+    taken: HashMap<JobId, u32>,
 }
 
 impl Switches {
     /// A download of `id` starts: presses go to it from now on.
     pub fn open(&self, id: JobId) -> Arc<Slot> {
-        self.slots
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(id)
-            .or_default()
-            .clone()
+        self.lock().slots.entry(id).or_default().clone()
     }
 
-    /// Leave `choice` for the running download of `id`; `false` when none
-    /// runs here (it has not started, or it has ended).
-    pub fn offer(&self, id: JobId, choice: Choice) -> bool {
-        let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(slot) = slots.get(&id) else {
-            return false;
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Leave `choice` for the running download of `id`.
+    pub fn offer(&self, id: JobId, choice: Choice) -> Offer {
+        let inner = self.lock();
+        let Some(slot) = inner.slots.get(&id) else {
+            return Offer::NoSlot;
         };
+        if inner.taken.get(&id).copied().unwrap_or(0) >= MAX_SWITCHES {
+            return Offer::Spent;
+        }
         *slot.pending.lock().unwrap_or_else(|e| e.into_inner()) = Some(choice);
         // A permit is stored if the worker is not waiting at this moment.
         slot.pressed.notify_one();
-        true
+        Offer::Taken
     }
 
     /// The download of `id` ended (or stopped): later presses make new jobs.
-    /// Returns the choice pressed meanwhile, which the worker acts on.
+    /// Returns the choice pressed meanwhile, which the worker acts on (and
+    /// which counts as one of the job's restarts).
     pub fn close(&self, id: JobId) -> Option<Choice> {
-        let slot = self
-            .slots
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&id)?;
+        let mut inner = self.lock();
+        let slot = inner.slots.remove(&id)?;
         let pending = slot
             .pending
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take();
+        if pending.is_some() {
+            *inner.taken.entry(id).or_default() += 1;
+        }
         pending
+    }
+
+    /// The job finished: its restart count goes.
+    pub fn forget(&self, id: JobId) {
+        self.lock().taken.remove(&id);
     }
 }
 
@@ -138,16 +169,37 @@ mod tests {
     async fn a_press_reaches_an_open_slot_and_none_after_it_closed() {
         let switches = Switches::default();
         let id = JobId::new();
-        assert!(!switches.offer(id, Choice::Kind(MediaKind::Audio)));
+        let audio = Choice::Kind(MediaKind::Audio);
+        assert_eq!(switches.offer(id, audio), Offer::NoSlot);
         let slot = switches.open(id);
-        assert!(switches.offer(id, Choice::Kind(MediaKind::Audio)));
+        assert_eq!(switches.offer(id, audio), Offer::Taken);
         // The permit was stored: the worker sees the press it was not yet
         // waiting for.
         slot.pressed().await;
         // The latest press wins.
-        assert!(switches.offer(id, Choice::Kind(MediaKind::Document)));
-        assert_eq!(switches.close(id), Some(Choice::Kind(MediaKind::Document)));
-        assert!(!switches.offer(id, Choice::Kind(MediaKind::Audio)));
+        let document = Choice::Kind(MediaKind::Document);
+        assert_eq!(switches.offer(id, document), Offer::Taken);
+        assert_eq!(switches.close(id), Some(document));
+        assert_eq!(switches.offer(id, audio), Offer::NoSlot);
         assert_eq!(switches.close(id), None);
+    }
+
+    #[test]
+    fn a_job_restarts_at_most_max_switches_times_until_it_finishes() {
+        let switches = Switches::default();
+        let id = JobId::new();
+        let audio = Choice::Kind(MediaKind::Audio);
+        for _ in 0..MAX_SWITCHES {
+            switches.open(id);
+            assert_eq!(switches.offer(id, audio), Offer::Taken);
+            assert_eq!(switches.close(id), Some(audio));
+        }
+        switches.open(id);
+        assert_eq!(switches.offer(id, audio), Offer::Spent);
+        // A run that ended without a press counts nothing.
+        assert_eq!(switches.close(id), None);
+        switches.forget(id);
+        switches.open(id);
+        assert_eq!(switches.offer(id, audio), Offer::Taken);
     }
 }

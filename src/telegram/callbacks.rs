@@ -179,6 +179,13 @@ async fn chosen_text(
                 },
             )
         }
+        Ok(ChooseOutcome::TooManySwitches(j)) => render(
+            lang,
+            &Msg::TooManySwitches {
+                short_id: j.id.short(),
+                max: crate::pipeline::switch::MAX_SWITCHES,
+            },
+        ),
         Ok(ChooseOutcome::Refused(r)) => render(lang, &refusal_msg(r)),
         Ok(ChooseOutcome::Lookup(l)) => lookup_text(lang, l, &id.short()),
         Err(e) => internal(lang, e),
