@@ -24,10 +24,10 @@ use std::time::{Duration, Instant};
 
 use common::{
     advance, delivered, describe_fs, downloaded, fmt_dur, is_tmpfs, new_job, seed_finished,
-    seed_in_flight, sled_enqueue, stats, time_reps, Stats, LEASE_MS, OPEN_LIMITS,
+    seed_in_flight, stats, time_reps, Stats, LEASE_MS,
 };
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
-use tgdl::job::{now_ms, Job, JobId, JobState, Millis, NewJob};
+use tgdl::job::{now_ms, Job, JobId, JobState, Millis, NewJob, HOUR_MS};
 use tgdl::store::codec;
 use tgdl::store::{EnqueueLimits, Expect, JobStore, SledStore};
 use uuid::Uuid;
@@ -130,7 +130,7 @@ fn main() {
         run_threads(1, dur, |t| {
             let store = &store;
             move |i| {
-                sled_enqueue(store, new_job(t, i));
+                sled_enqueue(store, store_job(t, i));
                 true
             }
         })
@@ -141,7 +141,7 @@ fn main() {
         init_sqlite(&path);
         let conns = vec![open_sqlite(&path, SyncMode::Full)];
         run_threads_with(conns, dur, |mut conn, t, i| {
-            sqlite_enqueue(&mut conn, &new_job(t, i), OPEN_LIMITS, now_ms());
+            sqlite_enqueue(&mut conn, &store_job(t, i), LIMITS, now_ms());
             (conn, true)
         })
     };
@@ -218,10 +218,46 @@ fn main() {
 // ---------------------------------------------------------------------------
 // Workloads
 
+/// The limits every enqueue of the durability runs is checked against, on
+/// both backends. Not exempt: an admin's enqueue (`exempt`) skips the per-user
+/// checks, a user's runs them, and SQLite runs the same checks as queries.
+/// Nothing may be refused (a refusal would be less work than a job): the
+/// per-user active limit is as high as it goes because the enqueue-only run
+/// never finishes a job, and [`store_job`] keeps every user under the hourly
+/// limit, the shipped default, which also bounds the store's per-user window
+/// of recent enqueues as it does in production.
+const LIMITS: EnqueueLimits = EnqueueLimits {
+    per_user_active: u32::MAX,
+    per_user_per_hour: 20,
+    queue_capacity: u64::MAX,
+    exempt: false,
+};
+
+/// Links each bench user sends, under the hourly limit of [`LIMITS`].
+const JOBS_PER_USER: u64 = 10;
+
+/// Job `i` of worker `t`. Users come and go: each worker serves 8 users at a
+/// time, so the fair scheduler has a turn list to walk, and every user sends
+/// [`JOBS_PER_USER`] links before a new one takes its place.
+fn store_job(t: u64, i: u64) -> NewJob {
+    let mut n = new_job(t, i);
+    let user = (t << 32) + i / (8 * JOBS_PER_USER) * 8 + i % 8;
+    n.user_id = user;
+    n.chat_id = user as i64;
+    n
+}
+
+/// Enqueue on sled under [`LIMITS`], insisting on a new job: a request
+/// folded into an existing job would be less work than the bench says.
+fn sled_enqueue(store: &SledStore, new: NewJob) {
+    let e = store.enqueue(new, LIMITS, now_ms()).expect("enqueue");
+    assert!(!e.duplicate, "bench requests must be distinct");
+}
+
 /// Enqueue one job, then claim whatever is due and drive it to done, as a
 /// worker does. Returns whether a job reached done.
 fn sled_lifecycle(store: &SledStore, owner: Uuid, t: u64, i: u64) -> bool {
-    sled_enqueue(store, new_job(t, i));
+    sled_enqueue(store, store_job(t, i));
     // Another worker may have taken the job just enqueued, and every queued
     // one: then this worker has nothing to do this round.
     let Some(job) = store.claim(owner, LEASE_MS, now_ms()).expect("claim") else {
@@ -329,25 +365,7 @@ fn sqlite_enqueue(conn: &mut Connection, n: &NewJob, limits: EnqueueLimits, now:
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .expect("begin");
-    let active: u64 = tx
-        .prepare_cached("SELECT SUM(n) FROM counters WHERE state IN (1, 2, 3, 4)")
-        .and_then(|mut st| st.query_row([], |r| r.get(0)))
-        .expect("active");
-    assert!(active < limits.queue_capacity, "capacity");
-    let user_active: u32 = tx
-        .prepare_cached("SELECT active FROM users WHERE user_id = ?1")
-        .and_then(|mut st| st.query_row([job.user_id], |r| r.get(0)).optional())
-        .expect("user")
-        .unwrap_or(0);
-    let hourly: u32 = tx
-        .prepare_cached("SELECT COUNT(*) FROM jobs WHERE user_id = ?1 AND created_at > ?2")
-        .and_then(|mut st| {
-            st.query_row(params![job.user_id, now.saturating_sub(3_600_000)], |r| {
-                r.get(0)
-            })
-        })
-        .expect("hourly");
-    black_box((user_active, hourly));
+    sqlite_admit(&tx, job.user_id, limits, now);
     tx.prepare_cached(
         "INSERT INTO jobs (id, user_id, state, next_attempt_at, created_at, updated_at, record)
          VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6)",
@@ -376,6 +394,32 @@ fn sqlite_enqueue(conn: &mut Connection, n: &NewJob, limits: EnqueueLimits, now:
         .expect("position");
     tx.commit().expect("commit");
     position
+}
+
+/// The store's admission check (`admit` and `refusal` in
+/// src/store/sled/ops.rs) as queries: the queue's capacity, then, unless
+/// exempt, the user's active jobs and the jobs they created in the last hour.
+/// Like the store, the bench's enqueues are never refused.
+fn sqlite_admit(tx: &rusqlite::Transaction, user: u64, limits: EnqueueLimits, now: Millis) {
+    let active: u64 = tx
+        .prepare_cached("SELECT SUM(n) FROM counters WHERE state IN (1, 2, 3, 4)")
+        .and_then(|mut st| st.query_row([], |r| r.get(0)))
+        .expect("active");
+    assert!(active < limits.queue_capacity, "queue full");
+    if limits.exempt {
+        return;
+    }
+    let user_active: u32 = tx
+        .prepare_cached("SELECT active FROM users WHERE user_id = ?1")
+        .and_then(|mut st| st.query_row([user], |r| r.get(0)).optional())
+        .expect("user")
+        .unwrap_or(0);
+    assert!(user_active < limits.per_user_active, "user active limit");
+    let hourly: u32 = tx
+        .prepare_cached("SELECT COUNT(*) FROM jobs WHERE user_id = ?1 AND created_at > ?2")
+        .and_then(|mut st| st.query_row(params![user, now.saturating_sub(HOUR_MS)], |r| r.get(0)))
+        .expect("hourly");
+    assert!(hourly < limits.per_user_per_hour, "hourly limit");
 }
 
 fn bump(tx: &rusqlite::Transaction, s: JobState, delta: i64) {
@@ -525,7 +569,7 @@ fn sqlite_lifecycle_run(dir: &Path, sync: SyncMode, threads: u64, dur: Duration)
 }
 
 fn sqlite_lifecycle(conn: &mut Connection, owner: Uuid, t: u64, i: u64) -> bool {
-    sqlite_enqueue(conn, &new_job(t, i), OPEN_LIMITS, now_ms());
+    sqlite_enqueue(conn, &store_job(t, i), LIMITS, now_ms());
     let Some(job) = sqlite_claim(conn, owner, now_ms()) else {
         return false;
     };
