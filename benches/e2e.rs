@@ -771,13 +771,27 @@ async fn link_to_file(settings: &Settings, ytdlp: &Path) -> Section {
     )
     .await
     .expect("the bot starts polling within 60 s");
-    let mut through_bot = links_one_at_a_time(&api, &media, user, n).await;
-    let mut with_window = links_one_at_a_time(&api, &media, asking, n).await;
+    let (mut through_bot, pushed) = links_one_at_a_time(&api, &media, user, n).await;
+    let (mut with_window, _) = links_one_at_a_time(&api, &media, asking, n).await;
     with_window.sort();
+    // Where the time of the default links went, from the fake's view.
+    let jobs = timelines(&api.calls(), &pushed);
     bot.stop().await.expect("bot stops cleanly");
     through_bot.sort();
     let median = |v: &[Duration]| percentile(v, 0.5);
     let overhead = median(&through_bot).saturating_sub(median(&bare));
+    let phase = |from: fn(&Timeline) -> Option<Instant>, to: fn(&Timeline) -> Option<Instant>| {
+        let mut spans: Vec<Duration> = jobs
+            .iter()
+            .filter_map(|t| Some(to(t)?.saturating_duration_since(from(t)?)))
+            .collect();
+        spans.sort();
+        if spans.is_empty() {
+            "n/a".to_owned()
+        } else {
+            ms(median(&spans))
+        }
+    };
     Section {
         title: "4. Link to file, one link at a time, shipped settings".to_owned(),
         rows: vec![
@@ -797,6 +811,31 @@ async fn link_to_file(settings: &Settings, ytdlp: &Path) -> Section {
                 ms(overhead),
                 &verdict(overhead < Duration::from_millis(300), "< 300 ms"),
             ),
+            row(
+                "with \"ask\" on (the old default), median",
+                ms(median(&with_window)),
+                "",
+            ),
+            row(
+                "  link -> Accepted, median",
+                phase(|t| t.pushed, |t| t.acked),
+                "",
+            ),
+            row(
+                "  Accepted -> \"downloading\" edit",
+                phase(|t| t.acked, |t| t.downloading),
+                "",
+            ),
+            row(
+                "  \"downloading\" -> \"sending\" edit",
+                phase(|t| t.downloading, |t| t.uploading),
+                "",
+            ),
+            row(
+                "  \"sending\" -> sendVideo answered",
+                phase(|t| t.uploading, |t| t.video_answered),
+                "",
+            ),
         ],
         notes: vec![
             format!(
@@ -813,14 +852,16 @@ async fn link_to_file(settings: &Settings, ytdlp: &Path) -> Section {
 }
 
 /// `n` links from `user`, each sent once the previous one's file arrived;
-/// how long each took from its update to its `sendVideo`.
+/// how long each took from its update to its `sendVideo`, and when each
+/// link message was pushed (for [`timelines`]).
 async fn links_one_at_a_time(
     api: &FakeTelegram,
     media: &MediaServer,
     user: u64,
     n: usize,
-) -> Vec<Duration> {
+) -> (Vec<Duration>, HashMap<(i64, i32), Instant>) {
     let mut took = Vec::new();
+    let mut pushed_at = HashMap::new();
     for i in 0..n {
         let videos = |c: &[Call]| {
             c.iter()
@@ -830,7 +871,8 @@ async fn links_one_at_a_time(
         let before = videos(&api.calls());
         let link = media.url(&format!("/tiny.mp4?user={user}&link={i}"));
         let pushed = Instant::now();
-        api.push_text(user as i64, user, &link, Some("en"));
+        let msg = api.push_text(user as i64, user, &link, Some("en"));
+        pushed_at.insert((user as i64, msg), pushed);
         let calls = api
             .try_wait_for(|c| videos(c) > before, Duration::from_secs(120))
             .await
@@ -842,7 +884,7 @@ async fn links_one_at_a_time(
             .expect("the new sendVideo");
         took.push(sent.received_at.saturating_duration_since(pushed));
     }
-    took
+    (took, pushed_at)
 }
 
 // ---------------------------------------------------------------------------
