@@ -89,19 +89,18 @@ impl JobStatus {
         self.message.update(&text);
     }
 
-    /// Awaited, so the line is shown before the file is sent (and nothing
-    /// follows a send that Telegram refused because the user blocked the bot).
-    /// On a group's shared message it is one more line change, coalesced
-    /// with the others: there the group's budget is worth more.
-    pub async fn uploading(&mut self) {
+    /// "Sending the file": in the background like progress, never awaited.
+    /// The chat's budget (about one call a second) would otherwise put this
+    /// edit between the user and the file: a small file goes out at the
+    /// chat's next slot and the edit, still waiting, is dropped with the
+    /// status message; a large upload holds the chat long enough for the
+    /// line to be shown meanwhile. On a group's shared message it is one
+    /// more line change, coalesced with the others.
+    pub fn uploading(&mut self) {
         let text = self.render(&Msg::Uploading {
             short_id: self.short_id.clone(),
         });
-        if self.message.is_shared() {
-            self.message.show(&text);
-        } else {
-            self.message.force(&text).await;
-        }
+        self.message.show(&text);
     }
 
     pub async fn waiting_retry(&mut self, attempt: u32, max: u32) {

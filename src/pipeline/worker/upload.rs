@@ -33,7 +33,7 @@ impl Pipeline {
                 }
             }
         };
-        self.status(&job).uploading().await;
+        self.status(&job).uploading();
         let (media, extras) = match &source {
             Source::File(p) => self.upload_extras(&job, p).await,
             Source::Cached { .. } => (job.media, Default::default()),
