@@ -102,6 +102,12 @@ impl StatusMessage {
         self.show(text)
     }
 
+    /// No progress edit before one interval from now (stage lines and
+    /// forced edits still go).
+    pub fn hold(&mut self) {
+        self.next_allowed = Instant::now() + self.interval;
+    }
+
     /// A stage line ("downloading", "sending"), whatever the interval; sent
     /// in the background like progress, replacing a progress edit still
     /// waiting. Returns whether one was started.

@@ -418,10 +418,15 @@ impl JobService {
                 Err(e) => return Err(e),
             }
         }
-        // The form it already has: nothing to do, while it downloads or
-        // once it was delivered.
-        let delivered = job.state == JobState::Done && job.delivery.is_some();
-        if (job.state == JobState::Downloading || delivered) && choice.is_in(&job.options) {
+        // The form it already has: nothing to do while it downloads or is
+        // sent, nor once it was delivered (the file can reach the user a
+        // moment before the job is marked done).
+        let this_run = match job.state {
+            JobState::Downloading | JobState::Uploading => true,
+            JobState::Cleaning | JobState::Done => job.delivery.is_some(),
+            JobState::Queued | JobState::Failed => false,
+        };
+        if this_run && choice.is_in(&job.options) {
             return Ok(ChooseOutcome::Unchanged(job));
         }
         if job.state == JobState::Downloading {

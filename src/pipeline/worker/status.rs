@@ -64,11 +64,13 @@ impl JobStatus {
         render(self.lang, msg)
     }
 
+    /// The download starts: the first line waits one edit interval and then
+    /// shows progress. A chat takes about one call a second, so a "now
+    /// downloading" edit sent at once would take the slot a small file's
+    /// upload needs a moment later; the acknowledgement already said the job
+    /// is accepted.
     pub fn downloading(&mut self) {
-        let text = self.render(&Msg::Downloading {
-            short_id: self.short_id.clone(),
-        });
-        self.message.show(&text);
+        self.message.hold();
     }
 
     /// The latest progress, at most once per edit interval.
