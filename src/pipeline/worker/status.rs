@@ -91,13 +91,11 @@ impl JobStatus {
         self.message.update(&text);
     }
 
-    /// "Sending the file": in the background like progress, never awaited.
-    /// The chat's budget (about one call a second) would otherwise put this
-    /// edit between the user and the file: a small file goes out at the
-    /// chat's next slot and the edit, still waiting, is dropped with the
-    /// status message; a large upload holds the chat long enough for the
-    /// line to be shown meanwhile. On a group's shared message it is one
-    /// more line change, coalesced with the others.
+    /// "Sending the file" (for large files only, see `upload.rs`): in the
+    /// background like progress, never awaited, so the edit never stands
+    /// between the user and the file in the chat's budget (about one call a
+    /// second). On a group's shared message it is one more line change,
+    /// coalesced with the others.
     pub fn uploading(&mut self) {
         let text = self.render(&Msg::Uploading {
             short_id: self.short_id.clone(),

@@ -13,6 +13,9 @@ use crate::job::{Delivery, ErrorClass, FailureCode, Job, JobState};
 
 use super::{Pipeline, StepOutcome, StepResult};
 
+/// Files at least this large get the "sending the file" line.
+const SHOW_SENDING_FROM: u64 = 8 << 20;
+
 impl Pipeline {
     pub(super) async fn upload(&self, job: Job, cancel: &CancellationToken) -> StepResult {
         let id = job.id;
@@ -33,7 +36,12 @@ impl Pipeline {
                 }
             }
         };
-        self.status(&job).uploading();
+        // "Sending the file" only where an upload takes a while: for a small
+        // file the line would take the chat's slot (about one call a second)
+        // that the file itself needs next.
+        if matches!(source, Source::File(_)) && job.file_size.unwrap_or(0) >= SHOW_SENDING_FROM {
+            self.status(&job).uploading();
+        }
         let (media, extras) = match &source {
             Source::File(p) => self.upload_extras(&job, p).await,
             Source::Cached { .. } => (job.media, Default::default()),
