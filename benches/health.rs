@@ -193,13 +193,13 @@ fn main() {
     let t = Instant::now();
     let core = open_core(&big.join("data"));
     let opened = t.elapsed();
-    let counts = core.jobs.store.counts().expect("counts");
+    let counts = rt.block_on(core.jobs.store.counts()).expect("counts");
     assert_eq!(counts.total(), s.big);
     println!(
         "{} stored jobs, {} active, {:.0} MiB on disk; open took {}",
         counts.total(),
         counts.active(),
-        core.jobs.store.size_on_disk() as f64 / (1 << 20) as f64,
+        rt.block_on(core.jobs.store.size_on_disk()) as f64 / (1 << 20) as f64,
         fmt_dur(opened)
     );
 
@@ -234,10 +234,10 @@ fn main() {
     // stuck-job detection) against the maintained counters.
     let store = core.jobs.store.clone();
     let in_flight = time_reps(s.reps.min(500), || {
-        black_box(store.in_flight().expect("in_flight"));
+        black_box(rt.block_on(store.in_flight()).expect("in_flight"));
     });
     let counts_t = time_reps(s.reps, || {
-        black_box(store.counts().expect("counts"));
+        black_box(rt.block_on(store.counts()).expect("counts"));
     });
     println!();
     println!(
@@ -323,7 +323,9 @@ struct Core {
 fn open_core(data: &Path) -> Arc<Core> {
     let mut config = Config::default();
     config.storage.data_dir = data.to_path_buf();
-    let store: Arc<dyn JobStore> = Arc::new(SledStore::open(&config.db_dir()).expect("open store"));
+    let store = tgdl::store::OnBlockingPool::shared(Arc::new(
+        SledStore::open(&config.db_dir()).expect("open store"),
+    ));
     let jobs = Arc::new(JobService::new(Arc::new(config), store, None).expect("job service"));
     let health = Arc::new(HealthState::default());
     *health.ytdlp_version.write().unwrap() = "2026.10.26".into();

@@ -358,11 +358,12 @@ fn recovery_pass(dir: &Path, in_flight: u64) -> Pass {
     let mut config = Config::default();
     config.storage.data_dir = data.clone();
     let t = Instant::now();
-    let store = SledStore::open(&config.db_dir()).expect("open copy");
+    let store: std::sync::Arc<dyn tgdl::store::JobStore> =
+        std::sync::Arc::new(SledStore::open(&config.db_dir()).expect("open copy"));
     let open = t.elapsed();
     let t = Instant::now();
     let r = tgdl::pipeline::recovery::recover_offline(
-        &store,
+        store.clone(),
         &config,
         false,
         &tgdl::pipeline::recovery::Quiet,

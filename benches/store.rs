@@ -1,5 +1,6 @@
-//! `cargo bench --bench store`: what the durable job store costs, and what the
-//! obvious alternative (SQLite) would cost on the same machine in the same run.
+//! `cargo bench --bench store`: what the durable job store costs on sled, what
+//! the obvious alternative (SQLite) would cost, and what the store's own
+//! PostgreSQL backend costs, on the same machine in the same run.
 //!
 //! A plain `main` rather than criterion's harness: the interesting numbers are
 //! throughputs of fsync-bound work over a fixed time and medians of reads at
@@ -11,10 +12,18 @@
 //! - `TGDL_BENCH_DIR=path`: where the durability measurements write (default:
 //!   cargo's per-target temp dir under `target/`, i.e. the real disk).
 //! - `TGDL_BENCH_SECS=n`: seconds per throughput measurement.
+//! - `TGDL_TEST_PG=url`: the PostgreSQL server's admin URL (default: the
+//!   local trust-auth server, `postgres://postgres@127.0.0.1:5432/postgres`);
+//!   each PostgreSQL measurement runs in a database of its own there.
+//! - `TGDL_BENCH_PG=0`: skip the PostgreSQL rows (no server at hand).
 //!
 //! Arguments (cargo passes `--bench`) are ignored.
 
 mod common;
+#[path = "../tests/support/pg.rs"]
+mod pg;
+#[path = "store/pg.rs"]
+mod postgres;
 #[path = "store/sqlite.rs"]
 mod sqlite;
 #[path = "store/sqlite_writer.rs"]
@@ -30,6 +39,7 @@ use common::{
     advance, delivered, describe_fs, downloaded, fmt_dur, is_tmpfs, new_job, seed_finished,
     seed_in_flight, stats, time_reps, Stats, LEASE_MS,
 };
+use postgres::Pg;
 use sqlite::{Variant, Work};
 use sqlite_writer::Batches;
 use tgdl::job::{now_ms, Job, JobState, NewJob};
@@ -108,6 +118,22 @@ fn main() {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     println!("durability runs in: {}", describe_fs(disk.path()));
+    let pg = (!std::env::var("TGDL_BENCH_PG").is_ok_and(|v| v == "0")).then(Pg::start);
+    match &pg {
+        Some(pg) => {
+            let s = &pg.server;
+            println!(
+                "postgres: {} at {}; data in {}",
+                s.version,
+                pg::admin_url(),
+                s.data_directory
+                    .as_deref()
+                    .map_or_else(|| "(not shown)".into(), |d| describe_fs(Path::new(d)))
+            );
+            println!("postgres commits with: {}", s.durability);
+        }
+        None => println!("postgres: skipped (TGDL_BENCH_PG=0)"),
+    }
     println!("read-scale seeding: {}", describe_fs(seed.path()));
     if is_tmpfs(disk.path()) {
         println!("WARNING: the durability directory is on tmpfs; fsync costs nothing there");
@@ -138,29 +164,40 @@ fn main() {
         rows.push(Row::new(what, v.label(), threads, run.r));
     };
 
-    // 1. Durable enqueue, one worker.
-    let sled_enq = {
-        let store = SledStore::open(&disk_dir.join("enqueue.sled")).expect("open sled");
-        run_threads(1, dur, |t| {
+    // 1. Durable enqueue with 1, 4 and 16 workers: sled, SQLite FULL,
+    // PostgreSQL, each worker count back to back, each on a fresh store.
+    for threads in WORKERS {
+        let dir = disk_dir.join(format!("enqueue{threads}.sled"));
+        let store = SledStore::open(&dir).expect("open sled");
+        let r = run_threads(threads, dur, |t| {
             let store = &store;
             move |i| {
                 sled_enqueue(store, store_job(t, i));
                 true
             }
-        })
-    };
-    rows.push(Row::new(ENQUEUE, "sled", 1, sled_enq));
-    for v in [Variant::FULL_PER_CONNECTION, Variant::FULL_WRITER] {
-        sqlite_run(ENQUEUE, v, Work::Enqueue, 1, &mut rows);
+        });
+        let report = store.check_invariants().expect("check invariants");
+        assert!(report.problems.is_empty(), "{:#?}", report.problems);
+        assert_eq!(report.counters.queued, r.ops, "every counted job is queued");
+        rows.push(Row::new(ENQUEUE, "sled", threads, r));
+        for v in [Variant::FULL_PER_CONNECTION, Variant::FULL_WRITER] {
+            sqlite_run(ENQUEUE, v, Work::Enqueue, threads, &mut rows);
+        }
+        if let Some(pg) = &pg {
+            let r = pg.run(Work::Enqueue, threads, dur);
+            rows.push(Row::new(ENQUEUE, postgres::LABEL, threads, r));
+        }
     }
 
-    // 2. The lifecycle with 1 and 4 workers: sled (one store shared by the
-    // workers), then SQLite. FULL is the baseline, at the same durability as
-    // the store: both fdatasync before a change counts as done. NORMAL (WAL
-    // synced only at checkpoints) is the cheaper, weaker option, shown for
-    // reference. Each worker count runs every backend back to back, so they
-    // see the same load on this shared machine.
-    for threads in [1, 4] {
+    // 2. The lifecycle with 1, 4 and 16 workers: sled (one store shared by
+    // the workers), then SQLite, then PostgreSQL (`PgStore`, one store shared
+    // by the workers' tasks). SQLite FULL is the baseline, at the same
+    // durability as the store: both fdatasync before a change counts as done,
+    // as PostgreSQL does with synchronous_commit and fsync on (printed in the
+    // header). NORMAL (WAL synced only at checkpoints) is the cheaper, weaker
+    // option, shown for reference. Each worker count runs every backend back
+    // to back, so they see the same load on this shared machine.
+    for threads in WORKERS {
         let dir = disk_dir.join(format!("life{threads}.sled"));
         let store = Arc::new(SledStore::open(&dir).expect("open sled"));
         let r = run_threads(threads, dur, |t| {
@@ -180,6 +217,10 @@ fn main() {
         ] {
             sqlite_run(LIFECYCLE, v, Work::Lifecycle, threads, &mut rows);
         }
+        if let Some(pg) = &pg {
+            let r = pg.run(Work::Lifecycle, threads, dur);
+            rows.push(Row::new(LIFECYCLE, postgres::LABEL, threads, r));
+        }
     }
     print_throughput(&rows);
     println!();
@@ -194,25 +235,24 @@ fn main() {
     }
     println!();
     println!("sled / SQLite throughput ratio (>1: sled is faster)");
-    for r in rows.iter().filter(|r| r.backend != "sled") {
-        let sled = rows
-            .iter()
-            .find(|s| s.backend == "sled" && s.what == r.what && s.threads == r.threads)
-            .expect("a sled row for every SQLite row");
-        println!(
-            "  {:<28} {} worker{} vs {:<26} {:>5.2}x",
-            r.what,
-            r.threads,
-            if r.threads == 1 { " " } else { "s" },
-            r.backend,
-            sled.r.rate() / r.r.rate()
-        );
+    print_ratios(&rows, |b| b != "sled" && b != postgres::LABEL);
+    if pg.is_some() {
+        println!("sled / PostgreSQL throughput ratio (>1: sled is faster)");
+        print_ratios(&rows, |b| b == postgres::LABEL);
     }
     println!(
         "  note: sled 0.34.7's flush alone only calls sync_file_range(2); SledStore adds an \
          fdatasync of sled's data file after it (group-committed across threads). SQLite FULL \
          fdatasyncs its WAL at each commit (built with HAVE_FDATASYNC, see .cargo/config.toml)."
     );
+    if let Some(pg) = &pg {
+        println!(
+            "  note: PostgreSQL runs at the server's settings ({}): each COMMIT returns once \
+             the WAL is flushed, concurrent commits sharing one flush; it runs on this machine \
+             beside the bench, over TCP on 127.0.0.1, so its CPU time counts against it.",
+            pg.server.durability
+        );
+    }
     println!("load average (1 min): {}", common::loadavg());
     println!();
     drop(disk);
@@ -283,6 +323,8 @@ fn sled_lifecycle(store: &SledStore, owner: Uuid, t: u64, i: u64) -> bool {
 }
 
 const ENQUEUE: &str = "durable enqueue";
+/// Worker counts of every throughput measurement.
+const WORKERS: [u64; 3] = [1, 4, 16];
 const LIFECYCLE: &str = "lifecycle, 5 flushed tx/job";
 
 // ---------------------------------------------------------------------------
@@ -473,6 +515,25 @@ impl Row {
             threads,
             r,
         }
+    }
+}
+
+/// Sled's throughput over that of each row whose backend `other` picks, for
+/// the same measurement and worker count.
+fn print_ratios(rows: &[Row], other: impl Fn(&str) -> bool) {
+    for r in rows.iter().filter(|r| other(r.backend)) {
+        let sled = rows
+            .iter()
+            .find(|s| s.backend == "sled" && s.what == r.what && s.threads == r.threads)
+            .expect("a sled row for every other row");
+        println!(
+            "  {:<28} {:>2} worker{} vs {:<26} {:>6.2}x",
+            r.what,
+            r.threads,
+            if r.threads == 1 { " " } else { "s" },
+            r.backend,
+            sled.r.rate() / r.r.rate()
+        );
     }
 }
 

@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 use crate::botapi::pacer::PacerConfig;
 use crate::botapi::{self, notify_admins, Api};
 use crate::config::Config;
+use crate::config::StorageBackend;
 use crate::download::install;
 use crate::download::media::MediaTools;
 use crate::download::source::Source;
@@ -23,7 +24,7 @@ use crate::ops::http::{self, Observed};
 use crate::ops::systemd;
 use crate::ops::update;
 use crate::pipeline::{quality, recovery, spawn_workers, JobService, Pipeline};
-use crate::store::{JobStore, SledStore};
+use crate::store::{Backend, OnBlockingPool, PgStore, SledStore, StoreError, StoreEvent};
 use crate::telegram::{self, commands, Deps};
 
 /// How long an upload in flight may continue after shutdown begins.
@@ -35,16 +36,27 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let downloads = config.downloads_dir();
     std::fs::create_dir_all(&downloads)
         .with_context(|| format!("cannot create {}", downloads.display()))?;
-    let store: Arc<dyn JobStore> = Arc::new(SledStore::open(&config.db_dir())?);
+    tokio::pin!(shutdown);
+    let store = tokio::select! {
+        s = open_backend(&config) => s?,
+        _ = &mut shutdown => {
+            tracing::info!("shutdown requested before the store was reached");
+            return Ok(());
+        }
+    };
     let (probe_tx, probe_rx) = quality::queue();
     let jobs = Arc::new(JobService::new(config.clone(), store, Some(probe_tx))?);
-    tracing::info!(db = %config.db_dir().display(), owner = %jobs.owner, "store open");
+    tracing::info!(
+        backend = ?config.storage.backend,
+        node = %config.node_name(),
+        owner = %jobs.owner,
+        "store open"
+    );
 
     let stop = CancellationToken::new();
     let tracker = TaskTracker::new();
     let serving = serve(jobs.clone(), probe_rx, stop.clone(), &tracker);
     tokio::pin!(serving);
-    tokio::pin!(shutdown);
     let result = tokio::select! {
         r = &mut serving => r,
         _ = &mut shutdown => {
@@ -68,7 +80,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     {
         tracing::warn!("some tasks did not stop in time");
     }
-    jobs.store.flush()?;
+    jobs.store.flush().await?;
     tracing::info!("stopped");
     result
 }
@@ -216,6 +228,8 @@ async fn serve(
         tracker,
         stop.clone(),
     );
+    spawn_rescuer(jobs.clone(), tracker, stop.clone());
+    spawn_event_listener(jobs.clone(), tracker, stop.clone());
     spawn_workers(pipeline, tracker);
     let deps = Arc::new(Deps {
         api,
@@ -224,12 +238,140 @@ async fn serve(
         updater,
         username: me.username.clone().unwrap_or_default(),
     });
-    let counts = deps.jobs.call(|s| s.counts()).await.ok();
+    let counts = deps.jobs.store.counts().await.ok();
     serving.store(true, std::sync::atomic::Ordering::Relaxed);
     systemd::ready(counts.as_ref());
-    telegram::intake::run(deps, tracker.clone(), stop.clone()).await;
+    poll_while_leading(deps, tracker, &stop).await;
     stop.cancelled().await;
     Ok(())
+}
+
+/// Poll Telegram while this process holds the poller lease (at once on sled;
+/// on PostgreSQL, while no other node does), and wait for it again if it is
+/// lost. Workers run either way.
+async fn poll_while_leading(deps: Arc<Deps>, tracker: &TaskTracker, stop: &CancellationToken) {
+    loop {
+        let lease = tokio::select! {
+            l = deps.jobs.store.poller_lease() => l,
+            _ = stop.cancelled() => return,
+        };
+        let lease = match lease {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot ask for the poller lease; trying again");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => continue,
+                    _ = stop.cancelled() => return,
+                }
+            }
+        };
+        if !deps.jobs.store.is_exclusive() {
+            tracing::info!(node = %deps.jobs.config.node_name(), "this node polls Telegram");
+        }
+        deps.health.polling.store(true, Ordering::Relaxed);
+        tokio::select! {
+            _ = telegram::intake::run(deps.clone(), tracker.clone(), stop.clone()) => return,
+            // Another node may poll now: stop (an update stored but not yet
+            // confirmed is handled again there, and the dedupe of requests
+            // makes that harmless).
+            _ = lease.lost() => tracing::warn!("lost the poller lease; polling stops"),
+        }
+        deps.health.polling.store(false, Ordering::Relaxed);
+    }
+}
+
+/// The configured backend. A PostgreSQL server may not be up yet when a
+/// node starts (a machine booting, a database failing over): it is retried
+/// with backoff and each failure reported, as the Bot API is. A database of
+/// a newer schema is final.
+pub async fn open_backend(config: &Config) -> anyhow::Result<Arc<dyn Backend>> {
+    match config.storage.backend {
+        StorageBackend::Sled => Ok(OnBlockingPool::shared(Arc::new(SledStore::open(
+            &config.db_dir(),
+        )?))),
+        StorageBackend::Postgres => {
+            let mut wait = Duration::from_secs(1);
+            loop {
+                match PgStore::connect(&config.storage.postgres_url).await {
+                    Ok(s) => return Ok(Arc::new(s)),
+                    Err(e @ StoreError::NewerSchema { .. }) => return Err(e.into()),
+                    Err(e) => {
+                        tracing::error!(error = %e, retry_in = ?wait, "cannot reach PostgreSQL; retrying");
+                        tokio::time::sleep(wait).await;
+                        wait = (wait * 2).min(Duration::from_secs(30));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// On a shared store, every node requeues the jobs of nodes whose lease
+/// lapsed (a node that died mid-job), every half lease.
+fn spawn_rescuer(jobs: Arc<JobService>, tracker: &TaskTracker, stop: CancellationToken) {
+    if jobs.store.is_exclusive() {
+        return;
+    }
+    let every =
+        Duration::from_millis(jobs.config.downloader.lease_secs * 500).max(Duration::from_secs(1));
+    tracker.spawn(async move {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            match recovery::rescue_lapsed(&jobs).await {
+                Ok(r) if r.is_empty() => {}
+                Ok(r) => {
+                    jobs.metrics
+                        .rescues((r.requeued.len() + r.failed.len()) as u64);
+                    tracing::warn!("lapsed leases: {}", r.summary());
+                    jobs.wake_workers();
+                }
+                Err(e) => tracing::warn!(error = %e, "rescue of lapsed leases failed"),
+            }
+        }
+    });
+}
+
+/// On a shared store: act on what other nodes announce (a queued job wakes
+/// idle workers here; a cancel reaches the job's worker if it runs here).
+/// Subscribes again when the listening session ends; workers poll anyway.
+fn spawn_event_listener(jobs: Arc<JobService>, tracker: &TaskTracker, stop: CancellationToken) {
+    if jobs.store.is_exclusive() {
+        return;
+    }
+    tracker.spawn(async move {
+        loop {
+            let events = tokio::select! {
+                e = jobs.store.events() => e,
+                _ = stop.cancelled() => return,
+            };
+            match events {
+                Ok(Some(mut rx)) => loop {
+                    let event = tokio::select! {
+                        e = rx.recv() => e,
+                        _ = stop.cancelled() => return,
+                    };
+                    match event {
+                        Some(StoreEvent::JobReady) => jobs.wake_workers(),
+                        Some(StoreEvent::CancelAnnounced(id)) => {
+                            if jobs.cancel_running(id) {
+                                tracing::info!(job = %id, "cancel announced by another node");
+                            }
+                        }
+                        None => break,
+                    }
+                },
+                Ok(None) => return,
+                Err(e) => tracing::warn!(error = %e, "cannot listen for other nodes' events"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                _ = stop.cancelled() => return,
+            }
+        }
+    });
 }
 
 /// Resolves on SIGTERM or Ctrl-C (SIGINT).

@@ -90,7 +90,7 @@ pub struct TelegramConfig {
     pub local_api: bool,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StorageConfig {
     /// Database in `data_dir/db`, files in `data_dir/downloads`. A relative
@@ -99,6 +99,43 @@ pub struct StorageConfig {
     pub data_dir: PathBuf,
     /// Done and failed jobs older than this are pruned. 0 keeps them forever.
     pub retention_days: u64,
+    /// Where jobs live: the embedded sled database (one process), or a
+    /// PostgreSQL server that several nodes share.
+    pub backend: StorageBackend,
+    /// The PostgreSQL server, for `backend = "postgres"`
+    /// (`postgres://user@host/db`). Kept out of `Debug`: it may hold a
+    /// password.
+    pub postgres_url: String,
+    /// This node's name among the nodes of one database; empty: the host
+    /// name.
+    pub node_name: String,
+}
+
+impl fmt::Debug for StorageConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The URL may carry a password: say only whether it is set.
+        let url = if self.postgres_url.is_empty() {
+            "(unset)"
+        } else {
+            "(set)"
+        };
+        f.debug_struct("StorageConfig")
+            .field("data_dir", &self.data_dir)
+            .field("retention_days", &self.retention_days)
+            .field("backend", &self.backend)
+            .field("postgres_url", &url)
+            .field("node_name", &self.node_name)
+            .finish()
+    }
+}
+
+/// `storage.backend`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageBackend {
+    #[default]
+    Sled,
+    Postgres,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -202,6 +239,9 @@ impl Default for StorageConfig {
         StorageConfig {
             data_dir: PathBuf::from("data"),
             retention_days: 30,
+            backend: StorageBackend::Sled,
+            postgres_url: String::new(),
+            node_name: String::new(),
         }
     }
 }
@@ -413,6 +453,32 @@ impl Config {
             0,
             36_500,
         )?;
+        let url = self.storage.postgres_url.trim();
+        if self.storage.backend == StorageBackend::Postgres {
+            if url.is_empty() {
+                return Err(invalid(
+                    "storage.postgres_url",
+                    "must be set when storage.backend = \"postgres\"",
+                ));
+            }
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                return Err(invalid(
+                    "storage.postgres_url",
+                    "must be a postgres:// or postgresql:// URL",
+                ));
+            }
+        }
+        let node = &self.storage.node_name;
+        if node.chars().count() > 64
+            || node
+                .chars()
+                .any(|c| c.is_control() || c.is_whitespace() || c == '/')
+        {
+            return Err(invalid(
+                "storage.node_name",
+                "must be at most 64 characters without spaces, control characters or '/'",
+            ));
+        }
         let d = &self.downloader;
         if d.ytdlp.trim().is_empty() {
             return Err(invalid(
@@ -525,6 +591,18 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// This node's name: `storage.node_name`, else the host name.
+    pub fn node_name(&self) -> String {
+        if !self.storage.node_name.is_empty() {
+            return self.storage.node_name.clone();
+        }
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "tgdl".to_string())
     }
 
     pub fn db_dir(&self) -> PathBuf {

@@ -181,6 +181,9 @@ upload_limit_mb = 50
 language = "en"
 [storage]
 data_dir = "data"
+backend = "sled"
+postgres_url = ""
+node_name = ""
 [downloader]
 ytdlp = "auto"
 concurrency = 2
@@ -221,4 +224,27 @@ fn an_empty_ffmpeg_setting_is_refused_by_name() {
         Config::parse(ok, None).unwrap().downloader.ffmpeg,
         "/opt/ffmpeg"
     );
+}
+
+#[test]
+fn storage_backend_keys_are_checked_by_name() {
+    let err = refused(&format!("{TOKEN}[storage]\nbackend = \"mysql\"\n"));
+    assert!(err.contains("'storage.backend'"), "{err}");
+    let err = refused(&format!("{TOKEN}[storage]\nbackend = \"postgres\"\n"));
+    assert!(err.contains("storage.postgres_url"), "{err}");
+    assert!(err.contains("must be set"), "{err}");
+    let err = refused(&format!(
+        "{TOKEN}[storage]\nbackend = \"postgres\"\npostgres_url = \"mysql://db\"\n"
+    ));
+    assert!(err.contains("storage.postgres_url"), "{err}");
+    let err = refused(&format!("{TOKEN}[storage]\nnode_name = \"a b\"\n"));
+    assert!(err.contains("storage.node_name"), "{err}");
+    // Accepted as written; the host name stands in for an empty node name.
+    let ok = "[storage]\nbackend = \"postgres\"\npostgres_url = \"postgres://u:secret@db/tgdl\"\nnode_name = \"n1\"\n";
+    let c = Config::parse(ok, None).unwrap();
+    assert_eq!(c.storage.backend, tgdl::config::StorageBackend::Postgres);
+    assert_eq!(c.node_name(), "n1");
+    assert!(!Config::default().node_name().is_empty());
+    // The URL's password never reaches a log line.
+    assert!(!format!("{c:?}").contains("secret"));
 }

@@ -182,7 +182,7 @@ async fn the_disk_guard_pauses_claiming_tells_users_and_resumes() {
     assert!(tick.paused);
     assert!(matches!(pipeline.claim().await.unwrap(), StepOutcome::Idle));
     assert_eq!(
-        core.store.get(job.id).unwrap().unwrap().state,
+        core.store.get(job.id).await.unwrap().unwrap().state,
         JobState::Queued
     );
     let msgs = wait_for_text(&api, 77, |t| t.contains("low on disk space"), T).await;
@@ -190,7 +190,7 @@ async fn the_disk_guard_pauses_claiming_tells_users_and_resumes() {
     // Still low: still paused, and no job failed for it.
     monitor.tick().await.unwrap();
     assert!(matches!(pipeline.claim().await.unwrap(), StepOutcome::Idle));
-    assert_eq!(core.store.counts().unwrap().failed, 0);
+    assert_eq!(core.store.counts().await.unwrap().failed, 0);
 
     // Space returns: claiming resumes by itself.
     machine.0.lock().unwrap().disk_free_bytes = 50 * GB;

@@ -8,8 +8,8 @@ use tgdl::config::Config;
 use tgdl::download::job_dir;
 use tgdl::job::{now_ms, ErrorClass, Job, JobError, JobOptions, JobState, NewJob};
 use tgdl::pipeline::recovery::{is_orphan, recover};
-use tgdl::pipeline::JobService as Core;
-use tgdl::store::{EnqueueLimits, Expect, JobStore, SledStore};
+use tgdl::pipeline::JobService;
+use tgdl::store::{EnqueueLimits, Expect, JobStore, OnBlockingPool, SledStore};
 use uuid::Uuid;
 
 const LOOSE: EnqueueLimits = EnqueueLimits {
@@ -28,10 +28,32 @@ fn setup(max_rescues: u32) -> (tempfile::TempDir, Arc<Core>) {
     let config = Config::parse(&text, None).unwrap();
     std::fs::create_dir_all(config.downloads_dir()).unwrap();
     let store: Arc<dyn JobStore> = Arc::new(SledStore::open(&config.db_dir()).unwrap());
+    let jobs = JobService::new(
+        Arc::new(config),
+        OnBlockingPool::shared(store.clone()),
+        None,
+    );
     (
         dir,
-        Arc::new(Core::new(Arc::new(config), store, None).expect("job service")),
+        Arc::new(Core {
+            jobs: jobs.expect("job service"),
+            store,
+        }),
     )
+}
+
+/// The service the pass runs with, and the same sled store used directly
+/// (synchronously) to set up and inspect what a dead process left.
+struct Core {
+    jobs: JobService,
+    store: Arc<dyn JobStore>,
+}
+
+impl std::ops::Deref for Core {
+    type Target = JobService;
+    fn deref(&self) -> &JobService {
+        &self.jobs
+    }
 }
 
 /// Put a job in `state` as a dead process (another owner) would leave it.

@@ -2,7 +2,8 @@
 //! every state, a cache entry, settings, pending updates and finished-minute
 //! counters moves to a new data dir and reads back the same, and every
 //! damaged or misdirected import is refused with a clear line and leaves
-//! the target as it was.
+//! the target as it was. The same file moves a stopped sled installation
+//! into PostgreSQL (a fresh database per test) and back.
 
 mod support;
 
@@ -10,9 +11,10 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use support::binary::{run_tgdl, write_config};
-use support::store_fixture::{build, Fixture, LEASE};
+use support::pg::TempDb;
+use support::store_fixture::{build, new_job, Fixture, LEASE, LOOSE};
 use tgdl::job::{now_ms, JobState};
-use tgdl::store::{JobStore, SledStore};
+use tgdl::store::{Diagnostics, JobStore, PgStore, SledStore, Store, UserSettings};
 use uuid::Uuid;
 
 fn stderr(o: &Output) -> String {
@@ -287,4 +289,343 @@ fn an_undecodable_record_moves_as_a_quarantined_one_and_is_not_lost() {
     assert_eq!(q[0].bytes, b"\x02garbage".to_vec());
     assert!(new.get(f.failed.id).unwrap().is_none());
     assert_eq!(new.counts().unwrap().total(), 5);
+}
+
+// PostgreSQL: the same file moves a stopped sled installation into a new
+// database (and back), through the real binary.
+
+/// A config for the PostgreSQL database at `url` (its own data dir beside).
+fn pg_config_for(url: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let cfg = write_config(
+        dir.path(),
+        &format!(
+            "[storage]\nbackend = \"postgres\"\npostgres_url = {url:?}\ndata_dir = {data:?}\n"
+        ),
+    );
+    (dir, cfg)
+}
+
+fn pg_run(args: &[&str], url: &str) -> Output {
+    let (_c, cfg) = pg_config_for(url);
+    run_tgdl(args, &cfg)
+}
+
+/// The header line of an export.
+fn header(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap();
+    text.lines().next().unwrap().to_string()
+}
+
+/// The fixture exported from sled through the binary: the file and its
+/// data lines.
+fn sled_export(f: &Fixture, work: &Path) -> (PathBuf, Vec<String>) {
+    let file = work.join("from-sled.jsonl");
+    let out = export(data_of(f), &file);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        header(&file).contains("\"backend\":\"sled\""),
+        "{}",
+        header(&file)
+    );
+    let lines = body(&file);
+    (file, lines)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopped_sled_installation_moves_to_postgresql_by_export_then_import() {
+    let f = build();
+    let db = TempDb::create().await;
+    let work = tempfile::tempdir().unwrap();
+    let (file, exported) = sled_export(&f, work.path());
+
+    let out = pg_run(&["import", file.to_str().unwrap()], &db.url);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("imported 6 jobs"), "{said}");
+    assert!(said.contains("2 pending updates"), "{said}");
+    assert!(
+        said.contains(&format!("into postgres://127.0.0.1:5432/{}", db.name)),
+        "{said}"
+    );
+    assert!(said.contains("counts match"), "{said}");
+
+    // What the sled store holds, the PostgreSQL store holds.
+    let old = SledStore::open(&f.path).unwrap();
+    let new = PgStore::connect(&db.url).await.unwrap();
+    assert_eq!(new.counts().await.unwrap(), old.counts().unwrap());
+    assert_eq!(new.counts().await.unwrap().total(), 6);
+    for (s, n) in JobState::ALL.into_iter().zip([2, 1, 1, 0, 1, 1]) {
+        let moved = new.list_state(s, usize::MAX).await.unwrap();
+        assert_eq!(moved.len(), n, "{s}");
+        assert_eq!(moved, old.list_state(s, usize::MAX).unwrap(), "{s}");
+    }
+    assert_eq!(new.get(f.done.id).await.unwrap().as_ref(), Some(&f.done));
+    let key = f.done.cache_key();
+    let cached = new
+        .cache_get(&key)
+        .await
+        .unwrap()
+        .expect("the delivery's cache entry");
+    assert_eq!(cached.file_id, "file-of-done");
+    assert_eq!(Some(cached), old.cache_get(&key).unwrap());
+    let settings = new.settings(1).await.unwrap().expect("user 1's settings");
+    assert!(!settings.ask);
+    assert_eq!(Some(settings), old.settings(1).unwrap());
+    assert_eq!(new.settings(2).await.unwrap(), None);
+    let pending = new.inbox_pending().await.unwrap();
+    assert_eq!(
+        pending.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+        vec![7, 8]
+    );
+    assert_eq!(pending, old.inbox_pending().unwrap());
+    assert_eq!(new.finished_since(0).await.unwrap(), (1, 1));
+    let report = new.check_invariants().await.unwrap();
+    assert!(report.problems.is_empty(), "{:#?}", report.problems);
+    assert_eq!(report.jobs, 6);
+    assert!(new.quarantined().await.unwrap().is_empty());
+
+    // User 1's hourly window came along (enqueues at 1,000 and 1,040 ms).
+    let limits = tgdl::store::EnqueueLimits {
+        per_user_active: 100,
+        per_user_per_hour: 2,
+        queue_capacity: 100,
+        exempt: false,
+    };
+    assert_eq!(
+        new.would_refuse(1, limits, 2_000).await.unwrap(),
+        Some(tgdl::store::Refusal::UserHourly {
+            limit: 2,
+            retry_at: 1_000 + tgdl::job::HOUR_MS
+        })
+    );
+    assert_eq!(
+        new.would_refuse(1, limits, 2_000).await.unwrap(),
+        old.would_refuse(1, limits, 2_000).unwrap()
+    );
+
+    // Exported again from PostgreSQL: the same data lines, in the same
+    // order; only the header (backend, time) differs.
+    let again = work.path().join("from-pg.jsonl");
+    let out = pg_run(&["export", "--output", again.to_str().unwrap()], &db.url);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stderr(&out).contains("exported 6 jobs"), "{}", stderr(&out));
+    assert!(
+        header(&again).contains("\"backend\":\"postgres\""),
+        "{}",
+        header(&again)
+    );
+    assert_eq!(body(&again), exported);
+
+    // The moved store works: the due queued job is claimed, the one not due
+    // yet is not.
+    let claimed = new
+        .claim(Uuid::now_v7(), LEASE, now_ms())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(claimed.id, f.queued.id);
+    assert!(new
+        .claim(Uuid::now_v7(), LEASE, now_ms())
+        .await
+        .unwrap()
+        .is_none());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn import_into_a_postgresql_database_that_holds_data_is_refused_and_changes_nothing() {
+    let f = build();
+    let work = tempfile::tempdir().unwrap();
+    let (file, _) = sled_export(&f, work.path());
+    let db = TempDb::create().await;
+    let pg = PgStore::connect(&db.url).await.unwrap();
+    let mine = pg
+        .enqueue(new_job(9, "https://media.test/mine", None), LOOSE, 5_000)
+        .await
+        .unwrap()
+        .job;
+    pg.put_settings(
+        9,
+        UserSettings {
+            ask: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let snapshot = || async {
+        (
+            pg.counts().await.unwrap(),
+            pg.list_state(JobState::Queued, usize::MAX).await.unwrap(),
+            pg.settings(9).await.unwrap(),
+            pg.settings(1).await.unwrap(),
+            pg.inbox_pending().await.unwrap(),
+            pg.finished_since(0).await.unwrap(),
+            pg.cache_get(&f.done.cache_key()).await.unwrap(),
+        )
+    };
+    let before = snapshot().await;
+    assert_eq!(before.1, vec![mine.clone()]);
+
+    let out = pg_run(&["import", file.to_str().unwrap()], &db.url);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("not empty"), "{err}");
+    assert!(err.contains(&db.name), "{err}");
+
+    let after = snapshot().await;
+    assert_eq!(after, before);
+    assert_eq!(after.0.total(), 1);
+    assert_eq!(after.3, None, "user 1's settings were not loaded");
+    assert!(after.4.is_empty(), "no pending update was loaded");
+    assert_eq!(after.6, None, "no cache entry was loaded");
+    let report = pg.check_invariants().await.unwrap();
+    assert!(report.problems.is_empty(), "{:#?}", report.problems);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_postgresql_store_moves_back_to_sled_unchanged() {
+    let f = build();
+    let db = TempDb::create().await;
+    let work = tempfile::tempdir().unwrap();
+    let (file, exported) = sled_export(&f, work.path());
+    let out = pg_run(&["import", file.to_str().unwrap()], &db.url);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let from_pg = work.path().join("from-pg.jsonl");
+    let out = pg_run(&["export", "--output", from_pg.to_str().unwrap()], &db.url);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
+    let target = work.path().join("back-to-sled");
+    let out = import(&target, &from_pg);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let back = work.path().join("back.jsonl");
+    let out = export(&target, &back);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(body(&back), exported);
+
+    let old = SledStore::open(&f.path).unwrap();
+    let new = SledStore::open(&target.join("db")).unwrap();
+    assert_eq!(new.counts().unwrap(), old.counts().unwrap());
+    for s in JobState::ALL {
+        assert_eq!(
+            new.list_state(s, usize::MAX).unwrap(),
+            old.list_state(s, usize::MAX).unwrap(),
+            "{s}"
+        );
+    }
+    assert_eq!(new.finished_since(0).unwrap(), (1, 1));
+    let report = new.check_invariants().unwrap();
+    assert!(report.problems.is_empty(), "{:#?}", report.problems);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_undecodable_sled_record_moves_to_postgresql_as_a_quarantined_one() {
+    let f = build();
+    {
+        let db = sled::open(&f.path).unwrap();
+        db.open_tree("jobs")
+            .unwrap()
+            .insert(f.failed.id.as_bytes(), b"\x02garbage".to_vec())
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let work = tempfile::tempdir().unwrap();
+    let (file, exported) = sled_export(&f, work.path());
+    let db = TempDb::create().await;
+    let out = pg_run(&["import", file.to_str().unwrap()], &db.url);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
+    let pg = PgStore::connect(&db.url).await.unwrap();
+    let q = pg.quarantined().await.unwrap();
+    assert_eq!(q.len(), 1, "{q:?}");
+    assert_eq!(q[0].tree, "jobs");
+    assert_eq!(q[0].key, f.failed.id.as_bytes().to_vec());
+    assert_eq!(q[0].bytes, b"\x02garbage".to_vec());
+    assert!(pg.get(f.failed.id).await.unwrap().is_none());
+    assert_eq!(pg.counts().await.unwrap().total(), 5);
+    let report = pg.check_invariants().await.unwrap();
+    assert!(report.problems.is_empty(), "{:#?}", report.problems);
+    assert_eq!(report.quarantined, 1);
+
+    // The quarantined record (with the time it was set aside) exports again
+    // as it came in: the same lines, the quarantine line last rather than
+    // where sled met the damaged job.
+    let again = work.path().join("from-pg.jsonl");
+    let out = pg_run(&["export", "--output", again.to_str().unwrap()], &db.url);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v
+    };
+    let again = body(&again);
+    assert!(
+        again[again.len() - 2].starts_with("{\"quarantine\":"),
+        "{again:#?}"
+    );
+    assert_eq!(sorted(again), sorted(exported));
+}
+
+/// More jobs than one import batch (512 lines) and one export page (512
+/// rows): 600 jobs of 3 users made on PostgreSQL move to a second database
+/// and to sled, and each exports the same lines again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_store_larger_than_one_batch_moves_between_postgresql_and_sled() {
+    let db = TempDb::create().await;
+    let pg = PgStore::connect(&db.url).await.unwrap();
+    for i in 0..600u64 {
+        let url = format!("https://media.test/{i}");
+        pg.enqueue(new_job(1 + i % 3, &url, None), LOOSE, 10_000 + i)
+            .await
+            .unwrap();
+    }
+    // Two claims: their users' turns move, two jobs are downloading.
+    let owner = Uuid::now_v7();
+    for at in [20_000, 20_001] {
+        pg.claim(owner, LEASE, at).await.unwrap().unwrap();
+    }
+    let work = tempfile::tempdir().unwrap();
+    let first = work.path().join("first.jsonl");
+    let out = pg_run(&["export", "--output", first.to_str().unwrap()], &db.url);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("exported 600 jobs (598 queued, 2 downloading), 3 users"),
+        "{}",
+        stderr(&out)
+    );
+    let exported = body(&first);
+    assert_eq!(exported.len(), 3 + 600 + 1);
+
+    let second_db = TempDb::create().await;
+    let out = pg_run(&["import", first.to_str().unwrap()], &second_db.url);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let second = PgStore::connect(&second_db.url).await.unwrap();
+    assert_eq!(second.counts().await.unwrap(), pg.counts().await.unwrap());
+    assert_eq!(second.counts().await.unwrap().queued, 598);
+    let report = second.check_invariants().await.unwrap();
+    assert!(report.problems.is_empty(), "{:#?}", report.problems);
+    let again = work.path().join("again.jsonl");
+    let out = pg_run(
+        &["export", "--output", again.to_str().unwrap()],
+        &second_db.url,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(body(&again), exported);
+    // The fair turn came along: user 3 was never served, so goes next.
+    let next = second.claim(owner, LEASE, 30_000).await.unwrap().unwrap();
+    assert_eq!(next.user_id, 3);
+
+    let target = work.path().join("sled-data");
+    let out = import(&target, &first);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let back = work.path().join("back.jsonl");
+    let out = export(&target, &back);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(body(&back), exported);
+    let sled = SledStore::open(&target.join("db")).unwrap();
+    assert_eq!(
+        sled.claim(owner, LEASE, 30_000).unwrap().unwrap().user_id,
+        3
+    );
 }

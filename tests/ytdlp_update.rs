@@ -26,7 +26,7 @@ use tgdl::job::{now_ms, HOUR_MS};
 use tgdl::ops::health::HealthState;
 use tgdl::ops::update::{self, Request, UpdateTask};
 use tgdl::pipeline::JobService;
-use tgdl::store::{JobStore, SledStore};
+use tgdl::store::SledStore;
 
 /// Installs make a venv and run pip: generous on a shared 2-core machine.
 const T: Duration = Duration::from_secs(180);
@@ -284,7 +284,8 @@ fn updater_for(
 ) -> (Arc<JobService>, Arc<HealthState>, UpdateTask) {
     let config = support::bot::test_config(dir, api, extra);
     let ytdlp = ytdlp(&config);
-    let store: Arc<dyn JobStore> = Arc::new(SledStore::open(&config.db_dir()).unwrap());
+    let store =
+        tgdl::store::OnBlockingPool::shared(Arc::new(SledStore::open(&config.db_dir()).unwrap()));
     let jobs = Arc::new(JobService::new(Arc::new(config), store, None).unwrap());
     let paced = Api::new(
         api.bot(),

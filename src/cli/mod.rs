@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser, Subcommand};
 use serde::Serialize;
 
-use crate::config::{one_line, Config, ConfigError};
+use crate::config::{one_line, Config, ConfigError, StorageBackend};
 use crate::i18n::printable;
 use crate::job::{iso, Job, JobState};
 use crate::pipeline::recovery;
@@ -189,11 +189,21 @@ fn dispatch(cli: Cli) -> Result<(), CliError> {
             crate::app::run_blocking(config, log_format).map_err(CliError::Other)
         }
         Command::Jobs { state, json, limit } => remote::jobs(&config, state, json, limit),
+        Command::Recover { .. } if config.storage.backend == StorageBackend::Postgres => {
+            Err(CliError::Other(anyhow::anyhow!(
+                "tgdl recover is for the embedded database; on PostgreSQL every node \
+                 rescues the jobs of nodes whose lease lapsed by itself"
+            )))
+        }
         Command::Recover { dry_run } => {
             let store = open_offline(&config, "let it be (it ran recovery when it started)")?;
-            let report =
-                recovery::recover_offline(&store, &config, dry_run, &progress::Bar::on_terminal())
-                    .map_err(anyhow::Error::from)?;
+            let report = recovery::recover_offline(
+                std::sync::Arc::new(store),
+                &config,
+                dry_run,
+                &progress::Bar::on_terminal(),
+            )
+            .map_err(anyhow::Error::from)?;
             if dry_run {
                 println!("dry run: nothing was changed");
             }
@@ -251,7 +261,7 @@ fn open_offline(config: &Config, ask: &str) -> Result<SledStore, CliError> {
         )));
     }
     SledStore::open(&dir).map_err(|e| match e {
-        StoreError::Locked { path } => CliError::Other(anyhow::anyhow!(
+        StoreError::InUse { path } => CliError::Other(anyhow::anyhow!(
             "the bot is running and holds the database at {path}; stop it first, or {ask}"
         )),
         e => CliError::Other(e.into()),

@@ -11,11 +11,12 @@ use std::time::Duration;
 
 use super::{open_offline, print_job, print_table, CliError, JobRow};
 use crate::config::Config;
+use crate::config::StorageBackend;
 use crate::i18n::{json_printable, operator};
 use crate::job::{iso, Job, JobState};
 use crate::ops::admin::{self, AdminError, Answer, HealthSource, Reply, Request};
 use crate::pipeline::JobService;
-use crate::store::JobStore;
+use crate::store::{Backend, OnBlockingPool, PgStore};
 
 /// The longest reply read from the bot (a `jobs` list of thousands of jobs
 /// is a few MB); a longer one is an error, not an allocation without end.
@@ -166,16 +167,27 @@ fn starting_hint(req: &Request) -> &'static str {
 
 /// The bot is stopped: open its database and answer here.
 fn answer_offline(config: &Config, req: Request) -> Result<Result<Answer, AdminError>, CliError> {
-    let store: Arc<dyn JobStore> = Arc::new(open_offline(config, starting_hint(&req))?);
-    let jobs = Arc::new(
-        JobService::new(Arc::new(config.clone()), store, None).map_err(anyhow::Error::from)?,
-    );
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(anyhow::Error::from)?;
+    // PostgreSQL is shared: this answers while nodes run. sled is held by
+    // a running bot, which answers on its socket instead.
+    let store: Arc<dyn Backend> = match config.storage.backend {
+        StorageBackend::Sled => {
+            OnBlockingPool::shared(Arc::new(open_offline(config, starting_hint(&req))?))
+        }
+        StorageBackend::Postgres => Arc::new(
+            rt.block_on(PgStore::connect(&config.storage.postgres_url))
+                .map_err(|e| anyhow::anyhow!("cannot reach PostgreSQL: {e}"))?,
+        ),
+    };
+    let jobs = Arc::new(
+        JobService::new(Arc::new(config.clone()), store, None).map_err(anyhow::Error::from)?,
+    );
     let answer = rt.block_on(admin::answer(&jobs, &HealthSource::Offline, req));
     // Make what cancel or retry changed durable before the process ends.
-    jobs.store.flush().map_err(anyhow::Error::from)?;
+    rt.block_on(jobs.store.flush())
+        .map_err(anyhow::Error::from)?;
     Ok(answer)
 }

@@ -49,7 +49,7 @@ fn gauge(registry: &mut Registry, name: &str, help: &str, v: f64) {
 /// from the health task's latest sample, read now.
 pub async fn render(o: &Observed) -> String {
     let mut r = Registry::default();
-    if let Ok(c) = o.jobs.call(|s| s.counts()).await {
+    if let Ok(c) = o.jobs.store.counts().await {
         let jobs = Family::<StateLabel, Gauge>::default();
         for s in JobState::ALL {
             jobs.get_or_create(&StateLabel { state: s.name() })
@@ -160,7 +160,7 @@ async fn metrics(State(o): State<Observed>) -> impl IntoResponse {
 }
 
 async fn healthz(State(o): State<Observed>) -> impl IntoResponse {
-    match o.jobs.call(|s| s.probe_write()).await {
+    match o.jobs.store.probe_write().await {
         Ok(()) => (StatusCode::OK, "ok\n".to_string()),
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,

@@ -71,6 +71,19 @@ pub fn render_health(s: &Sample, conditions: &[Condition]) -> String {
         out.push_str("without ffprobe: video size and length as yt-dlp reported them\n");
     }
     out.push_str(&format!("uptime: {} s\n", s.uptime_secs));
+    if !s.nodes.is_empty() {
+        out.push_str(&format!("\nnodes ({}):\n", s.nodes.len()));
+        for n in &s.nodes {
+            out.push_str(&format!(
+                "• {}: heartbeat {} s ago, {} in flight, {:.1} GB free{}\n",
+                n.name,
+                s.at_ms.saturating_sub(n.at) / 1000,
+                n.in_flight,
+                n.disk_free_bytes as f64 / GB,
+                if n.polling { ", polls Telegram" } else { "" }
+            ));
+        }
+    }
     if !conditions.is_empty() {
         out.push_str("\nwarnings:\n");
         for cond in conditions {
@@ -146,20 +159,16 @@ pub async fn offline_health(jobs: &Arc<JobService>) -> Result<String, StoreError
 
 /// `/jobs` for an admin: counts per state and every active job.
 pub async fn admin_jobs(jobs: &JobService) -> Result<String, StoreError> {
-    let (counts, active) = jobs
-        .call(|s| {
-            let mut active = Vec::new();
-            for st in [
-                JobState::Downloading,
-                JobState::Uploading,
-                JobState::Cleaning,
-                JobState::Queued,
-            ] {
-                active.extend(s.list_state(st, 50)?);
-            }
-            Ok((s.counts()?, active))
-        })
-        .await?;
+    let mut active = Vec::new();
+    for st in [
+        JobState::Downloading,
+        JobState::Uploading,
+        JobState::Cleaning,
+        JobState::Queued,
+    ] {
+        active.extend(jobs.store.list_state(st, 50).await?);
+    }
+    let counts = jobs.store.counts().await?;
     let mut out = format!(
         "jobs: {} queued, {} downloading, {} uploading, {} cleaning, {} done, {} failed\n",
         counts.queued,
@@ -189,9 +198,7 @@ pub async fn admin_jobs(jobs: &JobService) -> Result<String, StoreError> {
 /// `/jobs failed` for an admin: the most recent failures with reasons.
 pub async fn admin_failures(jobs: &JobService, limit: usize) -> Result<String, StoreError> {
     // The failed index is in id (creation) order; read it from the end.
-    let failed: Vec<Job> = jobs
-        .call(move |s| s.list_state_rev(JobState::Failed, limit))
-        .await?;
+    let failed: Vec<Job> = jobs.store.list_state_rev(JobState::Failed, limit).await?;
     if failed.is_empty() {
         return Ok("no failed jobs".into());
     }

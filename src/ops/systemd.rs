@@ -85,7 +85,7 @@ pub fn spawn_watchdog(
                 _ = tick.tick() => {}
                 _ = stop.cancelled() => return,
             }
-            let answer = tokio::time::timeout(every, jobs.call(|s| s.counts())).await;
+            let answer = tokio::time::timeout(every, jobs.store.counts()).await;
             let counts = match answer {
                 Ok(Ok(c)) => c,
                 Ok(Err(e)) => {

@@ -6,11 +6,12 @@
 
 use std::io;
 use std::path::Path;
+use std::sync::Arc;
 
 use super::JobService;
 use crate::download::job_dir;
 use crate::job::{now_ms, Job, JobState};
-use crate::store::{Expect, JobStore, StoreError};
+use crate::store::{Expect, Store, StoreError};
 
 /// Size of a file or folder tree in bytes (what removing it frees).
 pub fn tree_size(path: &Path) -> u64 {
@@ -45,16 +46,16 @@ pub enum CleanupError {
     Store(#[from] StoreError),
 }
 
-/// Finish a job in `cleaning`: remove its files, then move it to `failed`
-/// when it carries a failure, else to `done`. If the files cannot be removed
-/// the job stays in `cleaning` (the next start tries again) and the error is
-/// returned. Blocking: file removal and an fsync.
-pub fn finish_cleaning_blocking(
-    store: &dyn JobStore,
-    downloads: &Path,
-    job: &Job,
-) -> Result<Job, CleanupError> {
-    if let Err(e) = remove_job_dir(downloads, job) {
+/// Finish a job in `cleaning`: remove its files (on the blocking pool),
+/// then move it to `failed` when it carries a failure, else to `done`. If
+/// the files cannot be removed the job stays in `cleaning` (the next start
+/// tries again) and the error is returned.
+pub async fn settle(store: &dyn Store, downloads: &Path, job: &Job) -> Result<Job, CleanupError> {
+    let (dir, owned) = (downloads.to_path_buf(), job.clone());
+    let removed = tokio::task::spawn_blocking(move || remove_job_dir(&dir, &owned))
+        .await
+        .unwrap_or_else(|e| Err(io::Error::other(e.to_string())));
+    if let Err(e) = removed {
         tracing::error!(job = %job.id, error = %e, "cannot remove job files; will retry at next start");
         return Err(e.into());
     }
@@ -63,28 +64,25 @@ pub fn finish_cleaning_blocking(
     } else {
         JobState::Done
     };
-    Ok(store.update(
-        job.id,
-        Expect::state(JobState::Cleaning),
-        Some(to),
-        now_ms(),
-        &|j| {
-            j.lease = None;
-            j.file_path = None;
-        },
-    )?)
+    Ok(store
+        .update(
+            job.id,
+            Expect::state(JobState::Cleaning),
+            Some(to),
+            now_ms(),
+            Arc::new(|j| {
+                j.lease = None;
+                j.file_path = None;
+            }),
+        )
+        .await?)
 }
 
-/// [`finish_cleaning_blocking`] on the blocking pool, recorded in metrics.
+/// [`settle`] a job of this process, recorded in metrics.
 pub async fn finish_cleaning(jobs: &JobService, job: Job) -> Result<Job, CleanupError> {
     jobs.switches.forget(job.id);
     let downloads = jobs.config.downloads_dir();
-    let store = jobs.store.clone();
-    let before = job.clone();
-    let done =
-        tokio::task::spawn_blocking(move || finish_cleaning_blocking(&*store, &downloads, &job))
-            .await
-            .unwrap_or_else(|e| Err(io::Error::other(e.to_string()).into()))?;
-    jobs.metrics.record(&before, &done);
+    let done = settle(&*jobs.store, &downloads, &job).await?;
+    jobs.metrics.record(&job, &done);
     Ok(done)
 }

@@ -20,7 +20,6 @@ use crate::download::{probe, YtDlp};
 use crate::i18n::Lang;
 use crate::job::{now_ms, JobId, JobState};
 use crate::net::egress::EgressProxy;
-use crate::store;
 
 /// Probes running at once: each is a Python process.
 const PARALLEL: usize = 2;
@@ -80,7 +79,7 @@ async fn offer(
     id: JobId,
     stop: &CancellationToken,
 ) {
-    let Ok(Some(job)) = store::blocking(&jobs.store, move |s| s.get(id)).await else {
+    let Ok(Some(job)) = jobs.store.get(id).await else {
         return;
     };
     let window = job.next_attempt_at.saturating_sub(now_ms());
@@ -110,7 +109,7 @@ async fn offer(
         return;
     }
     // Still waiting for the user? (They may have chosen meanwhile.)
-    let Ok(Some(job)) = store::blocking(&jobs.store, move |s| s.get(id)).await else {
+    let Ok(Some(job)) = jobs.store.get(id).await else {
         return;
     };
     let (Some(msg), true) = (

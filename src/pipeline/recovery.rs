@@ -17,7 +17,8 @@ use crate::botapi::board::{self, Boards};
 use crate::download::job_dir;
 use crate::download::leftovers::{self, Leftover};
 use crate::job::{now_ms, FailureCode, Job, JobError, JobId, JobState, Lease, Millis, RescueMark};
-use crate::store::{blocking, Expect, JobStore, StoreError};
+use crate::store::{no_edit, Edit, Expect, JobStore, OnBlockingPool, Store, StoreError};
+use std::sync::Arc;
 
 /// How long the pass keeps ending processes of an earlier run before it
 /// goes on (they die at once; this bounds a process stuck in the kernel).
@@ -167,15 +168,16 @@ pub async fn recover(jobs: &JobService, dry_run: bool) -> Result<RecoveryReport,
     let max_rescues = jobs.config.downloader.max_rescues;
     let lease_ms = jobs.config.downloader.lease_secs * 1000;
     let downloads = jobs.config.downloads_dir();
-    let st = jobs.store.clone();
-    let report = tokio::task::spawn_blocking(move || {
-        recover_blocking(&*st, me, max_rescues, lease_ms, &downloads, dry_run, &Quiet)
-    })
-    .await
-    .map_err(|e| RecoveryError::Io {
-        path: String::new(),
-        source: std::io::Error::other(e.to_string()),
-    })??;
+    let report = pass(
+        &*jobs.store,
+        me,
+        max_rescues,
+        lease_ms,
+        &downloads,
+        dry_run,
+        &Quiet,
+    )
+    .await?;
     if !report.is_empty() {
         tracing::info!(dry_run, "{}", report.summary());
     }
@@ -186,12 +188,8 @@ pub async fn recover(jobs: &JobService, dry_run: bool) -> Result<RecoveryReport,
 /// board back (`botapi::board`), so their lines do not overwrite each other;
 /// how many boards.
 pub async fn adopt_boards(jobs: &JobService, boards: &Boards) -> Result<usize, StoreError> {
-    let active = blocking(&jobs.store, |s| {
-        let mut v = s.list_state(JobState::Queued, usize::MAX)?;
-        v.extend(s.in_flight()?);
-        Ok(v)
-    })
-    .await?;
+    let mut active = jobs.store.list_state(JobState::Queued, usize::MAX).await?;
+    active.extend(jobs.store.in_flight().await?);
     let mut shared: std::collections::BTreeMap<(i64, i32), Vec<JobId>> = Default::default();
     for j in active.iter().filter(|j| board::is_group(j.chat_id)) {
         if let Some(m) = j.status_msg_id {
@@ -205,8 +203,11 @@ pub async fn adopt_boards(jobs: &JobService, boards: &Boards) -> Result<usize, S
     Ok(shared.len())
 }
 
-fn recover_blocking(
-    s: &dyn JobStore,
+/// The pass over any backend. Store calls are awaited; the file work is
+/// small (one folder's size per job in flight, one listing of the downloads
+/// folder) except ending leftover processes, which runs on the blocking pool.
+async fn pass(
+    s: &dyn Store,
     me: Uuid,
     max_rescues: u32,
     lease_ms: u64,
@@ -215,28 +216,77 @@ fn recover_blocking(
     progress: &dyn Progress,
 ) -> Result<RecoveryReport, RecoveryError> {
     // First, so nothing of a dead run still writes while jobs are requeued.
-    let mut r = RecoveryReport {
-        processes_ended: if dry_run {
-            leftovers::find(downloads)
+    let dir = downloads.to_path_buf();
+    let ended = tokio::task::spawn_blocking(move || {
+        if dry_run {
+            leftovers::find(&dir)
         } else {
-            leftovers::end_all(downloads, LEFTOVER_PATIENCE)
-        },
+            leftovers::end_all(&dir, LEFTOVER_PATIENCE)
+        }
+    })
+    .await
+    .unwrap_or_default();
+    let mut r = RecoveryReport {
+        processes_ended: ended,
         ..RecoveryReport::default()
     };
+    let ctx = Rescue {
+        me,
+        max_rescues,
+        lease_ms,
+        downloads,
+        dry_run,
+        resume: true,
+    };
+    rescue(s, &ctx, progress, &mut r).await?;
+    sweep_orphans(s, downloads, dry_run, progress, &mut r).await?;
+    progress.finish();
+    Ok(r)
+}
+
+async fn settle(s: &dyn Store, downloads: &Path, job: Job) -> Result<(), StoreError> {
+    match cleanup::settle(s, downloads, &job).await {
+        // Left in `cleaning` for the next start; not a reason to stop here.
+        Ok(_) | Err(CleanupError::Io(_)) => Ok(()),
+        Err(CleanupError::Store(e)) => Err(e),
+    }
+}
+
+/// What one rescue of the jobs in flight works with.
+struct Rescue<'a> {
+    me: Uuid,
+    max_rescues: u32,
+    lease_ms: u64,
+    downloads: &'a Path,
+    dry_run: bool,
+    /// Take over an upload whose file is complete here. Only at start:
+    /// the start-up pass hands resumed uploads to this process's workers.
+    resume: bool,
+}
+
+/// Finish or requeue every job in flight that nobody works on any more
+/// ([`is_orphan`]): the heart of the start-up pass, and, on a shared store,
+/// of the rescuer every node runs (a lapsed lease is a dead node's job).
+async fn rescue(
+    s: &dyn Store,
+    ctx: &Rescue<'_>,
+    progress: &dyn Progress,
+    r: &mut RecoveryReport,
+) -> Result<(), StoreError> {
     let now = now_ms();
     let exclusive = s.is_exclusive();
-    let in_flight = s.in_flight()?;
+    let in_flight = s.in_flight().await?;
     progress.phase("jobs in flight", in_flight.len() as u64);
     for job in in_flight {
         progress.advance();
-        if !is_orphan(&job, me, now, exclusive) {
+        if !is_orphan(&job, ctx.me, now, exclusive) {
             continue;
         }
         let (id, state) = (job.id, job.state);
         let rescues = job.rescues + 1;
         let mark = match state {
             JobState::Downloading | JobState::Uploading => {
-                rescue_mark(&job, tree_size(&job_dir(downloads, id.0)))
+                rescue_mark(&job, tree_size(&job_dir(ctx.downloads, id.0)))
             }
             _ => job.rescue_mark.unwrap_or(RescueMark {
                 stage: state,
@@ -245,9 +295,30 @@ fn recover_blocking(
             }),
         };
         let res = match state {
-            JobState::Downloading | JobState::Uploading if mark.stalls > max_rescues => {
+            // A cancel was asked of the node that ran it (the request is
+            // the failure it carries): finish it as cancelled, never rerun.
+            JobState::Downloading | JobState::Uploading if job.failure.is_some() => {
+                r.cleaned.push(id);
+                if ctx.dry_run {
+                    continue;
+                }
+                match s
+                    .update(
+                        id,
+                        Expect::state(state),
+                        Some(JobState::Cleaning),
+                        now,
+                        no_edit(),
+                    )
+                    .await
+                {
+                    Ok(j) => settle(s, ctx.downloads, j).await,
+                    Err(e) => Err(e),
+                }
+            }
+            JobState::Downloading | JobState::Uploading if mark.stalls > ctx.max_rescues => {
                 r.failed.push(id);
-                if dry_run {
+                if ctx.dry_run {
                     continue;
                 }
                 let err = JobError::permanent(
@@ -257,59 +328,64 @@ fn recover_blocking(
                         mark.stalls
                     ),
                 );
-                s.update(
-                    id,
-                    Expect::state(state),
-                    Some(JobState::Cleaning),
-                    now,
-                    &|j| {
-                        j.rescues = rescues;
-                        j.rescue_mark = Some(mark);
-                        j.failure = Some(err.clone());
-                        j.last_error = Some(err.clone());
-                    },
-                )
-                .and_then(|j| finish_cleaning_blocking(s, downloads, j))
+                let edit: Edit = Arc::new(move |j| {
+                    j.rescues = rescues;
+                    j.rescue_mark = Some(mark);
+                    j.failure = Some(err.clone());
+                    j.last_error = Some(err.clone());
+                });
+                match s
+                    .update(
+                        id,
+                        Expect::state(state),
+                        Some(JobState::Cleaning),
+                        now,
+                        edit,
+                    )
+                    .await
+                {
+                    Ok(j) => settle(s, ctx.downloads, j).await,
+                    Err(e) => Err(e),
+                }
             }
-            JobState::Uploading if file_complete(&job) => {
-                if dry_run {
+            JobState::Uploading if ctx.resume && file_complete(&job) => {
+                if ctx.dry_run {
                     r.resumed.push(job);
                     continue;
                 }
-                s.update(id, Expect::state(state), None, now, &|j| {
+                let lease = Lease {
+                    owner: ctx.me,
+                    until: now + ctx.lease_ms,
+                };
+                let edit: Edit = Arc::new(move |j| {
                     j.rescues = rescues;
                     j.rescue_mark = Some(mark);
-                    j.lease = Some(Lease {
-                        owner: me,
-                        until: now + lease_ms,
-                    });
-                })
-                .map(|j| r.resumed.push(j))
+                    j.lease = Some(lease);
+                });
+                s.update(id, Expect::state(state), None, now, edit)
+                    .await
+                    .map(|j| r.resumed.push(j))
             }
             JobState::Downloading | JobState::Uploading => {
                 r.requeued.push(id);
-                if dry_run {
+                if ctx.dry_run {
                     continue;
                 }
-                s.update(
-                    id,
-                    Expect::state(state),
-                    Some(JobState::Queued),
-                    now,
-                    &|j| {
-                        j.rescues = rescues;
-                        j.rescue_mark = Some(mark);
-                        j.next_attempt_at = now;
-                    },
-                )
-                .map(|_| ())
+                let edit: Edit = Arc::new(move |j| {
+                    j.rescues = rescues;
+                    j.rescue_mark = Some(mark);
+                    j.next_attempt_at = now;
+                });
+                s.update(id, Expect::state(state), Some(JobState::Queued), now, edit)
+                    .await
+                    .map(|_| ())
             }
             JobState::Cleaning => {
                 r.cleaned.push(id);
-                if dry_run {
+                if ctx.dry_run {
                     continue;
                 }
-                finish_cleaning_blocking(s, downloads, job)
+                settle(s, ctx.downloads, job).await
             }
             _ => Ok(()),
         };
@@ -319,30 +395,34 @@ fn recover_blocking(
             Err(StoreError::Conflict { .. })
             | Err(StoreError::Corrupt { .. })
             | Err(StoreError::NotFound(_)) => {}
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(e),
         }
     }
-    sweep_orphans(s, downloads, dry_run, progress, &mut r)?;
-    progress.finish();
-    Ok(r)
+    Ok(())
 }
 
-fn finish_cleaning_blocking(
-    s: &dyn JobStore,
-    downloads: &Path,
-    job: Job,
-) -> Result<(), StoreError> {
-    match cleanup::finish_cleaning_blocking(s, downloads, &job) {
-        // Left in `cleaning` for the next start; not a reason to stop here.
-        Ok(_) | Err(CleanupError::Io(_)) => Ok(()),
-        Err(CleanupError::Store(e)) => Err(e),
-    }
+/// On a shared store: requeue (or fail, or finish cleaning) the jobs whose
+/// owner's lease lapsed, counted by the same progress rule as the start-up
+/// pass. What it requeued is in the report.
+pub async fn rescue_lapsed(jobs: &JobService) -> Result<RecoveryReport, StoreError> {
+    let downloads = jobs.config.downloads_dir();
+    let ctx = Rescue {
+        me: jobs.owner,
+        max_rescues: jobs.config.downloader.max_rescues,
+        lease_ms: jobs.config.downloader.lease_secs * 1000,
+        downloads: &downloads,
+        dry_run: false,
+        resume: false,
+    };
+    let mut r = RecoveryReport::default();
+    rescue(&*jobs.store, &ctx, &Quiet, &mut r).await?;
+    Ok(r)
 }
 
 /// Delete every entry of the downloads folder that belongs to no live job.
 /// Partial files of queued jobs stay, so their download resumes.
-fn sweep_orphans(
-    s: &dyn JobStore,
+async fn sweep_orphans(
+    s: &dyn Store,
     downloads: &Path,
     dry_run: bool,
     progress: &dyn Progress,
@@ -362,18 +442,18 @@ fn sweep_orphans(
     for entry in entries {
         progress.advance();
         let path = entry.path();
-        let live = entry
+        let id = entry
             .file_name()
             .to_str()
             .and_then(|n| n.parse::<Uuid>().ok())
-            .map(JobId)
-            .map(|id| {
-                s.get(id).map(|j| {
-                    j.is_some_and(|j| j.state.is_active() && j.state != JobState::Cleaning)
-                })
-            })
-            .transpose()?
-            .unwrap_or(false);
+            .map(JobId);
+        let live = match id {
+            Some(id) => s
+                .get(id)
+                .await?
+                .is_some_and(|j| j.state.is_active() && j.state != JobState::Cleaning),
+            None => false,
+        };
         if live {
             continue;
         }
@@ -425,20 +505,28 @@ pub fn describe(r: &RecoveryReport) -> String {
     out
 }
 
-/// Blocking access for the CLI, which shows `progress`.
+/// The pass over a stopped sled store, for the CLI (which shows
+/// `progress`): blocking, on a runtime of its own.
 pub fn recover_offline(
-    s: &dyn JobStore,
+    s: Arc<dyn JobStore>,
     config: &crate::config::Config,
     dry_run: bool,
     progress: &dyn Progress,
 ) -> Result<RecoveryReport, RecoveryError> {
-    recover_blocking(
-        s,
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| RecoveryError::Io {
+            path: String::new(),
+            source,
+        })?;
+    rt.block_on(pass(
+        &OnBlockingPool(s),
         Uuid::now_v7(),
         config.downloader.max_rescues,
         config.downloader.lease_secs * 1000,
         &config.downloads_dir(),
         dry_run,
         progress,
-    )
+    ))
 }

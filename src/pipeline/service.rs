@@ -22,13 +22,13 @@ use crate::job::{now_ms, Job, JobError, JobId, JobOptions, JobState, Millis, New
 use crate::net::egress::EgressError;
 use crate::net::{self, Destinations, LinkEntity, LinkError};
 use crate::store::{
-    self, EnqueueLimits, Expect, FindError, JobStore, Refusal, StoreError, UserSettings,
+    Backend, Edit, EnqueueLimits, Expect, FindError, Refusal, StoreError, UserSettings,
 };
 
 /// The job operations of one process, and what they share with the workers.
 pub struct JobService {
     pub config: Arc<Config>,
-    pub store: Arc<dyn JobStore>,
+    pub store: Arc<dyn Backend>,
     /// This process's identity as a lease owner. New at every start, so a
     /// job leased by a previous run is recognisably an orphan.
     pub owner: Uuid,
@@ -52,7 +52,7 @@ pub struct JobService {
 impl JobService {
     pub fn new(
         config: Arc<Config>,
-        store: Arc<dyn JobStore>,
+        store: Arc<dyn Backend>,
         quality_probe: Option<mpsc::Sender<JobId>>,
     ) -> Result<Self, EgressError> {
         let destinations = Destinations::new(
@@ -112,17 +112,29 @@ impl JobService {
             .clone()
     }
 
-    pub fn unregister(&self, id: JobId) {
-        self.running.lock().unwrap().remove(&id);
+    /// Jobs this process works on now.
+    pub fn running_count(&self) -> u32 {
+        self.running.lock().unwrap().len() as u32
     }
 
-    /// Run a store call on the blocking pool (store calls fsync).
-    pub async fn call<T, F>(&self, f: F) -> Result<T, StoreError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&dyn JobStore) -> Result<T, StoreError> + Send + 'static,
-    {
-        store::blocking(&self.store, f).await
+    /// Cancel a job if this process runs it; whether it did.
+    pub fn cancel_running(&self, id: JobId) -> bool {
+        let token = self.running.lock().unwrap().get(&id).cloned();
+        token.map(|t| t.cancel()).is_some()
+    }
+
+    /// Whether another process holds a live lease on the job (only possible
+    /// on a shared store).
+    fn runs_elsewhere(&self, job: &Job) -> bool {
+        !self.store.is_exclusive()
+            && matches!(job.state, JobState::Downloading | JobState::Uploading)
+            && job
+                .lease
+                .is_some_and(|l| l.owner != self.owner && l.until > now_ms())
+    }
+
+    pub fn unregister(&self, id: JobId) {
+        self.running.lock().unwrap().remove(&id);
     }
 
     /// Take the links of a message and make one job per acceptable link.
@@ -144,10 +156,7 @@ impl JobService {
             };
             // The limits first: a refused user costs no DNS lookup.
             let user = req.user_id;
-            if let Some(refusal) = self
-                .call(move |s| s.would_refuse(user, limits, now_ms()))
-                .await?
-            {
+            if let Some(refusal) = self.store.would_refuse(user, limits, now_ms()).await? {
                 outcomes.push(Submission::Refused { link, refusal });
                 continue;
             }
@@ -165,7 +174,7 @@ impl JobService {
                 parent: None,
                 not_before: req.not_before,
             };
-            match self.call(move |s| s.enqueue(new, limits, now_ms())).await {
+            match self.store.enqueue(new, limits, now_ms()).await {
                 Ok(e) => {
                     self.wake_workers();
                     outcomes.push(Submission::Accepted {
@@ -195,27 +204,27 @@ impl JobService {
         id: JobId,
         message_id: i32,
     ) -> Result<Option<Job>, StoreError> {
-        self.call(move |s| {
-            for _ in 0..8 {
-                let Some(job) = s.get(id)? else {
-                    return Ok(None);
-                };
-                match s.update(id, Expect::state(job.state), None, now_ms(), &|j| {
-                    j.status_msg_id = Some(message_id)
-                }) {
-                    Ok(j) => return Ok(Some(j)),
-                    Err(StoreError::Conflict { .. }) => continue,
-                    Err(e) => return Err(e),
-                }
+        let edit: Edit = Arc::new(move |j| j.status_msg_id = Some(message_id));
+        for _ in 0..8 {
+            let Some(job) = self.store.get(id).await? else {
+                return Ok(None);
+            };
+            let res = self
+                .store
+                .update(id, Expect::state(job.state), None, now_ms(), edit.clone())
+                .await;
+            match res {
+                Ok(j) => return Ok(Some(j)),
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(e),
             }
-            Ok(None)
-        })
-        .await
+        }
+        Ok(None)
     }
 
     pub async fn lookup(&self, asker: Asker, id: &str) -> Result<Lookup, StoreError> {
         let id = id.to_string();
-        let found = self.call(move |s| s.find(&id)).await?;
+        let found = self.store.find(&id).await?;
         Ok(match found {
             Ok(job) if asker.admin || job.user_id == asker.user_id => Lookup::Found(Box::new(job)),
             // Say plainly that it is someone else's: the asker learns nothing
@@ -253,7 +262,7 @@ impl JobService {
     /// Active children of a playlist job (read from the user's own index).
     async fn playlist_children(&self, parent: &Job) -> Result<Vec<Job>, StoreError> {
         let (user, id) = (parent.user_id, parent.id);
-        let jobs = self.call(move |s| s.list_user(user, 10_000)).await?;
+        let jobs = self.store.list_user(user, 10_000).await?;
         Ok(jobs
             .into_iter()
             .filter(|j| {
@@ -265,23 +274,50 @@ impl JobService {
     /// Stop one job: signal its worker if it runs here, else move it to
     /// cleaning and clean it now.
     async fn cancel_one(&self, job: Job) -> Result<CancelOutcome, StoreError> {
-        let token = self.running.lock().unwrap().get(&job.id).cloned();
-        if let Some(token) = token {
-            token.cancel();
+        if self.cancel_running(job.id) {
             return Ok(CancelOutcome::Cancelled(job));
         }
         let id = job.id;
         let state = job.state;
-        let res = self
-            .call(move |s| {
-                s.update(
+        if self.runs_elsewhere(&job) {
+            // Another node of a shared store runs it: ask that node, which
+            // stops its yt-dlp and removes its files. The request is durable
+            // (the failure the job carries, which the owner's lease renewal
+            // and any rescue of the job honour); the announcement reaches the
+            // owner at once.
+            let res = self
+                .store
+                .update(
                     id,
                     Expect::state(state),
-                    Some(JobState::Cleaning),
+                    None,
                     now_ms(),
-                    &|j| j.failure = Some(JobError::cancelled()),
+                    Arc::new(|j| j.failure = Some(JobError::cancelled())),
                 )
-            })
+                .await;
+            match res {
+                Ok(j) => {
+                    if let Err(e) = self.store.announce_cancel(id).await {
+                        tracing::warn!(job = %id, error = %e, "cancel not announced; the owner sees it at its next lease renewal");
+                    }
+                    return Ok(CancelOutcome::Cancelled(j));
+                }
+                Err(StoreError::Conflict { .. }) => {
+                    let now = self.store.get(id).await?;
+                    return Ok(CancelOutcome::AlreadyFinished(now.unwrap_or(job)));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let res = self
+            .store
+            .update(
+                id,
+                Expect::state(state),
+                Some(JobState::Cleaning),
+                now_ms(),
+                Arc::new(|j| j.failure = Some(JobError::cancelled())),
+            )
             .await;
         match res {
             Ok(cleaning) => match cleanup::finish_cleaning(self, cleaning.clone()).await {
@@ -300,7 +336,7 @@ impl JobService {
                         Ok(CancelOutcome::Cancelled(job))
                     }
                     None => {
-                        let now = self.call(move |s| s.get(id)).await?;
+                        let now = self.store.get(id).await?;
                         Ok(CancelOutcome::AlreadyFinished(now.unwrap_or(job)))
                     }
                 }
@@ -326,18 +362,22 @@ impl JobService {
         // for a link an admin sends).
         let exempt = asker.admin || self.config.is_admin(job.user_id);
         let limits = EnqueueLimits::from_config(&self.config.limits, exempt);
+        let now = now_ms();
         let res = self
-            .call(move |s| {
-                let now = now_ms();
-                s.reopen(id, limits, now, &|j| {
+            .store
+            .reopen(
+                id,
+                limits,
+                now,
+                Arc::new(move |j| {
                     j.attempts = 0;
                     j.rescues = 0;
                     j.rescue_mark = None;
                     j.failure = None;
                     j.next_attempt_at = now;
                     j.delivery = None;
-                })
-            })
+                }),
+            )
             .await;
         match res {
             Ok(j) => {
@@ -355,15 +395,12 @@ impl JobService {
 
     /// A user's most recent jobs.
     pub async fn user_jobs(&self, user_id: u64, limit: usize) -> Result<Vec<Job>, StoreError> {
-        self.call(move |s| s.list_user(user_id, limit)).await
+        self.store.list_user(user_id, limit).await
     }
 
     /// A user's settings (defaults when never changed).
     pub async fn user_settings(&self, user_id: u64) -> Result<UserSettings, StoreError> {
-        Ok(self
-            .call(move |s| s.settings(user_id))
-            .await?
-            .unwrap_or_default())
+        Ok(self.store.settings(user_id).await?.unwrap_or_default())
     }
 
     /// Change a user's settings and return the new ones.
@@ -372,13 +409,10 @@ impl JobService {
         user_id: u64,
         change: impl FnOnce(&mut UserSettings) + Send + 'static,
     ) -> Result<UserSettings, StoreError> {
-        self.call(move |s| {
-            let mut settings = s.settings(user_id)?.unwrap_or_default();
-            change(&mut settings);
-            s.put_settings(user_id, &settings)?;
-            Ok(settings)
-        })
-        .await
+        let mut settings = self.store.settings(user_id).await?.unwrap_or_default();
+        change(&mut settings);
+        self.store.put_settings(user_id, settings.clone()).await?;
+        Ok(settings)
     }
 
     /// The user pressed a form on a job's status message (see
@@ -399,14 +433,14 @@ impl JobService {
             other => return Ok(ChooseOutcome::Lookup(other)),
         };
         if job.state == JobState::Queued {
+            let now = now_ms();
+            let edit: Edit = Arc::new(move |j| {
+                choice.apply(&mut j.options);
+                j.next_attempt_at = j.next_attempt_at.min(now);
+            });
             let res = self
-                .call(move |s| {
-                    let now = now_ms();
-                    s.update(id, Expect::state(JobState::Queued), None, now, &|j| {
-                        choice.apply(&mut j.options);
-                        j.next_attempt_at = j.next_attempt_at.min(now);
-                    })
-                })
+                .store
+                .update(id, Expect::state(JobState::Queued), None, now, edit)
                 .await;
             match res {
                 Ok(j) => {
@@ -450,7 +484,7 @@ impl JobService {
             parent: None,
             not_before: None,
         };
-        match self.call(move |s| s.enqueue(new, limits, now_ms())).await {
+        match self.store.enqueue(new, limits, now_ms()).await {
             Ok(e) => {
                 self.wake_workers();
                 Ok(ChooseOutcome::Again {

@@ -1,19 +1,26 @@
-//! The durable job store: the [`JobStore`] boundary and its sled backend.
+//! The durable job store: the [`Store`] contract and its backends.
 //!
-//! The pipeline talks only to the trait, so a shared backend (PostgreSQL, for
-//! several machines) can later satisfy it without touching the pipeline. The
-//! store knows nothing about Telegram or yt-dlp: it keeps jobs, their indexes,
-//! counters, leases, the media cache and quarantine.
+//! The pipeline talks only to [`Store`] (async, backend-neutral; its
+//! guarantees are written in `contract.rs`) and, for operators and tests, to
+//! [`Diagnostics`]. The store knows nothing about Telegram or yt-dlp: it
+//! keeps jobs, their indexes, counters, leases, the media cache and
+//! quarantine.
 //!
-//! The trait is synchronous on purpose: sled is synchronous and every change
-//! ends in an fsync. Async callers wrap calls in `spawn_blocking` (see
-//! [`crate::store::blocking`]) rather than stall the runtime.
+//! sled is synchronous and every change ends in an fsync, so its engine
+//! implements the synchronous [`JobStore`], and [`OnBlockingPool`] serves
+//! that through the contract with each call on tokio's blocking pool.
 
 pub mod codec;
+mod contract;
 mod keys;
+mod postgres;
 mod sled;
 pub mod transfer;
 
+pub use self::contract::{
+    no_edit, Backend, Diagnostics, Edit, NodeBeat, OnBlockingPool, PollerLease, Store, StoreEvent,
+};
+pub use self::postgres::PgStore;
 pub use self::sled::SledStore;
 
 use serde::{Deserialize, Serialize};
@@ -167,6 +174,99 @@ pub struct UserRecord {
     pub last_served: Millis,
 }
 
+impl UserRecord {
+    /// The admission rule every backend applies inside the transaction that
+    /// makes a job active (an enqueue, a retry): forget enqueues older than
+    /// an hour, then refuse by [`UserRecord::refusal`], else count `now` in
+    /// the window (in time order, even when enqueues commit out of the
+    /// order of their clocks: concurrent enqueues, several nodes), kept to
+    /// twice the hourly limit, exempt users too.
+    pub fn admit(
+        &mut self,
+        active: u64,
+        limits: EnqueueLimits,
+        now: Millis,
+    ) -> Result<(), Refusal> {
+        self.recent.retain(|t| *t + crate::job::HOUR_MS > now);
+        if let Some(r) = self.refusal(active, limits) {
+            return Err(r);
+        }
+        let at = self.recent.partition_point(|t| *t <= now);
+        self.recent.insert(at, now);
+        let keep = (limits.per_user_per_hour as usize).max(1) * 2;
+        if self.recent.len() > keep {
+            let cut = self.recent.len() - keep;
+            self.recent.drain(..cut);
+        }
+        Ok(())
+    }
+
+    /// Why one more active job would be refused: the queue's capacity
+    /// (`active` jobs in all), then, unless `limits.exempt`, this user's
+    /// active and hourly limits (`recent` already cut to the last hour).
+    pub fn refusal(&self, active: u64, limits: EnqueueLimits) -> Option<Refusal> {
+        if active >= limits.queue_capacity {
+            return Some(Refusal::QueueFull {
+                capacity: limits.queue_capacity,
+            });
+        }
+        if limits.exempt {
+            return None;
+        }
+        if self.active >= limits.per_user_active {
+            return Some(Refusal::UserActive {
+                limit: limits.per_user_active,
+            });
+        }
+        if self.recent.len() as u64 >= limits.per_user_per_hour as u64 {
+            // The oldest enqueue in the window leaves it first.
+            let idx = self.recent.len() - limits.per_user_per_hour as usize;
+            return Some(Refusal::UserHourly {
+                limit: limits.per_user_per_hour,
+                retry_at: self.recent[idx] + crate::job::HOUR_MS,
+            });
+        }
+        None
+    }
+}
+
+/// What a full check finds wrong with the cache entry `c` under `key`,
+/// given the deliveries of jobs with that key (`writers`: when each left
+/// `uploading`, and the job): an entry older than a delivery, or one that
+/// holds another file than the delivery of its very moment. Both backends'
+/// checks ask this.
+pub fn cache_entry_problem(
+    key: &str,
+    c: &CachedMedia,
+    writers: &[(Millis, &Job)],
+) -> Option<String> {
+    if let Some((at, job)) = writers.iter().find(|(at, _)| *at > c.cached_at) {
+        return Some(format!(
+            "entry {key:?} cached at {} is older than job {}'s delivery at {at}",
+            c.cached_at, job.id
+        ));
+    }
+    let same_moment: Vec<&Job> = writers
+        .iter()
+        .filter(|(at, _)| *at == c.cached_at)
+        .map(|(_, j)| *j)
+        .collect();
+    let matches = |j: &&Job| {
+        j.delivery
+            .as_ref()
+            .is_some_and(|d| d.file_id == c.file_id && d.sent_as == c.sent_as)
+    };
+    if !same_moment.is_empty() && !same_moment.iter().any(matches) {
+        return Some(format!(
+            "entry {key:?} holds file {:?}, job {} delivered {:?} at that moment",
+            c.file_id,
+            same_moment[0].id,
+            same_moment[0].delivery.as_ref().map(|d| &d.file_id)
+        ));
+    }
+    None
+}
+
 /// A user's defaults (`/settings`), kept durably.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserSettings {
@@ -205,8 +305,9 @@ pub struct InvariantReport {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// An exclusive backend (sled) is held by another process.
     #[error("the database at {path} is in use by another tgdl process (is the bot running?)")]
-    Locked { path: String },
+    InUse { path: String },
     #[error("cannot open the database at {path}: {reason}")]
     Open { path: String, reason: String },
     #[error("the database was written by a newer tgdl (schema {found}, this build knows {known})")]
@@ -227,12 +328,21 @@ pub enum StoreError {
     Refused(#[from] Refusal),
     #[error("record of job {id} is corrupt and was quarantined: {source}")]
     Corrupt { id: JobId, source: CodecError },
-    #[error("user record {0} is corrupt")]
-    CorruptUser(u64),
     #[error("codec: {0}")]
     Codec(#[from] CodecError),
-    #[error("storage: {0}")]
-    Sled(#[from] ::sled::Error),
+    /// The backend failed or cannot be reached (I/O, a lost connection);
+    /// its own error is the source.
+    #[error("storage unavailable: {0}")]
+    Unavailable(#[source] BoxError),
+}
+
+/// A backend's own error, carried as [`StoreError::Unavailable`]'s source.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+impl StoreError {
+    pub fn unavailable(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        StoreError::Unavailable(Box::new(e))
+    }
 }
 
 /// Looking a job up by the short id users see.
@@ -246,7 +356,44 @@ pub enum FindError {
     Invalid(String),
 }
 
-/// The store boundary the pipeline uses. Every method that changes a job is
+/// A job id as a user types it, parsed once for every backend: the short
+/// id users see (up to 8 hex digits, the id's last ones) or a prefix of the
+/// full id (more digits). Dashes and case are ignored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdPrefix {
+    /// Lowercase hex digits, 4 to 32 of them.
+    pub hex: String,
+    /// Matched against [`JobId::short`] rather than the full id.
+    pub short: bool,
+}
+
+impl IdPrefix {
+    pub fn parse(input: &str) -> Result<IdPrefix, FindError> {
+        let hex: String = input
+            .trim()
+            .chars()
+            .filter(|c| *c != '-')
+            .collect::<String>()
+            .to_ascii_lowercase();
+        if hex.len() < 4 || hex.len() > 32 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(FindError::Invalid(input.to_string()));
+        }
+        let short = hex.len() <= 8;
+        Ok(IdPrefix { hex, short })
+    }
+
+    /// Whether `id` is what the user meant.
+    pub fn matches(&self, id: JobId) -> bool {
+        if self.short {
+            id.short().starts_with(&self.hex)
+        } else {
+            id.to_string().starts_with(&self.hex)
+        }
+    }
+}
+
+/// The synchronous engine interface sled implements (the pipeline uses the
+/// async [`Store`] contract, which [`OnBlockingPool`] serves from this). Every method that changes a job is
 /// one atomic transaction over every tree it touches, flushed to disk before
 /// it returns `Ok`.
 pub trait JobStore: Send + Sync {
@@ -375,17 +522,4 @@ pub trait JobStore: Send + Sync {
     /// Make everything written so far durable (every change already is; this
     /// is for shutdown).
     fn flush(&self) -> Result<(), StoreError>;
-}
-
-/// Run a store call on the blocking pool: store calls fsync.
-pub async fn blocking<T, F>(store: &std::sync::Arc<dyn JobStore>, f: F) -> Result<T, StoreError>
-where
-    T: Send + 'static,
-    F: FnOnce(&dyn JobStore) -> Result<T, StoreError> + Send + 'static,
-{
-    let store = store.clone();
-    match tokio::task::spawn_blocking(move || f(&*store)).await {
-        Ok(r) => r,
-        Err(e) => std::panic::resume_unwind(e.into_panic()),
-    }
 }

@@ -17,15 +17,23 @@
 //! Why two passes on import: the whole file is read and checked before the
 //! first write, so a truncated or damaged file is refused with its line
 //! number and the target store stays empty.
+//!
+//! The format is the same for every backend: a file exported from sled
+//! imports into PostgreSQL and back. The drivers ([`export`], [`import`])
+//! are async and backend-neutral; sled runs its synchronous part on tokio's
+//! blocking pool.
 
 use std::collections::HashSet;
 use std::io::{BufRead, Write};
 
+use async_trait::async_trait;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 
 use crate::job::{Job, JobState, Millis};
-use crate::store::{CachedMedia, JobStore, QuarantineEntry, StateCounts, StoreError, UserSettings};
+use crate::store::{
+    CachedMedia, InvariantReport, QuarantineEntry, StateCounts, StoreError, UserSettings,
+};
 
 /// The format version this build writes and the newest it reads.
 pub const FORMAT_VERSION: u32 = 1;
@@ -209,32 +217,44 @@ fn unb64(text: &str) -> Result<Vec<u8>, String> {
         .map_err(|e| format!("bad base64: {e}"))
 }
 
-/// What a backend does for export and import. Kept apart from
-/// [`crate::store::JobStore`]: the pipeline never moves a whole store.
-pub trait Transfer: JobStore {
+/// Where [`Transfer::export_lines`] hands each data line.
+pub type Sink<'a> = dyn FnMut(Line) -> Result<(), TransferError> + Send + 'a;
+
+/// What a backend does for export and import. Kept apart from the
+/// [`crate::store::Store`] contract: the pipeline never moves a whole store.
+#[async_trait]
+pub trait Transfer: Send + Sync {
     /// The backend's name, written in the header.
     fn backend(&self) -> &'static str;
 
-    /// Hand every data line to `sink`: users before jobs, so an import
-    /// meets a user's window before the user's jobs. A record that cannot
-    /// be decoded goes out as a `quarantine` line, never silently dropped.
-    fn export_lines(
-        &self,
-        sink: &mut dyn FnMut(Line) -> Result<(), TransferError>,
-    ) -> Result<(), TransferError>;
+    /// Hand every data line to `sink`, in this order: users, jobs, cache,
+    /// settings, finished counters, pending updates, quarantine (so an
+    /// import meets a user's window before the user's jobs, and the same
+    /// contents export as the same lines from any backend). A record that
+    /// cannot be decoded goes out as a `quarantine` line, never silently
+    /// dropped. An error from `sink` stops the export and is returned.
+    async fn export_lines(&self, sink: &mut Sink<'_>) -> Result<(), TransferError>;
 
     /// Whether the store holds no job, cache entry, setting, user, pending
     /// update or quarantined record (import loads only into such a store).
-    fn is_empty(&self) -> Result<bool, StoreError>;
+    async fn is_empty(&self) -> Result<bool, StoreError>;
 
-    /// Load data lines (never a header or end line) in one durable write,
-    /// deriving every index and counter as the store's own changes do.
-    /// `finished` lines are not passed here: see [`Transfer::import_finished`].
-    fn import_lines(&self, lines: &[Line]) -> Result<(), TransferError>;
+    /// Load data lines (never a header or end line) in one durable
+    /// transaction, deriving every index and counter as the store's own
+    /// changes do. `finished` lines are not passed here: see
+    /// [`Transfer::import_finished`].
+    async fn import_lines(&self, lines: Vec<Line>) -> Result<(), TransferError>;
 
     /// Set the per-minute finished counters to exactly these (loading jobs
     /// counted each finished job once; the exported counts replace that).
-    fn import_finished(&self, counters: &[FinishedLine]) -> Result<(), TransferError>;
+    async fn import_finished(&self, counters: Vec<FinishedLine>) -> Result<(), TransferError>;
+
+    /// The jobs per state, from the store's counters (what an import is
+    /// verified against).
+    async fn state_counts(&self) -> Result<StateCounts, StoreError>;
+
+    /// The backend's full consistency check.
+    async fn check(&self) -> Result<InvariantReport, StoreError>;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -262,18 +282,18 @@ pub enum TransferError {
 }
 
 /// Write the store as an export file to `out`; `tick` is called per job.
-pub fn export(
+pub async fn export(
     store: &dyn Transfer,
-    out: &mut dyn Write,
+    out: &mut (dyn Write + Send),
     now: Millis,
-    tick: &mut dyn FnMut(),
+    tick: &mut (dyn FnMut() + Send),
 ) -> Result<Totals, TransferError> {
-    let mut totals = Totals::default();
-    let write = |out: &mut dyn Write, line: &Line| -> Result<(), TransferError> {
+    fn write(out: &mut (dyn Write + Send), line: &Line) -> Result<(), TransferError> {
         serde_json::to_writer(&mut *out, line).map_err(std::io::Error::from)?;
         out.write_all(b"\n")?;
         Ok(())
-    };
+    }
+    let mut totals = Totals::default();
     write(
         out,
         &Line::TgdlExport(Header {
@@ -282,14 +302,16 @@ pub fn export(
             created_at: now,
         }),
     )?;
-    store.export_lines(&mut |line| {
-        totals.count(&line);
-        write(out, &line)?;
-        if matches!(line, Line::Job(_)) {
-            tick();
-        }
-        Ok(())
-    })?;
+    store
+        .export_lines(&mut |line| {
+            totals.count(&line);
+            write(out, &line)?;
+            if matches!(line, Line::Job(_)) {
+                tick();
+            }
+            Ok(())
+        })
+        .await?;
     write(out, &Line::End(totals.clone()))?;
     out.flush()?;
     Ok(totals)
@@ -334,23 +356,24 @@ pub fn validate(input: impl BufRead) -> Result<Totals, TransferError> {
     Ok(seen)
 }
 
-/// Load a file that [`validate`] accepted into an empty store, then check
-/// that the store counts what the file holds and is consistent. `tick` is
-/// called per job.
-pub fn import(
+/// Load a file that [`validate`] accepted into an empty store, a batch of
+/// [`IMPORT_BATCH`] lines per transaction, then check that the store counts
+/// what the file holds and is consistent. `tick` is called per job.
+pub async fn import(
     store: &dyn Transfer,
     input: impl BufRead,
     expected: &Totals,
     tick: &mut dyn FnMut(),
 ) -> Result<(), TransferError> {
-    if !store.is_empty()? {
+    if !store.is_empty().await? {
         return Err(TransferError::NotEmpty);
     }
+    let mut lines = Lines::new(input);
     let mut batch = Vec::with_capacity(IMPORT_BATCH);
     let mut finished = Vec::new();
-    for_each_line(input, &mut |_, line| {
+    while let Some((_, line)) = lines.next_line()? {
         match line {
-            Line::TgdlExport(_) | Line::End(_) => return Ok(()),
+            Line::TgdlExport(_) | Line::End(_) => continue,
             Line::Finished(f) => finished.push(f),
             Line::Job(j) => {
                 batch.push(Line::Job(j));
@@ -359,16 +382,15 @@ pub fn import(
             line => batch.push(line),
         }
         if batch.len() >= IMPORT_BATCH {
-            store.import_lines(&batch)?;
-            batch.clear();
+            let full = std::mem::replace(&mut batch, Vec::with_capacity(IMPORT_BATCH));
+            store.import_lines(full).await?;
         }
-        Ok(())
-    })?;
-    if !batch.is_empty() {
-        store.import_lines(&batch)?;
     }
-    store.import_finished(&finished)?;
-    let counts = store.counts()?;
+    if !batch.is_empty() {
+        store.import_lines(batch).await?;
+    }
+    store.import_finished(finished).await?;
+    let counts = store.state_counts().await?;
     if counts != expected.states {
         let total = |c: &StateCounts| Totals {
             jobs: c.total(),
@@ -380,7 +402,7 @@ pub fn import(
             found: total(&counts).describe(),
         });
     }
-    let problems = store.check_invariants()?.problems;
+    let problems = store.check().await?.problems;
     if !problems.is_empty() {
         return Err(TransferError::Inconsistent(problems.join("; ")));
     }
@@ -394,26 +416,50 @@ fn format_error(line: u64, reason: impl Into<String>) -> TransferError {
     }
 }
 
-/// Parse each line (numbered from 1) and hand it to `f`; blank lines are
-/// skipped (an editor may add one at the end).
+/// Parse each line (numbered from 1) and hand it to `f`.
 fn for_each_line(
-    mut input: impl BufRead,
+    input: impl BufRead,
     f: &mut dyn FnMut(u64, Line) -> Result<(), TransferError>,
 ) -> Result<(), TransferError> {
-    let mut text = String::new();
-    let mut number = 0u64;
-    loop {
-        text.clear();
-        if input.read_line(&mut text)? == 0 {
-            return Ok(());
-        }
-        number += 1;
-        let trimmed = text.trim_end_matches(['\n', '\r']);
-        if trimmed.is_empty() {
-            continue;
-        }
-        let line: Line = serde_json::from_str(trimmed)
-            .map_err(|e| format_error(number, format!("not a record of this format ({e})")))?;
+    let mut lines = Lines::new(input);
+    while let Some((number, line)) = lines.next_line()? {
         f(number, line)?;
+    }
+    Ok(())
+}
+
+/// The parsed lines of a file, numbered from 1; blank lines are skipped (an
+/// editor may add one at the end).
+struct Lines<R> {
+    input: R,
+    text: String,
+    number: u64,
+}
+
+impl<R: BufRead> Lines<R> {
+    fn new(input: R) -> Self {
+        Lines {
+            input,
+            text: String::new(),
+            number: 0,
+        }
+    }
+
+    fn next_line(&mut self) -> Result<Option<(u64, Line)>, TransferError> {
+        loop {
+            self.text.clear();
+            if self.input.read_line(&mut self.text)? == 0 {
+                return Ok(None);
+            }
+            self.number += 1;
+            let trimmed = self.text.trim_end_matches(['\n', '\r']);
+            if trimmed.is_empty() {
+                continue;
+            }
+            let line: Line = serde_json::from_str(trimmed).map_err(|e| {
+                format_error(self.number, format!("not a record of this format ({e})"))
+            })?;
+            return Ok(Some((self.number, line)));
+        }
     }
 }

@@ -98,7 +98,7 @@ async fn handle(deps: &Arc<Deps>, update: Update, durable: bool) {
     if !durable {
         return;
     }
-    if let Err(e) = deps.jobs.call(move |s| s.inbox_done(id)).await {
+    if let Err(e) = deps.jobs.store.inbox_done(id).await {
         // It stays in the inbox and is handled again after a restart; every
         // handler's effect is idempotent under that (see ARCHITECTURE.md).
         tracing::error!(update = id, error = %e, "cannot mark an update handled");

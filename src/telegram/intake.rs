@@ -83,7 +83,7 @@ pub async fn run(deps: Arc<Deps>, tracker: TaskTracker, stop: CancellationToken)
 /// poll from next (`None` when stopped first).
 async fn drain(deps: &Deps, dispatch: &Dispatch, stop: &CancellationToken) -> Option<u32> {
     let pending = loop {
-        match deps.jobs.call(|s| s.inbox_pending()).await {
+        match deps.jobs.store.inbox_pending().await {
             Ok(p) => break p,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the inbox; retrying");
@@ -107,7 +107,7 @@ async fn drain(deps: &Deps, dispatch: &Dispatch, stop: &CancellationToken) -> Op
             Err(e) => {
                 // Nothing can handle it; keeping it would replay it forever.
                 tracing::error!(update = id, error = %e, "stored update does not decode; dropped");
-                let _ = deps.jobs.call(move |s| s.inbox_done(id)).await;
+                let _ = deps.jobs.store.inbox_done(id).await;
             }
         }
     }
@@ -129,7 +129,7 @@ async fn store(deps: &Deps, updates: &[Update], stop: &CancellationToken) -> boo
         .collect();
     loop {
         let b = batch.clone();
-        match deps.jobs.call(move |s| s.inbox_put(&b)).await {
+        match deps.jobs.store.inbox_put(b).await {
             Ok(()) => return true,
             Err(e) => {
                 tracing::error!(error = %e, "cannot store updates; not confirming them");

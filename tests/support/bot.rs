@@ -193,7 +193,7 @@ impl TestBot {
         loop {
             match tgdl::store::SledStore::open(&self.config.db_dir()) {
                 Ok(store) => return store,
-                Err(tgdl::store::StoreError::Locked { .. })
+                Err(tgdl::store::StoreError::InUse { .. })
                     if std::time::Instant::now() < deadline =>
                 {
                     std::thread::sleep(Duration::from_millis(20))

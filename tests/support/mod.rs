@@ -19,6 +19,7 @@ pub mod bot;
 pub mod fake_telegram;
 pub mod fs;
 pub mod media_server;
+pub mod pg;
 pub mod service;
 pub mod standin;
 pub mod store_fixture;

@@ -8,7 +8,7 @@ use tgdl::i18n::Lang;
 use tgdl::job::{Job, JobOptions};
 use tgdl::pipeline::service::{LinkRequest, Submission};
 use tgdl::pipeline::JobService;
-use tgdl::store::{JobStore, SledStore};
+use tgdl::store::SledStore;
 
 use super::fake_telegram::FakeTelegram;
 
@@ -16,7 +16,8 @@ use super::fake_telegram::FakeTelegram;
 pub fn service_for(api: &FakeTelegram, dir: &std::path::Path, extra: &str) -> Arc<JobService> {
     let config: Config = super::bot::test_config(dir, api, extra);
     std::fs::create_dir_all(config.downloads_dir()).unwrap();
-    let store: Arc<dyn JobStore> = Arc::new(SledStore::open(&config.db_dir()).unwrap());
+    let store =
+        tgdl::store::OnBlockingPool::shared(Arc::new(SledStore::open(&config.db_dir()).unwrap()));
     Arc::new(JobService::new(Arc::new(config), store, None).expect("job service"))
 }
 

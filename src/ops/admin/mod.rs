@@ -149,15 +149,10 @@ pub async fn answer(
                 Some(s) => vec![s],
                 None => JobState::ALL.to_vec(),
             };
-            let mut list = jobs
-                .call(move |s| {
-                    let mut out = Vec::new();
-                    for st in states {
-                        out.extend(s.list_state(st, limit)?);
-                    }
-                    Ok(out)
-                })
-                .await?;
+            let mut list = Vec::new();
+            for st in states {
+                list.extend(jobs.store.list_state(st, limit).await?);
+            }
             list.sort_by_key(|j| j.id);
             Ok(Answer::Jobs(list))
         }
@@ -197,7 +192,7 @@ pub async fn answer(
 /// error; no match, or several, is a failure.
 async fn find(jobs: &JobService, id: &str) -> Result<Job, AdminError> {
     let owned = id.to_string();
-    match jobs.call(move |s| s.find(&owned)).await? {
+    match jobs.store.find(&owned).await? {
         Ok(j) => Ok(j),
         Err(e @ FindError::Invalid(_)) => Err(AdminError::Usage(e.to_string())),
         Err(e) => Err(AdminError::Failed(e.to_string())),

@@ -16,7 +16,7 @@ use crate::i18n::{render, Lang, Msg};
 use crate::job::{now_ms, JobState, HOUR_MS};
 use crate::pipeline::cleanup::tree_size;
 use crate::pipeline::JobService;
-use crate::store::{self, StoreError};
+use crate::store::{NodeBeat, StoreError};
 
 /// What the health task learned, shared with `/health`, `tgdl health` and
 /// the metrics endpoint. (The disk guard itself is the pipeline's
@@ -30,6 +30,9 @@ pub struct HealthState {
     pub ytdlp_detail: RwLock<String>,
     pub ffmpeg: AtomicBool,
     pub ffprobe: AtomicBool,
+    /// Whether this process polls Telegram now (on a shared store, one
+    /// node does; its heartbeat says so).
+    pub polling: AtomicBool,
 }
 
 impl Default for HealthState {
@@ -41,6 +44,7 @@ impl Default for HealthState {
             ytdlp_detail: RwLock::new(String::new()),
             ffmpeg: AtomicBool::new(false),
             ffprobe: AtomicBool::new(false),
+            polling: AtomicBool::new(false),
         }
     }
 }
@@ -104,17 +108,13 @@ impl Monitor {
             .unwrap_or(0);
         let now = now_ms();
         let cfg = core.config.clone();
-        let (counts, oldest, in_flight, (done, failed), db_bytes) =
-            store::blocking(&core.store, move |s| {
-                Ok((
-                    s.counts()?,
-                    s.list_state(JobState::Queued, 1)?.into_iter().next(),
-                    s.in_flight()?,
-                    s.finished_since(now.saturating_sub(HOUR_MS))?,
-                    s.size_on_disk(),
-                ))
-            })
-            .await?;
+        let s = &core.store;
+        let counts = s.counts().await?;
+        let oldest = s.list_state(JobState::Queued, 1).await?.into_iter().next();
+        let in_flight = s.in_flight().await?;
+        let (done, failed) = s.finished_since(now.saturating_sub(HOUR_MS)).await?;
+        let db_bytes = s.size_on_disk().await;
+        let nodes = s.nodes().await?;
         let stuck = in_flight
             .iter()
             .filter_map(|j| {
@@ -130,6 +130,7 @@ impl Monitor {
             .collect();
         let h = &self.state;
         Ok(Sample {
+            nodes,
             at_ms: now,
             system,
             downloads_dir_bytes,
@@ -170,16 +171,20 @@ impl Monitor {
             tracing::info!("disk space is back: downloads resume");
             self.jobs.wake_workers();
         }
+        let mut sample = sample;
+        self.beat(&mut sample).await;
         if let Some(api) = &self.api {
             for a in &alerts {
-                notify_admins(api, &self.jobs.config, &a.text()).await;
+                if let Some(text) = self.cluster_alert(a).await {
+                    notify_admins(api, &self.jobs.config, &text).await;
+                }
             }
         }
         *self.state.latest.write().unwrap() = Some((sample.clone(), conditions.clone()));
         let days = self.jobs.config.storage.retention_days;
         if days > 0 {
             let cutoff = now_ms().saturating_sub(days * 24 * HOUR_MS);
-            match store::blocking(&self.jobs.store, move |s| s.prune_finished(cutoff, 500)).await {
+            match self.jobs.store.prune_finished(cutoff, 500).await {
                 Ok(n) if n > 0 => tracing::info!(pruned = n, "retention: old jobs pruned"),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "retention pruning failed"),
@@ -193,12 +198,68 @@ impl Monitor {
         })
     }
 
+    /// On a shared store: this node's heartbeat, and the sample's list of
+    /// nodes brought up to date with it.
+    async fn beat(&self, sample: &mut Sample) {
+        let jobs = &self.jobs;
+        if jobs.store.is_exclusive() {
+            return;
+        }
+        let beat = NodeBeat {
+            name: jobs.config.node_name(),
+            owner: jobs.owner,
+            at: sample.at_ms,
+            in_flight: jobs.running_count(),
+            disk_free_bytes: sample.system.disk_free_bytes,
+            polling: self.state.polling.load(Ordering::Relaxed),
+        };
+        if let Err(e) = jobs.store.heartbeat(beat.clone()).await {
+            tracing::warn!(error = %e, "cannot record this node's heartbeat");
+            return;
+        }
+        sample.nodes.retain(|n| n.name != beat.name);
+        sample.nodes.push(beat);
+        sample.nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    }
+
+    /// The text of an alert, if this node is the one to send it: on a
+    /// shared store one node per cooldown for the whole cluster. A condition
+    /// of this machine (its disk, memory, CPU, folder, yt-dlp) is its own
+    /// alert, named with the node; the queue's are the cluster's.
+    async fn cluster_alert(&self, alert: &Alert) -> Option<String> {
+        let jobs = &self.jobs;
+        if jobs.store.is_exclusive() {
+            return Some(alert.text());
+        }
+        let (kind, phase) = match alert {
+            Alert::Started(c) => (c.kind, "started"),
+            Alert::Resolved(k) => (*k, "resolved"),
+        };
+        let node = jobs.config.node_name();
+        let (key, text) = if kind.is_per_node() {
+            (
+                format!("{node}:{}:{phase}", kind.code()),
+                format!("[{node}] {}", alert.text()),
+            )
+        } else {
+            (format!("{}:{phase}", kind.code()), alert.text())
+        };
+        let cooldown_ms = jobs.config.health.alert_cooldown_secs * 1000;
+        match jobs.store.claim_alert(&key, now_ms(), cooldown_ms).await {
+            Ok(true) => Some(text),
+            Ok(false) => None,
+            // Better twice than never.
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot share the alert's cooldown; sending it");
+                Some(text)
+            }
+        }
+    }
+
     /// Tell users whose jobs wait why they wait (the first 100 in line).
     async fn tell_waiting_users(&self) {
         let Some(api) = &self.api else { return };
-        let Ok(waiting) =
-            store::blocking(&self.jobs.store, |s| s.list_state(JobState::Queued, 100)).await
-        else {
+        let Ok(waiting) = self.jobs.store.list_state(JobState::Queued, 100).await else {
             return;
         };
         for job in waiting {

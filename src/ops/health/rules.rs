@@ -56,6 +56,19 @@ impl ConditionKind {
         }
     }
 
+    /// A condition of one machine (its disk, memory, CPU, downloads folder,
+    /// yt-dlp), rather than of the queue every node shares.
+    pub fn is_per_node(self) -> bool {
+        matches!(
+            self,
+            ConditionKind::DiskLow
+                | ConditionKind::MemoryHigh
+                | ConditionKind::CpuHigh
+                | ConditionKind::DownloadsDirLarge
+                | ConditionKind::ExtractorErrors
+        )
+    }
+
     /// What an admin can do about it.
     pub fn advice(self) -> &'static str {
         match self {

@@ -50,6 +50,8 @@ pub struct Sample {
     pub ffmpeg: bool,
     pub ffprobe: bool,
     pub uptime_secs: u64,
+    /// Every node's latest heartbeat (a shared store; empty on sled).
+    pub nodes: Vec<crate::store::NodeBeat>,
 }
 
 impl Sample {

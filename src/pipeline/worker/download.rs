@@ -36,7 +36,7 @@ impl Pipeline {
             return done;
         }
         let key = job.cache_key();
-        if self.jobs.call(move |s| s.cache_get(&key)).await?.is_some() {
+        if self.jobs.store.cache_get(&key).await?.is_some() {
             // Delivered before: skip the download, upload by file_id.
             return self
                 .advance(&job, JobState::Uploading, |j| j.file_path = None)
@@ -49,7 +49,7 @@ impl Pipeline {
         let _closed = CloseSwitch(&self.jobs.switches, job.id);
         // Reload: the handler may have attached the status message since.
         let id = job.id;
-        let job = self.jobs.call(move |s| s.get(id)).await?.unwrap_or(job);
+        let job = self.jobs.store.get(id).await?.unwrap_or(job);
         let mut status = self.status(&job);
         status.downloading();
 
@@ -114,7 +114,7 @@ impl Pipeline {
                             // Claimed before the handler recorded its
                             // acknowledgement: look for it again.
                             let id = job.id;
-                            if let Ok(Some(m)) = self.jobs.call(move |s| s.get(id)).await.map(|j| j.and_then(|j| j.status_msg_id)) {
+                            if let Ok(Some(m)) = self.jobs.store.get(id).await.map(|j| j.and_then(|j| j.status_msg_id)) {
                                 status.message.attach(m);
                             }
                         }

@@ -33,10 +33,19 @@ impl Pipeline {
     async fn renew_lease(&self, job: &Job, lease_ms: u64) -> bool {
         let until = now_ms() + lease_ms;
         let owner = self.jobs.owner;
-        matches!(
-            self.transition(job, None, move |j| j.lease = Some(Lease { owner, until }))
-                .await,
-            Ok(Some(_))
-        )
+        match self
+            .transition(job, None, move |j| j.lease = Some(Lease { owner, until }))
+            .await
+        {
+            Ok(Some(j)) => {
+                // A cancel asked on another node of a shared store: the job
+                // carries it as its failure. Stop as for a local /cancel.
+                if j.failure.is_some() {
+                    self.jobs.cancel_running(j.id);
+                }
+                true
+            }
+            _ => false,
+        }
     }
 }

@@ -65,7 +65,14 @@ impl Pipeline {
         };
         match self
             .jobs
-            .call(move |s| s.update(id, expect, to, crate::job::now_ms(), &edit))
+            .store
+            .update(
+                id,
+                expect,
+                to,
+                crate::job::now_ms(),
+                std::sync::Arc::new(edit),
+            )
             .await
         {
             Ok(j) => {

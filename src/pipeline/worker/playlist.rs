@@ -107,11 +107,7 @@ impl Pipeline {
                 parent: Some(job.id),
                 not_before: None,
             };
-            match self
-                .jobs
-                .call(move |s| s.enqueue(new, limits, now_ms()))
-                .await
-            {
+            match self.jobs.store.enqueue(new, limits, now_ms()).await {
                 Ok(_) => taken += 1,
                 Err(StoreError::Refused(r)) => skipped.push(format!("{name} ({r})")),
                 Err(e) => return Err(e.into()),
@@ -119,11 +115,7 @@ impl Pipeline {
         }
         self.jobs.wake_workers();
         let id = job.id;
-        let fresh = self
-            .jobs
-            .call(move |s| s.get(id))
-            .await?
-            .unwrap_or(job.clone());
+        let fresh = self.jobs.store.get(id).await?.unwrap_or(job.clone());
         let mut status = self.status(&fresh);
         let summary = status.render(&Msg::Playlist {
             short_id: job.id.short(),

@@ -31,21 +31,15 @@ impl Pipeline {
         }
         let owner = self.jobs.owner;
         let lease = self.jobs.config.downloader.lease_secs * 1000;
-        Ok(
-            match self
-                .jobs
-                .call(move |s| s.claim(owner, lease, now_ms()))
-                .await?
-            {
-                Some(job) => {
-                    self.jobs
-                        .metrics
-                        .transition(JobState::Queued, JobState::Downloading);
-                    StepOutcome::Advanced(job)
-                }
-                None => StepOutcome::Idle,
-            },
-        )
+        Ok(match self.jobs.store.claim(owner, lease, now_ms()).await? {
+            Some(job) => {
+                self.jobs
+                    .metrics
+                    .transition(JobState::Queued, JobState::Downloading);
+                StepOutcome::Advanced(job)
+            }
+            None => StepOutcome::Idle,
+        })
     }
 
     /// A failure: retry with backoff if it may pass and attempts remain, else

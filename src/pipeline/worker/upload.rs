@@ -19,7 +19,7 @@ const SHOW_SENDING_FROM: u64 = 8 << 20;
 impl Pipeline {
     pub(super) async fn upload(&self, job: Job, cancel: &CancellationToken) -> StepResult {
         let id = job.id;
-        let job = self.jobs.call(move |s| s.get(id)).await?.unwrap_or(job);
+        let job = self.jobs.store.get(id).await?.unwrap_or(job);
         let source = match &job.file_path {
             // The file was checked against the upload limit when the download
             // ended; it vanished only if the disk or an operator removed it.
@@ -27,7 +27,7 @@ impl Pipeline {
             Some(_) => return self.requeue_now(&job).await,
             None => {
                 let key = job.cache_key();
-                match self.jobs.call(move |s| s.cache_get(&key)).await? {
+                match self.jobs.store.cache_get(&key).await? {
                     Some(c) => Source::Cached {
                         file_id: c.file_id,
                         sent_as: c.sent_as,

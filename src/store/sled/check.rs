@@ -423,31 +423,7 @@ impl Check<'_> {
             let Some(writers) = written.get(key) else {
                 continue; // its job was pruned
             };
-            if let Some((at, job)) = writers.iter().find(|(at, _)| *at > c.cached_at) {
-                found.push(format!(
-                    "entry {key:?} cached at {} is older than job {}'s delivery at {at}",
-                    c.cached_at, job.id
-                ));
-                continue;
-            }
-            let same_moment: Vec<&Job> = writers
-                .iter()
-                .filter(|(at, _)| *at == c.cached_at)
-                .map(|(_, j)| *j)
-                .collect();
-            let matches = |j: &&Job| {
-                j.delivery
-                    .as_ref()
-                    .is_some_and(|d| d.file_id == c.file_id && d.sent_as == c.sent_as)
-            };
-            if !same_moment.is_empty() && !same_moment.iter().any(matches) {
-                found.push(format!(
-                    "entry {key:?} holds file {:?}, job {} delivered {:?} at that moment",
-                    c.file_id,
-                    same_moment[0].id,
-                    same_moment[0].delivery.as_ref().map(|d| &d.file_id)
-                ));
-            }
+            found.extend(crate::store::cache_entry_problem(key, &c, writers));
         }
         for (key, writers) in &written {
             if !seen.contains(key) && !self.quarantined.contains(&qkey("cache", key.as_bytes())) {

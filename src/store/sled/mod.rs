@@ -67,7 +67,7 @@ pub struct SledStore {
 
 impl SledStore {
     /// Open (or create) the database in `dir`. Fails with
-    /// [`StoreError::Locked`] if another process has it open.
+    /// [`StoreError::InUse`] if another process has it open.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let shown = dir.display().to_string();
         if let Some(parent) = dir.parent() {
@@ -160,10 +160,16 @@ impl SledStore {
     }
 }
 
+impl From<sled::Error> for StoreError {
+    fn from(e: sled::Error) -> Self {
+        StoreError::unavailable(e)
+    }
+}
+
 fn classify_open_error(path: &str, e: sled::Error) -> StoreError {
     let text = e.to_string();
     if text.contains("could not acquire lock") || text.contains("WouldBlock") {
-        StoreError::Locked {
+        StoreError::InUse {
             path: path.to_string(),
         }
     } else {

@@ -377,7 +377,7 @@ impl JobStore for SledStore {
             .get_or_quarantine(&self.users, "users", &user.to_be_bytes())?
             .unwrap_or_default();
         rec.recent.retain(|t| *t + HOUR_MS > now);
-        Ok(refusal(active, &rec, limits))
+        Ok(rec.refusal(active, limits))
     }
 }
 
@@ -428,7 +428,7 @@ fn change(tx: &Tx, id: JobId, c: &Change) -> TxResult<Job> {
 }
 
 /// Admit one more active job of `user` (a new one, or a failed one reopened)
-/// inside the transaction that makes it active: see [`refusal`]. Admitted,
+/// inside the transaction that makes it active: see [`UserRecord::admit`]. Admitted,
 /// it counts in the user's hourly window. `enqueue` and `reopen` both pass
 /// here, so a retry is held to exactly what a new link is.
 fn admit(tx: &Tx, user: u64, limits: EnqueueLimits, now: Millis) -> TxResult<()> {
@@ -438,44 +438,8 @@ fn admit(tx: &Tx, user: u64, limits: EnqueueLimits, now: Millis) -> TxResult<()>
         .map(|s| get_count(tx, s))
         .sum::<TxResult<u64>>()?;
     let mut rec = get_user(tx, user)?;
-    rec.recent.retain(|t| *t + HOUR_MS > now);
-    if let Some(r) = refusal(active, &rec, limits) {
+    if let Err(r) = rec.admit(active, limits, now) {
         return abort(r.into());
     }
-    rec.recent.push(now);
-    // Bound the window for exempt users too.
-    let keep = (limits.per_user_per_hour as usize).max(1) * 2;
-    if rec.recent.len() > keep {
-        let cut = rec.recent.len() - keep;
-        rec.recent.drain(..cut);
-    }
     put_user(tx, user, &rec)
-}
-
-/// Why one more active job would be refused: the queue's capacity (`active`
-/// jobs in all), then, unless `limits.exempt`, the user's active and hourly
-/// limits (`rec.recent` already cut to the last hour).
-fn refusal(active: u64, rec: &UserRecord, limits: EnqueueLimits) -> Option<Refusal> {
-    if active >= limits.queue_capacity {
-        return Some(Refusal::QueueFull {
-            capacity: limits.queue_capacity,
-        });
-    }
-    if limits.exempt {
-        return None;
-    }
-    if rec.active >= limits.per_user_active {
-        return Some(Refusal::UserActive {
-            limit: limits.per_user_active,
-        });
-    }
-    if rec.recent.len() as u64 >= limits.per_user_per_hour as u64 {
-        // The oldest enqueue in the window leaves it first.
-        let idx = rec.recent.len() - limits.per_user_per_hour as usize;
-        return Some(Refusal::UserHourly {
-            limit: limits.per_user_per_hour,
-            retry_at: rec.recent[idx] + HOUR_MS,
-        });
-    }
-    None
 }

@@ -53,7 +53,7 @@ impl GroupSync {
         db.flush()?;
         self.data_file
             .sync_data()
-            .map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
+            .map_err(StoreError::unavailable)?;
         self.synced.store(covered, SeqCst);
         Ok(())
     }

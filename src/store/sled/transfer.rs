@@ -1,8 +1,14 @@
-//! [`Transfer`] for [`SledStore`]: export walks the trees; import loads jobs
-//! through [`apply`] (so the indexes, counters and user records are derived
-//! exactly as the store's own changes derive them), a batch per transaction.
+//! [`Transfer`] for [`SledStore`] (shared as `Arc<SledStore>`): export walks
+//! the trees; import loads jobs through [`apply`] (so the indexes, counters
+//! and user records are derived exactly as the store's own changes derive
+//! them), a batch per transaction. The work is synchronous, as sled is, and
+//! runs on tokio's blocking pool; an export streams its lines to the caller
+//! through a bounded channel.
+
+use std::sync::Arc;
 
 use ::sled::Tree;
+use async_trait::async_trait;
 
 use super::apply::apply;
 use super::keys;
@@ -12,12 +18,15 @@ use super::SledStore;
 use crate::job::{now_ms, Job, JobState};
 use crate::store::codec;
 use crate::store::transfer::{
-    CacheLine, FinishedLine, InboxLine, Line, QuarantineLine, SettingsLine, Transfer,
+    CacheLine, FinishedLine, InboxLine, Line, QuarantineLine, SettingsLine, Sink, Transfer,
     TransferError, UserLine,
 };
-use crate::store::{CachedMedia, JobStore, QuarantineEntry, StoreError, UserRecord};
+use crate::store::{
+    CachedMedia, InvariantReport, JobStore, QuarantineEntry, StateCounts, StoreError, UserRecord,
+};
 
-type Sink<'a> = dyn FnMut(Line) -> Result<(), TransferError> + 'a;
+/// Lines an export reads ahead of the writer.
+const EXPORT_AHEAD: usize = 256;
 
 impl SledStore {
     /// A record of `tree` that does not decode: exported as a quarantine line.
@@ -152,20 +161,17 @@ fn import_user(tx: &super::tx::Tx, u: &UserLine) -> TxResult<()> {
     put_user(tx, u.user_id, &rec)
 }
 
-impl Transfer for SledStore {
-    fn backend(&self) -> &'static str {
-        "sled"
-    }
-
-    fn export_lines(&self, sink: &mut Sink) -> Result<(), TransferError> {
+/// The synchronous halves of [`Transfer`].
+impl SledStore {
+    fn export_all(&self, sink: &mut Sink) -> Result<(), TransferError> {
         self.export_users(sink)?;
         self.export_jobs(sink)?;
         self.export_cache_and_settings(sink)?;
         self.export_rest(sink)
     }
 
-    fn is_empty(&self) -> Result<bool, StoreError> {
-        Ok([
+    fn is_empty_now(&self) -> bool {
+        [
             &self.jobs,
             &self.users,
             &self.cache,
@@ -174,10 +180,10 @@ impl Transfer for SledStore {
             &self.quarantine,
         ]
         .into_iter()
-        .all(Tree::is_empty))
+        .all(Tree::is_empty)
     }
 
-    fn import_lines(&self, lines: &[Line]) -> Result<(), TransferError> {
+    fn import_batch(&self, lines: &[Line]) -> Result<(), TransferError> {
         self.import_side_trees(lines)?;
         let cache: Vec<(&str, Vec<u8>)> = lines
             .iter()
@@ -208,7 +214,7 @@ impl Transfer for SledStore {
         Ok(())
     }
 
-    fn import_finished(&self, counters: &[FinishedLine]) -> Result<(), TransferError> {
+    fn replace_finished(&self, counters: &[FinishedLine]) -> Result<(), TransferError> {
         let mut batch = ::sled::Batch::default();
         for state in [JobState::Done, JobState::Failed] {
             let from = keys::finished_key(state, 0);
@@ -226,5 +232,72 @@ impl Transfer for SledStore {
         self.meta.apply_batch(batch).map_err(StoreError::from)?;
         self.sync()?;
         Ok(())
+    }
+}
+
+/// Run `f` on the store on tokio's blocking pool (each sled write ends in
+/// an fsync, which must not stall the runtime).
+async fn blocking<T, F>(store: &Arc<SledStore>, f: F) -> T
+where
+    T: Send + 'static,
+    F: FnOnce(&SledStore) -> T + Send + 'static,
+{
+    let store = store.clone();
+    match tokio::task::spawn_blocking(move || f(&store)).await {
+        Ok(v) => v,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
+#[async_trait]
+impl Transfer for Arc<SledStore> {
+    fn backend(&self) -> &'static str {
+        "sled"
+    }
+
+    async fn export_lines(&self, sink: &mut Sink<'_>) -> Result<(), TransferError> {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Line>(EXPORT_AHEAD);
+        let store = self.clone();
+        let reader = tokio::task::spawn_blocking(move || {
+            store.export_all(&mut |line| {
+                tx.blocking_send(line).map_err(|_| {
+                    TransferError::Io(std::io::Error::other("the export's writer stopped"))
+                })
+            })
+        });
+        let mut written = Ok(());
+        while let Some(line) = rx.recv().await {
+            if let Err(e) = sink(line) {
+                written = Err(e);
+                break;
+            }
+        }
+        // Closing the channel stops a reader still sending.
+        drop(rx);
+        let read = match reader.await {
+            Ok(r) => r,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        };
+        written.and(read)
+    }
+
+    async fn is_empty(&self) -> Result<bool, StoreError> {
+        Ok(blocking(self, |s| s.is_empty_now()).await)
+    }
+
+    async fn import_lines(&self, lines: Vec<Line>) -> Result<(), TransferError> {
+        blocking(self, move |s| s.import_batch(&lines)).await
+    }
+
+    async fn import_finished(&self, counters: Vec<FinishedLine>) -> Result<(), TransferError> {
+        blocking(self, move |s| s.replace_finished(&counters)).await
+    }
+
+    async fn state_counts(&self) -> Result<StateCounts, StoreError> {
+        blocking(self, JobStore::counts).await
+    }
+
+    async fn check(&self) -> Result<InvariantReport, StoreError> {
+        blocking(self, JobStore::check_invariants).await
     }
 }

@@ -73,7 +73,8 @@ impl SledStore {
                 }
                 // A user record is derived data: rebuild it from the jobs and
                 // run the change again, once.
-                Err(TransactionError::Abort(StoreError::CorruptUser(user))) if !rebuilt => {
+                Err(TransactionError::Abort(e)) if !rebuilt && corrupt_user(&e).is_some() => {
+                    let user = corrupt_user(&e).unwrap_or_default();
                     tracing::error!(user, "corrupt user record, rebuilding");
                     self.rebuild_user(user)?;
                     rebuilt = true;
@@ -83,6 +84,20 @@ impl SledStore {
                 Err(TransactionError::Storage(e)) => Err(e.into()),
             };
         }
+    }
+}
+
+/// A user record that failed to decode: sled's own signal to
+/// [`SledStore::transact`] to rebuild the record and run the change again.
+/// It leaves the store only if the rebuilt record fails too.
+#[derive(Debug, thiserror::Error)]
+#[error("user record {0} is corrupt")]
+pub(super) struct CorruptUser(pub u64);
+
+fn corrupt_user(e: &StoreError) -> Option<u64> {
+    match e {
+        StoreError::Unavailable(source) => source.downcast_ref::<CorruptUser>().map(|c| c.0),
+        _ => None,
     }
 }
 
@@ -101,7 +116,7 @@ pub(super) fn get_user(tx: &Tx, user: u64) -> TxResult<UserRecord> {
         None => Ok(UserRecord::default()),
         Some(b) => match codec::decode::<UserRecord>(&b) {
             Ok(r) => Ok(r),
-            Err(_) => abort(StoreError::CorruptUser(user)),
+            Err(_) => abort(StoreError::unavailable(CorruptUser(user))),
         },
     }
 }
