@@ -2,10 +2,10 @@
 //! and per-user row from a job's before and after images (the PostgreSQL
 //! twin of `sled/apply.rs`).
 
-use tokio_postgres::Transaction;
+use deadpool_postgres::Transaction;
 
 use super::rows::{int_db, state_db, user_db};
-use super::tx::Fail;
+use super::tx::{Cached, Fail};
 use crate::job::{Job, JobId, JobState, Millis};
 use crate::store::codec;
 use crate::store::CachedMedia;
@@ -34,7 +34,7 @@ pub(super) async fn apply(
     match (old, new) {
         (None, Some(j)) => {
             let n = tx
-                .execute(
+                .exec(
                     "INSERT INTO jobs (id, short, user_id, chat_id, request_msg_id, url, state,
                                        next_attempt_at, updated_at, lease_owner, lease_until, record)
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
@@ -60,7 +60,7 @@ pub(super) async fn apply(
             }
         }
         (Some(_), Some(j)) => {
-            tx.execute(
+            tx.exec(
                 "UPDATE jobs SET state = $2, next_attempt_at = $3, updated_at = $4,
                                  lease_owner = $5, lease_until = $6, record = $7
                  WHERE id = $1",
@@ -77,7 +77,7 @@ pub(super) async fn apply(
             .await?;
         }
         (Some(j), None) => {
-            tx.execute("DELETE FROM jobs WHERE id = $1", &[&j.id.0])
+            tx.exec("DELETE FROM jobs WHERE id = $1", &[&j.id.0])
                 .await?;
         }
         (None, None) => {}
@@ -99,14 +99,14 @@ pub(super) async fn apply(
         let sooner = old
             .is_none_or(|o| o.state != JobState::Queued || n.next_attempt_at < o.next_attempt_at);
         if sooner {
-            tx.execute("SELECT pg_notify($1, '')", &[&super::listen::JOBS_CHANNEL])
+            tx.exec("SELECT pg_notify($1, '')", &[&super::listen::JOBS_CHANNEL])
                 .await?;
         }
     }
 
     // Finished-per-minute counters for the health report.
     if let Some(s) = new_state.filter(|s| s.is_finished() && old_state != new_state) {
-        tx.execute(
+        tx.exec(
             "INSERT INTO finished_minutes (state, minute, n) VALUES ($1, $2, 1)
              ON CONFLICT (state, minute) DO UPDATE SET n = finished_minutes.n + 1",
             &[&state_db(s), &int_db(job.updated_at / 60_000)],
@@ -126,7 +126,7 @@ pub(super) async fn apply(
                     file_size: n.file_size,
                     cached_at: n.updated_at,
                 };
-                tx.execute(
+                tx.exec(
                     "INSERT INTO cache (key, entry) VALUES ($1, $2)
                      ON CONFLICT (key) DO UPDATE SET entry = EXCLUDED.entry",
                     &[&n.cache_key(), &codec::encode(&entry)?],
@@ -162,7 +162,7 @@ pub(super) async fn bookkeep(
     if d_active != 0 || d_queued != 0 || served_at.is_some() {
         // Counts never go below zero (as sled's saturating arithmetic);
         // `last_served` only moves forward.
-        tx.execute(
+        tx.exec(
             "INSERT INTO users (user_id, active, queued, last_served)
              VALUES ($1, GREATEST($2::int, 0), GREATEST($3::int, 0), COALESCE($4::bigint, 0))
              ON CONFLICT (user_id) DO UPDATE SET
@@ -180,7 +180,7 @@ pub(super) async fn bookkeep(
         deltas.extend(new.map(|s| (s, 1)));
         deltas.sort_by_key(|d| d.0);
         for (s, d) in deltas {
-            tx.execute(
+            tx.exec(
                 "UPDATE state_counts SET n = GREATEST(n + $2, 0) WHERE state = $1 AND shard = $3",
                 &[&state_db(s), &d, &shard],
             )

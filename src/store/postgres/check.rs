@@ -23,10 +23,11 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use tokio_postgres::{IsolationLevel, Transaction};
+use deadpool_postgres::Transaction;
+use tokio_postgres::IsolationLevel;
 
 use super::rows::{self, int_of, state_of, user_of};
-use super::tx::{pg, Fail};
+use super::tx::{pg, Cached, Fail};
 use super::PgStore;
 use crate::job::{Job, JobId, JobState, Millis};
 use crate::store::codec;
@@ -100,7 +101,7 @@ impl Check<'_> {
     async fn schema(&mut self) -> Result<(), Fail> {
         let applied: Vec<i32> = self
             .tx
-            .query(
+            .q(
                 "SELECT version FROM schema_migrations ORDER BY version",
                 &[],
             )
@@ -119,11 +120,7 @@ impl Check<'_> {
     }
 
     async fn quarantine(&mut self) -> Result<(), Fail> {
-        for row in self
-            .tx
-            .query("SELECT tree, key FROM quarantine", &[])
-            .await?
-        {
+        for row in self.tx.q("SELECT tree, key FROM quarantine", &[]).await? {
             self.r.quarantined += 1;
             let tree: String = row.get(0);
             if tree == "cache" {
@@ -136,7 +133,7 @@ impl Check<'_> {
     async fn jobs(&mut self) -> Result<(), Fail> {
         let rows = self
             .tx
-            .query(
+            .q(
                 "SELECT id, record, short, user_id, chat_id, request_msg_id, url, state,
                         next_attempt_at, updated_at, lease_owner, lease_until
                  FROM jobs ORDER BY id",
@@ -214,7 +211,7 @@ impl Check<'_> {
     async fn counters(&mut self) -> Result<(), Fail> {
         let rows = self
             .tx
-            .query(
+            .q(
                 "SELECT state, sum(n)::bigint, min(n), count(*) FROM state_counts GROUP BY state ORDER BY state",
                 &[],
             )
@@ -260,7 +257,7 @@ impl Check<'_> {
     async fn users(&mut self) -> Result<(), Fail> {
         let rows = self
             .tx
-            .query("SELECT user_id, active, queued, recent FROM users", &[])
+            .q("SELECT user_id, active, queued, recent FROM users", &[])
             .await?;
         let mut have: HashMap<u64, (i32, i32)> = HashMap::new();
         for row in rows {
@@ -312,7 +309,7 @@ impl Check<'_> {
         }
         let mut found = Vec::new();
         let mut seen: HashSet<String> = HashSet::new();
-        for row in self.tx.query("SELECT key, entry FROM cache", &[]).await? {
+        for row in self.tx.q("SELECT key, entry FROM cache", &[]).await? {
             let key: String = row.get(0);
             if !well_formed_cache_key(&key) {
                 found.push(format!("malformed key {key:?}"));
@@ -353,7 +350,7 @@ impl Check<'_> {
     async fn finished(&mut self) -> Result<(), Fail> {
         for row in self
             .tx
-            .query("SELECT state, minute, n FROM finished_minutes", &[])
+            .q("SELECT state, minute, n FROM finished_minutes", &[])
             .await?
         {
             let (state, minute, n): (i16, i64, i64) = (row.get(0), row.get(1), row.get(2));
@@ -368,11 +365,7 @@ impl Check<'_> {
     }
 
     async fn inbox(&mut self) -> Result<(), Fail> {
-        for row in self
-            .tx
-            .query("SELECT update_id, body FROM inbox", &[])
-            .await?
-        {
+        for row in self.tx.q("SELECT update_id, body FROM inbox", &[]).await? {
             let id: i64 = row.get(0);
             let body: &[u8] = row.get(1);
             if u32::try_from(id).is_err() {
@@ -402,7 +395,7 @@ impl Check<'_> {
     async fn settings(&mut self) -> Result<(), Fail> {
         for row in self
             .tx
-            .query("SELECT user_id, entry FROM settings", &[])
+            .q("SELECT user_id, entry FROM settings", &[])
             .await?
         {
             let user = user_of(row.get(0));

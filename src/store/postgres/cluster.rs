@@ -2,7 +2,7 @@
 //! (`/health` lists every node) and the alerts' cooldowns (admins hear of a
 //! condition once per cooldown for the whole cluster).
 
-use super::tx::pg;
+use super::tx::{pg, Cached};
 use super::PgStore;
 use crate::job::Millis;
 use crate::store::{NodeBeat, StoreError};
@@ -16,7 +16,7 @@ impl PgStore {
     pub(super) async fn put_heartbeat(&self, b: &NodeBeat) -> Result<(), StoreError> {
         let client = self.pool.get().await.map_err(StoreError::unavailable)?;
         client
-            .execute(
+            .exec(
                 "INSERT INTO nodes (name, owner, at, in_flight, disk_free_bytes, polling)
                  VALUES ($1, $2, $3, $4, $5, $6)
                  ON CONFLICT (name) DO UPDATE SET owner = EXCLUDED.owner, at = EXCLUDED.at,
@@ -39,7 +39,7 @@ impl PgStore {
     pub(super) async fn list_nodes(&self) -> Result<Vec<NodeBeat>, StoreError> {
         let client = self.pool.get().await.map_err(StoreError::unavailable)?;
         let rows = client
-            .query(
+            .q(
                 "SELECT name, owner, at, in_flight, disk_free_bytes, polling FROM nodes ORDER BY name",
                 &[],
             )
@@ -69,7 +69,7 @@ impl PgStore {
     ) -> Result<bool, StoreError> {
         let client = self.pool.get().await.map_err(StoreError::unavailable)?;
         let row = client
-            .query_opt(
+            .qopt(
                 "INSERT INTO alerts (key, sent_at) VALUES ($1, $2)
                  ON CONFLICT (key) DO UPDATE SET sent_at = EXCLUDED.sent_at
                      WHERE alerts.sent_at + $3 <= EXCLUDED.sent_at

@@ -1,10 +1,11 @@
 //! Admitting one more active job of a user against [`EnqueueLimits`], inside
 //! the transaction that makes it active (the rule of `sled/ops.rs`).
 
-use tokio_postgres::{GenericClient, Transaction};
+use deadpool_postgres::GenericClient;
+use deadpool_postgres::Transaction;
 
 use super::rows::{int_db, int_of, recent_of, state_db, user_db};
-use super::tx::Fail;
+use super::tx::{Cached, Fail};
 use crate::job::{JobState, Millis};
 use crate::store::{EnqueueLimits, StoreError, UserRecord};
 
@@ -14,13 +15,13 @@ const ADMISSION_LOCK: i64 = 0x7467_646c_6164_6d74;
 /// Lock `user`'s row (created if missing) for the rest of the transaction
 /// and read it. Concurrent enqueues of one user wait here for each other.
 pub(super) async fn lock_user(tx: &Transaction<'_>, user: u64) -> Result<UserRecord, Fail> {
-    tx.execute(
+    tx.exec(
         "INSERT INTO users (user_id) VALUES ($1) ON CONFLICT DO NOTHING",
         &[&user_db(user)],
     )
     .await?;
     let row = tx
-        .query_one(
+        .q1(
             "SELECT active, queued, recent, last_served FROM users WHERE user_id = $1 FOR UPDATE",
             &[&user_db(user)],
         )
@@ -31,7 +32,7 @@ pub(super) async fn lock_user(tx: &Transaction<'_>, user: u64) -> Result<UserRec
 /// A user's row without locking it (absent: a user with no history).
 pub(super) async fn read_user(c: &impl GenericClient, user: u64) -> Result<UserRecord, Fail> {
     let row = c
-        .query_opt(
+        .qopt(
             "SELECT active, queued, recent, last_served FROM users WHERE user_id = $1",
             &[&user_db(user)],
         )
@@ -69,10 +70,10 @@ pub(super) async fn admit(
     // this commit. Whatever else runs meanwhile only moves jobs between
     // active states or ends them, which leaves the committed sum read here
     // at or above the truth: the capacity is never exceeded, across nodes.
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&ADMISSION_LOCK])
+    tx.exec("SELECT pg_advisory_xact_lock($1)", &[&ADMISSION_LOCK])
         .await?;
     let active: u64 = tx
-        .query_one(
+        .q1(
             "SELECT coalesce(sum(n), 0)::bigint FROM state_counts WHERE state = ANY($1)",
             &[&active_states],
         )
@@ -82,7 +83,7 @@ pub(super) async fn admit(
         return Err(Fail::Store(StoreError::Refused(r)));
     }
     let recent: Vec<i64> = rec.recent.iter().map(|t| int_db(*t)).collect();
-    tx.execute(
+    tx.exec(
         "UPDATE users SET recent = $2 WHERE user_id = $1",
         &[&user_db(user), &recent],
     )

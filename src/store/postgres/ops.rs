@@ -2,15 +2,15 @@
 //! [`PgStore::transact`] call whose derived writes come from [`apply`].
 
 use async_trait::async_trait;
+use deadpool_postgres::Transaction;
 use tokio::sync::mpsc;
-use tokio_postgres::Transaction;
 use uuid::Uuid;
 
 use super::apply::apply;
 use super::limits::{admit, lock_user, read_user};
 use super::quarantine::Record;
 use super::rows::{self, int_db, int_of, job_of, limit_db, state_db, user_db};
-use super::tx::{pg, Fail};
+use super::tx::{pg, Cached, Fail};
 use super::PgStore;
 use crate::job::{now_ms, Job, JobId, JobState, Lease, Millis, NewJob, HOUR_MS};
 use crate::store::codec;
@@ -44,7 +44,7 @@ struct Change {
 /// may not move the job: only `enter` does), move it, derive every row.
 async fn change(tx: &Transaction<'_>, id: JobId, c: &Change) -> Result<Job, Fail> {
     let row = tx
-        .query_opt(
+        .qopt(
             "SELECT id, record FROM jobs WHERE id = $1 FOR UPDATE",
             &[&id.0],
         )
@@ -85,7 +85,7 @@ async fn change(tx: &Transaction<'_>, id: JobId, c: &Change) -> Result<Job, Fail
 /// The job already made for `job`'s request (chat, message, url), if any.
 async fn request_job(tx: &Transaction<'_>, job: &Job) -> Result<Option<Job>, Fail> {
     let row = tx
-        .query_opt(
+        .qopt(
             "SELECT id, record FROM jobs
              WHERE chat_id = $1 AND request_msg_id = $2 AND md5(url) = md5($3::text) AND url = $3",
             &[&job.chat_id, &job.request_msg_id, &job.url],
@@ -109,7 +109,7 @@ async fn claim_in(
     let mut passed: Vec<i64> = Vec::new();
     for _ in 0..CLAIM_USERS {
         let user = tx
-            .query_opt(
+            .qopt(
                 "SELECT u.user_id FROM users u
                  WHERE u.queued > 0 AND u.user_id <> ALL($2)
                    AND EXISTS (SELECT 1 FROM jobs j
@@ -126,7 +126,7 @@ async fn claim_in(
         };
         let user: i64 = user.get(0);
         let row = tx
-            .query_opt(
+            .qopt(
                 "SELECT id, record FROM jobs
                  WHERE state = $3 AND user_id = $1 AND next_attempt_at <= $2
                  ORDER BY next_attempt_at, id
@@ -181,7 +181,7 @@ impl PgStore {
         sql: &str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<Vec<Job>, StoreError> {
-        let rows = self.client().await?.query(sql, params).await.map_err(pg)?;
+        let rows = self.client().await?.q(sql, params).await.map_err(pg)?;
         self.jobs_of(rows).await
     }
 
@@ -191,7 +191,7 @@ impl PgStore {
         let day_ago = now_ms().saturating_sub(24 * HOUR_MS) / 60_000;
         self.client()
             .await?
-            .execute(
+            .exec(
                 "DELETE FROM finished_minutes WHERE ctid IN
                      (SELECT ctid FROM finished_minutes WHERE minute < $1 LIMIT $2)",
                 &[&int_db(day_ago), &limit_db(batch)],
@@ -373,16 +373,14 @@ impl Store for PgStore {
     }
 
     async fn counts(&self) -> Result<StateCounts, StoreError> {
-        rows::counts(&**self.client().await?)
-            .await
-            .map_err(read_err)
+        rows::counts(&self.client().await?).await.map_err(read_err)
     }
 
     async fn cache_get(&self, key: &str) -> Result<Option<CachedMedia>, StoreError> {
         let row = self
             .client()
             .await?
-            .query_opt("SELECT entry FROM cache WHERE key = $1", &[&key])
+            .qopt("SELECT entry FROM cache WHERE key = $1", &[&key])
             .await
             .map_err(pg)?;
         match row {
@@ -405,7 +403,7 @@ impl Store for PgStore {
                 let finished = finished.clone();
                 Box::pin(async move {
                     let victims = tx
-                        .query(
+                        .q(
                             "SELECT id, record FROM jobs
                              WHERE state = ANY($1) AND updated_at < $2
                              ORDER BY id LIMIT $3
@@ -444,7 +442,7 @@ impl Store for PgStore {
         let rows = self
             .client()
             .await?
-            .query(
+            .q(
                 "SELECT state, sum(n)::bigint FROM finished_minutes
                  WHERE minute >= $1 GROUP BY state",
                 &[&int_db(since / 60_000)],
@@ -466,7 +464,7 @@ impl Store for PgStore {
         // A committed write is durable (synchronous_commit): that is the probe.
         self.client()
             .await?
-            .execute(
+            .exec(
                 "INSERT INTO meta (key, value) VALUES ('healthz', $1)
                  ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
                 &[&now_ms().to_string()],
@@ -483,8 +481,8 @@ impl Store for PgStore {
         now: Millis,
     ) -> Result<Option<Refusal>, StoreError> {
         let client = self.client().await?;
-        let active = rows::counts(&**client).await.map_err(read_err)?.active();
-        let mut rec = read_user(&**client, user).await.map_err(read_err)?;
+        let active = rows::counts(&client).await.map_err(read_err)?.active();
+        let mut rec = read_user(&client, user).await.map_err(read_err)?;
         rec.recent.retain(|t| *t + HOUR_MS > now);
         Ok(rec.refusal(active, limits))
     }
@@ -496,14 +494,13 @@ impl Store for PgStore {
         self.transact(move |tx| {
             let updates = updates.clone();
             Box::pin(async move {
-                let insert = tx
-                    .prepare(
+                for (id, body) in &updates {
+                    tx.exec(
                         "INSERT INTO inbox (update_id, body) VALUES ($1, $2)
                          ON CONFLICT (update_id) DO NOTHING",
+                        &[&i64::from(*id), body],
                     )
                     .await?;
-                for (id, body) in &updates {
-                    tx.execute(&insert, &[&i64::from(*id), body]).await?;
                 }
                 Ok(())
             })
@@ -515,7 +512,7 @@ impl Store for PgStore {
         let rows = self
             .client()
             .await?
-            .query("SELECT update_id, body FROM inbox ORDER BY update_id", &[])
+            .q("SELECT update_id, body FROM inbox ORDER BY update_id", &[])
             .await
             .map_err(pg)?;
         let mut out = Vec::with_capacity(rows.len());
@@ -532,7 +529,7 @@ impl Store for PgStore {
     async fn inbox_done(&self, update_id: u32) -> Result<(), StoreError> {
         self.client()
             .await?
-            .execute(
+            .exec(
                 "DELETE FROM inbox WHERE update_id = $1",
                 &[&i64::from(update_id)],
             )
@@ -545,7 +542,7 @@ impl Store for PgStore {
         let row = self
             .client()
             .await?
-            .query_opt(
+            .qopt(
                 "SELECT entry FROM settings WHERE user_id = $1",
                 &[&user_db(user_id)],
             )
@@ -564,7 +561,7 @@ impl Store for PgStore {
         let entry = codec::encode(&settings)?;
         self.client()
             .await?
-            .execute(
+            .exec(
                 "INSERT INTO settings (user_id, entry) VALUES ($1, $2)
                  ON CONFLICT (user_id) DO UPDATE SET entry = EXCLUDED.entry",
                 &[&user_db(user_id), &entry],
@@ -624,7 +621,7 @@ impl Diagnostics for PgStore {
             return 0;
         };
         client
-            .query_one("SELECT pg_database_size(current_database())", &[])
+            .q1("SELECT pg_database_size(current_database())", &[])
             .await
             .map(|r| int_of(r.get(0)))
             .unwrap_or(0)

@@ -1,11 +1,11 @@
 //! Records that fail to decode are moved to the `quarantine` table (kept for
 //! an operator) instead of crashing a read, as in sled's `repair.rs`.
 
-use tokio_postgres::Transaction;
+use deadpool_postgres::Transaction;
 
 use super::apply::{bookkeep, shard};
 use super::rows::{int_db, state_of, user_db, user_of};
-use super::tx::{pg, Fail};
+use super::tx::{pg, Cached, Fail};
 use super::PgStore;
 use crate::job::{now_ms, JobId};
 use crate::store::codec;
@@ -30,7 +30,7 @@ impl PgStore {
             let reason = reason.clone();
             Box::pin(async move {
                 let Some(row) = tx
-                    .query_opt(
+                    .qopt(
                         "SELECT user_id, state, record FROM jobs WHERE id = $1 FOR UPDATE",
                         &[&id.0],
                     )
@@ -43,8 +43,7 @@ impl PgStore {
                     return Ok(()); // rewritten since: nothing to do
                 }
                 insert(tx, "jobs", id.as_bytes(), &bytes, &reason).await?;
-                tx.execute("DELETE FROM jobs WHERE id = $1", &[&id.0])
-                    .await?;
+                tx.exec("DELETE FROM jobs WHERE id = $1", &[&id.0]).await?;
                 let state = state_of(row.get(1));
                 bookkeep(tx, user_of(row.get(0)), shard(id), state, None, None).await?;
                 Ok(())
@@ -80,14 +79,14 @@ impl PgStore {
                 // stays.
                 let n = match &at {
                     Record::Cache(key) => {
-                        tx.execute(
+                        tx.exec(
                             "DELETE FROM cache WHERE key = $1 AND entry = $2",
                             &[key, &bytes],
                         )
                         .await?
                     }
                     Record::Settings(user) => {
-                        tx.execute(
+                        tx.exec(
                             "DELETE FROM settings WHERE user_id = $1 AND entry = $2",
                             &[&user_db(*user), &bytes],
                         )
@@ -110,7 +109,7 @@ impl PgStore {
     ) -> Result<Vec<crate::store::QuarantineEntry>, StoreError> {
         let client = self.client().await?;
         let rows = client
-            .query(
+            .q(
                 "SELECT tree, key, bytes, reason, at FROM quarantine ORDER BY seq",
                 &[],
             )
@@ -136,7 +135,7 @@ async fn insert(
     bytes: &[u8],
     reason: &str,
 ) -> Result<(), Fail> {
-    tx.execute(
+    tx.exec(
         "INSERT INTO quarantine (tree, key, bytes, reason, at) VALUES ($1, $2, $3, $4, $5)",
         &[&tree, &key, &bytes, &reason, &int_db(now_ms())],
     )

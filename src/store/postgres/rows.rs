@@ -4,10 +4,11 @@
 //! (`as`, a bijection), so any u64 round-trips; times and counts saturate,
 //! since no real one reaches 2^63.
 
-use tokio_postgres::{GenericClient, Row};
+use deadpool_postgres::GenericClient;
+use tokio_postgres::Row;
 use uuid::Uuid;
 
-use super::tx::Fail;
+use super::tx::{Cached, Fail};
 use crate::job::{Job, JobId, JobState, Millis};
 use crate::store::codec;
 use crate::store::{StateCounts, StoreError};
@@ -61,7 +62,7 @@ pub(super) fn job_of(row: &Row) -> Result<Job, StoreError> {
 pub(super) async fn counts(c: &impl GenericClient) -> Result<StateCounts, Fail> {
     let mut out = StateCounts::default();
     let sql = "SELECT state, sum(n)::bigint FROM state_counts GROUP BY state";
-    for row in c.query(sql, &[]).await? {
+    for row in c.q(sql, &[]).await? {
         if let Some(s) = state_of(row.get(0)) {
             *out.get_mut(s) = int_of(row.get(1));
         }
@@ -72,7 +73,7 @@ pub(super) async fn counts(c: &impl GenericClient) -> Result<StateCounts, Fail> 
 /// Jobs queued: an enqueue's position.
 pub(super) async fn queued(c: &impl GenericClient) -> Result<u64, Fail> {
     let row = c
-        .query_opt(
+        .qopt(
             "SELECT coalesce(sum(n), 0)::bigint FROM state_counts WHERE state = $1",
             &[&state_db(JobState::Queued)],
         )

@@ -16,12 +16,13 @@
 //! then set each user's hourly window and fair turn.
 
 use async_trait::async_trait;
+use deadpool_postgres::Transaction;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{IsolationLevel, Row, Transaction};
+use tokio_postgres::{IsolationLevel, Row};
 
 use super::apply::apply;
 use super::rows::{self, int_db, int_of, recent_of, state_db, state_of, user_db, user_of};
-use super::tx::{pg, Fail};
+use super::tx::{pg, Cached, Fail};
 use super::PgStore;
 use crate::job::{now_ms, Job};
 use crate::store::codec;
@@ -199,7 +200,7 @@ impl Batch {
     /// records that stand alone.
     async fn load(&self, tx: &Transaction<'_>) -> Result<(), Failed> {
         for (user, recent, last_served) in &self.users {
-            tx.execute(
+            tx.exec(
                 "INSERT INTO users (user_id, recent, last_served) VALUES ($1, $2, $3)
                  ON CONFLICT (user_id) DO UPDATE
                  SET recent = EXCLUDED.recent, last_served = EXCLUDED.last_served",
@@ -222,7 +223,7 @@ impl Batch {
             }
         }
         for (key, entry) in &self.cache {
-            tx.execute(
+            tx.exec(
                 "INSERT INTO cache (key, entry) VALUES ($1, $2)
                  ON CONFLICT (key) DO UPDATE SET entry = EXCLUDED.entry",
                 &[key, entry],
@@ -230,7 +231,7 @@ impl Batch {
             .await?;
         }
         for (user, entry) in &self.settings {
-            tx.execute(
+            tx.exec(
                 "INSERT INTO settings (user_id, entry) VALUES ($1, $2)
                  ON CONFLICT (user_id) DO UPDATE SET entry = EXCLUDED.entry",
                 &[user, entry],
@@ -238,7 +239,7 @@ impl Batch {
             .await?;
         }
         for (id, body) in &self.inbox {
-            tx.execute(
+            tx.exec(
                 "INSERT INTO inbox (update_id, body) VALUES ($1, $2)
                  ON CONFLICT (update_id) DO UPDATE SET body = EXCLUDED.body",
                 &[id, body],
@@ -246,7 +247,7 @@ impl Batch {
             .await?;
         }
         for q in &self.quarantine {
-            tx.execute(
+            tx.exec(
                 "INSERT INTO quarantine (tree, key, bytes, reason, at)
                  VALUES ($1, $2, $3, $4, $5)",
                 &[&q.tree, &q.key, &q.bytes, &q.reason, &int_db(q.at)],
@@ -378,7 +379,7 @@ impl Transfer for PgStore {
         let row = self
             .client()
             .await?
-            .query_one(
+            .q1(
                 "SELECT NOT (EXISTS (SELECT 1 FROM jobs) OR EXISTS (SELECT 1 FROM users)
                           OR EXISTS (SELECT 1 FROM cache) OR EXISTS (SELECT 1 FROM settings)
                           OR EXISTS (SELECT 1 FROM inbox) OR EXISTS (SELECT 1 FROM quarantine))",
@@ -403,9 +404,9 @@ impl Transfer for PgStore {
             .collect();
         self.import_tx(move |tx| {
             Box::pin(async move {
-                tx.execute("DELETE FROM finished_minutes", &[]).await?;
+                tx.exec("DELETE FROM finished_minutes", &[]).await?;
                 for (state, minute, n) in &counters {
-                    tx.execute(
+                    tx.exec(
                         "INSERT INTO finished_minutes (state, minute, n) VALUES ($1, $2, $3)
                          ON CONFLICT (state, minute) DO UPDATE SET n = EXCLUDED.n",
                         &[state, minute, n],
@@ -420,7 +421,7 @@ impl Transfer for PgStore {
 
     async fn state_counts(&self) -> Result<StateCounts, StoreError> {
         let client = self.client().await?;
-        rows::counts(&**client).await.map_err(|e| match e {
+        rows::counts(&client).await.map_err(|e| match e {
             Fail::Store(e) => e,
             Fail::Pg(e) => pg(e),
             Fail::Raced => StoreError::unavailable(std::io::Error::other("race in a read")),

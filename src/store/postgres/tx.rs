@@ -4,8 +4,8 @@ use std::future::Future;
 use std::pin::Pin;
 
 use deadpool_postgres::Object;
+use deadpool_postgres::Transaction;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::Transaction;
 
 use super::PgStore;
 use crate::store::StoreError;
@@ -124,3 +124,48 @@ impl PgStore {
         }
     }
 }
+
+/// Statements prepared once per connection, in deadpool's statement cache.
+/// A statement given as text costs tokio-postgres a prepare round trip on
+/// every call; the hot paths (a claim, a state change) run the same few
+/// statements over and over.
+#[async_trait::async_trait]
+pub(super) trait Cached: deadpool_postgres::GenericClient + Sync {
+    async fn exec(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<u64, tokio_postgres::Error> {
+        let st = self.prepare_cached(sql).await?;
+        self.execute(&st, params).await
+    }
+
+    async fn q(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>, tokio_postgres::Error> {
+        let st = self.prepare_cached(sql).await?;
+        self.query(&st, params).await
+    }
+
+    async fn q1(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<tokio_postgres::Row, tokio_postgres::Error> {
+        let st = self.prepare_cached(sql).await?;
+        self.query_one(&st, params).await
+    }
+
+    async fn qopt(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Option<tokio_postgres::Row>, tokio_postgres::Error> {
+        let st = self.prepare_cached(sql).await?;
+        self.query_opt(&st, params).await
+    }
+}
+
+impl<T: deadpool_postgres::GenericClient + Sync> Cached for T {}
