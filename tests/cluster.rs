@@ -466,3 +466,153 @@ async fn eight_workers_in_two_processes_claim_every_job_once() {
         (started.elapsed() - enqueued).as_secs_f64()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cancel_from_another_process_stops_the_download_on_the_node_running_it() {
+    let api = FakeTelegram::start().await;
+    let media = MediaServer::fixtures().await;
+    let db = TempDb::create().await;
+    let node = Node::start(&api, &db, "node-c");
+    api.wait_for(
+        |c| c.iter().any(|c| c.is("getUpdates")),
+        Duration::from_secs(60),
+    )
+    .await;
+    // A download slow enough to still run when the cancel comes.
+    let link = media.url("/slow/clip.mp4?burst=4096&chunk=1024&delay_ms=200");
+    api.push_text(51, 51, &link, None);
+    media
+        .try_wait_for(
+            |reqs| {
+                reqs.iter()
+                    .any(|r| r.path == "/slow/clip.mp4" && r.bytes_sent > 4096)
+            },
+            Duration::from_secs(60),
+        )
+        .await
+        .expect("the download started");
+    let store = PgStore::connect(&db.url).await.unwrap();
+    let job = store
+        .list_state(JobState::Downloading, 10)
+        .await
+        .unwrap()
+        .pop()
+        .expect("the job downloads");
+
+    // `tgdl cancel` from another folder: another process on the same
+    // database, so the running node hears it through the store.
+    let shell = tempfile::tempdir().unwrap();
+    let text = node_config(shell.path(), &api.url_string(), &db.url, "shell");
+    let cfg = write_config(shell.path(), &text);
+    let id = job.id.to_string();
+    let out = tokio::task::spawn_blocking(move || run_tgdl(&["cancel", &id], &cfg))
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The node stops its yt-dlp, cleans up and records the cancel.
+    let data = node.dir.path().join("data");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let finished = loop {
+        let j = store.get(job.id).await.unwrap().unwrap();
+        if j.state == JobState::Failed || tokio::time::Instant::now() > deadline {
+            break j;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(finished.state, JobState::Failed, "{finished:?}");
+    assert_eq!(
+        finished.failure.as_ref().map(|f| f.code),
+        Some(tgdl::job::FailureCode::Cancelled)
+    );
+    assert!(
+        node.log().contains("cancel announced by another node"),
+        "the node heard the announcement:\n{}",
+        tail(&node.log())
+    );
+    let left = support::binary::processes_left(
+        &data.join("downloads").display().to_string(),
+        Duration::from_secs(10),
+    );
+    assert!(left.is_empty(), "yt-dlp still runs: {left:?}");
+    let files: Vec<_> = std::fs::read_dir(data.join("downloads"))
+        .map(|r| r.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(files.is_empty(), "files left: {files:?}");
+    let report = store.check_invariants().await.unwrap();
+    assert!(report.problems.is_empty(), "{:#?}", report.problems);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_waits_for_its_database_and_starts_once_it_is_there() {
+    let api = FakeTelegram::start().await;
+    // The database this node names does not exist yet; the guard drops it
+    // at the end (if it was created).
+    let base = TempDb::create().await;
+    let later = TempDb {
+        name: format!("{}_later", base.name),
+        url: format!("{}_later", base.url),
+    };
+    let node = Node::start(&api, &later, "node-w");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !node.log().contains("cannot reach PostgreSQL; retrying") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no retry reported:\n{}",
+            tail(&node.log())
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(api.count("getUpdates"), 0, "no polling without the store");
+    let (admin, conn) = tokio_postgres::connect(&support::pg::admin_url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let task = tokio::spawn(conn);
+    admin
+        .batch_execute(&format!("CREATE DATABASE {}", later.name))
+        .await
+        .unwrap();
+    drop(admin);
+    let _ = task.await;
+    // Backoff doubles from 1 s up to 30 s: within a minute it is there.
+    api.wait_for(
+        |c| c.iter().any(|c| c.is("getUpdates")),
+        Duration::from_secs(60),
+    )
+    .await;
+    drop(node);
+}
+
+#[tokio::test]
+async fn an_alert_is_sent_once_per_cooldown_for_the_whole_cluster() {
+    let db = TempDb::create().await;
+    let a = Arc::new(PgStore::connect(&db.url).await.unwrap());
+    let b = Arc::new(PgStore::connect(&db.url).await.unwrap());
+    const COOLDOWN: u64 = 300_000;
+    // Two nodes see the same condition at the same moment: one sends.
+    let (x, y) = tokio::join!(
+        a.claim_alert("backlog:started", 1_000, COOLDOWN),
+        b.claim_alert("backlog:started", 1_000, COOLDOWN)
+    );
+    assert_eq!(
+        [x.unwrap(), y.unwrap()].iter().filter(|g| **g).count(),
+        1,
+        "exactly one node sends"
+    );
+    assert!(!b
+        .claim_alert("backlog:started", 200_000, COOLDOWN)
+        .await
+        .unwrap());
+    assert!(a
+        .claim_alert("backlog:resolved", 200_000, COOLDOWN)
+        .await
+        .unwrap());
+    assert!(b
+        .claim_alert("backlog:started", 301_000, COOLDOWN)
+        .await
+        .unwrap());
+}
