@@ -27,6 +27,12 @@
 //!    `/settings`): from the link's update queued in the fake to the fake
 //!    holding the whole `sendVideo`, beside bare yt-dlp run on the same URL,
 //!    one at a time, in the same run.
+//! 5. One node against two (`e2e/cluster.rs`). The same links, slow and
+//!    quick media from several users pushed at once, through the release
+//!    binary as (a) one node on a fresh PostgreSQL database, (b) two nodes on
+//!    one fresh database and (c) one node on sled, back to back: wall time
+//!    until every file arrived, jobs per minute, p50 / p95 link to file, and
+//!    the jobs each node ran (from each node's own log).
 //!
 //! A plain `main` rather than criterion: each number is one long run of a
 //! whole system, not a micro-benchmark to sample.
@@ -34,11 +40,16 @@
 //! Environment:
 //! - `TGDL_BENCH_QUICK=1`: 20 jobs and a 200-link burst, for a smoke run.
 //! - `TGDL_BENCH_JOBS=n`, `TGDL_BENCH_BURST=n`: override the two sizes.
-//! - `TGDL_BENCH_ONLY=e2e`, `burst` or `link`: run one part only (the burst
-//!   part reports both latency and memory).
+//! - `TGDL_BENCH_ONLY=e2e`, `burst`, `link` or `nodes`: run one part only
+//!   (the burst part reports both latency and memory).
+//! - `TGDL_BENCH_NODE_LINKS=n`: links of the nodes part (24, quick 12). It
+//!   needs PostgreSQL (`TGDL_TEST_PG`, by default the local trust-auth
+//!   server); when it is down the part is skipped, unless it was asked for.
 //!
 //! Arguments (cargo passes `--bench`) are ignored.
 
+#[path = "e2e/cluster.rs"]
+mod cluster;
 mod common;
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -90,6 +101,11 @@ struct Settings {
     /// Links sent one at a time for "link to file", and bare yt-dlp runs.
     link_runs: usize,
     run_link: bool,
+    /// Links of the one-node-against-two part.
+    node_links: usize,
+    run_nodes: bool,
+    /// The nodes part was asked for by name (it then needs PostgreSQL).
+    nodes_asked: bool,
 }
 
 impl Settings {
@@ -108,6 +124,9 @@ impl Settings {
             run_burst: only.as_deref().is_none_or(|o| o == "burst"),
             link_runs: num("TGDL_BENCH_LINKS", if quick { 5 } else { 15 }),
             run_link: only.as_deref().is_none_or(|o| o == "link"),
+            node_links: num("TGDL_BENCH_NODE_LINKS", if quick { 12 } else { 24 }),
+            run_nodes: only.as_deref().is_none_or(|o| o == "nodes"),
+            nodes_asked: only.as_deref() == Some("nodes"),
         }
     }
 }
@@ -179,6 +198,10 @@ fn main() {
         }
         if settings.run_link {
             sections.push(link_to_file(&settings, &ytdlp).await);
+        }
+        if settings.run_nodes {
+            sections
+                .push(cluster::one_against_two(settings.node_links, settings.nodes_asked).await);
         }
         sections
     });

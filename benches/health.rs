@@ -14,6 +14,13 @@
 //!    (a fresh `Monitor::sample` + rules + `render_health`). p50 and p99.
 //!    Target: under 5 ms.
 //!
+//! 3. The same as 2 on PostgreSQL (`benches/health/pg.rs`): a fresh database
+//!    on the local server holding as many jobs, the in-flight ones and a few
+//!    thousand finished ones made through the store API and the rest of the
+//!    finished ones copied in SQL with their counters, with the EXPLAIN of
+//!    `counts()` and `list_state(in flight)`. Printed beside part 2's sled
+//!    numbers from the same run.
+//!
 //! Seeds go through the public API (as in `benches/store.rs`) in `/dev/shm`
 //! when it is tmpfs. The 1,000,000-job store of `benches/recovery.rs` is
 //! reused when that bench has built it (the same layout); otherwise this
@@ -25,9 +32,16 @@
 //! - `TGDL_BENCH_SEED_DIR=path`: where seeds are kept (default
 //!   `/dev/shm/tgdl-bench-recovery` when tmpfs, else `target/tmp`).
 //!
+//! - `TGDL_BENCH_ONLY=pg`: part 3 alone; `=sled`: parts 1 and 2 alone.
+//!   Unset: all three, part 3 only when the PostgreSQL server answers.
+//! - `TGDL_TEST_PG=url`: the server's admin URL for part 3 (default
+//!   `postgres://postgres@127.0.0.1:5432/postgres`, as the tests).
+//!
 //! Arguments (cargo passes `--bench`) are ignored.
 
 mod common;
+#[path = "health/pg.rs"]
+mod pg;
 
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
@@ -56,6 +70,40 @@ struct Settings {
     reps: usize,
 }
 
+/// Which parts run (`TGDL_BENCH_ONLY`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Only {
+    All,
+    Sled,
+    Pg,
+}
+
+impl Only {
+    fn from_env() -> Self {
+        match std::env::var("TGDL_BENCH_ONLY").as_deref() {
+            Err(_) | Ok("") => Only::All,
+            Ok("sled") => Only::Sled,
+            Ok("pg") => Only::Pg,
+            Ok(other) => panic!("TGDL_BENCH_ONLY={other}: expected sled or pg"),
+        }
+    }
+}
+
+/// Part 2's (and 3's) timings on one backend.
+struct Measured {
+    cached: Stats,
+    fresh: Stats,
+    sample: Stats,
+    in_flight: Stats,
+    counts: Stats,
+    /// The first `/health` after opening the store (no sample yet).
+    cold: Duration,
+    /// The first `Monitor::tick`.
+    tick: Duration,
+    /// The first `/health` text.
+    text: String,
+}
+
 impl Settings {
     fn from_env() -> Self {
         let quick = common::quick();
@@ -82,6 +130,7 @@ impl Settings {
 fn main() {
     let started = Instant::now();
     let s = Settings::from_env();
+    let only = Only::from_env();
     let root = common::seed_dir();
     std::fs::create_dir_all(&root).expect("create seed root");
     let scratch = tempfile::Builder::new()
@@ -103,8 +152,45 @@ fn main() {
     println!("stores in: {}", describe_fs(&root));
     println!();
 
-    // 1. The sampler's cost on a store with 10,000 jobs.
-    let small = scratch.path().join("small");
+    let sled = if only == Only::Pg {
+        None
+    } else {
+        sled_cost(&rt, &s, scratch.path());
+        Some(sled_health(&rt, &s, &root, scratch.path()))
+    };
+
+    // 3. The same on PostgreSQL.
+    let pg = match only {
+        Only::Sled => None,
+        _ => match pg::server_up(&rt) {
+            Ok(()) => Some(pg::run(&rt, &s, scratch.path())),
+            Err(e) if only == Only::Pg => panic!(
+                "PostgreSQL is not reachable ({e}); start it with \
+                 `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`"
+            ),
+            Err(e) => {
+                println!("part 3 skipped: PostgreSQL is not reachable ({e})");
+                None
+            }
+        },
+    };
+    if let Some(m) = &pg {
+        report(&s, "PostgreSQL", "first call after connect", m);
+    }
+    if let (Some(a), Some(b)) = (&sled, &pg) {
+        compare(&s, a, b);
+    }
+    drop(rt);
+    println!(
+        "total bench time {:.0} s (load average now {})",
+        started.elapsed().as_secs_f64(),
+        loadavg()
+    );
+}
+
+/// Part 1: the sampler's own cost, on a sled store with 10,000 jobs.
+fn sled_cost(rt: &tokio::runtime::Runtime, s: &Settings, scratch: &Path) {
+    let small = scratch.join("small");
     let t = Instant::now();
     seed_store(&small.join("data"), 10_000, 100);
     println!(
@@ -184,10 +270,17 @@ fn main() {
     drop(core);
     let _ = std::fs::remove_dir_all(&small);
     println!();
+}
 
-    // 2. /health with a big store.
-    let (src, how) = big_store(&s, &root);
-    let big = scratch.path().join("big");
+/// Part 2: `/health` on a sled store with `s.big` jobs.
+fn sled_health(
+    rt: &tokio::runtime::Runtime,
+    s: &Settings,
+    root: &Path,
+    scratch: &Path,
+) -> Measured {
+    let (src, how) = big_store(s, root);
+    let big = scratch.join("big");
     copy_dir(&src, &big);
     println!("part 2 store: {} ({how})", src.display());
     let t = Instant::now();
@@ -236,20 +329,44 @@ fn main() {
     let in_flight = time_reps(s.reps.min(500), || {
         black_box(rt.block_on(store.in_flight()).expect("in_flight"));
     });
-    let counts_t = time_reps(s.reps, || {
+    let counts = time_reps(s.reps, || {
         black_box(rt.block_on(store.counts()).expect("counts"));
     });
+    drop(m);
+    drop(store);
+    drop(core);
+    let _ = std::fs::remove_dir_all(&big);
+    let m = Measured {
+        cached,
+        fresh,
+        sample,
+        in_flight,
+        counts,
+        cold,
+        tick,
+        text,
+    };
+    report(s, "sled", "first call after open (cold sled cache)", &m);
+    m
+}
+
+/// Part 2's (or 3's) table and the text measured.
+fn report(s: &Settings, backend: &str, cold_what: &str, m: &Measured) {
     println!();
     println!(
-        "(2) /health with {} stored jobs ({} in flight): tgdl::ops::report::health_text, {} calls each",
-        s.big, s.in_flight, s.reps
+        "({}) /health on {backend} with {} stored jobs ({} in flight): \
+         tgdl::ops::report::health_text, {} calls each",
+        if backend == "sled" { 2 } else { 3 },
+        s.big,
+        s.in_flight,
+        s.reps
     );
     println!(
         "{:<58} | {:>10} | {:>10} | {:>10}",
         "path", "p50", "p99", "max"
     );
     println!("{}", "-".repeat(96));
-    let line = |what: &str, st: &Stats| {
+    for (what, st) in rows(s, m) {
         println!(
             "{:<58} | {:>10} | {:>10} | {:>10}",
             what,
@@ -257,61 +374,112 @@ fn main() {
             fmt_dur(st.p99),
             fmt_dur(st.max)
         );
-    };
-    line("running bot: render the monitor's latest sample", &cached);
-    line(
-        "no sample yet: Monitor::sample + rules + render_health",
-        &fresh,
-    );
-    line(
-        &format!("Monitor::sample alone ({} calls)", s.reps.min(500)),
-        &sample,
-    );
-    line(
-        &format!(
-            "  of which store.in_flight() ({} jobs decoded)",
-            s.in_flight
-        ),
-        &in_flight,
-    );
-    line("  of which store.counts() (maintained counters)", &counts_t);
+    }
     println!(
-        "first call after open (cold sled cache): {}; first Monitor::tick: {}",
-        fmt_dur(cold),
-        fmt_dur(tick)
+        "{cold_what}: {}; first Monitor::tick: {}",
+        fmt_dur(m.cold),
+        fmt_dur(m.tick)
     );
-    let ok = |d: Duration| {
-        if d < Duration::from_millis(5) {
-            "PASS"
-        } else {
-            "FAIL"
-        }
-    };
     println!(
         "target < 5 ms at {} stored: running bot p99 {}: {}; no sample yet p99 {}: {}",
         s.big,
-        fmt_dur(cached.p99),
-        ok(cached.p99),
-        fmt_dur(fresh.p99),
-        ok(fresh.p99)
+        fmt_dur(m.cached.p99),
+        pass(m.cached.p99),
+        fmt_dur(m.fresh.p99),
+        pass(m.fresh.p99)
     );
     println!();
     // A dead owner's in-flight jobs are all "stuck", and the list makes the
     // text long; show its head only.
-    let head: String = text.chars().take(900).collect();
+    let head: String = m.text.chars().take(900).collect();
     println!(
         "the text measured ({} characters; the bot cuts replies at 4096):\n{head}{}",
-        text.chars().count(),
-        if head.len() < text.len() { "…" } else { "" }
+        m.text.chars().count(),
+        if head.len() < m.text.len() { "…" } else { "" }
     );
-    drop(m);
-    drop(core);
-    drop(rt);
+}
+
+fn pass(d: Duration) -> &'static str {
+    if d < Duration::from_millis(5) {
+        "PASS"
+    } else {
+        "FAIL"
+    }
+}
+
+/// The rows of the /health table.
+fn rows<'a>(s: &Settings, m: &'a Measured) -> Vec<(String, &'a Stats)> {
+    vec![
+        (
+            "running bot: render the monitor's latest sample".into(),
+            &m.cached,
+        ),
+        (
+            "no sample yet: Monitor::sample + rules + render_health".into(),
+            &m.fresh,
+        ),
+        (
+            format!("Monitor::sample alone ({} calls)", m.sample.n),
+            &m.sample,
+        ),
+        (
+            format!(
+                "  of which store.in_flight() ({} jobs decoded)",
+                s.in_flight
+            ),
+            &m.in_flight,
+        ),
+        (
+            "  of which store.counts() (maintained counters)".into(),
+            &m.counts,
+        ),
+    ]
+}
+
+/// sled and PostgreSQL side by side.
+fn compare(s: &Settings, sled: &Measured, pg: &Measured) {
+    println!();
     println!(
-        "total bench time {:.0} s (load average now {})",
-        started.elapsed().as_secs_f64(),
-        loadavg()
+        "/health with {} stored jobs ({} in flight), this run: sled | PostgreSQL",
+        s.big, s.in_flight
     );
+    println!(
+        "{:<52} | {:>9} {:>9} {:>9} | {:>9} {:>9} {:>9}",
+        "path", "sled p50", "p99", "max", "PG p50", "p99", "max"
+    );
+    println!("{}", "-".repeat(121));
+    for ((what, a), (_, b)) in rows(s, sled).into_iter().zip(rows(s, pg)) {
+        println!(
+            "{:<52} | {:>9} {:>9} {:>9} | {:>9} {:>9} {:>9}",
+            what,
+            fmt_dur(a.median),
+            fmt_dur(a.p99),
+            fmt_dur(a.max),
+            fmt_dur(b.median),
+            fmt_dur(b.p99),
+            fmt_dur(b.max)
+        );
+    }
+    println!(
+        "{:<52} | {:>29} | {:>29}",
+        "first /health (no sample yet, fresh store handle)",
+        fmt_dur(sled.cold),
+        fmt_dur(pg.cold)
+    );
+    println!(
+        "{:<52} | {:>29} | {:>29}",
+        "first Monitor::tick",
+        fmt_dur(sled.tick),
+        fmt_dur(pg.tick)
+    );
+    println!(
+        "target < 5 ms p99: sled running {} / no sample {}; PostgreSQL running {} / no sample {}",
+        pass(sled.cached.p99),
+        pass(sled.fresh.p99),
+        pass(pg.cached.p99),
+        pass(pg.fresh.p99)
+    );
+    println!();
 }
 
 /// The job service and the health state of one bot, as `app::run` wires them.
