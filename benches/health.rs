@@ -96,6 +96,10 @@ struct Measured {
     sample: Stats,
     in_flight: Stats,
     counts: Stats,
+    /// `store.size_on_disk()` and `store.finished_since(an hour ago)`, the
+    /// sample's other store reads.
+    size: Stats,
+    finished: Stats,
     /// The first `/health` after opening the store (no sample yet).
     cold: Duration,
     /// The first `Monitor::tick`.
@@ -332,6 +336,7 @@ fn sled_health(
     let counts = time_reps(s.reps, || {
         black_box(rt.block_on(store.counts()).expect("counts"));
     });
+    let (size, finished) = other_reads(rt, s, &store);
     drop(m);
     drop(store);
     drop(core);
@@ -342,6 +347,8 @@ fn sled_health(
         sample,
         in_flight,
         counts,
+        size,
+        finished,
         cold,
         tick,
         text,
@@ -433,7 +440,31 @@ fn rows<'a>(s: &Settings, m: &'a Measured) -> Vec<(String, &'a Stats)> {
             "  of which store.counts() (maintained counters)".into(),
             &m.counts,
         ),
+        ("  of which store.size_on_disk()".into(), &m.size),
+        (
+            "  of which store.finished_since(an hour ago)".into(),
+            &m.finished,
+        ),
     ]
+}
+
+/// The sample's other store reads, timed alone.
+fn other_reads(
+    rt: &tokio::runtime::Runtime,
+    s: &Settings,
+    store: &Arc<dyn tgdl::store::Backend>,
+) -> (Stats, Stats) {
+    let size = time_reps(s.reps.min(500), || {
+        black_box(rt.block_on(store.size_on_disk()));
+    });
+    let finished = time_reps(s.reps.min(500), || {
+        let since = tgdl::job::now_ms().saturating_sub(tgdl::job::HOUR_MS);
+        black_box(
+            rt.block_on(store.finished_since(since))
+                .expect("finished_since"),
+        );
+    });
+    (size, finished)
 }
 
 /// sled and PostgreSQL side by side.
@@ -444,13 +475,13 @@ fn compare(s: &Settings, sled: &Measured, pg: &Measured) {
         s.big, s.in_flight
     );
     println!(
-        "{:<52} | {:>9} {:>9} {:>9} | {:>9} {:>9} {:>9}",
+        "{:<56} | {:>9} {:>9} {:>9} | {:>9} {:>9} {:>9}",
         "path", "sled p50", "p99", "max", "PG p50", "p99", "max"
     );
-    println!("{}", "-".repeat(121));
+    println!("{}", "-".repeat(125));
     for ((what, a), (_, b)) in rows(s, sled).into_iter().zip(rows(s, pg)) {
         println!(
-            "{:<52} | {:>9} {:>9} {:>9} | {:>9} {:>9} {:>9}",
+            "{:<56} | {:>9} {:>9} {:>9} | {:>9} {:>9} {:>9}",
             what,
             fmt_dur(a.median),
             fmt_dur(a.p99),
@@ -461,13 +492,13 @@ fn compare(s: &Settings, sled: &Measured, pg: &Measured) {
         );
     }
     println!(
-        "{:<52} | {:>29} | {:>29}",
+        "{:<56} | {:>29} | {:>29}",
         "first /health (no sample yet, fresh store handle)",
         fmt_dur(sled.cold),
         fmt_dur(pg.cold)
     );
     println!(
-        "{:<52} | {:>29} | {:>29}",
+        "{:<56} | {:>29} | {:>29}",
         "first Monitor::tick",
         fmt_dur(sled.tick),
         fmt_dur(pg.tick)
