@@ -230,6 +230,22 @@ impl UserRecord {
     }
 }
 
+/// What a full check finds wrong with a job's lease: a job a worker holds
+/// (downloading, uploading) has one; a queued or finished job has none.
+/// Both backends' checks ask this.
+pub fn lease_problem(job: &Job) -> Option<String> {
+    match (job.state, job.lease) {
+        (JobState::Downloading | JobState::Uploading, None) => {
+            Some(format!("job {} is {} without a lease", job.id, job.state))
+        }
+        (JobState::Queued | JobState::Done | JobState::Failed, Some(l)) => Some(format!(
+            "job {} is {} but leased to {}",
+            job.id, job.state, l.owner
+        )),
+        _ => None,
+    }
+}
+
 /// What a full check finds wrong with the cache entry `c` under `key`,
 /// given the deliveries of jobs with that key (`writers`: when each left
 /// `uploading`, and the job): an entry older than a delivery, or one that

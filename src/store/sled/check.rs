@@ -143,18 +143,11 @@ impl Check<'_> {
     }
 
     fn leases(&mut self) {
-        let mut found = Vec::new();
-        for job in self.jobs.values() {
-            match (job.state, job.lease) {
-                (JobState::Downloading | JobState::Uploading, None) => {
-                    found.push(format!("job {} is {} without a lease", job.id, job.state))
-                }
-                (JobState::Queued | JobState::Done | JobState::Failed, Some(l)) => found.push(
-                    format!("job {} is {} but leased to {}", job.id, job.state, l.owner),
-                ),
-                _ => {}
-            }
-        }
+        let found: Vec<String> = self
+            .jobs
+            .values()
+            .filter_map(crate::store::lease_problem)
+            .collect();
         for p in found {
             self.problem("leases", p);
         }
