@@ -428,14 +428,14 @@ fn a_corrupt_record_is_quarantined_and_unlinked_without_a_panic() {
     };
     // Scribble over one record with sled directly, as a disk error would.
     {
-        let db = reopen(|| sled::open(&path));
+        let db = support::reopen(|| sled::open(&path));
         db.open_tree("jobs")
             .unwrap()
             .insert(bad.id.as_bytes(), &[1u8, 0xff, 0xfe][..])
             .unwrap();
         db.flush().unwrap();
     }
-    let store = reopen(|| SledStore::open(&path));
+    let store = support::reopen(|| SledStore::open(&path));
     let listed = store.list_state(JobState::Queued, 10).unwrap();
     assert_eq!(
         listed.iter().map(|j| j.id).collect::<Vec<_>>(),
@@ -636,25 +636,4 @@ fn history_stays_bounded_over_many_retries() {
     assert_eq!(j.history.last().unwrap().0, JobState::Failed);
     assert!(tgdl::store::codec::encode(&j).unwrap().len() < 2048);
     assert_consistent(&store);
-}
-
-/// Open a database just closed in this process. sled finishes writes on
-/// background threads that hold its file lock for a moment after the last
-/// handle is dropped (seen under load): wait for the lock, for at most 10 s,
-/// rather than fail on a closed store that is still being released.
-fn reopen<T, E: std::fmt::Debug>(open: impl Fn() -> Result<T, E>) -> T {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        match open() {
-            Ok(v) => return v,
-            Err(e) if std::time::Instant::now() < deadline && is_lock_error(&format!("{e:?}")) => {
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            Err(e) => panic!("cannot reopen the database: {e:?}"),
-        }
-    }
-}
-
-fn is_lock_error(debug: &str) -> bool {
-    debug.contains("lock") || debug.contains("InUse")
 }

@@ -23,7 +23,7 @@ use uuid::Uuid;
 fn corrupted(corrupt: impl FnOnce(&sled::Db, &Fixture)) -> Vec<String> {
     let f = build();
     {
-        let db = sled::open(&f.path).unwrap();
+        let db = support::reopen(|| sled::open(&f.path));
         corrupt(&db, &f);
         db.flush().unwrap();
     }
@@ -31,7 +31,7 @@ fn corrupted(corrupt: impl FnOnce(&sled::Db, &Fixture)) -> Vec<String> {
 }
 
 fn check(path: &Path) -> Vec<String> {
-    let store = SledStore::open(path).unwrap();
+    let store = support::reopen(|| SledStore::open(path));
     let report = store.check_invariants().unwrap();
     eprintln!("{:#?}", report.problems);
     report.problems
@@ -115,7 +115,7 @@ fn an_untouched_store_reports_nothing() {
     // Reopened from disk, as the crash harnesses do.
     let problems = check(&f.path);
     assert!(problems.is_empty(), "{problems:#?}");
-    let store = SledStore::open(&f.path).unwrap();
+    let store = support::reopen(|| SledStore::open(&f.path));
     let r = store.check_invariants().unwrap();
     assert_eq!(r.jobs, 6);
     assert_eq!(r.counters, r.recount);

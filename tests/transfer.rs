@@ -87,7 +87,7 @@ fn export_then_import_moves_every_record_and_the_new_store_carries_on() {
     assert_eq!(body(&again), exported);
 
     // And through the store's own API.
-    let old = SledStore::open(&f.path).unwrap();
+    let old = support::reopen(|| SledStore::open(&f.path));
     let new = SledStore::open(&target.join("db")).unwrap();
     assert_eq!(new.counts().unwrap(), old.counts().unwrap());
     for s in JobState::ALL {
@@ -230,14 +230,14 @@ fn import_into_a_store_that_holds_jobs_is_refused_and_changes_nothing() {
     let file = work.path().join("tgdl.jsonl");
     std::fs::write(&file, &text).unwrap();
     let before = {
-        let s = SledStore::open(&f.path).unwrap();
+        let s = support::reopen(|| SledStore::open(&f.path));
         (s.counts().unwrap(), s.inbox_pending().unwrap())
     };
     let out = import(data_of(&f), &file);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("not empty"), "{err}");
-    let s = SledStore::open(&f.path).unwrap();
+    let s = support::reopen(|| SledStore::open(&f.path));
     assert_eq!((s.counts().unwrap(), s.inbox_pending().unwrap()), before);
 }
 
@@ -245,7 +245,7 @@ fn import_into_a_store_that_holds_jobs_is_refused_and_changes_nothing() {
 fn export_and_import_of_a_running_bots_store_say_stop_it_first() {
     let f = build();
     // This process holds the database, as a running bot does.
-    let _held = SledStore::open(&f.path).unwrap();
+    let _held = support::reopen(|| SledStore::open(&f.path));
     let work = tempfile::tempdir().unwrap();
     let file = work.path().join("tgdl.jsonl");
     let out = export(data_of(&f), &file);
@@ -260,7 +260,7 @@ fn an_undecodable_record_moves_as_a_quarantined_one_and_is_not_lost() {
     let f = build();
     // Damage the failed job's record through raw sled.
     {
-        let db = sled::open(&f.path).unwrap();
+        let db = support::reopen(|| sled::open(&f.path));
         db.open_tree("jobs")
             .unwrap()
             .insert(f.failed.id.as_bytes(), b"\x02garbage".to_vec())
@@ -352,7 +352,7 @@ async fn a_stopped_sled_installation_moves_to_postgresql_by_export_then_import()
     assert!(said.contains("counts match"), "{said}");
 
     // What the sled store holds, the PostgreSQL store holds.
-    let old = SledStore::open(&f.path).unwrap();
+    let old = support::reopen(|| SledStore::open(&f.path));
     let new = PgStore::connect(&db.url).await.unwrap();
     assert_eq!(new.counts().await.unwrap(), old.counts().unwrap());
     assert_eq!(new.counts().await.unwrap().total(), 6);
@@ -505,7 +505,7 @@ async fn a_postgresql_store_moves_back_to_sled_unchanged() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(body(&back), exported);
 
-    let old = SledStore::open(&f.path).unwrap();
+    let old = support::reopen(|| SledStore::open(&f.path));
     let new = SledStore::open(&target.join("db")).unwrap();
     assert_eq!(new.counts().unwrap(), old.counts().unwrap());
     for s in JobState::ALL {
@@ -524,7 +524,7 @@ async fn a_postgresql_store_moves_back_to_sled_unchanged() {
 async fn an_undecodable_sled_record_moves_to_postgresql_as_a_quarantined_one() {
     let f = build();
     {
-        let db = sled::open(&f.path).unwrap();
+        let db = support::reopen(|| sled::open(&f.path));
         db.open_tree("jobs")
             .unwrap()
             .insert(f.failed.id.as_bytes(), b"\x02garbage".to_vec())

@@ -358,3 +358,25 @@ impl AsyncWrite for KillableStream {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
+
+/// Open a sled database just closed in this process. sled finishes writes
+/// on background threads that hold its file lock for a moment after the
+/// last handle is dropped (seen under load, in CI): wait for the lock, for
+/// at most 10 s, rather than fail on a closed store still being released.
+pub fn reopen<T, E: std::fmt::Debug>(open: impl Fn() -> Result<T, E>) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match open() {
+            Ok(v) => return v,
+            Err(e) if std::time::Instant::now() < deadline && is_lock_error(&format!("{e:?}")) => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => panic!("cannot reopen the database: {e:?}"),
+        }
+    }
+}
+
+/// sled's own lock error, or the store's name for it.
+fn is_lock_error(debug: &str) -> bool {
+    debug.contains("could not acquire lock") || debug.contains("InUse")
+}
