@@ -98,6 +98,7 @@ contract_tests!(
         finished_since_counts_per_minute,
         would_refuse_reads_without_writing,
         probes_and_backend_nature,
+        a_lazy_update_is_checked_and_seen_at_once,
     ]
 );
 
@@ -1296,4 +1297,42 @@ mod postgres_only {
             None
         );
     }
+}
+
+async fn a_lazy_update_is_checked_and_seen_at_once(b: &Backend) {
+    let t = now_ms();
+    let job = enqueue(b, 1, 1, "https://a/lazy", t).await;
+    // The expected state is checked as by `update`.
+    let err = b
+        .store
+        .update_lazily(
+            job.id,
+            Expect::state(Downloading),
+            t + 1,
+            edit(|j| j.status_msg_id = Some(7)),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict { .. }), "{err:?}");
+    assert_eq!(
+        b.store.get(job.id).await.unwrap().unwrap().status_msg_id,
+        None
+    );
+    let got = b
+        .store
+        .update_lazily(
+            job.id,
+            Expect::state(Queued),
+            t + 2,
+            edit(|j| j.status_msg_id = Some(42)),
+        )
+        .await
+        .unwrap();
+    assert_eq!((got.state, got.status_msg_id), (Queued, Some(42)));
+    // Seen at once by a reader, and nothing derived disagrees.
+    assert_eq!(
+        b.store.get(job.id).await.unwrap().unwrap().status_msg_id,
+        Some(42)
+    );
+    assert_clean(b).await;
 }

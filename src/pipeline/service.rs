@@ -196,7 +196,10 @@ impl JobService {
     }
 
     /// Record the status message the handler sent for a job, whatever state the
-    /// job has reached meanwhile (a worker may already hold it).
+    /// job has reached meanwhile (a worker may already hold it). Not waited
+    /// for to be durable: if a crash loses it, the worker sends a new status
+    /// message, and the user's acknowledgement is not held up by a second
+    /// synced write.
     /// Returns the job as recorded: a fast job (a cache hit, an early failure)
     /// may already be finished, and then the caller settles the message itself.
     pub async fn attach_status(
@@ -211,7 +214,7 @@ impl JobService {
             };
             let res = self
                 .store
-                .update(id, Expect::state(job.state), None, now_ms(), edit.clone())
+                .update_lazily(id, Expect::state(job.state), now_ms(), edit.clone())
                 .await;
             match res {
                 Ok(j) => return Ok(Some(j)),

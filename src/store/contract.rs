@@ -100,6 +100,23 @@ pub trait Store: Send + Sync {
         edit: Edit,
     ) -> Result<Job, StoreError>;
 
+    /// [`Store::update`] without a move, for a change that may be lost in a
+    /// crash because the caller can recover from losing it (the status
+    /// message's id: without it a worker sends a new status message). It is
+    /// as atomic and as checked as `update`, and is seen at once by every
+    /// reader; it becomes durable with the next durable write, or within
+    /// the backend's own flush interval. A backend that cannot defer its
+    /// sync makes it durable now.
+    async fn update_lazily(
+        &self,
+        id: JobId,
+        expect: Expect,
+        now: Millis,
+        edit: Edit,
+    ) -> Result<Job, StoreError> {
+        self.update(id, expect, None, now, edit).await
+    }
+
     async fn get(&self, id: JobId) -> Result<Option<Job>, StoreError>;
 
     /// Find a job by what a user typed: the short id users see or a prefix
@@ -361,6 +378,17 @@ impl Store for OnBlockingPool {
         edit: Edit,
     ) -> Result<Job, StoreError> {
         self.run(move |s| s.update(id, expect, to, now, &*edit))
+            .await
+    }
+
+    async fn update_lazily(
+        &self,
+        id: JobId,
+        expect: Expect,
+        now: Millis,
+        edit: Edit,
+    ) -> Result<Job, StoreError> {
+        self.run(move |s| s.update_lazily(id, expect, now, &*edit))
             .await
     }
 

@@ -60,6 +60,9 @@ pub fn u64_at(b: &[u8], at: usize) -> Option<u64> {
 
 /// `meta` keys.
 pub const META_SCHEMA: &[u8] = b"schema_version";
+/// The sequence number of the last job transaction (8 bytes), written by
+/// that transaction: how far the store's log is already in sled.
+pub const META_WAL_SEQ: &[u8] = b"wal_seq";
 
 pub fn count_key(state: JobState) -> [u8; 6] {
     let mut k = *b"count\0";

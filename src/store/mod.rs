@@ -450,6 +450,18 @@ pub trait JobStore: Send + Sync {
         edit: &(dyn Fn(&mut Job) + Sync),
     ) -> Result<Job, StoreError>;
 
+    /// [`JobStore::update`] without a move, not waiting for the sync (see
+    /// `Store::update_lazily`). By default it syncs.
+    fn update_lazily(
+        &self,
+        id: JobId,
+        expect: Expect,
+        now: Millis,
+        edit: &(dyn Fn(&mut Job) + Sync),
+    ) -> Result<Job, StoreError> {
+        self.update(id, expect, None, now, edit)
+    }
+
     fn get(&self, id: JobId) -> Result<Option<Job>, StoreError>;
 
     /// Find a job by a prefix of its id (the short id users see).

@@ -31,24 +31,49 @@ mod repair;
 mod sync;
 mod transfer;
 mod tx;
+mod wal;
 
 use std::path::Path;
+use std::sync::Mutex;
 
-use sled::{Db, Tree};
+use sled::{Db, Transactional, Tree};
 
 use super::keys;
 use super::StoreError;
 use sync::GroupSync;
+use wal::{LogEnd, Wal};
 
 /// Schema of the trees (not of the records, which carry their own version).
 /// 2: records may be written by codec version 2, which a build of schema 1
 /// cannot read (it would quarantine them); such a build refuses to open the
 /// database instead. A database of schema 1 is marked 2 when opened.
-pub const SCHEMA_VERSION: u32 = 2;
+/// 3: job changes are durable in the store's own log (`wal.rs`) before sled
+/// writes them; a build of schema 2 would not replay that log and would lose
+/// them, so it refuses the database instead.
+pub const SCHEMA_VERSION: u32 = 3;
+
+/// The log file, inside sled's directory so that copying the directory
+/// copies a consistent image.
+const WAL_FILE: &str = "tgdl.wal";
+
+/// The inbox's tree number in log records: after the job trees.
+const INBOX_TREE: u8 = tx::JOB_TREES as u8;
 
 pub struct SledStore {
     db: Db,
     sync: GroupSync,
+    /// The redo log that makes a job change durable (see `wal.rs`).
+    wal: Wal,
+    /// The commit lock: held while a job transaction runs and its record
+    /// is queued, so that sequence numbers, sled's commit order and the
+    /// log's order agree. Holds the last sequence number used. (sled commits
+    /// its transactions one at a time anyway; running them one at a time
+    /// also spares the retries of transactions that touch the same
+    /// counters.)
+    commit: Mutex<u64>,
+    /// How many log records the open replayed into sled (for the operator's
+    /// log and for tests).
+    replayed: std::sync::atomic::AtomicU64,
     jobs: Tree,
     by_state: Tree,
     by_user: Tree,
@@ -87,7 +112,14 @@ impl SledStore {
             .open()
             .map_err(|e| classify_open_error(&shown, e))?;
         let open = |name: &str| db.open_tree(name);
+        let (wal, records, end) = Wal::open(&dir.join(WAL_FILE)).map_err(|e| StoreError::Open {
+            path: shown.clone(),
+            reason: format!("cannot open the store's log {WAL_FILE}: {e}"),
+        })?;
         let store = SledStore {
+            wal,
+            commit: Mutex::new(0),
+            replayed: Default::default(),
             sync: GroupSync::open(&dir.join("db")).map_err(|e| StoreError::Open {
                 path: shown.clone(),
                 reason: format!("cannot open the data file for syncing: {e}"),
@@ -135,7 +167,73 @@ impl SledStore {
                 }
             }
         }
+        store.replay(records, end)?;
         Ok(store)
+    }
+
+    /// Apply the log's records that sled does not hold yet (those numbered
+    /// after its [`keys::META_WAL_SEQ`]), each as one transaction, in order;
+    /// then checkpoint, so the log starts empty.
+    fn replay(&self, records: Vec<wal::Record>, end: LogEnd) -> Result<(), StoreError> {
+        let have = self
+            .meta
+            .get(keys::META_WAL_SEQ)?
+            .and_then(|v| keys::u64_at(&v, 0))
+            .unwrap_or(0);
+        let last = records.last().map_or(0, |r| r.seq).max(have);
+        let todo: Vec<_> = records.into_iter().filter(|r| r.seq > have).collect();
+        if let LogEnd::Damaged { offset } = end {
+            // A torn last write is normal after a crash (that change was
+            // never acknowledged); anything else is worth a look.
+            tracing::warn!(
+                offset,
+                replayed = todo.len(),
+                "the store's log ends in a damaged record; it and anything after it were not replayed"
+            );
+        }
+        let mut trees = self.job_trees().to_vec();
+        trees.push(&self.inbox);
+        for r in &todo {
+            trees[..]
+                .transaction(|view| {
+                    for w in &r.writes {
+                        let Some(tree) = view.get(w.tree as usize) else {
+                            continue;
+                        };
+                        match &w.value {
+                            Some(v) => tree.insert(w.key.as_slice(), v.as_slice())?,
+                            None => tree.remove(w.key.as_slice())?,
+                        };
+                    }
+                    Ok::<(), sled::transaction::ConflictableTransactionError<StoreError>>(())
+                })
+                .map_err(|e| match e {
+                    sled::transaction::TransactionError::Abort(e) => e,
+                    sled::transaction::TransactionError::Storage(e) => e.into(),
+                })?;
+        }
+        if !todo.is_empty() {
+            tracing::info!(
+                records = todo.len(),
+                from = todo[0].seq,
+                to = last,
+                "replayed job changes from the store's log"
+            );
+        }
+        self.replayed
+            .store(todo.len() as u64, std::sync::atomic::Ordering::SeqCst);
+        let mut commit = self.commit.lock().unwrap_or_else(|e| e.into_inner());
+        *commit = last;
+        // Whatever was in the log is in sled now; make that durable and start
+        // the log over, so the next crash replays only what follows.
+        self.checkpoint_locked(last)
+    }
+
+    /// How many records of the store's log the open replayed into sled: not
+    /// zero only after a crash that left acknowledged changes in the log
+    /// alone.
+    pub fn replayed_at_open(&self) -> u64 {
+        self.replayed.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The trees one job change may touch, in the order [`tx::Tx`] reads them.

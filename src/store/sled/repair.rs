@@ -2,6 +2,8 @@
 //! (kept for the operator) and unlinked; a corrupt user record is rebuilt
 //! from that user's jobs.
 
+use std::cell::RefCell;
+
 use sled::transaction::{ConflictableTransactionError as TxError, TransactionError};
 use sled::{Transactional, Tree};
 
@@ -62,14 +64,16 @@ impl SledStore {
         trees.push(&self.quarantine);
         trees[..]
             .transaction(|view| {
-                let tx = Tx::new(view);
+                // Not logged: quarantining ends in a full sync of sled.
+                let unlogged = RefCell::new(Vec::new());
+                let tx = Tx::new(view, &unlogged);
                 let (jobs, by_state, by_user, ready, turns, shorts) = (
-                    tx.jobs,
-                    tx.by_state,
-                    tx.by_user,
-                    tx.ready,
-                    tx.turns,
-                    tx.shorts,
+                    &tx.jobs,
+                    &tx.by_state,
+                    &tx.by_user,
+                    &tx.ready,
+                    &tx.turns,
+                    &tx.shorts,
                 );
                 let quarantine = &view[super::tx::JOB_TREES];
                 let Some(raw) = jobs.get(id.as_bytes())? else {

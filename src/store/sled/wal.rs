@@ -1,0 +1,379 @@
+//! The store's own redo log: what makes a job change durable on sled.
+//!
+//! sled makes a change durable only by flushing its whole log
+//! (`sync_file_range`) and then, for power loss, an `fdatasync` of its data
+//! file: two waits on the disk and sled's flush work on every commit. Instead,
+//! each committed job transaction appends one record of its writes (tree,
+//! key, value or removal) to this file, and one `fdatasync` of it, shared by
+//! concurrent committers (group commit), makes the change durable. sled writes
+//! its own files in the background, and at a checkpoint.
+//!
+//! **Ordering.** Every transaction carries a sequence number, assigned under
+//! the commit lock and written into sled (`meta`, [`keys::META_WAL_SEQ`]) by
+//! the same transaction. After a crash sled holds a prefix of its
+//! transactions, whose last number is that key's; replay applies, in order,
+//! only the records after it. So a record never rolls back a newer change
+//! that sled had already written.
+//!
+//! **The file.** A fixed-size file, zero-filled when made, so that a commit is
+//! an overwrite and its `fdatasync` writes no metadata. Records run from
+//! offset 0: `[len u32][crc32 u32][seq u64][writes]`. A reader stops at the
+//! first record that is short, fails its checksum, or does not continue the
+//! sequence; what lies behind it is an older pass over the file. When a
+//! record does not fit, a checkpoint (sled flush + `fdatasync` of sled's data
+//! file, under the commit lock) makes everything in the file redundant and
+//! writing starts again at offset 0.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+use std::sync::Mutex;
+
+use crate::store::StoreError;
+
+/// Size of the log file. Large enough that a checkpoint (a few ms to tens of
+/// ms) comes every few thousand job changes, small enough that replaying a
+/// full file at start takes well under a second.
+pub(super) const WAL_BYTES: u64 = 8 * 1024 * 1024;
+
+/// A record larger than this is not logged: its transaction is made durable
+/// by a checkpoint instead (an import batch can be this large).
+pub(super) const MAX_RECORD: usize = (WAL_BYTES / 4) as usize;
+
+const HEADER: usize = 4 + 4 + 8;
+
+/// One write of a transaction, as recorded and replayed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Write {
+    /// Index into [`super::SledStore::job_trees`].
+    pub tree: u8,
+    pub key: Vec<u8>,
+    /// `None`: the key was removed.
+    pub value: Option<Vec<u8>>,
+}
+
+/// A record read back from the file.
+#[derive(Debug)]
+pub(super) struct Record {
+    pub seq: u64,
+    pub writes: Vec<Write>,
+}
+
+/// Encode the body of a record (everything after `len` and `crc`).
+pub(super) fn encode_writes(seq: u64, writes: &[Write], out: &mut Vec<u8>) {
+    let start = out.len();
+    out.extend_from_slice(&[0u8; 8]);
+    out.extend_from_slice(&seq.to_le_bytes());
+    for w in writes {
+        out.push(w.tree);
+        out.push(w.value.is_some() as u8);
+        out.extend_from_slice(&(w.key.len() as u32).to_le_bytes());
+        out.extend_from_slice(&w.key);
+        if let Some(v) = &w.value {
+            out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+            out.extend_from_slice(v);
+        }
+    }
+    let body = &out[start + 8..];
+    let len = body.len() as u32;
+    let crc = crc32fast::hash(body);
+    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
+fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+    if b.len() < n {
+        return None;
+    }
+    let (head, rest) = b.split_at(n);
+    *b = rest;
+    Some(head)
+}
+
+fn take_u32(b: &mut &[u8]) -> Option<u32> {
+    take(b, 4).map(|s| u32::from_le_bytes(s.try_into().unwrap_or_default()))
+}
+
+fn decode_body(mut b: &[u8]) -> Option<Record> {
+    let seq = u64::from_le_bytes(take(&mut b, 8)?.try_into().ok()?);
+    let mut writes = Vec::new();
+    while !b.is_empty() {
+        let head = take(&mut b, 2)?;
+        let (tree, op) = (head[0], head[1]);
+        let klen = take_u32(&mut b)? as usize;
+        let key = take(&mut b, klen)?.to_vec();
+        let value = match op {
+            0 => None,
+            1 => {
+                let vlen = take_u32(&mut b)? as usize;
+                Some(take(&mut b, vlen)?.to_vec())
+            }
+            _ => return None,
+        };
+        writes.push(Write { tree, key, value });
+    }
+    Some(Record { seq, writes })
+}
+
+/// Why reading the log stopped before the end of the file: the normal end
+/// of what was written in this pass, or a record that is damaged.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum LogEnd {
+    /// Zeroes, or a record of an older pass (its number does not follow).
+    Clean,
+    /// A record whose length or checksum is wrong: a torn last write, or a
+    /// damaged file.
+    Damaged { offset: u64 },
+}
+
+/// Read every record of the current pass, in order.
+pub(super) fn read_all(bytes: &[u8]) -> (Vec<Record>, LogEnd) {
+    let mut out: Vec<Record> = Vec::new();
+    let mut at = 0usize;
+    loop {
+        let Some(head) = bytes.get(at..at + 8) else {
+            return (out, LogEnd::Clean);
+        };
+        let len = u32::from_le_bytes(head[..4].try_into().unwrap_or_default()) as usize;
+        let crc = u32::from_le_bytes(head[4..8].try_into().unwrap_or_default());
+        if len == 0 && crc == 0 {
+            return (out, LogEnd::Clean);
+        }
+        let damaged = LogEnd::Damaged { offset: at as u64 };
+        let Some(body) = bytes.get(at + 8..at + 8 + len).filter(|_| len >= 8) else {
+            return (out, damaged);
+        };
+        let seq = u64::from_le_bytes(body[..8].try_into().unwrap_or_default());
+        if let Some(prev) = out.last() {
+            // A valid record that does not continue the sequence is from an
+            // older pass over the file: the end of this one.
+            if seq != prev.seq + 1 && crc32fast::hash(body) == crc {
+                return (out, LogEnd::Clean);
+            }
+        }
+        if crc32fast::hash(body) != crc {
+            return (out, damaged);
+        }
+        match decode_body(body) {
+            Some(r) => out.push(r),
+            None => return (out, damaged),
+        }
+        at += 8 + len;
+    }
+}
+
+/// Records encoded but not yet written, and where they go.
+struct Pending {
+    buf: Vec<u8>,
+    /// File offset of `buf[0]`.
+    offset: u64,
+    /// Sequence number of the last record in `buf`.
+    last_seq: u64,
+}
+
+/// The open log file and its group commit.
+pub(super) struct Wal {
+    file: File,
+    pending: Mutex<Pending>,
+    /// Highest sequence number known durable (in this file, or in sled after
+    /// a checkpoint).
+    synced: AtomicU64,
+    /// Held by the one thread writing and syncing; the others wait on it and
+    /// usually find their record covered.
+    sync_lock: Mutex<()>,
+}
+
+impl Wal {
+    /// Open the log at `path`, making (and zero-filling) it if it does not
+    /// exist, and return it with what it holds.
+    pub(super) fn open(path: &Path) -> std::io::Result<(Wal, Vec<Record>, LogEnd)> {
+        let fresh = !path.exists();
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
+        if fresh || file.metadata()?.len() < WAL_BYTES {
+            // Real zeroes, not a sparse or preallocated extent: overwriting
+            // them later changes no metadata, so each commit's fdatasync
+            // writes only the data.
+            let chunk = vec![0u8; 1 << 20];
+            let have = file.metadata()?.len();
+            let mut at = have;
+            while at < WAL_BYTES {
+                let n = chunk.len().min((WAL_BYTES - at) as usize);
+                file.write_all_at(&chunk[..n], at)?;
+                at += n as u64;
+            }
+            file.sync_all()?;
+            if let Some(dir) = path.parent() {
+                File::open(dir)?.sync_all()?;
+            }
+        }
+        let mut bytes = vec![0u8; WAL_BYTES as usize];
+        file.read_exact_at(&mut bytes, 0)?;
+        let (records, end) = read_all(&bytes);
+        let wal = Wal {
+            file,
+            pending: Mutex::new(Pending {
+                buf: Vec::new(),
+                offset: 0,
+                last_seq: 0,
+            }),
+            synced: AtomicU64::new(0),
+            sync_lock: Mutex::new(()),
+        };
+        Ok((wal, records, end))
+    }
+
+    /// Queue an encoded record (from [`encode_writes`]) with number `seq`.
+    /// Returns false if it does not fit: the caller checkpoints first.
+    pub(super) fn append(&self, seq: u64, record: &[u8]) -> bool {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let end = p.offset + p.buf.len() as u64 + record.len() as u64;
+        if end + HEADER as u64 > WAL_BYTES {
+            return false;
+        }
+        p.buf.extend_from_slice(record);
+        p.last_seq = seq;
+        true
+    }
+
+    /// Make the record numbered `seq` (and every earlier one) durable.
+    pub(super) fn sync_to(&self, seq: u64) -> Result<(), StoreError> {
+        if self.synced.load(SeqCst) >= seq {
+            return Ok(());
+        }
+        let _guard = self.sync_lock.lock().unwrap_or_else(|e| e.into_inner());
+        if self.synced.load(SeqCst) >= seq {
+            return Ok(());
+        }
+        let (buf, offset, last) = {
+            let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            let buf = std::mem::take(&mut p.buf);
+            let offset = p.offset;
+            p.offset += buf.len() as u64;
+            (buf, offset, p.last_seq)
+        };
+        if !buf.is_empty() {
+            self.file
+                .write_all_at(&buf, offset)
+                .map_err(StoreError::unavailable)?;
+            self.file.sync_data().map_err(StoreError::unavailable)?;
+        }
+        self.synced.fetch_max(last, SeqCst);
+        Ok(())
+    }
+
+    /// After a checkpoint made every change up to `seq` durable in sled:
+    /// forget what is queued and write from the start of the file again.
+    /// The caller holds the commit lock, so no record is queued meanwhile.
+    pub(super) fn restart(&self, seq: u64) {
+        let _guard = self.sync_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        p.buf.clear();
+        p.offset = 0;
+        p.last_seq = seq;
+        self.synced.fetch_max(seq, SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn w(tree: u8, key: &[u8], value: Option<&[u8]>) -> Write {
+        Write {
+            tree,
+            key: key.to_vec(),
+            value: value.map(<[u8]>::to_vec),
+        }
+    }
+
+    fn file_of(records: &[(u64, Vec<Write>)]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (seq, writes) in records {
+            encode_writes(*seq, writes, &mut out);
+        }
+        out.resize(4096, 0);
+        out
+    }
+
+    #[test]
+    fn records_read_back_in_order() {
+        let a = vec![w(0, b"k1", Some(b"v1")), w(9, b"k2", None)];
+        let b = vec![w(3, b"", Some(b""))];
+        let bytes = file_of(&[(7, a.clone()), (8, b.clone())]);
+        let (recs, end) = read_all(&bytes);
+        assert_eq!(end, LogEnd::Clean);
+        assert_eq!(recs.len(), 2);
+        assert_eq!((recs[0].seq, &recs[0].writes), (7, &a));
+        assert_eq!((recs[1].seq, &recs[1].writes), (8, &b));
+    }
+
+    #[test]
+    fn a_flipped_byte_is_reported_at_its_record() {
+        let mut bytes = file_of(&[
+            (1, vec![w(0, b"a", Some(b"x"))]),
+            (2, vec![w(0, b"b", None)]),
+        ]);
+        let second = {
+            let mut one = Vec::new();
+            encode_writes(1, &[w(0, b"a", Some(b"x"))], &mut one);
+            one.len()
+        };
+        bytes[second + 12] ^= 0x40;
+        let (recs, end) = read_all(&bytes);
+        assert_eq!(recs.len(), 1);
+        assert_eq!(
+            end,
+            LogEnd::Damaged {
+                offset: second as u64
+            }
+        );
+    }
+
+    #[test]
+    fn a_torn_last_record_ends_the_log_as_damaged() {
+        let mut one = Vec::new();
+        encode_writes(1, &[w(0, b"a", Some(b"x"))], &mut one);
+        let mut two = Vec::new();
+        encode_writes(2, &[w(0, b"b", Some(&[7u8; 300]))], &mut two);
+        let mut bytes = one.clone();
+        bytes.extend_from_slice(&two[..two.len() / 2]);
+        bytes.resize(4096, 0);
+        let (recs, end) = read_all(&bytes);
+        assert_eq!(recs.len(), 1);
+        assert_eq!(
+            end,
+            LogEnd::Damaged {
+                offset: one.len() as u64
+            }
+        );
+    }
+
+    #[test]
+    fn an_older_pass_behind_the_current_one_is_not_read() {
+        // A new pass wrote records 10 and 11 over the start of an older pass
+        // (records 3, 4, 5), ending exactly where old record 5 starts: the
+        // reader meets a valid record that does not continue the sequence.
+        let big = |n: u8| vec![w(0, &[n], Some(&[n; 40]))];
+        let mut bytes = file_of(&[(3, big(3)), (4, big(4)), (5, big(5))]);
+        let mut one_old = Vec::new();
+        encode_writes(3, &big(3), &mut one_old);
+        let mut eleven = Vec::new();
+        encode_writes(11, &[w(1, b"y", None)], &mut eleven);
+        // Record 10: a removal whose key pads the pair to two old records.
+        let klen = 2 * one_old.len() - eleven.len() - (HEADER + 6);
+        let mut new = Vec::new();
+        encode_writes(10, &[w(1, &vec![1u8; klen], None)], &mut new);
+        new.extend_from_slice(&eleven);
+        assert_eq!(new.len(), 2 * one_old.len());
+        bytes[..new.len()].copy_from_slice(&new);
+        let (recs, end) = read_all(&bytes);
+        assert_eq!(end, LogEnd::Clean);
+        assert_eq!(recs.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![10, 11]);
+    }
+}

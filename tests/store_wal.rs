@@ -1,0 +1,156 @@
+//! The sled store's own log (`src/store/sled/wal.rs`) on crash images made
+//! from real files: sled's files from one moment with the log from a later
+//! one (a crash before sled wrote what was acknowledged), and the other way
+//! round (sled wrote more than the log still holds after a checkpoint).
+
+use std::path::Path;
+
+use tgdl::job::{JobOptions, JobState, NewJob};
+use tgdl::store::{EnqueueLimits, Expect, JobStore, SledStore};
+
+const LOOSE: EnqueueLimits = EnqueueLimits {
+    per_user_active: 1000,
+    per_user_per_hour: 1000,
+    queue_capacity: 100_000,
+    exempt: false,
+};
+
+const LOG: &str = "tgdl.wal";
+
+fn new_job(user: u64, url: &str) -> NewJob {
+    NewJob {
+        chat_id: user as i64,
+        user_id: user,
+        request_msg_id: 1,
+        lang: "en".into(),
+        url: url.into(),
+        options: JobOptions::default(),
+        parent: None,
+        not_before: None,
+    }
+}
+
+/// Copy a store's directory as it is on disk now (what `kill -9` leaves).
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).unwrap();
+        }
+    }
+}
+
+fn assert_consistent(store: &SledStore) {
+    let r = store.check_invariants().unwrap();
+    assert!(r.problems.is_empty(), "{:#?}", r.problems);
+}
+
+#[test]
+fn a_change_only_in_the_log_is_replayed_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let live = dir.path().join("live");
+    let image = dir.path().join("image");
+    let store = SledStore::open(&live).unwrap();
+    let first = store
+        .enqueue(new_job(1, "https://a/1"), LOOSE, 1_000)
+        .unwrap();
+    // sled's own files now hold the first job: the crash image's sled part.
+    store.flush().unwrap();
+    copy_dir(&live, &image);
+    // The second job is acknowledged (durable in the log) after that.
+    let second = store
+        .enqueue(new_job(2, "https://a/2"), LOOSE, 2_000)
+        .unwrap();
+    std::fs::copy(live.join(LOG), image.join(LOG)).unwrap();
+
+    let reopened = SledStore::open(&image).unwrap();
+    assert_eq!(
+        reopened.replayed_at_open(),
+        1,
+        "only the second job's record"
+    );
+    let got = reopened
+        .get(second.job.id)
+        .unwrap()
+        .expect("acknowledged job");
+    assert_eq!(got.state, JobState::Queued);
+    assert!(reopened.get(first.job.id).unwrap().is_some());
+    assert_eq!(reopened.counts().unwrap().queued, 2);
+    assert_consistent(&reopened);
+    drop(reopened);
+    // The replay was checkpointed: a second open replays nothing.
+    let again = SledStore::open(&image).unwrap();
+    assert_eq!(again.replayed_at_open(), 0);
+    assert_eq!(again.counts().unwrap().queued, 2);
+}
+
+#[test]
+fn the_log_never_rolls_sled_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let live = dir.path().join("live");
+    let image = dir.path().join("image");
+    let store = SledStore::open(&live).unwrap();
+    let job = store
+        .enqueue(new_job(1, "https://a/1"), LOOSE, 1_000)
+        .unwrap()
+        .job;
+    // The log as it was when the job was only queued...
+    let old_log = std::fs::read(live.join(LOG)).unwrap();
+    let owner = uuid::Uuid::new_v4();
+    let claimed = store.claim(owner, 60_000, 2_000).unwrap().expect("claim");
+    assert_eq!(claimed.id, job.id);
+    store
+        .update(
+            job.id,
+            Expect::owned(JobState::Downloading, owner),
+            Some(JobState::Uploading),
+            3_000,
+            &|_| {},
+        )
+        .unwrap();
+    store.flush().unwrap();
+    // ...beside sled's files that already hold the later moves.
+    copy_dir(&live, &image);
+    std::fs::write(image.join(LOG), &old_log).unwrap();
+
+    let reopened = SledStore::open(&image).unwrap();
+    assert_eq!(reopened.replayed_at_open(), 0);
+    let got = reopened.get(job.id).unwrap().unwrap();
+    assert_eq!(
+        got.state,
+        JobState::Uploading,
+        "replay must not move it back"
+    );
+    assert_consistent(&reopened);
+}
+
+#[test]
+fn a_damaged_record_ends_the_replay_and_the_store_still_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let live = dir.path().join("live");
+    let image = dir.path().join("image");
+    let store = SledStore::open(&live).unwrap();
+    store
+        .enqueue(new_job(1, "https://a/1"), LOOSE, 1_000)
+        .unwrap();
+    store.flush().unwrap();
+    copy_dir(&live, &image);
+    let lost = store
+        .enqueue(new_job(2, "https://a/2"), LOOSE, 2_000)
+        .unwrap();
+    let mut log = std::fs::read(live.join(LOG)).unwrap();
+    // The second record starts where the first ends; flip a byte in its body.
+    let first_len = u32::from_le_bytes(log[..4].try_into().unwrap()) as usize + 8;
+    log[first_len + 20] ^= 0xff;
+    std::fs::write(image.join(LOG), &log).unwrap();
+
+    let reopened = SledStore::open(&image).unwrap();
+    assert_eq!(reopened.replayed_at_open(), 0);
+    assert!(reopened.get(lost.job.id).unwrap().is_none());
+    assert_eq!(reopened.counts().unwrap().queued, 1);
+    assert_consistent(&reopened);
+}
