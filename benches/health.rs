@@ -95,6 +95,9 @@ struct Measured {
     fresh: Stats,
     sample: Stats,
     in_flight: Stats,
+    /// `store.in_flight_since()`, what the sample reads for its stuck-job
+    /// check (ids, states and since when, not whole records).
+    in_flight_since: Stats,
     counts: Stats,
     /// `store.size_on_disk()` and `store.finished_since(an hour ago)`, the
     /// sample's other store reads.
@@ -327,12 +330,11 @@ fn sled_health(
     let sample = time_reps(s.reps.min(500), || {
         black_box(rt.block_on(m.sample()).expect("sample"));
     });
-    // Where a fresh sample's time goes: the in-flight jobs it decodes (for
-    // stuck-job detection) against the maintained counters.
+    // Where a fresh sample's time goes: the in-flight jobs it reads (for
+    // stuck-job detection; whole records for comparison) against the
+    // maintained counters.
     let store = core.jobs.store.clone();
-    let in_flight = time_reps(s.reps.min(500), || {
-        black_box(rt.block_on(store.in_flight()).expect("in_flight"));
-    });
+    let (in_flight, in_flight_since) = in_flight_reads(rt, s, &store);
     let counts = time_reps(s.reps, || {
         black_box(rt.block_on(store.counts()).expect("counts"));
     });
@@ -346,6 +348,7 @@ fn sled_health(
         fresh,
         sample,
         in_flight,
+        in_flight_since,
         counts,
         size,
         finished,
@@ -430,8 +433,12 @@ fn rows<'a>(s: &Settings, m: &'a Measured) -> Vec<(String, &'a Stats)> {
             &m.sample,
         ),
         (
+            format!("  of which store.in_flight_since() ({} jobs)", s.in_flight),
+            &m.in_flight_since,
+        ),
+        (
             format!(
-                "  of which store.in_flight() ({} jobs decoded)",
+                "  (not read: store.in_flight(), {} whole records)",
                 s.in_flight
             ),
             &m.in_flight,
@@ -446,6 +453,38 @@ fn rows<'a>(s: &Settings, m: &'a Measured) -> Vec<(String, &'a Stats)> {
             &m.finished,
         ),
     ]
+}
+
+/// `store.in_flight()` (whole records) and `store.in_flight_since()` (what
+/// the sample reads), timed alone, after checking they name the same jobs.
+fn in_flight_reads(
+    rt: &tokio::runtime::Runtime,
+    s: &Settings,
+    store: &Arc<dyn tgdl::store::Backend>,
+) -> (Stats, Stats) {
+    let mut whole: Vec<tgdl::store::InFlight> = rt
+        .block_on(store.in_flight())
+        .expect("in_flight")
+        .iter()
+        .map(tgdl::store::InFlight::of)
+        .collect();
+    let mut heads = rt
+        .block_on(store.in_flight_since())
+        .expect("in_flight_since");
+    whole.sort_by_key(|f| f.id);
+    heads.sort_by_key(|f| f.id);
+    assert_eq!(heads.len() as u64, s.in_flight);
+    assert_eq!(heads, whole, "in_flight_since() and in_flight() differ");
+    let in_flight = time_reps(s.reps.min(500), || {
+        black_box(rt.block_on(store.in_flight()).expect("in_flight"));
+    });
+    let since = time_reps(s.reps.min(500), || {
+        black_box(
+            rt.block_on(store.in_flight_since())
+                .expect("in_flight_since"),
+        );
+    });
+    (in_flight, since)
 }
 
 /// The sample's other store reads, timed alone.

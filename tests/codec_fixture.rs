@@ -7,7 +7,7 @@ use tgdl::job::{
     Delivery, ErrorClass, Job, JobError, JobId, JobOptions, JobState, Lease, MediaInfo, MediaKind,
     RescueMark,
 };
-use tgdl::store::codec;
+use tgdl::store::{codec, InFlight};
 use uuid::Uuid;
 
 fn expected() -> Job {
@@ -114,6 +114,40 @@ fn version_2_job_fixture_still_decodes() {
     assert!(codec::decode::<Job>(&relabelled).is_err());
 }
 
+/// `decode_in_flight` reads the head of a record (what `/health`'s stuck-job
+/// check needs) and must agree with the full decode on every version.
+#[test]
+fn the_in_flight_head_agrees_with_the_whole_record() {
+    for name in ["job_v1.bin", "job_v2.bin"] {
+        let bytes = fixture(name);
+        let job: Job = codec::decode(&bytes).unwrap();
+        let head = codec::decode_in_flight(&bytes).expect(name);
+        assert_eq!(head, InFlight::of(&job), "{name}");
+        assert_eq!(
+            (head.state, head.since),
+            (JobState::Done, 1_764_000_070_500),
+            "{name}"
+        );
+        // The current encoding of the same job.
+        let again = codec::encode(&job).unwrap();
+        assert_eq!(codec::decode_in_flight(&again).unwrap(), head);
+    }
+    // No history: since the last update.
+    let mut bare = expected();
+    bare.history.clear();
+    let bytes = codec::encode(&bare).unwrap();
+    assert_eq!(
+        codec::decode_in_flight(&bytes).unwrap().since,
+        bare.updated_at
+    );
+    // A head cut short, an unknown version, nothing: errors, not panics.
+    assert!(codec::decode_in_flight(&bytes[..20]).is_err());
+    let mut v9 = bytes.clone();
+    v9[0] = 9;
+    assert!(codec::decode_in_flight(&v9).is_err());
+    assert!(codec::decode_in_flight(&[]).is_err());
+}
+
 #[test]
 fn fuzz_seed_corpus_decodes_without_panic() {
     // The same property as fuzz/fuzz_targets/decode_record.rs, replayed on the
@@ -126,6 +160,7 @@ fn fuzz_seed_corpus_decodes_without_panic() {
             let again: Job = codec::decode(&codec::encode(&job).unwrap()).unwrap();
             assert_eq!(again, job);
         }
+        let _ = codec::decode_in_flight(&bytes);
         let _ = codec::decode::<tgdl::store::UserRecord>(&bytes);
         let _ = codec::decode::<tgdl::store::CachedMedia>(&bytes);
         n += 1;

@@ -14,8 +14,8 @@ use tgdl::job::{
     MediaKind, Millis, NewJob, HOUR_MS,
 };
 use tgdl::store::{
-    no_edit, CachedMedia, Diagnostics, Edit, EnqueueLimits, Expect, FindError, OnBlockingPool,
-    PgStore, Refusal, SledStore, Store, StoreError, UserSettings,
+    no_edit, CachedMedia, Diagnostics, Edit, EnqueueLimits, Expect, FindError, InFlight,
+    OnBlockingPool, PgStore, Refusal, SledStore, Store, StoreError, UserSettings,
 };
 use uuid::Uuid;
 
@@ -99,6 +99,7 @@ contract_tests!(
         would_refuse_reads_without_writing,
         probes_and_backend_nature,
         a_lazy_update_is_checked_and_seen_at_once,
+        in_flight_since_is_in_flight_without_whole_records,
     ]
 );
 
@@ -1121,6 +1122,140 @@ async fn probes_and_backend_nature(b: &Backend) {
     assert!(b.diag.size_on_disk().await > 0);
 }
 
+/// `in_flight_since`: the jobs of `in_flight`, each with its state and when
+/// it entered it (a change that keeps the state does not move that time;
+/// a rescue to queued and a new claim does).
+async fn in_flight_since_is_in_flight_without_whole_records(b: &Backend) {
+    let t = now_ms();
+    let owner = Uuid::now_v7();
+    assert!(b.store.in_flight_since().await.unwrap().is_empty());
+    for (u, msg) in [(1, 1), (2, 1), (3, 1), (4, 1)] {
+        enqueue(b, u, msg, &format!("https://f/{u}"), t).await;
+    }
+    let mut claimed = Vec::new();
+    for i in 0..4 {
+        claimed.push(
+            b.store
+                .claim(owner, LEASE, t + 10 + i)
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    let own = |s| Expect::owned(s, owner);
+    // Downloading since t + 10; a progress write later keeps that time.
+    let downloading = b
+        .store
+        .update(
+            claimed[0].id,
+            own(Downloading),
+            None,
+            t + 500,
+            edit(|j| {
+                j.status_msg_id = Some(9);
+                j.title = Some("a long title that the head decoder never reads".into());
+            }),
+        )
+        .await
+        .unwrap();
+    let uploading = b
+        .store
+        .update(
+            claimed[1].id,
+            own(Downloading),
+            Some(Uploading),
+            t + 100,
+            no_edit(),
+        )
+        .await
+        .unwrap();
+    let up2 = b
+        .store
+        .update(
+            claimed[2].id,
+            own(Downloading),
+            Some(Uploading),
+            t + 110,
+            no_edit(),
+        )
+        .await
+        .unwrap();
+    let cleaning = b
+        .store
+        .update(
+            up2.id,
+            own(Uploading),
+            Some(Cleaning),
+            t + 200,
+            edit(|j| j.failure = Some(JobError::permanent(FailureCode::TooLarge, "too large"))),
+        )
+        .await
+        .unwrap();
+    // Back to queued (a rescue) and claimed again: in flight since the new claim.
+    b.store
+        .update(
+            claimed[3].id,
+            own(Downloading),
+            Some(Queued),
+            t + 300,
+            no_edit(),
+        )
+        .await
+        .unwrap();
+    let reclaimed = b.store.claim(owner, LEASE, t + 400).await.unwrap().unwrap();
+    assert_eq!(reclaimed.id, claimed[3].id);
+
+    let mut got = b.store.in_flight_since().await.unwrap();
+    got.sort_by_key(|f| f.id);
+    let mut want = vec![
+        InFlight {
+            id: downloading.id,
+            state: Downloading,
+            since: t + 10,
+        },
+        InFlight {
+            id: uploading.id,
+            state: Uploading,
+            since: t + 100,
+        },
+        InFlight {
+            id: cleaning.id,
+            state: Cleaning,
+            since: t + 200,
+        },
+        InFlight {
+            id: reclaimed.id,
+            state: Downloading,
+            since: t + 400,
+        },
+    ];
+    want.sort_by_key(|f| f.id);
+    assert_eq!(got, want);
+    // The same as the whole records say.
+    let mut whole: Vec<InFlight> = b
+        .store
+        .in_flight()
+        .await
+        .unwrap()
+        .iter()
+        .map(InFlight::of)
+        .collect();
+    whole.sort_by_key(|f| f.id);
+    assert_eq!(got, whole);
+    // Finished and queued jobs are not in flight.
+    step(b, cleaning.id, Cleaning, Failed, t + 600).await;
+    let left: Vec<JobId> = b
+        .store
+        .in_flight_since()
+        .await
+        .unwrap()
+        .iter()
+        .map(|f| f.id)
+        .collect();
+    assert_eq!(left.len(), 3);
+    assert!(!left.contains(&cleaning.id));
+}
+
 /// What only PostgreSQL has: several processes on one database, and
 /// records that can be damaged behind the store's back with SQL.
 mod postgres_only {
@@ -1192,6 +1327,47 @@ mod postgres_only {
             Err(e) => panic!("expected NewerSchema, got {e:?}"),
             Ok(_) => panic!("expected NewerSchema, got a store"),
         }
+    }
+
+    /// `in_flight_since` reads the head of each in-flight record; one that
+    /// does not read is quarantined and left out, as `in_flight` does.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn in_flight_since_quarantines_a_corrupt_in_flight_record() {
+        let db = pg::TempDb::create().await;
+        let store = Arc::new(PgStore::connect(&db.url).await.unwrap());
+        let b = Backend {
+            store: store.clone(),
+            diag: store,
+            exclusive: false,
+            _keep: Box::new(()),
+        };
+        let t = now_ms();
+        let owner = Uuid::now_v7();
+        enqueue(&b, 1, 1, "https://a/1", t).await;
+        enqueue(&b, 2, 1, "https://b/1", t).await;
+        let bad = b.store.claim(owner, LEASE, t + 1).await.unwrap().unwrap();
+        let good = b.store.claim(owner, LEASE, t + 2).await.unwrap().unwrap();
+        raw(&db.url)
+            .await
+            .execute(
+                "UPDATE jobs SET record = $2 WHERE id = $1",
+                &[&bad.id.0, &vec![2u8, 0xff, 0xfe]],
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            b.store.in_flight_since().await.unwrap(),
+            vec![InFlight {
+                id: good.id,
+                state: Downloading,
+                since: t + 2
+            }]
+        );
+        let q = b.diag.quarantined().await.unwrap();
+        assert_eq!(q.len(), 1);
+        assert_eq!(q[0].key, bad.id.as_bytes().to_vec());
+        assert_eq!(b.store.counts().await.unwrap().downloading, 1);
+        super::assert_clean(&b).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

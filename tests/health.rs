@@ -511,3 +511,135 @@ async fn enospc_requeues_uncounted_deletes_the_partial_and_holds_claims_until_a_
     assert_eq!(runs_so_far(), 2);
     assert_eq!(api.count("sendVideo"), 1);
 }
+
+/// `/health` before the monitor's first tick samples afresh: the queue's
+/// counts from the store, and each in-flight job past its stage's limit
+/// named as stuck with its state and how long it has been in it (since it
+/// entered the state, not since its last write); jobs that just entered
+/// their state are not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fresh_health_sample_names_stuck_jobs_and_counts_the_queue() {
+    use tgdl::job::{now_ms, JobOptions, NewJob, HOUR_MS};
+    use tgdl::store::{no_edit, EnqueueLimits, Expect};
+    let api = FakeTelegram::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let core = service_for(&api, dir.path(), "");
+    let store = &core.store;
+    let limits = EnqueueLimits {
+        per_user_active: 100,
+        per_user_per_hour: 100,
+        queue_capacity: 100,
+        exempt: false,
+    };
+    let now = now_ms();
+    let ago = now - HOUR_MS;
+    for u in 1..=6u64 {
+        let new = NewJob {
+            chat_id: u as i64,
+            user_id: u,
+            request_msg_id: 1,
+            lang: "en".into(),
+            url: format!("https://example.com/{u}"),
+            options: JobOptions::default(),
+            parent: None,
+            not_before: None,
+        };
+        store.enqueue(new, limits, ago).await.unwrap();
+    }
+    let owner = core.owner;
+    let claim = |at| async move { store.claim(owner, HOUR_MS * 2, at).await.unwrap().unwrap() };
+    let own = |s| Expect::owned(s, owner);
+    // Downloading for an hour (the limit is timeout_secs + 60 = 1860 s),
+    // though written to a moment ago: stuck.
+    let slow = claim(ago).await;
+    store
+        .update(slow.id, own(JobState::Downloading), None, now, no_edit())
+        .await
+        .unwrap();
+    // Uploading for an hour (limit 1260 s): stuck.
+    let upload = claim(ago).await;
+    store
+        .update(
+            upload.id,
+            own(JobState::Downloading),
+            Some(JobState::Uploading),
+            ago,
+            no_edit(),
+        )
+        .await
+        .unwrap();
+    // Cleaning for an hour (limit 300 s): stuck.
+    let clean = claim(ago).await;
+    store
+        .update(
+            clean.id,
+            own(JobState::Downloading),
+            Some(JobState::Cleaning),
+            ago,
+            no_edit(),
+        )
+        .await
+        .unwrap();
+    // Claimed an hour ago, uploading since now: not stuck.
+    let moved = claim(ago).await;
+    store
+        .update(
+            moved.id,
+            own(JobState::Downloading),
+            Some(JobState::Uploading),
+            now,
+            no_edit(),
+        )
+        .await
+        .unwrap();
+    // Claimed now: not stuck. One left queued.
+    let fresh = claim(now).await;
+
+    let state = Arc::new(HealthState::default());
+    let text = tgdl::ops::report::health_text(&core, &state).await.unwrap();
+    assert!(
+        text.contains("queue: 1 queued, 2 downloading, 2 uploading, 1 cleaning"),
+        "{text}"
+    );
+    assert!(text.contains("stuck_job"), "{text}");
+    for (job, st) in [
+        (&slow, "downloading"),
+        (&upload, "uploading"),
+        (&clean, "cleaning"),
+    ] {
+        let named = format!("{} {st} for ", job.id.short());
+        let secs: u64 = text
+            .split(&named)
+            .nth(1)
+            .and_then(|t| t.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{named} in {text}"));
+        assert!((3600..3700).contains(&secs), "{named}{secs} in {text}");
+    }
+    for job in [&moved, &fresh] {
+        assert!(
+            !text.contains(&job.id.short()),
+            "{} in {text}",
+            job.id.short()
+        );
+    }
+    // The same through the monitor's own sample.
+    let machine = Scripted(Arc::new(Mutex::new(normal())));
+    let (mut monitor, _) = monitor_for(&core, &api, &machine);
+    let sample = monitor.sample().await.unwrap();
+    let mut stuck: Vec<(String, String)> = sample
+        .stuck
+        .iter()
+        .map(|(id, st, _)| (id.clone(), st.clone()))
+        .collect();
+    stuck.sort();
+    let mut want = vec![
+        (slow.id.short(), "downloading".to_string()),
+        (upload.id.short(), "uploading".to_string()),
+        (clean.id.short(), "cleaning".to_string()),
+    ];
+    want.sort();
+    assert_eq!(stuck, want);
+    assert_eq!(sample.counts.active(), 6);
+    assert_eq!(sample.oldest_queued_age_secs.map(|s| s >= 3600), Some(true));
+}

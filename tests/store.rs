@@ -455,6 +455,50 @@ fn a_corrupt_record_is_quarantined_and_unlinked_without_a_panic() {
     assert_eq!(r.quarantined, 1);
 }
 
+/// `in_flight_since` reads only the head of each in-flight record; a record
+/// that does not read is quarantined and left out, as `in_flight` does.
+#[test]
+fn in_flight_since_quarantines_a_corrupt_in_flight_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let owner = Uuid::now_v7();
+    let (bad, good) = {
+        let store = SledStore::open(&path).unwrap();
+        for u in [1, 2] {
+            store
+                .enqueue(new_job(u, &format!("https://a/{u}")), LOOSE, 1)
+                .unwrap();
+        }
+        let bad = store.claim(owner, 60_000, 5).unwrap().unwrap();
+        let good = store.claim(owner, 60_000, 6).unwrap().unwrap();
+        (bad, good)
+    };
+    {
+        let db = support::reopen(|| sled::open(&path));
+        db.open_tree("jobs")
+            .unwrap()
+            .insert(bad.id.as_bytes(), &[2u8, 0xff, 0xfe][..])
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let store = support::reopen(|| SledStore::open(&path));
+    let got = store.in_flight_since().unwrap();
+    assert_eq!(
+        got,
+        vec![tgdl::store::InFlight {
+            id: good.id,
+            state: JobState::Downloading,
+            since: 6
+        }]
+    );
+    let q = store.quarantined().unwrap();
+    assert_eq!(q.len(), 1);
+    assert_eq!(q[0].key, bad.id.as_bytes().to_vec());
+    assert_eq!(store.counts().unwrap().downloading, 1);
+    let r = store.check_invariants().unwrap();
+    assert!(r.problems.is_empty(), "{:#?}", r.problems);
+}
+
 #[test]
 fn a_second_process_sees_the_database_as_locked() {
     let (dir, _store) = open();

@@ -212,9 +212,7 @@ fn measure(rt: &Runtime, s: &Settings, core: &Arc<Core>) -> Measured {
         black_box(rt.block_on(m.sample()).expect("sample"));
     });
     let store = core.jobs.store.clone();
-    let in_flight = time_reps(s.reps.min(500), || {
-        black_box(rt.block_on(store.in_flight()).expect("in_flight"));
-    });
+    let (in_flight, in_flight_since) = super::in_flight_reads(rt, s, &store);
     let counts = time_reps(s.reps, || {
         black_box(rt.block_on(store.counts()).expect("counts"));
     });
@@ -224,6 +222,7 @@ fn measure(rt: &Runtime, s: &Settings, core: &Arc<Core>) -> Measured {
         fresh,
         sample,
         in_flight,
+        in_flight_since,
         counts,
         size,
         finished,

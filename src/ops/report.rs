@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use super::health::{rules, Condition, HealthState, Monitor, Sample, SysinfoProbe};
+use super::health::{rules, Condition, HealthState, Monitor, Sample};
 use crate::download::install::existing;
 use crate::job::{now_ms, Job, JobState};
 use crate::pipeline::JobService;
@@ -124,7 +124,7 @@ pub async fn sampled_health(
         jobs.clone(),
         state.clone(),
         None,
-        Box::new(SysinfoProbe::new(&jobs.config.downloads_dir())),
+        state.fresh_probe.handle(&jobs.config.downloads_dir()),
     );
     let s = m.sample().await?;
     let c = rules::Rules::new(jobs.config.health.clone()).evaluate(&s);

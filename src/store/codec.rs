@@ -94,6 +94,55 @@ fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, CodecError> {
     Ok(value)
 }
 
+/// An in-flight job's id, state and when it entered the state, read from
+/// the head of its record: the fields up to `updated_at`, borrowing the
+/// strings, without the rest of the record (errors, file, title, media,
+/// delivery, lease, ...). What `/health`'s stuck-job check needs, at a
+/// fraction of a full [`decode`] (issue 16).
+///
+/// Versions 1 and 2 lay these fields out alike (version 2 only added a
+/// field at the end); a version that changes them needs its own arm here,
+/// and `tests/fixtures/job_v*.bin` pin that this agrees with [`decode`].
+/// Only the head is checked: a record whose tail is corrupt reads here, and
+/// is quarantined by the next full read (the caller falls back to a full
+/// decode, which quarantines, when the head does not read).
+pub fn decode_in_flight(bytes: &[u8]) -> Result<super::InFlight, CodecError> {
+    let (&version, body) = bytes.split_first().ok_or(CodecError::Empty)?;
+    if !matches!(version, 1 | 2) {
+        return Err(CodecError::UnknownVersion(version));
+    }
+    let (head, _): (JobHead<'_>, usize) = bincode::serde::borrow_decode_from_slice(body, config())
+        .map_err(|e| CodecError::Decode(e.to_string()))?;
+    Ok(super::InFlight {
+        id: head.id,
+        state: head.state,
+        since: head.history.last().map(|h| h.1).unwrap_or(head.updated_at),
+    })
+}
+
+/// The head of [`Job`] (and of [`JobV1`]): every field up to `updated_at`,
+/// in the record's order. Frozen with the layouts it reads.
+#[derive(Deserialize)]
+#[allow(dead_code)] // read for their length only
+struct JobHead<'a> {
+    id: JobId,
+    chat_id: i64,
+    user_id: u64,
+    request_msg_id: i32,
+    status_msg_id: Option<i32>,
+    #[serde(borrow)]
+    lang: &'a str,
+    #[serde(borrow)]
+    url: &'a str,
+    options: JobOptions,
+    state: JobState,
+    attempts: u32,
+    rescues: u32,
+    history: Vec<(JobState, Millis)>,
+    created_at: Millis,
+    updated_at: Millis,
+}
+
 /// [`Job`] as codec version 1 laid it out. Frozen: never change a field.
 #[derive(Deserialize)]
 struct JobV1 {

@@ -95,6 +95,26 @@ pub struct Enqueued {
     pub duplicate: bool,
 }
 
+/// An in-flight job as `/health` sees it: which, in what state, since when.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InFlight {
+    pub id: JobId,
+    pub state: JobState,
+    /// When the job entered `state`: its latest history entry, else its
+    /// `updated_at`.
+    pub since: Millis,
+}
+
+impl InFlight {
+    pub fn of(job: &Job) -> Self {
+        InFlight {
+            id: job.id,
+            state: job.state,
+            since: job.history.last().map(|h| h.1).unwrap_or(job.updated_at),
+        }
+    }
+}
+
 /// Number of jobs per state, read in O(1) from maintained counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StateCounts {
@@ -484,6 +504,14 @@ pub trait JobStore: Send + Sync {
             out.extend(self.list_state(s, usize::MAX)?);
         }
         Ok(out)
+    }
+
+    /// [`InFlight`] of every job in downloading, uploading or cleaning:
+    /// what [`JobStore::in_flight`] gives, without decoding whole records
+    /// where a backend can avoid it. A record that does not decode is
+    /// quarantined and left out, as there.
+    fn in_flight_since(&self) -> Result<Vec<InFlight>, StoreError> {
+        Ok(self.in_flight()?.iter().map(InFlight::of).collect())
     }
 
     fn counts(&self) -> Result<StateCounts, StoreError>;

@@ -15,7 +15,7 @@ pub mod sample;
 
 pub use monitor::{HealthState, Monitor};
 pub use rules::{Condition, ConditionKind, Severity, Status};
-pub use sample::{Probe, Sample, SysinfoProbe, SystemSample};
+pub use sample::{Probe, Sample, SharedProbe, SysinfoProbe, SystemSample};
 
 /// Bytes in a gibibyte, for the thresholds and reports given in GB.
 pub const GB: f64 = 1024.0 * 1024.0 * 1024.0;

@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::alerts::{Alert, Alerter};
 use super::rules::{Condition, ConditionKind, Rules};
-use super::sample::{Probe, Sample};
+use super::sample::{Probe, Sample, SharedProbe};
 use crate::botapi::pacer::Priority;
 use crate::botapi::{notify_admins, Api};
 use crate::i18n::{render, Lang, Msg};
@@ -33,6 +33,8 @@ pub struct HealthState {
     /// Whether this process polls Telegram now (on a shared store, one
     /// node does; its heartbeat says so).
     pub polling: AtomicBool,
+    /// The probe of samples the monitor does not take (see [`SharedProbe`]).
+    pub fresh_probe: SharedProbe,
 }
 
 impl Default for HealthState {
@@ -45,6 +47,7 @@ impl Default for HealthState {
             ffmpeg: AtomicBool::new(false),
             ffprobe: AtomicBool::new(false),
             polling: AtomicBool::new(false),
+            fresh_probe: SharedProbe::default(),
         }
     }
 }
@@ -99,27 +102,34 @@ impl Monitor {
     }
 
     /// Sample the machine and the queue (no side effects).
+    ///
+    /// The store's reads are independent of each other, and of the walk of
+    /// the downloads folder: they run at once (the folder walk and sled's
+    /// reads each on the blocking pool, PostgreSQL's on their own pooled
+    /// connections), so a sample takes about as long as its slowest read
+    /// rather than their sum (issue 16).
     pub async fn sample(&mut self) -> Result<Sample, StoreError> {
-        let system = self.probe.system();
         let core = &self.jobs;
         let downloads = core.config.downloads_dir();
-        let downloads_dir_bytes = tokio::task::spawn_blocking(move || tree_size(&downloads))
-            .await
-            .unwrap_or(0);
+        let folder = tokio::task::spawn_blocking(move || tree_size(&downloads));
+        let system = self.probe.system();
         let now = now_ms();
         let cfg = core.config.clone();
         let s = &core.store;
-        let counts = s.counts().await?;
-        let oldest = s.list_state(JobState::Queued, 1).await?.into_iter().next();
-        let in_flight = s.in_flight().await?;
-        let (done, failed) = s.finished_since(now.saturating_sub(HOUR_MS)).await?;
-        let db_bytes = s.size_on_disk().await;
-        let nodes = s.nodes().await?;
+        let (counts, oldest, in_flight, (done, failed), db_bytes, nodes) = tokio::try_join!(
+            s.counts(),
+            s.list_state(JobState::Queued, 1),
+            s.in_flight_since(),
+            s.finished_since(now.saturating_sub(HOUR_MS)),
+            async { Ok(s.size_on_disk().await) },
+            s.nodes(),
+        )?;
+        let oldest = oldest.into_iter().next();
+        let downloads_dir_bytes = folder.await.unwrap_or(0);
         let stuck = in_flight
             .iter()
             .filter_map(|j| {
-                let since = j.history.last().map(|h| h.1).unwrap_or(j.updated_at);
-                let secs = now.saturating_sub(since) / 1000;
+                let secs = now.saturating_sub(j.since) / 1000;
                 let limit = match j.state {
                     JobState::Downloading => cfg.downloader.timeout_secs + 60,
                     JobState::Uploading => cfg.telegram.request_timeout_secs * 2 + 60,

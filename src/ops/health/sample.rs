@@ -1,6 +1,7 @@
 //! What the health task measures.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate, System};
@@ -124,6 +125,42 @@ impl Probe for SysinfoProbe {
     }
 }
 
+/// One [`SysinfoProbe`] for the samples taken outside the monitor's ticks
+/// (`/health` before the first tick, `tgdl health` on a running bot), kept
+/// between them in [`super::HealthState`]. A probe made per call would
+/// parse `/proc/cpuinfo` every time (sysinfo's first CPU refresh), and its
+/// CPU percentage would be the average since boot: a percentage is the
+/// difference of two readings, and a new probe has only the one. Kept, the
+/// CPU figure covers the time since the previous such sample (issue 16).
+#[derive(Clone, Default)]
+pub struct SharedProbe(Arc<Mutex<Option<SysinfoProbe>>>);
+
+impl SharedProbe {
+    /// A [`Probe`] on the kept probe, made (for `downloads`) at first use.
+    pub fn handle(&self, downloads: &Path) -> Box<dyn Probe> {
+        Box::new(SharedHandle {
+            probe: self.0.clone(),
+            downloads: downloads.to_path_buf(),
+        })
+    }
+}
+
+struct SharedHandle {
+    probe: Arc<Mutex<Option<SysinfoProbe>>>,
+    downloads: PathBuf,
+}
+
+impl Probe for SharedHandle {
+    fn system(&mut self) -> SystemSample {
+        let mut kept = self.probe.lock().unwrap_or_else(|p| p.into_inner());
+        let probe = match &mut *kept {
+            Some(p) if p.downloads == self.downloads => p,
+            other => other.insert(SysinfoProbe::new(&self.downloads)),
+        };
+        probe.system()
+    }
+}
+
 /// Total and available bytes of the file system holding `path`.
 pub fn disk_space(path: &Path) -> Option<(u64, u64)> {
     let st = nix::sys::statvfs::statvfs(path).ok()?;
@@ -156,5 +193,20 @@ mod tests {
         assert!(s.process_rss_bytes > 0);
         assert!(s.threads >= 1);
         assert!(s.open_files >= 3);
+    }
+
+    #[test]
+    fn a_shared_probe_is_made_once_and_kept_between_samples() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = SharedProbe::default();
+        assert!(shared.0.lock().unwrap().is_none());
+        let s = shared.handle(dir.path()).system();
+        assert!(s.disk_total_bytes > 0 && s.process_rss_bytes > 0);
+        let made = shared.0.lock().unwrap().as_ref().map(|p| p._started);
+        assert!(made.is_some());
+        // Another sample (another `/health`) reads through the same probe.
+        let again = shared.clone().handle(dir.path()).system();
+        assert!(again.threads >= 1);
+        assert_eq!(shared.0.lock().unwrap().as_ref().map(|p| p._started), made);
     }
 }

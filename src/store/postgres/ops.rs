@@ -15,7 +15,7 @@ use super::PgStore;
 use crate::job::{now_ms, Job, JobId, JobState, Lease, Millis, NewJob, HOUR_MS};
 use crate::store::codec;
 use crate::store::{
-    CachedMedia, Diagnostics, Edit, EnqueueLimits, Enqueued, Expect, FindError, IdPrefix,
+    CachedMedia, Diagnostics, Edit, EnqueueLimits, Enqueued, Expect, FindError, IdPrefix, InFlight,
     InvariantReport, NodeBeat, PollerLease, QuarantineEntry, Refusal, StateCounts, Store,
     StoreError, StoreEvent, UserSettings,
 };
@@ -370,6 +370,36 @@ impl Store for PgStore {
             &[&user_db(user_id), &limit_db(limit)],
         )
         .await
+    }
+
+    async fn in_flight_since(&self) -> Result<Vec<InFlight>, StoreError> {
+        let states: Vec<i16> = JobState::IN_FLIGHT.into_iter().map(state_db).collect();
+        let rows = self
+            .client()
+            .await?
+            .q(
+                "SELECT id, record FROM jobs WHERE state = ANY($1) ORDER BY state, id",
+                &[&states],
+            )
+            .await
+            .map_err(pg)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            // The record's head only; one whose head does not read gets the
+            // full decode, which quarantines it as `in_flight` does.
+            let bytes: &[u8] = row.get(1);
+            match codec::decode_in_flight(bytes) {
+                Ok(f) => out.push(f),
+                Err(_) => match job_of(&row) {
+                    Ok(j) => out.push(InFlight::of(&j)),
+                    Err(StoreError::Corrupt { id, source }) => {
+                        self.quarantine_job(id, &source.to_string()).await?
+                    }
+                    Err(e) => return Err(e),
+                },
+            }
+        }
+        Ok(out)
     }
 
     async fn counts(&self) -> Result<StateCounts, StoreError> {

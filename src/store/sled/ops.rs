@@ -13,7 +13,7 @@ use super::INBOX_TREE;
 use crate::job::{now_ms, Job, JobId, JobState, Lease, Millis, NewJob, HOUR_MS};
 use crate::store::codec;
 use crate::store::{
-    CachedMedia, EnqueueLimits, Enqueued, Expect, FindError, InvariantReport, JobStore,
+    CachedMedia, EnqueueLimits, Enqueued, Expect, FindError, InFlight, InvariantReport, JobStore,
     QuarantineEntry, Refusal, StateCounts, StoreError, UserRecord, UserSettings,
 };
 use ::sled::transaction::ConflictableTransactionError as TxError;
@@ -230,6 +230,30 @@ impl JobStore for SledStore {
             8,
             limit,
         )
+    }
+
+    fn in_flight_since(&self) -> Result<Vec<InFlight>, StoreError> {
+        let mut out = Vec::new();
+        for s in JobState::IN_FLIGHT {
+            for k in self.by_state.scan_prefix([s.as_u8()]).keys() {
+                let k = k?;
+                let Some(id) = JobId::from_slice(&k[1..]) else {
+                    continue;
+                };
+                let Some(bytes) = self.jobs.get(id.as_bytes())? else {
+                    continue;
+                };
+                // The record's head only; one whose head does not read gets
+                // the full decode, which quarantines it as `in_flight` does.
+                match codec::decode_in_flight(&bytes) {
+                    Ok(f) => out.push(f),
+                    Err(_) => {
+                        out.extend(self.decode_job(&k[1..], &bytes)?.as_ref().map(InFlight::of))
+                    }
+                }
+            }
+        }
+        Ok(out)
     }
 
     fn counts(&self) -> Result<StateCounts, StoreError> {
