@@ -55,6 +55,86 @@ pub fn index_at_front(path: &Path) -> io::Result<Option<bool>> {
     Ok(None)
 }
 
+/// The movie's length from its index (`moov` > `mvhd`: duration over
+/// timescale), read from the box headers; `None` when the file is not an
+/// ISO media file or does not say. Lets the thumbnail's frame be chosen
+/// without waiting for ffprobe.
+pub fn movie_duration(path: &Path) -> io::Result<Option<f64>> {
+    let mut f = std::fs::File::open(path)?;
+    let len = f.metadata()?.len();
+    let Some((moov, moov_end)) = find_box(&mut f, 0, len, b"moov")? else {
+        return Ok(None);
+    };
+    let Some((mvhd, mvhd_end)) = find_box(&mut f, moov, moov_end, b"mvhd")? else {
+        return Ok(None);
+    };
+    f.seek(SeekFrom::Start(mvhd))?;
+    let mut version = [0u8; 4];
+    f.read_exact(&mut version)?;
+    // Version 1 has 64-bit times and duration; version 0 32-bit ones.
+    let (skip, wide) = match version[0] {
+        0 => (8, false),
+        1 => (16, true),
+        _ => return Ok(None),
+    };
+    let need = 4 + skip + 4 + if wide { 8 } else { 4 };
+    if mvhd.saturating_add(need) > mvhd_end {
+        return Ok(None);
+    }
+    f.seek(SeekFrom::Current(skip as i64))?;
+    let mut scale = [0u8; 4];
+    f.read_exact(&mut scale)?;
+    let timescale = u32::from_be_bytes(scale);
+    let duration = if wide {
+        let mut d = [0u8; 8];
+        f.read_exact(&mut d)?;
+        u64::from_be_bytes(d)
+    } else {
+        let mut d = [0u8; 4];
+        f.read_exact(&mut d)?;
+        u64::from(u32::from_be_bytes(d))
+    };
+    // All ones: the length is not known.
+    let unknown = duration == u64::MAX || (!wide && duration == u64::from(u32::MAX));
+    Ok((timescale > 0 && duration > 0 && !unknown).then(|| duration as f64 / f64::from(timescale)))
+}
+
+/// The body (start, end) of the first `kind` box among the boxes between
+/// `start` and `end`.
+fn find_box(
+    f: &mut std::fs::File,
+    start: u64,
+    end: u64,
+    kind: &[u8; 4],
+) -> io::Result<Option<(u64, u64)>> {
+    let mut pos = start;
+    for _ in 0..MAX_BOXES {
+        if pos.saturating_add(8) > end {
+            break;
+        }
+        f.seek(SeekFrom::Start(pos))?;
+        let mut head = [0u8; 8];
+        f.read_exact(&mut head)?;
+        let (size, header) = match u32::from_be_bytes([head[0], head[1], head[2], head[3]]) {
+            1 => {
+                let mut big = [0u8; 8];
+                f.read_exact(&mut big)?;
+                (u64::from_be_bytes(big), 16)
+            }
+            0 => (end - pos, 8),
+            n => (u64::from(n), 8),
+        };
+        if size < header || pos.saturating_add(size) > end {
+            return Ok(None);
+        }
+        if &head[4..8] == kind {
+            return Ok(Some((pos + header, pos + size)));
+        }
+        pos += size;
+    }
+    Ok(None)
+}
+
 /// Rewrites `file` with its index at the front, copying its video and audio
 /// as they are (no re-encoding; subtitle and data streams, which the MP4
 /// muxer may refuse, are left out): written in `work_dir` and renamed over
@@ -146,6 +226,50 @@ mod tests {
         bad.extend_from_slice(&[0, 0, 0, 3]);
         bad.extend_from_slice(b"junk");
         assert_eq!(check(&bad), None);
+    }
+
+    fn with_mvhd(version: u8, timescale: u32, duration: u64) -> Vec<u8> {
+        let mut mvhd = vec![version, 0, 0, 0];
+        let times = if version == 1 { 16 } else { 8 };
+        mvhd.extend(std::iter::repeat_n(0u8, times));
+        mvhd.extend_from_slice(&timescale.to_be_bytes());
+        if version == 1 {
+            mvhd.extend_from_slice(&duration.to_be_bytes());
+        } else {
+            mvhd.extend_from_slice(&(duration as u32).to_be_bytes());
+        }
+        mvhd.extend(std::iter::repeat_n(0u8, 80));
+        let mut moov_body = boxes(&[(b"udta", 4)]);
+        moov_body.extend_from_slice(&((mvhd.len() + 8) as u32).to_be_bytes());
+        moov_body.extend_from_slice(b"mvhd");
+        moov_body.extend(mvhd);
+        let mut out = boxes(&[(b"ftyp", 16), (b"mdat", 32)]);
+        out.extend_from_slice(&((moov_body.len() + 8) as u32).to_be_bytes());
+        out.extend_from_slice(b"moov");
+        out.extend(moov_body);
+        out
+    }
+
+    fn duration_of(bytes: &[u8]) -> Option<f64> {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f.mp4");
+        std::fs::write(&p, bytes).unwrap();
+        movie_duration(&p).unwrap()
+    }
+
+    #[test]
+    fn reads_the_length_from_the_index() {
+        assert_eq!(duration_of(&with_mvhd(0, 1000, 2500)), Some(2.5));
+        assert_eq!(duration_of(&with_mvhd(1, 90_000, 180_000)), Some(2.0));
+        // Unknown or nonsense lengths, and files without an index.
+        assert_eq!(duration_of(&with_mvhd(0, 1000, u64::from(u32::MAX))), None);
+        assert_eq!(duration_of(&with_mvhd(0, 0, 2500)), None);
+        assert_eq!(duration_of(&boxes(&[(b"ftyp", 16), (b"mdat", 32)])), None);
+        assert_eq!(duration_of(b"<html>not a video</html>"), None);
+        // A moov cut short: no panic, no length.
+        let mut cut = with_mvhd(0, 1000, 2500);
+        cut.truncate(cut.len() - 90);
+        assert_eq!(duration_of(&cut), None);
     }
 
     #[test]

@@ -188,12 +188,53 @@ pub async fn prepare(tools: &MediaTools, out: &DownloadOutput, sent_as: MediaKin
             _ => {}
         }
     }
-    let probed = match &tools.ffprobe {
-        Some(ffprobe) => probe::probe(ffprobe, file, job_dir)
-            .await
-            .map_err(|e| warn("ffprobe", e))
-            .unwrap_or_default(),
-        None => probe::Probed::default(),
+    let probe = async {
+        match &tools.ffprobe {
+            Some(ffprobe) => probe::probe(ffprobe, file, job_dir)
+                .await
+                .map_err(|e| warn("ffprobe", e))
+                .unwrap_or_default(),
+            None => probe::Probed::default(),
+        }
+    };
+    let thumb_out = work.join(THUMB_FILE);
+    let picture = tools
+        .ffmpeg
+        .as_ref()
+        .and_then(|_| thumb::source_picture(file));
+    // A video's thumbnail needs only its length (for the frame), which
+    // yt-dlp or the file's index usually tell: ffprobe and ffmpeg then run
+    // side by side. Otherwise (an audio file's cover is known from ffprobe)
+    // the thumbnail waits for the probe.
+    let early = match sent_as {
+        MediaKind::Video if tools.ffmpeg.is_some() => out
+            .duration
+            .or_else(|| faststart::movie_duration(file).ok().flatten()),
+        _ => None,
+    };
+    let (probed, thumbnail) = match early {
+        Some(length) => {
+            let looks = Looks {
+                file,
+                sent_as,
+                picture: picture.as_deref(),
+                duration: Some(length),
+                cover: false,
+            };
+            tokio::join!(probe, thumbnail(tools, looks, &thumb_out, job_dir))
+        }
+        None => {
+            let probed = probe.await;
+            let looks = Looks {
+                file,
+                sent_as,
+                picture: picture.as_deref(),
+                duration: probed.duration.or(out.duration),
+                cover: probed.cover,
+            };
+            let t = thumbnail(tools, looks, &thumb_out, job_dir).await;
+            (probed, t)
+        }
     };
     if let (Some(w), Some(h)) = (probed.width, probed.height) {
         prepared.media.width = Some(w);
@@ -205,33 +246,53 @@ pub async fn prepare(tools: &MediaTools, out: &DownloadOutput, sent_as: MediaKin
         prepared.title = probed.title.clone().or(prepared.title);
         prepared.performer = probed.artist.clone().or(prepared.performer);
     }
-    if let Some(ffmpeg) = &tools.ffmpeg {
-        let picture = thumb::source_picture(file);
-        let mut sources = Vec::new();
-        if let Some(p) = &picture {
-            sources.push(thumb::Source::Picture(p));
-        }
-        match sent_as {
-            MediaKind::Video => sources.push(thumb::Source::Frame {
-                video: file,
-                at: thumb::frame_time(duration),
-            }),
-            MediaKind::Audio if probed.cover => sources.push(thumb::Source::Cover(file)),
-            MediaKind::Audio => {}
-            // A document goes as it is.
-            MediaKind::Document => sources.clear(),
-        }
-        for from in sources {
-            match thumb::make(ffmpeg, from, &work.join(THUMB_FILE), job_dir).await {
-                Ok(t) => {
-                    prepared.thumbnail = Some(t);
-                    break;
-                }
-                Err(e) => warn("thumbnail", e),
+    prepared.thumbnail = thumbnail;
+    prepared
+}
+
+/// What the thumbnail is made from.
+struct Looks<'a> {
+    file: &'a Path,
+    sent_as: MediaKind,
+    /// yt-dlp's `--write-thumbnail` picture, tried first.
+    picture: Option<&'a Path>,
+    /// The length, for a video's frame.
+    duration: Option<f64>,
+    /// An audio file carries a cover picture.
+    cover: bool,
+}
+
+/// The thumbnail from the first source that gives one (no ffmpeg: none).
+async fn thumbnail(
+    tools: &MediaTools,
+    looks: Looks<'_>,
+    out: &Path,
+    job_dir: &Path,
+) -> Option<PathBuf> {
+    let ffmpeg = tools.ffmpeg.as_ref()?;
+    let mut sources = Vec::new();
+    if let Some(p) = looks.picture {
+        sources.push(thumb::Source::Picture(p));
+    }
+    match looks.sent_as {
+        MediaKind::Video => sources.push(thumb::Source::Frame {
+            video: looks.file,
+            at: thumb::frame_time(looks.duration),
+        }),
+        MediaKind::Audio if looks.cover => sources.push(thumb::Source::Cover(looks.file)),
+        MediaKind::Audio => {}
+        // A document goes as it is.
+        MediaKind::Document => sources.clear(),
+    }
+    for from in sources {
+        match thumb::make(ffmpeg, from, out, job_dir).await {
+            Ok(t) => return Some(t),
+            Err(e) => {
+                tracing::warn!(file = %looks.file.display(), step = "thumbnail", error = %e, "media step skipped")
             }
         }
     }
-    prepared
+    None
 }
 
 #[cfg(test)]
