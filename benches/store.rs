@@ -241,8 +241,9 @@ fn main() {
         print_ratios(&rows, |b| b == postgres::LABEL);
     }
     println!(
-        "  note: sled 0.34.7's flush alone only calls sync_file_range(2); SledStore adds an \
-         fdatasync of sled's data file after it (group-committed across threads). SQLite FULL \
+        "  note: SledStore makes each change durable with an fdatasync of its own log \
+         (tgdl.wal, group-committed across threads); sled's flush alone only calls \
+         sync_file_range(2), so a checkpoint adds an fdatasync of sled's data file. SQLite FULL \
          fdatasyncs its WAL at each commit (built with HAVE_FDATASYNC, see .cargo/config.toml)."
     );
     if let Some(pg) = &pg {

@@ -108,7 +108,11 @@ impl SledStore {
             // A small VPS has little memory to spare; the hot set (in-flight
             // jobs, indexes) is tiny.
             .cache_capacity(16 * 1024 * 1024)
-            .flush_every_ms(Some(500))
+            // No background flusher: a job change is durable in the store's
+            // log, and sled's flush holds a lock that every transaction's
+            // commit waits for, for as long as the disk takes. sled writes
+            // its files when a buffer fills and at each checkpoint instead.
+            .flush_every_ms(None)
             .open()
             .map_err(|e| classify_open_error(&shown, e))?;
         let open = |name: &str| db.open_tree(name);

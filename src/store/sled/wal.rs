@@ -6,7 +6,7 @@
 //! each committed job transaction appends one record of its writes (tree,
 //! key, value or removal) to this file, and one `fdatasync` of it, shared by
 //! concurrent committers (group commit), makes the change durable. sled writes
-//! its own files in the background, and at a checkpoint.
+//! its own files when its buffers fill, and at a checkpoint.
 //!
 //! **Ordering.** Every transaction carries a sequence number, assigned under
 //! the commit lock and written into sled (`meta`, [`keys::META_WAL_SEQ`]) by
