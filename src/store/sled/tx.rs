@@ -191,9 +191,8 @@ impl SledStore {
 
     /// Apply `writes` to one tree outside a transaction (`apply` gets them
     /// as a sled batch, which is atomic for that tree) and log them as one
-    /// record, durable when this returns. For trees whose writes are
-    /// idempotent under replay (the inbox), so the record does not need the
-    /// sequence number in sled that job transactions carry.
+    /// record, durable when this returns. The sequence number is written to
+    /// sled right after the batch, as a job transaction writes it.
     pub(super) fn log_writes(
         &self,
         writes: Vec<Write>,
@@ -212,6 +211,10 @@ impl SledStore {
         let mut commit = self.commit.lock().unwrap_or_else(|e| e.into_inner());
         let seq = *commit + 1;
         apply(batch)?;
+        // After the batch in sled's own order: once sled holds this number,
+        // it holds the batch, and replay skips the record (it must not undo
+        // a later unlogged change, such as an update marked handled).
+        self.meta.insert(keys::META_WAL_SEQ, &seq.to_be_bytes())?;
         *commit = seq;
         let mut record = Vec::new();
         wal::encode_writes(seq, &writes, &mut record);
