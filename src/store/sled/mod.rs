@@ -36,7 +36,7 @@ mod wal;
 use std::path::Path;
 use std::sync::Mutex;
 
-use sled::{Db, Transactional, Tree};
+use sled::{Db, Tree};
 
 use super::keys;
 use super::StoreError;
@@ -64,12 +64,12 @@ pub struct SledStore {
     sync: GroupSync,
     /// The redo log that makes a job change durable (see `wal.rs`).
     wal: Wal,
-    /// The commit lock: held while a job transaction runs and its record
-    /// is queued, so that sequence numbers, sled's commit order and the
-    /// log's order agree. Holds the last sequence number used. (sled commits
-    /// its transactions one at a time anyway; running them one at a time
-    /// also spares the retries of transactions that touch the same
-    /// counters.)
+    /// The commit lock: held while a job change reads, its record is
+    /// queued and sled applies its writes, so that sequence numbers, sled's
+    /// commit order and the log's order agree, and so that a change's reads
+    /// (outside any sled transaction) see nothing move underneath them.
+    /// Every writer of the job trees holds it. Holds the last sequence
+    /// number used.
     commit: Mutex<u64>,
     /// How many log records the open replayed into sled (for the operator's
     /// log and for tests).
@@ -195,26 +195,9 @@ impl SledStore {
                 "the store's log ends in a damaged record; it and anything after it were not replayed"
             );
         }
-        let mut trees = self.job_trees().to_vec();
-        trees.push(&self.inbox);
+        let trees = self.logged_trees();
         for r in &todo {
-            trees[..]
-                .transaction(|view| {
-                    for w in &r.writes {
-                        let Some(tree) = view.get(w.tree as usize) else {
-                            continue;
-                        };
-                        match &w.value {
-                            Some(v) => tree.insert(w.key.as_slice(), v.as_slice())?,
-                            None => tree.remove(w.key.as_slice())?,
-                        };
-                    }
-                    Ok::<(), sled::transaction::ConflictableTransactionError<StoreError>>(())
-                })
-                .map_err(|e| match e {
-                    sled::transaction::TransactionError::Abort(e) => e,
-                    sled::transaction::TransactionError::Storage(e) => e.into(),
-                })?;
+            tx::apply_writes(&trees, &r.writes)?;
         }
         if !todo.is_empty() {
             tracing::info!(
@@ -254,6 +237,13 @@ impl SledStore {
             &self.shorts,
             &self.meta,
         ]
+    }
+
+    /// The trees a log record's writes may name: the job trees, then the
+    /// inbox ([`INBOX_TREE`]).
+    fn logged_trees(&self) -> [&Tree; tx::JOB_TREES + 1] {
+        let [a, b, c, d, e, f, g, h, i, j] = self.job_trees();
+        [a, b, c, d, e, f, g, h, i, j, &self.inbox]
     }
 
     /// Make every change committed so far durable (see [`GroupSync`]).

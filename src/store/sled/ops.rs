@@ -360,7 +360,7 @@ impl JobStore for SledStore {
         // Logged like a job change, so the updates are durable with one
         // shared sync of the log. A replayed batch that sled already holds
         // only stores the same updates again.
-        self.log_writes(writes, |batch| self.inbox.apply_batch(batch))
+        self.log_writes(writes)
     }
 
     fn inbox_pending(&self) -> Result<Vec<(u32, Vec<u8>)>, StoreError> {
@@ -378,7 +378,8 @@ impl JobStore for SledStore {
     fn inbox_done(&self, update_id: u32) -> Result<(), StoreError> {
         // Not synced: if a crash loses the removal, the update is handled
         // again after the restart, and every handler's effect is idempotent
-        // under that (ARCHITECTURE.md). sled's flusher writes it soon.
+        // under that (ARCHITECTURE.md). sled writes it at the next checkpoint
+        // or when its buffer fills.
         self.inbox.remove(update_id.to_be_bytes())?;
         Ok(())
     }

@@ -4,11 +4,11 @@
 
 use std::cell::RefCell;
 
-use sled::transaction::{ConflictableTransactionError as TxError, TransactionError};
-use sled::{Transactional, Tree};
+use sled::transaction::ConflictableTransactionError as TxError;
+use sled::Tree;
 
 use super::keys;
-use super::tx::{add_count, get_user, put_user, Tx};
+use super::tx::{add_count, apply_writes, get_user, put_user, Tx, TxResult, TxTree, Writes};
 use super::SledStore;
 use crate::job::{now_ms, Job, JobId, JobState, HOUR_MS};
 use crate::store::codec;
@@ -59,68 +59,62 @@ impl SledStore {
                 .collect(),
             None => Vec::new(),
         };
-        let reason = reason.to_string();
         let mut trees = self.job_trees().to_vec();
         trees.push(&self.quarantine);
-        trees[..]
-            .transaction(|view| {
-                // Not logged: quarantining ends in a full sync of sled.
-                let unlogged = RefCell::new(Vec::new());
-                let tx = Tx::new(view, &unlogged);
-                let (jobs, by_state, by_user, ready, turns, shorts) = (
-                    &tx.jobs,
-                    &tx.by_state,
-                    &tx.by_user,
-                    &tx.ready,
-                    &tx.turns,
-                    &tx.shorts,
-                );
-                let quarantine = &view[super::tx::JOB_TREES];
-                let Some(raw) = jobs.get(id.as_bytes())? else {
-                    return Ok(());
+        // Under the commit lock, as every change of the job trees; not
+        // logged: quarantining ends in a full sync of sled.
+        let _commit = self.commit.lock().unwrap_or_else(|e| e.into_inner());
+        let writes = RefCell::new(Writes::default());
+        let tx = Tx::new(&trees, &writes);
+        let quarantine = TxTree::new(&trees, super::tx::JOB_TREES, &writes);
+        let unlink = || -> TxResult<()> {
+            let Some(raw) = tx.jobs.get(id.as_bytes())? else {
+                return Ok(());
+            };
+            let entry = QuarantineEntry {
+                tree: "jobs".into(),
+                key: id.as_bytes().to_vec(),
+                bytes: raw.to_vec(),
+                reason: reason.to_string(),
+                at: now_ms(),
+            };
+            let entry = codec::encode(&entry).map_err(|e| TxError::Abort(e.into()))?;
+            quarantine.insert(qkey("jobs", id.as_bytes()), entry)?;
+            tx.jobs.remove(id.as_bytes())?;
+            tx.shorts.remove(keys::short_key(id))?;
+            for s in JobState::ALL {
+                let Some(v) = tx.by_state.remove(keys::state_key(s, id))? else {
+                    continue;
                 };
-                let entry = QuarantineEntry {
-                    tree: "jobs".into(),
-                    key: id.as_bytes().to_vec(),
-                    bytes: raw.to_vec(),
-                    reason: reason.clone(),
-                    at: now_ms(),
+                add_count(&tx, s, -1)?;
+                let Some(user) = keys::u64_at(&v, 0) else {
+                    continue;
                 };
-                let entry = codec::encode(&entry).map_err(|e| TxError::Abort(e.into()))?;
-                quarantine.insert(qkey("jobs", id.as_bytes()), entry)?;
-                jobs.remove(id.as_bytes())?;
-                shorts.remove(&keys::short_key(id))?;
-                for s in JobState::ALL {
-                    let Some(v) = by_state.remove(&keys::state_key(s, id))? else {
-                        continue;
-                    };
-                    add_count(&tx, s, -1)?;
-                    let Some(user) = keys::u64_at(&v, 0) else {
-                        continue;
-                    };
-                    by_user.remove(&keys::user_key(user, id))?;
-                    let mut rec = get_user(&tx, user)?;
-                    if s.is_active() {
-                        rec.active = rec.active.saturating_sub(1);
-                    }
-                    if s == JobState::Queued {
-                        for k in &ready_keys {
-                            if ready.remove(k.as_slice())?.is_some() {
-                                rec.queued = rec.queued.saturating_sub(1);
-                            }
-                        }
-                        if rec.queued == 0 {
-                            turns.remove(&keys::turn_key(rec.last_served, user))?;
-                        }
-                    }
-                    put_user(&tx, user, &rec)?;
+                tx.by_user.remove(keys::user_key(user, id))?;
+                let mut rec = get_user(&tx, user)?;
+                if s.is_active() {
+                    rec.active = rec.active.saturating_sub(1);
                 }
-                Ok(())
-            })
-            .map_err(|e: TransactionError<StoreError>| match e {
-                TransactionError::Abort(e) => e,
-                TransactionError::Storage(e) => e.into(),
-            })?;
+                if s == JobState::Queued {
+                    for k in &ready_keys {
+                        if tx.ready.remove(k.as_slice())?.is_some() {
+                            rec.queued = rec.queued.saturating_sub(1);
+                        }
+                    }
+                    if rec.queued == 0 {
+                        tx.turns.remove(keys::turn_key(rec.last_served, user))?;
+                    }
+                }
+                put_user(&tx, user, &rec)?;
+            }
+            Ok(())
+        };
+        unlink().map_err(|e| match e {
+            TxError::Abort(e) => e,
+            TxError::Storage(e) => e.into(),
+            TxError::Conflict => StoreError::unavailable(std::io::Error::other("conflict")),
+        })?;
+        apply_writes(&trees, &writes.into_inner().into_vec())?;
         self.sync()?;
         Ok(())
     }
@@ -149,6 +143,9 @@ impl SledStore {
             }
         }
         rec.recent.sort_unstable();
+        // The writes below, under the commit lock as every change of the job
+        // trees (the scan above may quarantine a job, which takes it too).
+        let _commit = self.commit.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(raw) = raw {
             let entry = QuarantineEntry {
                 tree: "users".into(),
@@ -199,10 +196,15 @@ impl SledStore {
                     reason: e.to_string(),
                     at: now_ms(),
                 };
-                self.quarantine
-                    .insert(qkey(name, key), codec::encode(&entry)?)?;
-                tree.remove(key)?;
-                self.sync()?;
+                // Under the commit lock, as every change of the job trees;
+                // only if no change replaced the record meanwhile.
+                let _commit = self.commit.lock().unwrap_or_else(|e| e.into_inner());
+                if tree.get(key)?.as_ref() == Some(&b) {
+                    self.quarantine
+                        .insert(qkey(name, key), codec::encode(&entry)?)?;
+                    tree.remove(key)?;
+                    self.sync()?;
+                }
                 Ok(None)
             }
         }

@@ -1,13 +1,21 @@
-//! One transaction over every tree a job change touches, and the small
-//! readers and writers used inside it.
+//! One job change: a closure that reads the store and records its writes,
+//! then the writes logged (`wal.rs`) and applied to sled as one transaction.
+//!
+//! The closure runs under the commit lock, against sled's trees directly and
+//! its own writes: every writer of the job trees holds that lock, so nothing
+//! changes underneath it and no sled transaction is needed for the reads.
+//! Only the writes go through a sled transaction, over just the trees they
+//! touch, so readers outside the lock see each change whole. The log record is
+//! known before sled is touched, so its `fdatasync` (on the log's syncer
+//! thread) runs while sled applies the writes, instead of after.
 
 use std::cell::RefCell;
+use std::collections::BTreeMap;
 
 use sled::transaction::{
-    ConflictableTransactionError as TxError, TransactionError, TransactionalTree,
-    UnabortableTransactionError,
+    ConflictableTransactionError as TxError, TransactionError, UnabortableTransactionError,
 };
-use sled::{IVec, Transactional};
+use sled::{IVec, Transactional, Tree};
 
 use super::keys;
 use super::wal::{self, Write};
@@ -19,51 +27,73 @@ use crate::store::{StoreError, UserRecord};
 /// How many trees [`Tx`] spans (see [`SledStore::job_trees`]).
 pub(super) const JOB_TREES: usize = 10;
 
-/// One tree of a transaction. Reads go to sled; every write is also recorded,
-/// so that the committed transaction can be logged for replay (`wal.rs`).
-pub(super) struct TxTree<'a> {
-    tree: &'a TransactionalTree,
-    index: u8,
-    log: &'a RefCell<Vec<Write>>,
+/// The writes of one change so far, by tree and key: the latest value of
+/// each key (or its removal), which the change's own reads see. A key written
+/// twice is logged and applied once.
+#[derive(Default)]
+pub(super) struct Writes(BTreeMap<(u8, Vec<u8>), Option<IVec>>);
+
+impl Writes {
+    /// The writes in key order, as a log record holds them.
+    pub(super) fn into_vec(self) -> Vec<Write> {
+        self.0
+            .into_iter()
+            .map(|((tree, key), value)| Write {
+                tree,
+                key,
+                value: value.map(|v| v.to_vec()),
+            })
+            .collect()
+    }
 }
+
+/// One tree as a change sees it: its own writes first, then sled.
+pub(super) struct TxTree<'a> {
+    tree: &'a Tree,
+    index: u8,
+    writes: &'a RefCell<Writes>,
+}
+
+type ReadResult<T> = Result<T, UnabortableTransactionError>;
 
 impl<'a> TxTree<'a> {
-    pub fn get<K: AsRef<[u8]>>(&self, key: K) -> Result<Option<IVec>, UnabortableTransactionError> {
-        self.tree.get(key)
+    /// Tree `i` of `trees`, writing into `writes`.
+    pub(super) fn new(trees: &'a [&'a Tree], i: usize, writes: &'a RefCell<Writes>) -> Self {
+        TxTree {
+            tree: trees[i],
+            index: i as u8,
+            writes,
+        }
     }
 
-    pub fn insert<K, V>(
-        &self,
-        key: K,
-        value: V,
-    ) -> Result<Option<IVec>, UnabortableTransactionError>
-    where
-        K: AsRef<[u8]> + Into<IVec>,
-        V: Into<IVec>,
-    {
-        let value: IVec = value.into();
-        self.log.borrow_mut().push(Write {
-            tree: self.index,
-            key: key.as_ref().to_vec(),
-            value: Some(value.to_vec()),
-        });
-        self.tree.insert(key, value)
+    pub fn get<K: AsRef<[u8]>>(&self, key: K) -> ReadResult<Option<IVec>> {
+        let k = (self.index, key.as_ref().to_vec());
+        if let Some(v) = self.writes.borrow().0.get(&k) {
+            return Ok(v.clone());
+        }
+        self.tree.get(&k.1).map_err(UnabortableTransactionError::Storage)
     }
 
-    pub fn remove<K>(&self, key: K) -> Result<Option<IVec>, UnabortableTransactionError>
-    where
-        K: AsRef<[u8]> + Into<IVec>,
-    {
-        self.log.borrow_mut().push(Write {
-            tree: self.index,
-            key: key.as_ref().to_vec(),
-            value: None,
-        });
-        self.tree.remove(key)
+    pub fn insert<K: AsRef<[u8]>, V: Into<IVec>>(&self, key: K, value: V) -> ReadResult<()> {
+        self.writes
+            .borrow_mut()
+            .0
+            .insert((self.index, key.as_ref().to_vec()), Some(value.into()));
+        Ok(())
+    }
+
+    /// Remove `key`, returning what it held.
+    pub fn remove<K: AsRef<[u8]>>(&self, key: K) -> ReadResult<Option<IVec>> {
+        let old = self.get(key.as_ref())?;
+        self.writes
+            .borrow_mut()
+            .0
+            .insert((self.index, key.as_ref().to_vec()), None);
+        Ok(old)
     }
 }
 
-/// The transactional view of every tree a job change may touch.
+/// Every tree a job change may touch.
 pub(super) struct Tx<'a> {
     pub jobs: TxTree<'a>,
     pub by_state: TxTree<'a>,
@@ -92,14 +122,10 @@ pub(super) fn abort<T>(e: StoreError) -> TxResult<T> {
 }
 
 impl<'a> Tx<'a> {
-    /// The view of [`SledStore::job_trees`], plus any trees after them;
-    /// every write through it is recorded in `log`.
-    pub(super) fn new(view: &'a [TransactionalTree], log: &'a RefCell<Vec<Write>>) -> Self {
-        let t = |i: usize| TxTree {
-            tree: &view[i],
-            index: i as u8,
-            log,
-        };
+    /// The view of `trees` ([`SledStore::job_trees`], plus any after them);
+    /// every write through it lands in `writes`.
+    pub(super) fn new(trees: &'a [&'a Tree], writes: &'a RefCell<Writes>) -> Self {
+        let t = |i: usize| TxTree::new(trees, i, writes);
         Tx {
             jobs: t(0),
             by_state: t(1),
@@ -115,15 +141,44 @@ impl<'a> Tx<'a> {
     }
 }
 
+/// Apply `writes` to `trees` (indexed by [`Write::tree`]) as one sled
+/// transaction over the trees they touch. A write to an unknown tree is
+/// skipped (a record from a newer build's log).
+pub(super) fn apply_writes(trees: &[&Tree], writes: &[Write]) -> Result<(), StoreError> {
+    let mut touched: Vec<u8> = writes
+        .iter()
+        .map(|w| w.tree)
+        .filter(|t| (*t as usize) < trees.len())
+        .collect();
+    touched.sort_unstable();
+    touched.dedup();
+    if touched.is_empty() {
+        return Ok(());
+    }
+    let view: Vec<&Tree> = touched.iter().map(|t| trees[*t as usize]).collect();
+    view[..]
+        .transaction(|view| {
+            for w in writes {
+                let Ok(at) = touched.binary_search(&w.tree) else {
+                    continue;
+                };
+                match &w.value {
+                    Some(v) => view[at].insert(w.key.as_slice(), v.as_slice())?,
+                    None => view[at].remove(w.key.as_slice())?,
+                };
+            }
+            Ok::<(), TxError<StoreError>>(())
+        })
+        .map_err(|e| match e {
+            TransactionError::Abort(e) => e,
+            TransactionError::Storage(e) => e.into(),
+        })
+}
+
 impl SledStore {
-    /// Run `f` as one transaction over every job tree and make it durable.
-    /// A job record that fails to decode aborts the transaction and is
-    /// quarantined here, outside it.
-    ///
-    /// Durability: the transaction's writes are logged (`wal.rs`) under the
-    /// commit lock, which also gives the transaction its sequence number;
-    /// the log's group commit then syncs it, outside the lock, together with
-    /// whatever other committers logged meanwhile.
+    /// Run `f` as one change of the job trees and make it durable.
+    /// A job record that fails to decode aborts the change and is
+    /// quarantined here.
     pub(super) fn transact<T>(&self, f: impl Fn(&Tx) -> TxResult<T>) -> Result<T, StoreError> {
         self.transact_with(Durable::Now, f)
     }
@@ -137,45 +192,28 @@ impl SledStore {
         let trees = self.job_trees();
         let mut rebuilt = false;
         loop {
-            let log = RefCell::new(Vec::new());
+            let writes = RefCell::new(Writes::default());
             let mut commit = self.commit.lock().unwrap_or_else(|e| e.into_inner());
-            let seq = *commit + 1;
-            let res = trees[..].transaction(|view| {
-                log.borrow_mut().clear();
-                let tx = Tx::new(view, &log);
-                let out = f(&tx)?;
-                tx.meta.insert(keys::META_WAL_SEQ, &seq.to_be_bytes())?;
-                Ok(out)
-            });
+            let res = f(&Tx::new(&trees, &writes));
             return match res {
                 Ok(v) => {
-                    *commit = seq;
-                    let mut record = Vec::new();
-                    wal::encode_writes(seq, &log.borrow(), &mut record);
-                    if record.len() > wal::MAX_RECORD || !self.wal.append(seq, &record) {
-                        // Too large for the log, or the log is full: a
-                        // checkpoint makes this and every earlier change
-                        // durable in sled itself.
-                        self.checkpoint_locked(seq)?;
-                    }
+                    let seq = self.log_and_apply(&mut commit, writes.into_inner())?;
                     drop(commit);
                     match durable {
-                        Durable::Now => self.wal.sync_to(seq)?,
-                        // The record waits in the log's buffer for the next
-                        // committer's sync; sled's own flusher writes the
-                        // change within `flush_every_ms` meanwhile.
+                        Durable::Now => self.wait_durable(seq)?,
+                        // The log's syncer makes it durable shortly.
                         Durable::Later => {}
                     }
                     Ok(v)
                 }
-                Err(TransactionError::Abort(StoreError::Corrupt { id, source })) => {
+                Err(TxError::Abort(StoreError::Corrupt { id, source })) => {
                     drop(commit);
                     self.quarantine_job(id, &source.to_string())?;
                     Err(StoreError::Corrupt { id, source })
                 }
                 // A user record is derived data: rebuild it from the jobs and
                 // run the change again, once.
-                Err(TransactionError::Abort(e)) if !rebuilt && corrupt_user(&e).is_some() => {
+                Err(TxError::Abort(e)) if !rebuilt && corrupt_user(&e).is_some() => {
                     drop(commit);
                     let user = corrupt_user(&e).unwrap_or_default();
                     tracing::error!(user, "corrupt user record, rebuilding");
@@ -183,46 +221,71 @@ impl SledStore {
                     rebuilt = true;
                     continue;
                 }
-                Err(TransactionError::Abort(e)) => Err(e),
-                Err(TransactionError::Storage(e)) => Err(e.into()),
+                Err(TxError::Abort(e)) => Err(e),
+                // Only a sled transaction conflicts, and the reads of a change
+                // run outside one, under the commit lock.
+                Err(TxError::Conflict) => continue,
+                Err(TxError::Storage(e)) => Err(e.into()),
             };
         }
     }
 
-    /// Apply `writes` to one tree outside a transaction (`apply` gets them
-    /// as a sled batch, which is atomic for that tree) and log them as one
-    /// record, durable when this returns. The sequence number is written to
-    /// sled right after the batch, as a job transaction writes it.
-    pub(super) fn log_writes(
-        &self,
-        writes: Vec<Write>,
-        apply: impl FnOnce(sled::Batch) -> sled::Result<()>,
-    ) -> Result<(), StoreError> {
+    /// Log `writes` (with the next sequence number, also written to sled
+    /// with them) and apply them to sled, under the commit lock. Returns the
+    /// sequence number to wait for.
+    ///
+    /// The record is queued for the log's syncer before sled applies the
+    /// writes, so the disk's wait and sled's work overlap. If sled then fails,
+    /// the record may still be replayed at the next open: like a database
+    /// whose commit fails with an I/O error, the change's outcome is unknown.
+    pub(super) fn log_and_apply(&self, commit: &mut u64, writes: Writes) -> Result<u64, StoreError> {
+        let seq = *commit + 1;
+        let mut writes = writes;
+        writes.0.insert(
+            (META_TREE, keys::META_WAL_SEQ.to_vec()),
+            Some(IVec::from(&seq.to_be_bytes())),
+        );
+        let writes = writes.into_vec();
+        let mut record = Vec::new();
+        wal::encode_writes(seq, &writes, &mut record);
+        let logged = record.len() <= wal::MAX_RECORD && self.wal.append(seq, &record);
+        // The number is used from here on, whatever sled says: the log may
+        // hold it already, and a number the log holds twice would end it.
+        *commit = seq;
+        apply_writes(&self.logged_trees(), &writes)?;
+        if !logged {
+            // Too large for the log, or the log is full: a checkpoint makes
+            // this and every earlier change durable in sled itself.
+            self.checkpoint_locked(seq)?;
+        }
+        Ok(seq)
+    }
+
+    /// Apply `writes` to the inbox tree and log them as one change, durable
+    /// when this returns.
+    pub(super) fn log_writes(&self, writes: Vec<Write>) -> Result<(), StoreError> {
         if writes.is_empty() {
             return Ok(());
         }
-        let mut batch = sled::Batch::default();
-        for w in &writes {
-            match &w.value {
-                Some(v) => batch.insert(w.key.as_slice(), v.as_slice()),
-                None => batch.remove(w.key.as_slice()),
-            }
+        let mut w = Writes::default();
+        for x in writes {
+            w.0.insert((x.tree, x.key), x.value.map(IVec::from));
         }
         let mut commit = self.commit.lock().unwrap_or_else(|e| e.into_inner());
-        let seq = *commit + 1;
-        apply(batch)?;
-        // After the batch in sled's own order: once sled holds this number,
-        // it holds the batch, and replay skips the record (it must not undo
-        // a later unlogged change, such as an update marked handled).
-        self.meta.insert(keys::META_WAL_SEQ, &seq.to_be_bytes())?;
-        *commit = seq;
-        let mut record = Vec::new();
-        wal::encode_writes(seq, &writes, &mut record);
-        if record.len() > wal::MAX_RECORD || !self.wal.append(seq, &record) {
-            self.checkpoint_locked(seq)?;
-        }
+        let seq = self.log_and_apply(&mut commit, w)?;
         drop(commit);
-        self.wal.sync_to(seq)
+        self.wait_durable(seq)
+    }
+
+    /// Wait until the change numbered `seq` is durable. If the log cannot
+    /// be written, a checkpoint makes it durable in sled instead.
+    fn wait_durable(&self, seq: u64) -> Result<(), StoreError> {
+        let Err(e) = self.wal.sync_to(seq) else {
+            return Ok(());
+        };
+        tracing::error!(error = %e, "the store's log could not be written; checkpointing");
+        let commit = self.commit.lock().unwrap_or_else(|e| e.into_inner());
+        self.checkpoint_locked(*commit).map_err(|_| e)
     }
 
     /// Make everything committed durable in sled's own files (flush and
@@ -234,6 +297,9 @@ impl SledStore {
         Ok(())
     }
 }
+
+/// The meta tree's number in [`Write::tree`].
+const META_TREE: u8 = 9;
 
 /// A user record that failed to decode: sled's own signal to
 /// [`SledStore::transact`] to rebuild the record and run the change again.

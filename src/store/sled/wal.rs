@@ -3,10 +3,11 @@
 //! sled makes a change durable only by flushing its whole log
 //! (`sync_file_range`) and then, for power loss, an `fdatasync` of its data
 //! file: two waits on the disk and sled's flush work on every commit. Instead,
-//! each committed job transaction appends one record of its writes (tree,
-//! key, value or removal) to this file, and one `fdatasync` of it, shared by
-//! concurrent committers (group commit), makes the change durable. sled writes
-//! its own files when its buffers fill, and at a checkpoint.
+//! each job change queues one record of its writes (tree, key, value or
+//! removal) for this file before sled applies them; a syncer thread writes
+//! whatever is queued and makes it durable with one `fdatasync` (group
+//! commit), while sled does its part of the change. sled writes its own files
+//! when its buffers fill, and at a checkpoint.
 //!
 //! **Ordering.** Every transaction carries a sequence number, assigned under
 //! the commit lock and written into sled (`meta`, [`keys::META_WAL_SEQ`]) by
@@ -27,8 +28,7 @@
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
-use std::sync::Mutex;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use crate::store::StoreError;
 
@@ -163,25 +163,77 @@ pub(super) fn read_all(bytes: &[u8]) -> (Vec<Record>, LogEnd) {
     }
 }
 
-/// Records encoded but not yet written, and where they go.
-struct Pending {
+/// Records queued but not yet written, where they go, and what is durable.
+struct State {
     buf: Vec<u8>,
     /// File offset of `buf[0]`.
     offset: u64,
     /// Sequence number of the last record in `buf`.
     last_seq: u64,
-}
-
-/// The open log file and its group commit.
-pub(super) struct Wal {
-    file: File,
-    pending: Mutex<Pending>,
     /// Highest sequence number known durable (in this file, or in sled after
     /// a checkpoint).
-    synced: AtomicU64,
-    /// Held by the one thread writing and syncing; the others wait on it and
-    /// usually find their record covered.
-    sync_lock: Mutex<()>,
+    synced: u64,
+    /// The syncer is writing a batch taken from `buf`.
+    writing: bool,
+    /// Why the last write or sync of the file failed; cleared by a
+    /// checkpoint ([`Wal::restart`]). Until then nothing more is durable in
+    /// the file: a batch missing from it would end the log early.
+    failed: Option<String>,
+    stop: bool,
+}
+
+struct Shared {
+    file: File,
+    state: Mutex<State>,
+    /// The syncer waits here for records.
+    work: Condvar,
+    /// Committers wait here for their record to be durable.
+    done: Condvar,
+}
+
+/// The open log file and its syncer thread: it writes whatever records are
+/// queued and fdatasyncs them in one go, while committers go on (group
+/// commit; the sync overlaps sled's work on the same change).
+pub(super) struct Wal {
+    shared: Arc<Shared>,
+    syncer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The syncer thread: write and sync batches until told to stop, and
+    /// then whatever is still queued.
+    fn run(&self) {
+        let mut s = self.lock();
+        loop {
+            while s.buf.is_empty() && !s.stop {
+                s = self.work.wait(s).unwrap_or_else(|e| e.into_inner());
+            }
+            if s.buf.is_empty() {
+                return;
+            }
+            let buf = std::mem::take(&mut s.buf);
+            let (offset, last) = (s.offset, s.last_seq);
+            s.offset += buf.len() as u64;
+            s.writing = true;
+            drop(s);
+            let res = self
+                .file
+                .write_all_at(&buf, offset)
+                .and_then(|()| self.file.sync_data());
+            s = self.lock();
+            s.writing = false;
+            match res {
+                Ok(()) if s.failed.is_none() => s.synced = s.synced.max(last),
+                Ok(()) => {}
+                Err(e) => s.failed = Some(e.to_string()),
+            }
+            self.done.notify_all();
+        }
+    }
 }
 
 impl Wal {
@@ -215,68 +267,90 @@ impl Wal {
         let mut bytes = vec![0u8; WAL_BYTES as usize];
         file.read_exact_at(&mut bytes, 0)?;
         let (records, end) = read_all(&bytes);
-        let wal = Wal {
+        let shared = Arc::new(Shared {
             file,
-            pending: Mutex::new(Pending {
+            state: Mutex::new(State {
                 buf: Vec::new(),
                 offset: 0,
                 last_seq: 0,
+                synced: 0,
+                writing: false,
+                failed: None,
+                stop: false,
             }),
-            synced: AtomicU64::new(0),
-            sync_lock: Mutex::new(()),
+            work: Condvar::new(),
+            done: Condvar::new(),
+        });
+        let syncer = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("tgdl-wal-sync".into())
+                .spawn(move || shared.run())?
+        };
+        let wal = Wal {
+            shared,
+            syncer: Some(syncer),
         };
         Ok((wal, records, end))
     }
 
-    /// Queue an encoded record (from [`encode_writes`]) with number `seq`.
-    /// Returns false if it does not fit: the caller checkpoints first.
+    /// Queue an encoded record (from [`encode_writes`]) with number `seq`
+    /// for the syncer. Returns false if it does not fit: the caller
+    /// checkpoints instead.
     pub(super) fn append(&self, seq: u64, record: &[u8]) -> bool {
-        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        let end = p.offset + p.buf.len() as u64 + record.len() as u64;
+        let mut s = self.shared.lock();
+        let end = s.offset + s.buf.len() as u64 + record.len() as u64;
         if end + HEADER as u64 > WAL_BYTES {
             return false;
         }
-        p.buf.extend_from_slice(record);
-        p.last_seq = seq;
+        s.buf.extend_from_slice(record);
+        s.last_seq = seq;
+        self.shared.work.notify_one();
         true
     }
 
-    /// Make the record numbered `seq` (and every earlier one) durable.
+    /// Wait until the record numbered `seq` (and every earlier one) is
+    /// durable.
     pub(super) fn sync_to(&self, seq: u64) -> Result<(), StoreError> {
-        if self.synced.load(SeqCst) >= seq {
-            return Ok(());
+        let mut s = self.shared.lock();
+        loop {
+            if s.synced >= seq {
+                return Ok(());
+            }
+            if let Some(e) = &s.failed {
+                return Err(StoreError::unavailable(std::io::Error::other(e.clone())));
+            }
+            s = self.shared.done.wait(s).unwrap_or_else(|e| e.into_inner());
         }
-        let _guard = self.sync_lock.lock().unwrap_or_else(|e| e.into_inner());
-        if self.synced.load(SeqCst) >= seq {
-            return Ok(());
-        }
-        let (buf, offset, last) = {
-            let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-            let buf = std::mem::take(&mut p.buf);
-            let offset = p.offset;
-            p.offset += buf.len() as u64;
-            (buf, offset, p.last_seq)
-        };
-        if !buf.is_empty() {
-            self.file
-                .write_all_at(&buf, offset)
-                .map_err(StoreError::unavailable)?;
-            self.file.sync_data().map_err(StoreError::unavailable)?;
-        }
-        self.synced.fetch_max(last, SeqCst);
-        Ok(())
     }
 
     /// After a checkpoint made every change up to `seq` durable in sled:
     /// forget what is queued and write from the start of the file again.
     /// The caller holds the commit lock, so no record is queued meanwhile.
     pub(super) fn restart(&self, seq: u64) {
-        let _guard = self.sync_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        p.buf.clear();
-        p.offset = 0;
-        p.last_seq = seq;
-        self.synced.fetch_max(seq, SeqCst);
+        let mut s = self.shared.lock();
+        // A batch being written belongs to the pass that ends here; let it
+        // land before the next pass overwrites the start of the file.
+        while s.writing {
+            s = self.shared.done.wait(s).unwrap_or_else(|e| e.into_inner());
+        }
+        s.buf.clear();
+        s.offset = 0;
+        s.last_seq = seq;
+        s.synced = s.synced.max(seq);
+        s.failed = None;
+        self.shared.done.notify_all();
+    }
+}
+
+impl Drop for Wal {
+    /// Stop the syncer once it has written what is queued.
+    fn drop(&mut self) {
+        self.shared.lock().stop = true;
+        self.shared.work.notify_one();
+        if let Some(t) = self.syncer.take() {
+            let _ = t.join();
+        }
     }
 }
 
