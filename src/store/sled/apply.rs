@@ -37,12 +37,12 @@ pub(super) fn apply(
     // State index and counters.
     if old_state != new_state {
         if let Some(s) = old_state {
-            tx.by_state.remove(&keys::state_key(s, id))?;
+            tx.by_state.remove(keys::state_key(s, id))?;
             add_count(tx, s, -1)?;
         }
         if let Some(s) = new_state {
             tx.by_state
-                .insert(&keys::state_key(s, id), &user.to_be_bytes())?;
+                .insert(keys::state_key(s, id), &user.to_be_bytes())?;
             add_count(tx, s, 1)?;
         }
     }
@@ -55,19 +55,19 @@ pub(super) fn apply(
             .get(k)?
             .and_then(|v| keys::u64_at(&v, 0))
             .unwrap_or(0);
-        tx.meta.insert(&k, &(n + 1).to_be_bytes())?;
+        tx.meta.insert(k, &(n + 1).to_be_bytes())?;
     }
 
     // Per-user index, and the request index that makes intake idempotent.
     match (old.is_some(), new.is_some()) {
         (false, true) => {
-            tx.by_user.insert(&keys::user_key(user, id), &[])?;
+            tx.by_user.insert(keys::user_key(user, id), &[])?;
             tx.requests.insert(keys::request_key(job), id.as_bytes())?;
-            tx.shorts.insert(&keys::short_key(id), &[])?;
+            tx.shorts.insert(keys::short_key(id), &[])?;
         }
         (true, false) => {
-            tx.by_user.remove(&keys::user_key(user, id))?;
-            tx.shorts.remove(&keys::short_key(id))?;
+            tx.by_user.remove(keys::user_key(user, id))?;
+            tx.shorts.remove(keys::short_key(id))?;
             let k = keys::request_key(job);
             // Only unlink the request if it still points at this job.
             if tx.requests.get(&k)?.as_deref() == Some(id.as_bytes().as_slice()) {
@@ -80,11 +80,11 @@ pub(super) fn apply(
     // Scheduler queue: a queued job sits in `ready` under its next attempt.
     if let Some(o) = old.filter(|j| j.state == JobState::Queued) {
         tx.ready
-            .remove(&keys::ready_key(user, o.next_attempt_at, id))?;
+            .remove(keys::ready_key(user, o.next_attempt_at, id))?;
     }
     if let Some(n) = new.filter(|j| j.state == JobState::Queued) {
         tx.ready
-            .insert(&keys::ready_key(user, n.next_attempt_at, id), &[])?;
+            .insert(keys::ready_key(user, n.next_attempt_at, id), &[])?;
     }
 
     // User bookkeeping and the turn list.
@@ -103,10 +103,10 @@ pub(super) fn apply(
         }
         let new_turn = keys::turn_key(rec.last_served, user);
         if had_turn {
-            tx.turns.remove(&old_turn)?;
+            tx.turns.remove(old_turn)?;
         }
         if rec.queued > 0 {
-            tx.turns.insert(&new_turn, &[])?;
+            tx.turns.insert(new_turn, &[])?;
         }
         put_user(tx, user, &rec)?;
     }

@@ -56,6 +56,13 @@ pub const SCHEMA_VERSION: u32 = 3;
 /// copies a consistent image.
 const WAL_FILE: &str = "tgdl.wal";
 
+/// The trees a log record's writes name, by number: the job trees in the
+/// order of [`tx::Tx`], then the inbox.
+const JOB_TREE_NAMES: [&str; tx::JOB_TREES + 1] = [
+    "jobs", "by_state", "by_user", "users", "ready", "turns", "cache", "requests", "shorts",
+    "meta", "inbox",
+];
+
 /// The inbox's tree number in log records: after the job trees.
 const INBOX_TREE: u8 = tx::JOB_TREES as u8;
 
@@ -116,10 +123,31 @@ impl SledStore {
             .open()
             .map_err(|e| classify_open_error(&shown, e))?;
         let open = |name: &str| db.open_tree(name);
-        let (wal, records, end) = Wal::open(&dir.join(WAL_FILE)).map_err(|e| StoreError::Open {
-            path: shown.clone(),
-            reason: format!("cannot open the store's log {WAL_FILE}: {e}"),
-        })?;
+        let [jobs, by_state, by_user, users, ready, turns, cache, requests, shorts, meta, inbox] =
+            JOB_TREE_NAMES.map(open);
+        let (jobs, by_state, by_user, users, ready) = (jobs?, by_state?, by_user?, users?, ready?);
+        let (turns, cache, requests, shorts, meta) = (turns?, cache?, requests?, shorts?, meta?);
+        let inbox = inbox?;
+        // The trees a log record's writes name, in the order of `job_trees`,
+        // then the inbox (INBOX_TREE).
+        let logged = vec![
+            jobs.clone(),
+            by_state.clone(),
+            by_user.clone(),
+            users.clone(),
+            ready.clone(),
+            turns.clone(),
+            cache.clone(),
+            requests.clone(),
+            shorts.clone(),
+            meta.clone(),
+            inbox.clone(),
+        ];
+        let (wal, records, end) =
+            Wal::open(&dir.join(WAL_FILE), logged).map_err(|e| StoreError::Open {
+                path: shown.clone(),
+                reason: format!("cannot open the store's log {WAL_FILE}: {e}"),
+            })?;
         let store = SledStore {
             wal,
             commit: Mutex::new(0),
@@ -128,19 +156,19 @@ impl SledStore {
                 path: shown.clone(),
                 reason: format!("cannot open the data file for syncing: {e}"),
             })?,
-            jobs: open("jobs")?,
-            by_state: open("by_state")?,
-            by_user: open("by_user")?,
-            users: open("users")?,
-            ready: open("ready")?,
-            turns: open("turns")?,
-            cache: open("cache")?,
-            requests: open("requests")?,
-            shorts: open("shorts")?,
+            jobs,
+            by_state,
+            by_user,
+            users,
+            ready,
+            turns,
+            cache,
+            requests,
+            shorts,
             settings: open("settings")?,
-            inbox: open("inbox")?,
+            inbox,
             quarantine: open("quarantine")?,
-            meta: open("meta")?,
+            meta,
             db,
         };
         match store.meta.get(keys::META_SCHEMA)? {
@@ -195,9 +223,8 @@ impl SledStore {
                 "the store's log ends in a damaged record; it and anything after it were not replayed"
             );
         }
-        let trees = self.logged_trees();
         for r in &todo {
-            tx::apply_writes(&trees, &r.writes)?;
+            wal::apply_change(self.wal.trees(), &r.writes)?;
         }
         if !todo.is_empty() {
             tracing::info!(
@@ -237,13 +264,6 @@ impl SledStore {
             &self.shorts,
             &self.meta,
         ]
-    }
-
-    /// The trees a log record's writes may name: the job trees, then the
-    /// inbox ([`INBOX_TREE`]).
-    fn logged_trees(&self) -> [&Tree; tx::JOB_TREES + 1] {
-        let [a, b, c, d, e, f, g, h, i, j] = self.job_trees();
-        [a, b, c, d, e, f, g, h, i, j, &self.inbox]
     }
 
     /// Make every change committed so far durable (see [`GroupSync`]).

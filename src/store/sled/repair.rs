@@ -8,7 +8,8 @@ use sled::transaction::ConflictableTransactionError as TxError;
 use sled::Tree;
 
 use super::keys;
-use super::tx::{add_count, apply_writes, get_user, put_user, Tx, TxResult, TxTree, Writes};
+use super::tx::{add_count, get_user, put_user, Tx, TxResult, TxTree, Writes};
+use super::wal;
 use super::SledStore;
 use crate::job::{now_ms, Job, JobId, JobState, HOUR_MS};
 use crate::store::codec;
@@ -30,7 +31,12 @@ impl SledStore {
     }
 
     pub(super) fn load(&self, id: JobId) -> Result<Option<Job>, StoreError> {
-        match self.jobs.get(id.as_bytes())? {
+        // A change queued for the log is seen at once, before sled has it.
+        let bytes = match self.wal.pending(0, id.as_bytes()) {
+            Some(v) => v,
+            None => self.jobs.get(id.as_bytes())?,
+        };
+        match bytes {
             None => Ok(None),
             Some(b) => self.decode_job(id.as_bytes(), &b),
         }
@@ -61,12 +67,14 @@ impl SledStore {
         };
         let mut trees = self.job_trees().to_vec();
         trees.push(&self.quarantine);
-        // Under the commit lock, as every change of the job trees; not
-        // logged: quarantining ends in a full sync of sled.
-        let _commit = self.commit.lock().unwrap_or_else(|e| e.into_inner());
+        // Under the commit lock, as every change of the job trees, and with
+        // every queued change in sled first; not logged: quarantining ends
+        // in a checkpoint, so replay never brings the record back.
+        let commit = self.commit.lock().unwrap_or_else(|e| e.into_inner());
+        self.wal.drain()?;
         let writes = RefCell::new(Writes::default());
-        let tx = Tx::new(&trees, &writes);
-        let quarantine = TxTree::new(&trees, super::tx::JOB_TREES, &writes);
+        let tx = Tx::new(&trees, &writes, None);
+        let quarantine = TxTree::new(&trees, super::tx::JOB_TREES, &writes, None);
         let unlink = || -> TxResult<()> {
             let Some(raw) = tx.jobs.get(id.as_bytes())? else {
                 return Ok(());
@@ -114,14 +122,20 @@ impl SledStore {
             TxError::Storage(e) => e.into(),
             TxError::Conflict => StoreError::unavailable(std::io::Error::other("conflict")),
         })?;
-        apply_writes(&trees, &writes.into_inner().into_vec())?;
-        self.sync()?;
-        Ok(())
+        let owned: Vec<Tree> = trees.iter().map(|t| (*t).clone()).collect();
+        wal::apply_change(&owned, &writes.into_inner().into_vec())?;
+        self.checkpoint_locked(*commit)
     }
 
     /// Recompute one user's record from their jobs, after it failed to
     /// decode. The recent-enqueue window is rebuilt from creation times.
     pub(super) fn rebuild_user(&self, user: u64) -> Result<(), StoreError> {
+        // Read what every queued change wrote, from sled (draining takes the
+        // commit lock, so that nothing is queued meanwhile).
+        {
+            let _commit = self.commit.lock().unwrap_or_else(|e| e.into_inner());
+            self.wal.drain()?;
+        }
         let raw = self.users.get(user.to_be_bytes())?;
         let mut rec = UserRecord::default();
         let since = now_ms().saturating_sub(HOUR_MS);
@@ -144,8 +158,10 @@ impl SledStore {
         }
         rec.recent.sort_unstable();
         // The writes below, under the commit lock as every change of the job
-        // trees (the scan above may quarantine a job, which takes it too).
-        let _commit = self.commit.lock().unwrap_or_else(|e| e.into_inner());
+        // trees (the scan above may quarantine a job, which takes it too),
+        // after every queued change, and ending in a checkpoint.
+        let commit = self.commit.lock().unwrap_or_else(|e| e.into_inner());
+        self.wal.drain()?;
         if let Some(raw) = raw {
             let entry = QuarantineEntry {
                 tree: "users".into(),
@@ -170,8 +186,7 @@ impl SledStore {
         }
         self.users
             .insert(user.to_be_bytes(), codec::encode(&rec)?)?;
-        self.sync()?;
-        Ok(())
+        self.checkpoint_locked(*commit)
     }
 
     /// Read a non-job record; one that does not decode is moved to the
@@ -198,12 +213,13 @@ impl SledStore {
                 };
                 // Under the commit lock, as every change of the job trees;
                 // only if no change replaced the record meanwhile.
-                let _commit = self.commit.lock().unwrap_or_else(|e| e.into_inner());
+                let commit = self.commit.lock().unwrap_or_else(|e| e.into_inner());
+                self.wal.drain()?;
                 if tree.get(key)?.as_ref() == Some(&b) {
                     self.quarantine
                         .insert(qkey(name, key), codec::encode(&entry)?)?;
                     tree.remove(key)?;
-                    self.sync()?;
+                    self.checkpoint_locked(*commit)?;
                 }
                 Ok(None)
             }

@@ -152,9 +152,9 @@ fn import_user(tx: &super::tx::Tx, u: &UserLine) -> TxResult<()> {
     let mut rec = get_user(tx, u.user_id)?;
     if rec.queued > 0 {
         tx.turns
-            .remove(&keys::turn_key(rec.last_served, u.user_id))?;
+            .remove(keys::turn_key(rec.last_served, u.user_id))?;
         tx.turns
-            .insert(&keys::turn_key(u.last_served, u.user_id), &[])?;
+            .insert(keys::turn_key(u.last_served, u.user_id), &[])?;
     }
     rec.recent = u.recent.clone();
     rec.last_served = u.last_served;

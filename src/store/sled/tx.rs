@@ -1,24 +1,22 @@
 //! One job change: a closure that reads the store and records its writes,
-//! then the writes logged (`wal.rs`) and applied to sled as one transaction.
+//! then one record of them queued for the log (`wal.rs`), whose syncer
+//! applies them to sled once the record is durable.
 //!
-//! The closure runs under the commit lock, against sled's trees directly and
-//! its own writes: every writer of the job trees holds that lock, so nothing
-//! changes underneath it and no sled transaction is needed for the reads.
-//! Only the writes go through a sled transaction, over just the trees they
-//! touch, so readers outside the lock see each change whole. The log record is
-//! known before sled is touched, so its `fdatasync` (on the log's syncer
-//! thread) runs while sled applies the writes, instead of after.
+//! The closure runs under the commit lock, against its own writes, then the
+//! changes queued but not yet in sled (the log's overlay), then sled: every
+//! writer of the job trees holds that lock, so nothing changes underneath it
+//! and no sled transaction is needed. A reader outside the lock may see a
+//! change half applied to sled; the readers that matter re-check under the
+//! lock (a claim re-reads the job it found in an index).
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 
-use sled::transaction::{
-    ConflictableTransactionError as TxError, TransactionError, UnabortableTransactionError,
-};
-use sled::{IVec, Transactional, Tree};
+use sled::transaction::{ConflictableTransactionError as TxError, UnabortableTransactionError};
+use sled::{IVec, Tree};
 
 use super::keys;
-use super::wal::{self, Write};
+use super::wal::{self, Wal, Write};
 use super::SledStore;
 use crate::job::{Job, JobId, JobState};
 use crate::store::codec;
@@ -52,17 +50,25 @@ pub(super) struct TxTree<'a> {
     tree: &'a Tree,
     index: u8,
     writes: &'a RefCell<Writes>,
+    /// Changes queued for the log that sled may not hold yet.
+    log: Option<&'a Wal>,
 }
 
 type ReadResult<T> = Result<T, UnabortableTransactionError>;
 
 impl<'a> TxTree<'a> {
     /// Tree `i` of `trees`, writing into `writes`.
-    pub(super) fn new(trees: &'a [&'a Tree], i: usize, writes: &'a RefCell<Writes>) -> Self {
+    pub(super) fn new(
+        trees: &'a [&'a Tree],
+        i: usize,
+        writes: &'a RefCell<Writes>,
+        log: Option<&'a Wal>,
+    ) -> Self {
         TxTree {
             tree: trees[i],
             index: i as u8,
             writes,
+            log,
         }
     }
 
@@ -71,7 +77,12 @@ impl<'a> TxTree<'a> {
         if let Some(v) = self.writes.borrow().0.get(&k) {
             return Ok(v.clone());
         }
-        self.tree.get(&k.1).map_err(UnabortableTransactionError::Storage)
+        if let Some(v) = self.log.and_then(|l| l.pending(k.0, &k.1)) {
+            return Ok(v);
+        }
+        self.tree
+            .get(&k.1)
+            .map_err(UnabortableTransactionError::Storage)
     }
 
     pub fn insert<K: AsRef<[u8]>, V: Into<IVec>>(&self, key: K, value: V) -> ReadResult<()> {
@@ -124,8 +135,12 @@ pub(super) fn abort<T>(e: StoreError) -> TxResult<T> {
 impl<'a> Tx<'a> {
     /// The view of `trees` ([`SledStore::job_trees`], plus any after them);
     /// every write through it lands in `writes`.
-    pub(super) fn new(trees: &'a [&'a Tree], writes: &'a RefCell<Writes>) -> Self {
-        let t = |i: usize| TxTree::new(trees, i, writes);
+    pub(super) fn new(
+        trees: &'a [&'a Tree],
+        writes: &'a RefCell<Writes>,
+        log: Option<&'a Wal>,
+    ) -> Self {
+        let t = |i: usize| TxTree::new(trees, i, writes, log);
         Tx {
             jobs: t(0),
             by_state: t(1),
@@ -139,40 +154,6 @@ impl<'a> Tx<'a> {
             meta: t(9),
         }
     }
-}
-
-/// Apply `writes` to `trees` (indexed by [`Write::tree`]) as one sled
-/// transaction over the trees they touch. A write to an unknown tree is
-/// skipped (a record from a newer build's log).
-pub(super) fn apply_writes(trees: &[&Tree], writes: &[Write]) -> Result<(), StoreError> {
-    let mut touched: Vec<u8> = writes
-        .iter()
-        .map(|w| w.tree)
-        .filter(|t| (*t as usize) < trees.len())
-        .collect();
-    touched.sort_unstable();
-    touched.dedup();
-    if touched.is_empty() {
-        return Ok(());
-    }
-    let view: Vec<&Tree> = touched.iter().map(|t| trees[*t as usize]).collect();
-    view[..]
-        .transaction(|view| {
-            for w in writes {
-                let Ok(at) = touched.binary_search(&w.tree) else {
-                    continue;
-                };
-                match &w.value {
-                    Some(v) => view[at].insert(w.key.as_slice(), v.as_slice())?,
-                    None => view[at].remove(w.key.as_slice())?,
-                };
-            }
-            Ok::<(), TxError<StoreError>>(())
-        })
-        .map_err(|e| match e {
-            TransactionError::Abort(e) => e,
-            TransactionError::Storage(e) => e.into(),
-        })
 }
 
 impl SledStore {
@@ -194,14 +175,16 @@ impl SledStore {
         loop {
             let writes = RefCell::new(Writes::default());
             let mut commit = self.commit.lock().unwrap_or_else(|e| e.into_inner());
-            let res = f(&Tx::new(&trees, &writes));
+            let res = f(&Tx::new(&trees, &writes, Some(&self.wal)));
             return match res {
                 Ok(v) => {
-                    let seq = self.log_and_apply(&mut commit, writes.into_inner())?;
+                    let seq = self.log_change(&mut commit, writes.into_inner())?;
                     drop(commit);
                     match durable {
                         Durable::Now => self.wait_durable(seq)?,
-                        // The log's syncer makes it durable shortly.
+                        // The log's syncer makes it durable and applies it
+                        // shortly; changes and point reads of jobs see it
+                        // at once meanwhile.
                         Durable::Later => {}
                     }
                     Ok(v)
@@ -230,34 +213,37 @@ impl SledStore {
         }
     }
 
-    /// Log `writes` (with the next sequence number, also written to sled
-    /// with them) and apply them to sled, under the commit lock. Returns the
-    /// sequence number to wait for.
-    ///
-    /// The record is queued for the log's syncer before sled applies the
-    /// writes, so the disk's wait and sled's work overlap. If sled then fails,
-    /// the record may still be replayed at the next open: like a database
-    /// whose commit fails with an I/O error, the change's outcome is unknown.
-    pub(super) fn log_and_apply(&self, commit: &mut u64, writes: Writes) -> Result<u64, StoreError> {
+    /// Queue `writes` (with the next sequence number, also written to sled
+    /// with them) for the log, under the commit lock. Returns the sequence
+    /// number to wait for: the log's syncer applies the writes to sled once
+    /// the record is durable.
+    pub(super) fn log_change(&self, commit: &mut u64, writes: Writes) -> Result<u64, StoreError> {
         let seq = *commit + 1;
         let mut writes = writes;
         writes.0.insert(
-            (META_TREE, keys::META_WAL_SEQ.to_vec()),
+            (wal::META_TREE, keys::META_WAL_SEQ.to_vec()),
             Some(IVec::from(&seq.to_be_bytes())),
         );
         let writes = writes.into_vec();
         let mut record = Vec::new();
         wal::encode_writes(seq, &writes, &mut record);
-        let logged = record.len() <= wal::MAX_RECORD && self.wal.append(seq, &record);
-        // The number is used from here on, whatever sled says: the log may
-        // hold it already, and a number the log holds twice would end it.
         *commit = seq;
-        apply_writes(&self.logged_trees(), &writes)?;
-        if !logged {
-            // Too large for the log, or the log is full: a checkpoint makes
-            // this and every earlier change durable in sled itself.
-            self.checkpoint_locked(seq)?;
+        if record.len() > wal::MAX_RECORD {
+            return self.apply_and_checkpoint(seq, &writes);
         }
+        if let Err(writes) = self.wal.append(seq, &record, writes) {
+            return self.apply_and_checkpoint(seq, &writes);
+        }
+        Ok(seq)
+    }
+
+    /// A change too large for the log, or that does not fit in what is left
+    /// of it: apply it to sled directly and checkpoint, which makes it and
+    /// every earlier change durable in sled itself.
+    fn apply_and_checkpoint(&self, seq: u64, writes: &[Write]) -> Result<u64, StoreError> {
+        self.wal.drain()?;
+        wal::apply_change(self.wal.trees(), writes)?;
+        self.checkpoint_locked(seq)?;
         Ok(seq)
     }
 
@@ -272,7 +258,7 @@ impl SledStore {
             w.0.insert((x.tree, x.key), x.value.map(IVec::from));
         }
         let mut commit = self.commit.lock().unwrap_or_else(|e| e.into_inner());
-        let seq = self.log_and_apply(&mut commit, w)?;
+        let seq = self.log_change(&mut commit, w)?;
         drop(commit);
         self.wait_durable(seq)
     }
@@ -292,14 +278,12 @@ impl SledStore {
     /// fdatasync), so the log's records up to `seq` are no longer needed,
     /// and start the log over. The caller holds the commit lock.
     pub(super) fn checkpoint_locked(&self, seq: u64) -> Result<(), StoreError> {
+        self.wal.drain()?;
         self.sync()?;
         self.wal.restart(seq);
         Ok(())
     }
 }
-
-/// The meta tree's number in [`Write::tree`].
-const META_TREE: u8 = 9;
 
 /// A user record that failed to decode: sled's own signal to
 /// [`SledStore::transact`] to rebuild the record and run the change again.
@@ -337,7 +321,7 @@ pub(super) fn get_user(tx: &Tx, user: u64) -> TxResult<UserRecord> {
 
 pub(super) fn put_user(tx: &Tx, user: u64, rec: &UserRecord) -> TxResult<()> {
     let b = codec::encode(rec).map_err(|e| TxError::Abort(e.into()))?;
-    tx.users.insert(&user.to_be_bytes(), b)?;
+    tx.users.insert(user.to_be_bytes(), b)?;
     Ok(())
 }
 
@@ -351,6 +335,6 @@ pub(super) fn get_count(tx: &Tx, s: JobState) -> TxResult<u64> {
 
 pub(super) fn add_count(tx: &Tx, s: JobState, delta: i64) -> TxResult<()> {
     let v = get_count(tx, s)?.saturating_add_signed(delta);
-    tx.meta.insert(&keys::count_key(s), &v.to_be_bytes())?;
+    tx.meta.insert(keys::count_key(s), &v.to_be_bytes())?;
     Ok(())
 }

@@ -2,19 +2,22 @@
 //!
 //! sled makes a change durable only by flushing its whole log
 //! (`sync_file_range`) and then, for power loss, an `fdatasync` of its data
-//! file: two waits on the disk and sled's flush work on every commit. Instead,
-//! each job change queues one record of its writes (tree, key, value or
-//! removal) for this file before sled applies them; a syncer thread writes
-//! whatever is queued and makes it durable with one `fdatasync` (group
-//! commit), while sled does its part of the change. sled writes its own files
-//! when its buffers fill, and at a checkpoint.
+//! file; and every sled transaction or batch writes out sled's buffers
+//! twice (with `sync_file_range`). Instead, each job change queues one record
+//! of its writes (tree, key, value or removal) here. A syncer thread writes
+//! whatever is queued, makes it durable with one `fdatasync` (group commit),
+//! then applies the writes to sled as plain inserts and removals, and wakes
+//! the committers. sled writes its own files when its buffers fill, and at a
+//! checkpoint. Until sled has a queued change, later changes and point reads
+//! of jobs see it in the overlay.
 //!
-//! **Ordering.** Every transaction carries a sequence number, assigned under
-//! the commit lock and written into sled (`meta`, [`keys::META_WAL_SEQ`]) by
-//! the same transaction. After a crash sled holds a prefix of its
-//! transactions, whose last number is that key's; replay applies, in order,
-//! only the records after it. So a record never rolls back a newer change
-//! that sled had already written.
+//! **Ordering.** Every change carries a sequence number, assigned under the
+//! commit lock and written into sled (`meta`, [`keys::META_WAL_SEQ`]) as the
+//! change's last write. sled is written only after the record is durable,
+//! and after a crash sled holds a prefix of what it was given: every change
+//! up to that key's number, and perhaps the first writes of the next one.
+//! Replay applies, in order, the records after that number, so it completes
+//! a change sled holds part of and never rolls back a newer one.
 //!
 //! **The file.** A fixed-size file, zero-filled when made, so that a commit is
 //! an overwrite and its `fdatasync` writes no metadata. Records run from
@@ -25,11 +28,15 @@
 //! file, under the commit lock) makes everything in the file redundant and
 //! writing starts again at offset 0.
 
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
+use sled::{IVec, Tree};
+
+use super::keys;
 use crate::store::StoreError;
 
 /// Size of the log file. Large enough that a checkpoint (a few ms to tens of
@@ -170,10 +177,14 @@ struct State {
     offset: u64,
     /// Sequence number of the last record in `buf`.
     last_seq: u64,
-    /// Highest sequence number known durable (in this file, or in sled after
-    /// a checkpoint).
+    /// The writes of each queued change, in order: the syncer applies them
+    /// to sled once their records are durable, never before, so sled never
+    /// holds part of a change the log could lose.
+    changes: Vec<(u64, Vec<Write>)>,
+    /// Highest sequence number durable (in this file, or in sled after a
+    /// checkpoint) and applied to sled.
     synced: u64,
-    /// The syncer is writing a batch taken from `buf`.
+    /// The syncer is writing and applying a batch taken from `buf`.
     writing: bool,
     /// Why the last write or sync of the file failed; cleared by a
     /// checkpoint ([`Wal::restart`]). Until then nothing more is durable in
@@ -182,40 +193,90 @@ struct State {
     stop: bool,
 }
 
+/// The latest value of every key a queued change writes, by tree and key,
+/// with the change's number, until sled holds it: what later changes (and
+/// point reads of jobs) see before sled does.
+pub(super) type Overlay = Mutex<HashMap<(u8, Vec<u8>), (u64, Option<IVec>)>>;
+
 struct Shared {
     file: File,
     state: Mutex<State>,
+    overlay: Overlay,
+    /// The trees a record's writes name ([`super::SledStore::logged_trees`]).
+    trees: Vec<Tree>,
     /// The syncer waits here for records.
     work: Condvar,
-    /// Committers wait here for their record to be durable.
+    /// Committers wait here for their change to be durable and applied.
     done: Condvar,
 }
 
 /// The open log file and its syncer thread: it writes whatever records are
-/// queued and fdatasyncs them in one go, while committers go on (group
-/// commit; the sync overlaps sled's work on the same change).
+/// queued, makes them durable with one fdatasync (group commit), applies
+/// their writes to sled, and wakes the committers.
 pub(super) struct Wal {
     shared: Arc<Shared>,
     syncer: Option<std::thread::JoinHandle<()>>,
 }
+
+/// Apply one change's writes to sled, the sequence number last. Not a sled
+/// transaction (each one makes sled write out its buffers): a crash in the
+/// middle leaves sled a prefix of the writes, with the previous number, and
+/// replay applies the whole change again.
+pub(super) fn apply_change(trees: &[Tree], writes: &[Write]) -> Result<(), StoreError> {
+    let is_seq = |w: &Write| w.tree == META_TREE && w.key == keys::META_WAL_SEQ;
+    for w in writes
+        .iter()
+        .filter(|w| !is_seq(w))
+        .chain(writes.iter().filter(|w| is_seq(w)))
+    {
+        let Some(tree) = trees.get(w.tree as usize) else {
+            continue;
+        };
+        match &w.value {
+            Some(v) => tree.insert(w.key.as_slice(), v.as_slice())?,
+            None => tree.remove(w.key.as_slice())?,
+        };
+    }
+    Ok(())
+}
+
+/// The meta tree's number in [`Write::tree`].
+pub(super) const META_TREE: u8 = 9;
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The syncer thread: write and sync batches until told to stop, and
-    /// then whatever is still queued.
+    /// Apply `changes` to sled and drop their overlay entries (unless a
+    /// later change wrote the key again).
+    fn apply(&self, changes: &[(u64, Vec<Write>)]) -> Result<(), StoreError> {
+        for (seq, writes) in changes {
+            apply_change(&self.trees, writes)?;
+            let mut o = self.overlay.lock().unwrap_or_else(|e| e.into_inner());
+            for w in writes {
+                let k = (w.tree, w.key.clone());
+                if o.get(&k).is_some_and(|(s, _)| s == seq) {
+                    o.remove(&k);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The syncer thread: write, sync and apply batches until told to stop,
+    /// and then whatever is still queued.
     fn run(&self) {
         let mut s = self.lock();
         loop {
-            while s.buf.is_empty() && !s.stop {
+            while (s.buf.is_empty() || s.failed.is_some()) && !s.stop {
                 s = self.work.wait(s).unwrap_or_else(|e| e.into_inner());
             }
-            if s.buf.is_empty() {
+            if s.buf.is_empty() || s.failed.is_some() {
                 return;
             }
             let buf = std::mem::take(&mut s.buf);
+            let changes = std::mem::take(&mut s.changes);
             let (offset, last) = (s.offset, s.last_seq);
             s.offset += buf.len() as u64;
             s.writing = true;
@@ -223,13 +284,21 @@ impl Shared {
             let res = self
                 .file
                 .write_all_at(&buf, offset)
-                .and_then(|()| self.file.sync_data());
+                .and_then(|()| self.file.sync_data())
+                .map_err(|e| e.to_string())
+                .and_then(|()| self.apply(&changes).map_err(|e| e.to_string()));
             s = self.lock();
             s.writing = false;
             match res {
-                Ok(()) if s.failed.is_none() => s.synced = s.synced.max(last),
-                Ok(()) => {}
-                Err(e) => s.failed = Some(e.to_string()),
+                Ok(()) => s.synced = s.synced.max(last),
+                Err(e) => {
+                    // Kept for the checkpoint that recovers (see `drain`);
+                    // applying a change twice gives the same result.
+                    let later = std::mem::take(&mut s.changes);
+                    s.changes = changes;
+                    s.changes.extend(later);
+                    s.failed = Some(e);
+                }
             }
             self.done.notify_all();
         }
@@ -239,7 +308,10 @@ impl Shared {
 impl Wal {
     /// Open the log at `path`, making (and zero-filling) it if it does not
     /// exist, and return it with what it holds.
-    pub(super) fn open(path: &Path) -> std::io::Result<(Wal, Vec<Record>, LogEnd)> {
+    pub(super) fn open(
+        path: &Path,
+        trees: Vec<Tree>,
+    ) -> std::io::Result<(Wal, Vec<Record>, LogEnd)> {
         let fresh = !path.exists();
         let file = OpenOptions::new()
             .read(true)
@@ -273,11 +345,14 @@ impl Wal {
                 buf: Vec::new(),
                 offset: 0,
                 last_seq: 0,
+                changes: Vec::new(),
                 synced: 0,
                 writing: false,
                 failed: None,
                 stop: false,
             }),
+            overlay: Mutex::new(HashMap::new()),
+            trees,
             work: Condvar::new(),
             done: Condvar::new(),
         });
@@ -294,23 +369,59 @@ impl Wal {
         Ok((wal, records, end))
     }
 
-    /// Queue an encoded record (from [`encode_writes`]) with number `seq`
-    /// for the syncer. Returns false if it does not fit: the caller
-    /// checkpoints instead.
-    pub(super) fn append(&self, seq: u64, record: &[u8]) -> bool {
+    /// Queue change `seq`: its encoded record (from [`encode_writes`]) for
+    /// the file, its writes for sled and, until sled has them, for the
+    /// overlay. Gives the writes back if the record does not fit: the
+    /// caller checkpoints instead.
+    pub(super) fn append(
+        &self,
+        seq: u64,
+        record: &[u8],
+        writes: Vec<Write>,
+    ) -> Result<(), Vec<Write>> {
         let mut s = self.shared.lock();
         let end = s.offset + s.buf.len() as u64 + record.len() as u64;
         if end + HEADER as u64 > WAL_BYTES {
-            return false;
+            return Err(writes);
+        }
+        {
+            let mut o = self
+                .shared
+                .overlay
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            for w in &writes {
+                o.insert(
+                    (w.tree, w.key.clone()),
+                    (seq, w.value.clone().map(IVec::from)),
+                );
+            }
         }
         s.buf.extend_from_slice(record);
         s.last_seq = seq;
+        s.changes.push((seq, writes));
         self.shared.work.notify_one();
-        true
+        Ok(())
     }
 
-    /// Wait until the record numbered `seq` (and every earlier one) is
-    /// durable.
+    /// The trees a record's writes name, in order.
+    pub(super) fn trees(&self) -> &[Tree] {
+        &self.shared.trees
+    }
+
+    /// What queued changes wrote to `key` of tree `tree`, if any: `Some(None)`
+    /// for a removal.
+    pub(super) fn pending(&self, tree: u8, key: &[u8]) -> Option<Option<IVec>> {
+        let o = self
+            .shared
+            .overlay
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        o.get(&(tree, key.to_vec())).map(|(_, v)| v.clone())
+    }
+
+    /// Wait until change `seq` (and every earlier one) is durable and in
+    /// sled.
     pub(super) fn sync_to(&self, seq: u64) -> Result<(), StoreError> {
         let mut s = self.shared.lock();
         loop {
@@ -324,17 +435,25 @@ impl Wal {
         }
     }
 
-    /// After a checkpoint made every change up to `seq` durable in sled:
-    /// forget what is queued and write from the start of the file again.
-    /// The caller holds the commit lock, so no record is queued meanwhile.
-    pub(super) fn restart(&self, seq: u64) {
+    /// Put every queued change into sled, durable or not: the first half of
+    /// a checkpoint, whose sled flush then makes them durable. The caller
+    /// holds the commit lock, so nothing is queued meanwhile.
+    pub(super) fn drain(&self) -> Result<(), StoreError> {
         let mut s = self.shared.lock();
-        // A batch being written belongs to the pass that ends here; let it
-        // land before the next pass overwrites the start of the file.
-        while s.writing {
+        while s.writing || (!s.buf.is_empty() && s.failed.is_none()) {
             s = self.shared.done.wait(s).unwrap_or_else(|e| e.into_inner());
         }
+        let changes = std::mem::take(&mut s.changes);
+        self.shared.apply(&changes)
+    }
+
+    /// After a checkpoint made every change up to `seq` durable in sled:
+    /// forget what is queued and write from the start of the file again.
+    /// The caller holds the commit lock and has drained the log.
+    pub(super) fn restart(&self, seq: u64) {
+        let mut s = self.shared.lock();
         s.buf.clear();
+        s.changes.clear();
         s.offset = 0;
         s.last_seq = seq;
         s.synced = s.synced.max(seq);
