@@ -99,7 +99,13 @@ impl JobStore for SledStore {
                     Ok(job) => return Ok(Some(job)),
                     Err(StoreError::Conflict { .. })
                     | Err(StoreError::NotFound(_))
-                    | Err(StoreError::Corrupt { .. }) => continue 'restart,
+                    | Err(StoreError::Corrupt { .. }) => {
+                        // The indexes walked may lag a change still queued
+                        // for the log (sled gets it once it is durable):
+                        // wait for every change so far before walking again.
+                        self.settle()?;
+                        continue 'restart;
+                    }
                     Err(e) => return Err(e),
                 }
             }

@@ -263,6 +263,13 @@ impl SledStore {
         self.wait_durable(seq)
     }
 
+    /// Wait until every change committed so far is in sled, so that walks
+    /// of its indexes see them.
+    pub(super) fn settle(&self) -> Result<(), StoreError> {
+        let seq = *self.commit.lock().unwrap_or_else(|e| e.into_inner());
+        self.wait_durable(seq)
+    }
+
     /// Wait until the change numbered `seq` is durable. If the log cannot
     /// be written, a checkpoint makes it durable in sled instead.
     fn wait_durable(&self, seq: u64) -> Result<(), StoreError> {
