@@ -143,7 +143,7 @@ async fn serve(
         tracker.clone(),
     );
     systemd::status("waiting for the Bot API");
-    let Some(me) = botapi::wait_for_api(&bot, &stop).await? else {
+    let Some(me) = botapi::wait_for_api(&api, &stop).await? else {
         return Ok(());
     };
     tracing::info!(username = ?me.username, "connected to the Bot API");

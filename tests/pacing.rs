@@ -67,6 +67,40 @@ async fn a_hundred_users_at_once_each_get_the_acknowledgement_and_the_file() {
         *methods.entry(c.method.clone()).or_default() += 1;
     }
     println!("calls by method: {methods:?}");
+    // Which calls were refused, to tell the overall limit from a chat's.
+    let first = calls.first().map(|c| c.received_at);
+    for c in calls.iter().filter(|c| c.status == Some(429)) {
+        let at = first.map(|f| c.received_at.duration_since(f));
+        let to_chat = c.chat_id().map(|chat| {
+            calls
+                .iter()
+                .filter(|o| o.chat_id() == Some(chat) && o.seq < c.seq)
+                .map(|o| o.method.as_str())
+                .collect::<Vec<_>>()
+        });
+        let window: Vec<String> = calls
+            .iter()
+            .filter(|o| {
+                o.seq != c.seq
+                    && !o.is("getUpdates")
+                    && o.received_at <= c.received_at
+                    && c.received_at.duration_since(o.received_at) < Duration::from_secs(1)
+            })
+            .map(|o| {
+                format!(
+                    "{}@{:?}",
+                    o.method,
+                    first.map(|f| o.received_at.duration_since(f))
+                )
+            })
+            .collect();
+        println!(
+            "refused: {} to {:?} at {at:?}, after {to_chat:?}; {} calls in the second before: {window:?}",
+            c.method,
+            c.chat_id(),
+            window.len()
+        );
+    }
     println!(
         "{USERS} users: {} Bot API calls, {refused} answered 429 by the paced fake",
         calls.len()

@@ -8,6 +8,7 @@ use teloxide::prelude::*;
 use teloxide::{ApiError, RequestError};
 use tokio_util::sync::CancellationToken;
 
+use super::pacer::{PaceError, Priority, Target};
 use super::Api;
 use crate::config::Config;
 
@@ -23,15 +24,22 @@ pub fn build_bot(config: &Config) -> anyhow::Result<Bot> {
 
 /// Call `getMe` until it answers, backing off up to a minute between tries.
 /// Returns `None` if `shutdown` fires first. A wrong token is not retried.
+/// Through the pacer like every call: Telegram counts it toward the overall
+/// limit, and a burst of links waiting at start-up follows it at once.
 pub async fn wait_for_api(
-    bot: &Bot,
+    api: &Api,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Option<teloxide::types::Me>> {
     let mut delay = Duration::from_millis(250);
     loop {
-        match bot.get_me().await {
+        let answer = api
+            .pacer
+            .call(Target::NoChat, Priority::Urgent, || api.bot.get_me())
+            .await;
+        match answer {
             Ok(me) => return Ok(Some(me)),
-            Err(RequestError::Api(ApiError::InvalidToken)) => {
+            Err(PaceError::Shutdown) => return Ok(None),
+            Err(PaceError::Request(RequestError::Api(ApiError::InvalidToken))) => {
                 anyhow::bail!("telegram.token: the Bot API rejected the token (Unauthorized)");
             }
             Err(e) => {
