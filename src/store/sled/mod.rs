@@ -56,15 +56,46 @@ pub const SCHEMA_VERSION: u32 = 3;
 /// copies a consistent image.
 const WAL_FILE: &str = "tgdl.wal";
 
-/// The trees a log record's writes name, by number: the job trees in the
-/// order of [`tx::Tx`], then the inbox.
-const JOB_TREE_NAMES: [&str; tx::JOB_TREES + 1] = [
+/// The trees a log record's writes name, by number (their place here): the
+/// trees a job change may touch ([`tx::Tx`]), then the inbox. The log's
+/// [`Wal::trees`] holds them in this order; nothing else lists them.
+const LOGGED_TREES: [&str; tx::JOB_TREES + 1] = [
     "jobs", "by_state", "by_user", "users", "ready", "turns", "cache", "requests", "shorts",
     "meta", "inbox",
 ];
 
+/// A logged tree's number in log records; a name not in [`LOGGED_TREES`]
+/// fails the build.
+pub(super) const fn tree_number(name: &str) -> usize {
+    let mut i = 0;
+    while i < LOGGED_TREES.len() {
+        if same(LOGGED_TREES[i].as_bytes(), name.as_bytes()) {
+            return i;
+        }
+        i += 1;
+    }
+    panic!("not a logged tree")
+}
+
+const fn same(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
 /// The inbox's tree number in log records: after the job trees.
-const INBOX_TREE: u8 = tx::JOB_TREES as u8;
+const INBOX_TREE: u8 = tree_number("inbox") as u8;
+/// meta's tree number: a record's own sequence number is written there.
+pub(super) const META_TREE: u8 = tree_number("meta") as u8;
+const _: () = assert!(INBOX_TREE as usize == tx::JOB_TREES);
 
 pub struct SledStore {
     db: Db,
@@ -123,26 +154,16 @@ impl SledStore {
             .open()
             .map_err(|e| classify_open_error(&shown, e))?;
         let open = |name: &str| db.open_tree(name);
-        let [jobs, by_state, by_user, users, ready, turns, cache, requests, shorts, meta, inbox] =
-            JOB_TREE_NAMES.map(open);
-        let (jobs, by_state, by_user, users, ready) = (jobs?, by_state?, by_user?, users?, ready?);
-        let (turns, cache, requests, shorts, meta) = (turns?, cache?, requests?, shorts?, meta?);
-        let inbox = inbox?;
-        // The trees a log record's writes name, in the order of `job_trees`,
-        // then the inbox (INBOX_TREE).
-        let logged = vec![
-            jobs.clone(),
-            by_state.clone(),
-            by_user.clone(),
-            users.clone(),
-            ready.clone(),
-            turns.clone(),
-            cache.clone(),
-            requests.clone(),
-            shorts.clone(),
-            meta.clone(),
-            inbox.clone(),
-        ];
+        let logged = LOGGED_TREES
+            .map(open)
+            .into_iter()
+            .collect::<Result<Vec<Tree>, _>>()?;
+        let Ok(
+            [jobs, by_state, by_user, users, ready, turns, cache, requests, shorts, meta, inbox],
+        ) = <[Tree; LOGGED_TREES.len()]>::try_from(logged.clone())
+        else {
+            unreachable!("one tree per name");
+        };
         let (wal, records, end) =
             Wal::open(&dir.join(WAL_FILE), logged).map_err(|e| StoreError::Open {
                 path: shown.clone(),
@@ -251,19 +272,8 @@ impl SledStore {
     }
 
     /// The trees one job change may touch, in the order [`tx::Tx`] reads them.
-    fn job_trees(&self) -> [&Tree; tx::JOB_TREES] {
-        [
-            &self.jobs,
-            &self.by_state,
-            &self.by_user,
-            &self.users,
-            &self.ready,
-            &self.turns,
-            &self.cache,
-            &self.requests,
-            &self.shorts,
-            &self.meta,
-        ]
+    fn job_trees(&self) -> &[Tree] {
+        &self.wal.trees()[..tx::JOB_TREES]
     }
 
     /// Make every change committed so far durable (see [`GroupSync`]).

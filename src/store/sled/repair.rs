@@ -46,8 +46,12 @@ impl SledStore {
     /// from every index and counter, in one transaction. What the record said
     /// is unknown, so the indexes (which carry state and user) say it instead.
     pub(super) fn quarantine_job(&self, id: JobId, reason: &str) -> Result<(), StoreError> {
-        // Ready keys are found by scan, outside the transaction; the
-        // transaction re-checks each before removing it.
+        // Under the commit lock, as every change of the job trees, and with
+        // every queued change in sled first, so that the scans below read
+        // what is current; not logged: quarantining ends in a checkpoint, so
+        // replay never brings the record back.
+        let commit = self.commit.lock().unwrap_or_else(|e| e.into_inner());
+        self.wal.drain()?;
         let mut user_of: Option<u64> = None;
         for s in JobState::ALL {
             if let Some(v) = self.by_state.get(keys::state_key(s, id))? {
@@ -66,12 +70,7 @@ impl SledStore {
             None => Vec::new(),
         };
         let mut trees = self.job_trees().to_vec();
-        trees.push(&self.quarantine);
-        // Under the commit lock, as every change of the job trees, and with
-        // every queued change in sled first; not logged: quarantining ends
-        // in a checkpoint, so replay never brings the record back.
-        let commit = self.commit.lock().unwrap_or_else(|e| e.into_inner());
-        self.wal.drain()?;
+        trees.push(self.quarantine.clone());
         let writes = RefCell::new(Writes::default());
         let tx = Tx::new(&trees, &writes, None);
         let quarantine = TxTree::new(&trees, super::tx::JOB_TREES, &writes, None);
@@ -122,8 +121,7 @@ impl SledStore {
             TxError::Storage(e) => e.into(),
             TxError::Conflict => StoreError::unavailable(std::io::Error::other("conflict")),
         })?;
-        let owned: Vec<Tree> = trees.iter().map(|t| (*t).clone()).collect();
-        wal::apply_change(&owned, &writes.into_inner().into_vec())?;
+        wal::apply_change(&trees, &writes.into_inner().into_vec())?;
         self.checkpoint_locked(*commit)
     }
 

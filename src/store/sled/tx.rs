@@ -17,7 +17,7 @@ use sled::{IVec, Tree};
 
 use super::keys;
 use super::wal::{self, Wal, Write};
-use super::SledStore;
+use super::{tree_number, SledStore, META_TREE};
 use crate::job::{Job, JobId, JobState};
 use crate::store::codec;
 use crate::store::{StoreError, UserRecord};
@@ -59,13 +59,13 @@ type ReadResult<T> = Result<T, UnabortableTransactionError>;
 impl<'a> TxTree<'a> {
     /// Tree `i` of `trees`, writing into `writes`.
     pub(super) fn new(
-        trees: &'a [&'a Tree],
+        trees: &'a [Tree],
         i: usize,
         writes: &'a RefCell<Writes>,
         log: Option<&'a Wal>,
     ) -> Self {
         TxTree {
-            tree: trees[i],
+            tree: &trees[i],
             index: i as u8,
             writes,
             log,
@@ -136,22 +136,22 @@ impl<'a> Tx<'a> {
     /// The view of `trees` ([`SledStore::job_trees`], plus any after them);
     /// every write through it lands in `writes`.
     pub(super) fn new(
-        trees: &'a [&'a Tree],
+        trees: &'a [Tree],
         writes: &'a RefCell<Writes>,
         log: Option<&'a Wal>,
     ) -> Self {
         let t = |i: usize| TxTree::new(trees, i, writes, log);
         Tx {
-            jobs: t(0),
-            by_state: t(1),
-            by_user: t(2),
-            users: t(3),
-            ready: t(4),
-            turns: t(5),
-            cache: t(6),
-            requests: t(7),
-            shorts: t(8),
-            meta: t(9),
+            jobs: t(const { tree_number("jobs") }),
+            by_state: t(const { tree_number("by_state") }),
+            by_user: t(const { tree_number("by_user") }),
+            users: t(const { tree_number("users") }),
+            ready: t(const { tree_number("ready") }),
+            turns: t(const { tree_number("turns") }),
+            cache: t(const { tree_number("cache") }),
+            requests: t(const { tree_number("requests") }),
+            shorts: t(const { tree_number("shorts") }),
+            meta: t(const { tree_number("meta") }),
         }
     }
 }
@@ -175,7 +175,7 @@ impl SledStore {
         loop {
             let writes = RefCell::new(Writes::default());
             let mut commit = self.commit.lock().unwrap_or_else(|e| e.into_inner());
-            let res = f(&Tx::new(&trees, &writes, Some(&self.wal)));
+            let res = f(&Tx::new(trees, &writes, Some(&self.wal)));
             return match res {
                 Ok(v) => {
                     let seq = self.log_change(&mut commit, writes.into_inner())?;
@@ -221,7 +221,7 @@ impl SledStore {
         let seq = *commit + 1;
         let mut writes = writes;
         writes.0.insert(
-            (wal::META_TREE, keys::META_WAL_SEQ.to_vec()),
+            (META_TREE, keys::META_WAL_SEQ.to_vec()),
             Some(IVec::from(&seq.to_be_bytes())),
         );
         let writes = writes.into_vec();

@@ -37,6 +37,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use sled::{IVec, Tree};
 
 use super::keys;
+use super::META_TREE;
 use crate::store::StoreError;
 
 /// Size of the log file. Large enough that a checkpoint (a few ms to tens of
@@ -202,7 +203,7 @@ struct Shared {
     file: File,
     state: Mutex<State>,
     overlay: Overlay,
-    /// The trees a record's writes name ([`super::SledStore::logged_trees`]).
+    /// The trees a record's writes name, by number ([`super::LOGGED_TREES`]).
     trees: Vec<Tree>,
     /// The syncer waits here for records.
     work: Condvar,
@@ -239,9 +240,6 @@ pub(super) fn apply_change(trees: &[Tree], writes: &[Write]) -> Result<(), Store
     }
     Ok(())
 }
-
-/// The meta tree's number in [`Write::tree`].
-pub(super) const META_TREE: u8 = 9;
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
