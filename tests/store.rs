@@ -338,6 +338,55 @@ fn concurrent_claimers_never_take_the_same_job() {
     assert_consistent(&store);
 }
 
+/// A change is acknowledged once it is durable, before sled's trees have it
+/// (the log's applier puts it there): every walk of those trees must still
+/// see it the moment its call returned, whatever other writers do meanwhile.
+#[test]
+fn a_walk_sees_every_change_acknowledged_before_it() {
+    let (_dir, store) = open();
+    let owner = Uuid::new_v4();
+    std::thread::scope(|scope| {
+        for t in 0..4u64 {
+            let store = &store;
+            scope.spawn(move || {
+                for i in 0..150u64 {
+                    let user = 100 + t;
+                    let job = store
+                        .enqueue(new_job(user, &format!("https://a/{t}/{i}")), LOOSE, 1_000)
+                        .unwrap()
+                        .job;
+                    let listed = store.list_user(user, 1).unwrap();
+                    assert_eq!(
+                        listed.first().map(|j| j.id),
+                        Some(job.id),
+                        "the newest job of user {user} right after its enqueue"
+                    );
+                    assert!(store.counts().unwrap().queued >= 1);
+                    // Queued, or already claimed by another thread (it moves
+                    // only that way, so it is in the second list if not in
+                    // the first).
+                    let in_state = |s: JobState| {
+                        store
+                            .list_state(s, usize::MAX)
+                            .unwrap()
+                            .iter()
+                            .any(|j| j.id == job.id)
+                    };
+                    assert!(in_state(JobState::Queued) || in_state(JobState::Downloading));
+                    // Claimed by someone, or still queued for a claim to find.
+                    let claimed = store.claim(owner, 60_000, 2_000).unwrap();
+                    assert!(
+                        claimed.is_some(),
+                        "a claim found nothing right after an enqueue"
+                    );
+                }
+            });
+        }
+    });
+    assert_eq!(store.counts().unwrap().downloading, 600);
+    assert_consistent(&store);
+}
+
 #[test]
 fn find_by_short_id_and_list_by_user() {
     let (_d, store) = open();

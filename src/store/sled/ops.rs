@@ -57,6 +57,9 @@ impl JobStore for SledStore {
         // Walk users least recently served first; take the first user whose
         // earliest queued job is due. Races with other claimers surface as
         // conflicts and simply restart the walk.
+        // Whether sled lacked an acknowledged change as the walk began: see
+        // below.
+        let mut behind = self.wal.behind();
         'restart: for _ in 0..64 {
             for turn in self.turns.iter().keys() {
                 let turn = turn?;
@@ -97,17 +100,27 @@ impl JobStore for SledStore {
                 });
                 match res {
                     Ok(job) => return Ok(Some(job)),
-                    Err(StoreError::Conflict { .. })
-                    | Err(StoreError::NotFound(_))
-                    | Err(StoreError::Corrupt { .. }) => {
-                        // The indexes walked may lag a change still queued
-                        // for the log (sled gets it once it is durable):
-                        // wait for every change so far before walking again.
-                        self.settle()?;
+                    Err(StoreError::Conflict { .. }) | Err(StoreError::NotFound(_)) => {
+                        // The indexes walked lag the change that moved the
+                        // job (sled gets it after its record is durable):
+                        // wait for sled to have that change, then walk again.
+                        self.settle_job(id)?;
                         continue 'restart;
                     }
+                    // Quarantined and unlinked: the indexes no longer name it.
+                    Err(StoreError::Corrupt { .. }) => continue 'restart,
                     Err(e) => return Err(e),
                 }
+            }
+            // Nothing due in sled. sled gets a change after its committer
+            // went on, so an enqueue acknowledged before this claim may not
+            // be there yet: wait for it and walk once more. (Waiting before
+            // every walk would stall each claim behind the applier while
+            // due jobs are plenty.)
+            if behind {
+                behind = false;
+                self.caught_up()?;
+                continue 'restart;
             }
             return Ok(None);
         }
@@ -186,6 +199,7 @@ impl JobStore for SledStore {
         // Up to 8 digits: the short id users see (the id's last digits), or a
         // prefix of it. Longer: a prefix of the full id.
         let short = p.len() <= 8;
+        self.caught_up()?;
         let (tree, id_at) = if short {
             (&self.shorts, 4)
         } else {
@@ -219,10 +233,12 @@ impl JobStore for SledStore {
     }
 
     fn list_state(&self, state: JobState, limit: usize) -> Result<Vec<Job>, StoreError> {
+        self.caught_up()?;
         self.jobs_from_index(self.by_state.scan_prefix([state.as_u8()]).keys(), 1, limit)
     }
 
     fn list_state_rev(&self, state: JobState, limit: usize) -> Result<Vec<Job>, StoreError> {
+        self.caught_up()?;
         self.jobs_from_index(
             self.by_state.scan_prefix([state.as_u8()]).keys().rev(),
             1,
@@ -231,6 +247,7 @@ impl JobStore for SledStore {
     }
 
     fn list_user(&self, user_id: u64, limit: usize) -> Result<Vec<Job>, StoreError> {
+        self.caught_up()?;
         self.jobs_from_index(
             self.by_user.scan_prefix(user_id.to_be_bytes()).keys().rev(),
             8,
@@ -239,6 +256,7 @@ impl JobStore for SledStore {
     }
 
     fn in_flight_since(&self) -> Result<Vec<InFlight>, StoreError> {
+        self.caught_up()?;
         let mut out = Vec::new();
         for s in JobState::IN_FLIGHT {
             for k in self.by_state.scan_prefix([s.as_u8()]).keys() {
@@ -263,6 +281,7 @@ impl JobStore for SledStore {
     }
 
     fn counts(&self) -> Result<StateCounts, StoreError> {
+        self.caught_up()?;
         let mut c = StateCounts::default();
         for s in JobState::ALL {
             *c.get_mut(s) = self
@@ -276,10 +295,12 @@ impl JobStore for SledStore {
 
     fn cache_get(&self, key: &str) -> Result<Option<CachedMedia>, StoreError> {
         // A corrupt cache entry costs one download, nothing more.
+        self.caught_up()?;
         self.get_or_quarantine(&self.cache, "cache", key.as_bytes())
     }
 
     fn prune_finished(&self, older_than: Millis, batch: usize) -> Result<usize, StoreError> {
+        self.caught_up()?;
         // Minute counters older than a day are of no use to the report.
         let day_ago = now_ms().saturating_sub(24 * HOUR_MS) / 60_000;
         for state in [JobState::Done, JobState::Failed] {
@@ -332,6 +353,7 @@ impl JobStore for SledStore {
     }
 
     fn finished_since(&self, since: Millis) -> Result<(u64, u64), StoreError> {
+        self.caught_up()?;
         let mut out = [0u64; 2];
         for (i, state) in [JobState::Done, JobState::Failed].into_iter().enumerate() {
             let from = keys::finished_key(state, since / 60_000);
@@ -353,6 +375,7 @@ impl JobStore for SledStore {
         if updates.is_empty() {
             return Ok(());
         }
+        self.caught_up()?;
         let mut writes = Vec::new();
         for (id, bytes) in updates {
             if !self.inbox.contains_key(id.to_be_bytes())? {
@@ -370,6 +393,7 @@ impl JobStore for SledStore {
     }
 
     fn inbox_pending(&self) -> Result<Vec<(u32, Vec<u8>)>, StoreError> {
+        self.caught_up()?;
         let mut out = Vec::new();
         for kv in self.inbox.iter() {
             let (k, v) = kv?;
@@ -385,7 +409,9 @@ impl JobStore for SledStore {
         // Not synced: if a crash loses the removal, the update is handled
         // again after the restart, and every handler's effect is idempotent
         // under that (ARCHITECTURE.md). sled writes it at the next checkpoint
-        // or when its buffer fills.
+        // or when its buffer fills. After the batch that stored it is in
+        // sled, or sled would get it back after this.
+        self.caught_up()?;
         self.inbox.remove(update_id.to_be_bytes())?;
         Ok(())
     }
@@ -418,11 +444,16 @@ impl JobStore for SledStore {
     }
 
     fn flush(&self) -> Result<(), StoreError> {
+        // sled's own files then hold every change committed before.
+        self.settle()?;
         self.sync()?;
         Ok(())
     }
 
     fn check_invariants(&self) -> Result<InvariantReport, StoreError> {
+        // Lazy updates included: on a quiet store sled then holds every
+        // change whole.
+        self.settle()?;
         self.full_check()
     }
 

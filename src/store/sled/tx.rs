@@ -263,17 +263,49 @@ impl SledStore {
         self.wait_durable(seq)
     }
 
-    /// Wait until every change committed so far is in sled, so that walks
-    /// of its indexes see them.
+    /// Wait until every change committed so far is in sled, durable or
+    /// not yet (lazy updates too): before a flush of sled, the invariant
+    /// check and an export, and before a claim walks the indexes again
+    /// after finding them behind a queued change.
     pub(super) fn settle(&self) -> Result<(), StoreError> {
         let seq = *self.commit.lock().unwrap_or_else(|e| e.into_inner());
-        self.wait_durable(seq)
+        self.wait_for(seq, Mark::Applied)
     }
 
-    /// Wait until the change numbered `seq` is durable. If the log cannot
-    /// be written, a checkpoint makes it durable in sled instead.
+    /// Wait until sled has the latest change queued for job `id`, if one
+    /// is still queued.
+    pub(super) fn settle_job(&self, id: JobId) -> Result<(), StoreError> {
+        const JOBS: u8 = tree_number("jobs") as u8;
+        match self.wal.pending_seq(JOBS, id.as_bytes()) {
+            Some(seq) => self.wait_for(seq, Mark::Applied),
+            None => Ok(()),
+        }
+    }
+
+    /// Wait until every change whose committer could have been told it is
+    /// durable is in sled, so that a walk of sled's trees sees it. Every
+    /// reader that walks (or reads without the overlay) a tree a job change
+    /// writes calls this first: a committer returns once its change is
+    /// durable, before sled has it. Changes not yet durable were confirmed
+    /// to no one, so the reader need not wait for their sync.
+    pub(super) fn caught_up(&self) -> Result<(), StoreError> {
+        self.wait_for(self.wal.durable(), Mark::Applied)
+    }
+
+    /// Wait until the change numbered `seq` is durable.
     fn wait_durable(&self, seq: u64) -> Result<(), StoreError> {
-        let Err(e) = self.wal.sync_to(seq) else {
+        self.wait_for(seq, Mark::Durable)
+    }
+
+    /// Wait until change `seq` reached `mark`. If the log cannot be written
+    /// (or sled written from it), a checkpoint puts every queued change in
+    /// sled and makes it durable there instead.
+    fn wait_for(&self, seq: u64, mark: Mark) -> Result<(), StoreError> {
+        let waited = match mark {
+            Mark::Durable => self.wal.sync_to(seq),
+            Mark::Applied => self.wal.applied_to(seq),
+        };
+        let Err(e) = waited else {
             return Ok(());
         };
         tracing::error!(error = %e, "the store's log could not be written; checkpointing");
@@ -290,6 +322,15 @@ impl SledStore {
         self.wal.restart(seq);
         Ok(())
     }
+}
+
+/// How far a change has gone.
+#[derive(Clone, Copy)]
+enum Mark {
+    /// Its record is durable in the log: it survives a crash.
+    Durable,
+    /// sled holds it too: walks of sled's trees see it.
+    Applied,
 }
 
 /// A user record that failed to decode: sled's own signal to

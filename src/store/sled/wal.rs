@@ -5,11 +5,13 @@
 //! file; and every sled transaction or batch writes out sled's buffers
 //! twice (with `sync_file_range`). Instead, each job change queues one record
 //! of its writes (tree, key, value or removal) here. A syncer thread writes
-//! whatever is queued, makes it durable with one `fdatasync` (group commit),
-//! then applies the writes to sled as plain inserts and removals, and wakes
-//! the committers. sled writes its own files when its buffers fill, and at a
-//! checkpoint. Until sled has a queued change, later changes and point reads
-//! of jobs see it in the overlay.
+//! whatever is queued, makes it durable with one `fdatasync` (group commit)
+//! and wakes the committers; an applier thread then applies the writes to
+//! sled as plain inserts and removals, while the syncer syncs the next batch.
+//! sled writes its own files when its buffers fill, and at a checkpoint.
+//! Until sled has a queued change, later changes and point reads of jobs see
+//! it in the overlay, and a reader that walks sled's trees first waits for
+//! sled to have every change acknowledged before it ([`Wal::applied_to`]).
 //!
 //! **Ordering.** Every change carries a sequence number, assigned under the
 //! commit lock and written into sled (`meta`, [`keys::META_WAL_SEQ`]) as the
@@ -178,20 +180,32 @@ struct State {
     offset: u64,
     /// Sequence number of the last record in `buf`.
     last_seq: u64,
-    /// The writes of each queued change, in order: the syncer applies them
-    /// to sled once their records are durable, never before, so sled never
-    /// holds part of a change the log could lose.
+    /// The writes of each queued change, in order: sled gets them once their
+    /// records are durable, never before, so sled never holds part of a
+    /// change the log could lose.
     changes: Vec<(u64, Vec<Write>)>,
+    /// Changes durable in the file that the applier has not taken yet, in
+    /// order (every one before those in `changes`).
+    durable_changes: Vec<(u64, Vec<Write>)>,
     /// Highest sequence number durable (in this file, or in sled after a
-    /// checkpoint) and applied to sled.
-    synced: u64,
-    /// The syncer is writing and applying a batch taken from `buf`.
+    /// checkpoint): what a committer waits for.
+    durable: u64,
+    /// Highest sequence number applied to sled: what a reader of sled's
+    /// indexes waits for ([`Wal::applied_to`]). At most `durable`.
+    applied: u64,
+    /// The syncer is writing a batch taken from `buf`.
     writing: bool,
+    /// The applier is applying a batch taken from `durable_changes`.
+    applying: bool,
     /// Why the last write or sync of the file failed; cleared by a
     /// checkpoint ([`Wal::restart`]). Until then nothing more is durable in
     /// the file: a batch missing from it would end the log early.
     failed: Option<String>,
+    /// Set at drop: the syncer writes what is queued and ends.
     stop: bool,
+    /// Set at drop once the syncer ended: the applier applies what is
+    /// durable and ends.
+    stop_applying: bool,
 }
 
 /// The latest value of every key a queued change writes, by tree and key,
@@ -207,16 +221,21 @@ struct Shared {
     trees: Vec<Tree>,
     /// The syncer waits here for records.
     work: Condvar,
-    /// Committers wait here for their change to be durable and applied.
+    /// The applier waits here for durable changes.
+    apply_work: Condvar,
+    /// Committers wait here for their change to be durable, readers for
+    /// sled to have it, and a drain for both threads to be idle.
     done: Condvar,
 }
 
-/// The open log file and its syncer thread: it writes whatever records are
-/// queued, makes them durable with one fdatasync (group commit), applies
-/// their writes to sled, and wakes the committers.
+/// The open log file and its two threads. The syncer writes whatever records
+/// are queued, makes them durable with one fdatasync (group commit) and wakes
+/// the committers; the applier then puts their writes into sled, while the
+/// syncer already syncs the next batch.
 pub(super) struct Wal {
     shared: Arc<Shared>,
     syncer: Option<std::thread::JoinHandle<()>>,
+    applier: Option<std::thread::JoinHandle<()>>,
 }
 
 /// Apply one change's writes to sled, the sequence number last. Not a sled
@@ -262,8 +281,9 @@ impl Shared {
         Ok(())
     }
 
-    /// The syncer thread: write, sync and apply batches until told to stop,
-    /// and then whatever is still queued.
+    /// The syncer thread: write and sync batches, and hand them to the
+    /// applier, until told to stop, and then whatever is still queued. The
+    /// next batch's `fdatasync` runs while sled gets the last one.
     fn run(&self) {
         let mut s = self.lock();
         loop {
@@ -274,7 +294,7 @@ impl Shared {
                 return;
             }
             let buf = std::mem::take(&mut s.buf);
-            let changes = std::mem::take(&mut s.changes);
+            let mut changes = std::mem::take(&mut s.changes);
             let (offset, last) = (s.offset, s.last_seq);
             s.offset += buf.len() as u64;
             s.writing = true;
@@ -282,20 +302,57 @@ impl Shared {
             let res = self
                 .file
                 .write_all_at(&buf, offset)
-                .and_then(|()| self.file.sync_data())
-                .map_err(|e| e.to_string())
-                .and_then(|()| self.apply(&changes).map_err(|e| e.to_string()));
+                .and_then(|()| self.file.sync_data());
             s = self.lock();
             s.writing = false;
             match res {
-                Ok(()) => s.synced = s.synced.max(last),
+                // The committers go on as soon as their changes are durable;
+                // sled gets them meanwhile, and later changes (and point
+                // reads) see them in the overlay until it has.
+                Ok(()) => {
+                    s.durable = s.durable.max(last);
+                    s.durable_changes.append(&mut changes);
+                    self.apply_work.notify_one();
+                }
                 Err(e) => {
-                    // Kept for the checkpoint that recovers (see `drain`);
-                    // applying a change twice gives the same result.
-                    let later = std::mem::take(&mut s.changes);
+                    // Kept for the checkpoint that recovers (see `drain`).
+                    changes.append(&mut s.changes);
                     s.changes = changes;
-                    s.changes.extend(later);
-                    s.failed = Some(e);
+                    s.failed = Some(e.to_string());
+                }
+            }
+            self.done.notify_all();
+        }
+    }
+
+    /// The applier thread: put durable changes into sled, in order, until
+    /// told to stop, and then whatever is still durable.
+    fn run_applier(&self) {
+        let mut s = self.lock();
+        loop {
+            while s.durable_changes.is_empty() && !s.stop_applying {
+                s = self.apply_work.wait(s).unwrap_or_else(|e| e.into_inner());
+            }
+            if s.durable_changes.is_empty() {
+                return;
+            }
+            let mut changes = std::mem::take(&mut s.durable_changes);
+            let last = changes.last().map_or(0, |c| c.0);
+            s.applying = true;
+            drop(s);
+            let res = self.apply(&changes);
+            s = self.lock();
+            s.applying = false;
+            match res {
+                Ok(()) => s.applied = s.applied.max(last),
+                Err(e) => {
+                    // Kept, before everything later, for the checkpoint that
+                    // recovers (see `drain`); applying a change twice gives
+                    // the same result.
+                    changes.append(&mut s.durable_changes);
+                    changes.append(&mut s.changes);
+                    s.changes = changes;
+                    s.failed = Some(e.to_string());
                 }
             }
             self.done.notify_all();
@@ -344,14 +401,19 @@ impl Wal {
                 offset: 0,
                 last_seq: 0,
                 changes: Vec::new(),
-                synced: 0,
+                durable_changes: Vec::new(),
+                durable: 0,
+                applied: 0,
                 writing: false,
+                applying: false,
                 failed: None,
                 stop: false,
+                stop_applying: false,
             }),
             overlay: Mutex::new(HashMap::new()),
             trees,
             work: Condvar::new(),
+            apply_work: Condvar::new(),
             done: Condvar::new(),
         });
         let syncer = {
@@ -360,9 +422,16 @@ impl Wal {
                 .name("tgdl-wal-sync".into())
                 .spawn(move || shared.run())?
         };
+        let applier = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("tgdl-wal-apply".into())
+                .spawn(move || shared.run_applier())?
+        };
         let wal = Wal {
             shared,
             syncer: Some(syncer),
+            applier: Some(applier),
         };
         Ok((wal, records, end))
     }
@@ -410,20 +479,52 @@ impl Wal {
     /// What queued changes wrote to `key` of tree `tree`, if any: `Some(None)`
     /// for a removal.
     pub(super) fn pending(&self, tree: u8, key: &[u8]) -> Option<Option<IVec>> {
+        self.queued(tree, key).map(|(_, v)| v)
+    }
+
+    /// The overlay's entry for `key` of tree `tree`: the number of the
+    /// latest queued change that wrote it, and what it wrote.
+    fn queued(&self, tree: u8, key: &[u8]) -> Option<(u64, Option<IVec>)> {
         let o = self
             .shared
             .overlay
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        o.get(&(tree, key.to_vec())).map(|(_, v)| v.clone())
+        o.get(&(tree, key.to_vec())).cloned()
     }
 
-    /// Wait until change `seq` (and every earlier one) is durable and in
-    /// sled.
+    /// The number of the latest queued change that wrote `key` of tree
+    /// `tree`, until sled has it.
+    pub(super) fn pending_seq(&self, tree: u8, key: &[u8]) -> Option<u64> {
+        self.queued(tree, key).map(|(seq, _)| seq)
+    }
+
+    /// Wait until change `seq` (and every earlier one) is durable.
     pub(super) fn sync_to(&self, seq: u64) -> Result<(), StoreError> {
+        self.wait_until(|s| s.durable >= seq)
+    }
+
+    /// Whether sled lacks a change that is durable.
+    pub(super) fn behind(&self) -> bool {
+        let s = self.shared.lock();
+        s.applied < s.durable
+    }
+
+    /// The highest sequence number durable now.
+    pub(super) fn durable(&self) -> u64 {
+        self.shared.lock().durable
+    }
+
+    /// Wait until change `seq` (and every earlier one) is in sled, so that
+    /// a walk of sled's trees sees it.
+    pub(super) fn applied_to(&self, seq: u64) -> Result<(), StoreError> {
+        self.wait_until(|s| s.applied >= seq)
+    }
+
+    fn wait_until(&self, reached: impl Fn(&State) -> bool) -> Result<(), StoreError> {
         let mut s = self.shared.lock();
         loop {
-            if s.synced >= seq {
+            if reached(&s) {
                 return Ok(());
             }
             if let Some(e) = &s.failed {
@@ -438,10 +539,14 @@ impl Wal {
     /// holds the commit lock, so nothing is queued meanwhile.
     pub(super) fn drain(&self) -> Result<(), StoreError> {
         let mut s = self.shared.lock();
-        while s.writing || (!s.buf.is_empty() && s.failed.is_none()) {
+        while s.writing
+            || s.applying
+            || (!(s.buf.is_empty() && s.durable_changes.is_empty()) && s.failed.is_none())
+        {
             s = self.shared.done.wait(s).unwrap_or_else(|e| e.into_inner());
         }
-        let changes = std::mem::take(&mut s.changes);
+        let mut changes = std::mem::take(&mut s.durable_changes);
+        changes.append(&mut s.changes);
         self.shared.apply(&changes)
     }
 
@@ -452,20 +557,28 @@ impl Wal {
         let mut s = self.shared.lock();
         s.buf.clear();
         s.changes.clear();
+        s.durable_changes.clear();
         s.offset = 0;
         s.last_seq = seq;
-        s.synced = s.synced.max(seq);
+        s.durable = s.durable.max(seq);
+        s.applied = s.applied.max(seq);
         s.failed = None;
         self.shared.done.notify_all();
     }
 }
 
 impl Drop for Wal {
-    /// Stop the syncer once it has written what is queued.
+    /// Stop the syncer once it has written what is queued, then the applier
+    /// once sled has what is durable.
     fn drop(&mut self) {
         self.shared.lock().stop = true;
         self.shared.work.notify_one();
         if let Some(t) = self.syncer.take() {
+            let _ = t.join();
+        }
+        self.shared.lock().stop_applying = true;
+        self.shared.apply_work.notify_one();
+        if let Some(t) = self.applier.take() {
             let _ = t.join();
         }
     }
