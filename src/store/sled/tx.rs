@@ -265,8 +265,7 @@ impl SledStore {
 
     /// Wait until every change committed so far is in sled, durable or
     /// not yet (lazy updates too): before a flush of sled, the invariant
-    /// check and an export, and before a claim walks the indexes again
-    /// after finding them behind a queued change.
+    /// check and an export.
     pub(super) fn settle(&self) -> Result<(), StoreError> {
         let seq = *self.commit.lock().unwrap_or_else(|e| e.into_inner());
         self.wait_for(seq, Mark::Applied)
