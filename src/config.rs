@@ -425,17 +425,17 @@ impl Config {
             3600,
         )?;
         range("telegram.choice_wait_secs", t.choice_wait_secs, 0, 600)?;
-        range("telegram.pace_per_sec", t.pace_per_sec as u64, 1, 1000)?;
+        range("telegram.pace_per_sec", t.pace_per_sec as u64, 0, 1000)?;
         range(
             "telegram.pace_per_chat_per_sec",
             t.pace_per_chat_per_sec as u64,
-            1,
+            0,
             100,
         )?;
         range(
             "telegram.pace_per_group_per_min",
             t.pace_per_group_per_min as u64,
-            1,
+            0,
             6000,
         )?;
         range(
@@ -810,6 +810,27 @@ mod tests {
         let err = Config::parse("[\"\"]\n", None).unwrap_err();
         assert_eq!(err, ConfigError::UnknownKey("\"\"".into()));
         assert_eq!(err.to_string(), "config: unknown key '\"\"'");
+    }
+
+    /// 0 turns a pacing limit off (a Bot API stand-in); above Telegram's
+    /// limits by far is refused as a typo.
+    #[test]
+    fn a_pacing_limit_of_zero_is_off_and_a_huge_one_is_refused() {
+        let c = Config::parse(
+            "[telegram]\npace_per_sec = 0\npace_per_chat_per_sec = 0\npace_per_group_per_min = 0\n",
+            None,
+        )
+        .unwrap();
+        let p = crate::botapi::pacer::PacerConfig::from_config(&c.telegram);
+        assert_eq!(
+            (p.global_per_sec, p.per_chat_per_sec, p.per_group_per_min),
+            (0, 0, 0)
+        );
+        let err = Config::parse("[telegram]\npace_per_sec = 1001\n", None).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "config: 'telegram.pace_per_sec': 1001 is out of range (0 to 1000)"
+        );
     }
 
     #[test]

@@ -969,6 +969,30 @@ mod tests {
         );
     }
 
+    /// `telegram.pace_* = 0` (a Bot API stand-in with no limits): every call starts at once.
+    #[tokio::test(start_paused = true)]
+    async fn limits_of_zero_pace_nothing() {
+        let config = PacerConfig {
+            global_per_sec: 0,
+            per_chat_per_sec: 0,
+            per_group_per_min: 0,
+            ..config()
+        };
+        let (p, log) = (Pacer::new(config, CancellationToken::new()), Log::new());
+        // 100 calls, half of them to one group, the rest to one private chat.
+        let handles = (0..100)
+            .map(|i| {
+                let (p, f) = (p.clone(), log.ok(&format!("c{i}")));
+                let chat = if i % 2 == 0 { -100 } else { 7 };
+                tokio::spawn(async move { p.call(chat, Priority::Urgent, f).await.unwrap() })
+            })
+            .collect();
+        join_all(handles).await;
+        let times = log.times();
+        assert_eq!(times.len(), 100);
+        assert!(times.iter().all(|t| *t == 0), "{times:?}");
+    }
+
     /// The start times (ms) of 31 calls to different chats whose answers each take half a
     /// second: until its answer a call may still be on its way.
     async fn thirty_one_slow_calls(p: Pacer) -> Vec<u64> {
