@@ -34,6 +34,14 @@ fn is_ffmpeg(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim_end() == "ffmpeg")
 }
 
+/// The nice value of a process (`self` for this one), field 19 of its stat.
+fn niceness(pid: &str) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start at 3.
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(19 - 3)?.parse().ok()
+}
+
 /// The environment of a running process, one `KEY=value` each.
 fn environ(pid: i32) -> Vec<String> {
     std::fs::read(format!("/proc/{pid}/environ"))
@@ -64,7 +72,8 @@ async fn poll<R>(timeout: Duration, mut f: impl FnMut() -> Option<R>) -> Option<
 /// outlives a `kill -9` of the bot: PDEATHSIG reaches yt-dlp only. The next
 /// start ends it (it works in the job's folder), and the job completes.
 /// Meanwhile the bot runs with `TGDL_TOKEN` set, and neither yt-dlp nor
-/// ffmpeg has it (or any `TGDL_*`) in its environment.
+/// ffmpeg has it (or any `TGDL_*`) in its environment; both run 10 steps
+/// nicer than the bot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn after_kill_9_mid_ffmpeg_the_next_start_ends_the_old_run_and_the_job_completes() {
     let t = BinaryTest::start(
@@ -110,6 +119,13 @@ extra_args = [\"--downloader\", \"ffmpeg\"]",
             env.iter()
                 .filter(|v| v.contains("TGDL") || v.contains(TOKEN))
                 .collect::<Vec<_>>()
+        );
+        // Batch work: the scheduler favours the bot's replies over it.
+        let (bot_nice, child_nice) = (niceness("self").unwrap(), niceness(&pid.to_string()));
+        assert_eq!(
+            child_nice,
+            Some((bot_nice + tgdl::download::CHILD_NICENESS).min(19)),
+            "{cmd} runs at the bot's niceness {bot_nice}"
         );
         // Working in the job's folder, where recovery looks for them.
         let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap();

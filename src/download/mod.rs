@@ -37,5 +37,5 @@ pub mod source;
 pub use args::{job_dir, Want, YtDlpArgs};
 pub use classify::{classify, DownloadFailure, Reason};
 pub use handle::{Install, YtDlp};
-pub use process::{run_ytdlp, ytdlp_version, DownloadError, DownloadOutput};
+pub use process::{run_ytdlp, ytdlp_version, DownloadError, DownloadOutput, CHILD_NICENESS};
 pub use progress::{MediaMeta, Progress};

@@ -475,21 +475,48 @@ async fn checked_path(dir: &Path, reported: &Path) -> io::Result<PathBuf> {
 ///
 /// Its environment is ours without `TGDL_*` (the token above all): a child
 /// runs code we did not write (extractors, ffmpeg, `--exec` in `extra_args`).
+///
+/// It runs [`CHILD_NICENESS`] steps nicer than the bot, and so does what it
+/// starts (ffmpeg inherits it).
 pub(super) fn command(binary: &Path) -> Command {
     let mut cmd = Command::new(binary);
     cmd.stdin(Stdio::null()).kill_on_drop(true).process_group(0);
     without_secrets(&mut cmd);
     // SAFETY: the closure runs in the forked child before exec, where only
-    // async-signal-safe calls are allowed: it makes one prctl(2) system call
-    // (no allocation, no lock, no memory of the parent touched) and builds
-    // an io::Error from errno, which does not allocate either.
+    // async-signal-safe calls are allowed: it makes three system calls
+    // (getpriority, setpriority, prctl; no allocation, no lock, no memory of
+    // the parent touched) and builds an io::Error from errno, which does not
+    // allocate either.
     unsafe {
         cmd.pre_exec(|| {
+            lower_priority();
             set_pdeathsig(Signal::SIGKILL).map_err(io::Error::from)?;
             Ok(())
         });
     }
     cmd
+}
+
+/// How much nicer (nice(1)) than the bot every program it starts runs.
+/// Downloads and conversions are batch work that can fill every core for
+/// minutes; what users wait on is the bot's own work (acknowledgements,
+/// replies, status), which takes little CPU but must not queue behind them.
+/// On 2 cores, a yt-dlp starting (about half a second of CPU for Python and
+/// its extractors) during a burst of links took a quarter of the machine
+/// while the bot acknowledged them.
+pub const CHILD_NICENESS: i32 = 10;
+
+/// Lowers the calling process's priority by [`CHILD_NICENESS`] (up to the
+/// lowest, 19). Best effort: lowering one's own priority needs no privilege,
+/// and a failure only leaves the child as urgent as the bot.
+fn lower_priority() {
+    // SAFETY: plain system calls on the calling process (who = 0).
+    unsafe {
+        // -1 is both a valid priority and the error value; either way the
+        // sum below is a valid priority.
+        let now = libc::getpriority(libc::PRIO_PROCESS, 0);
+        libc::setpriority(libc::PRIO_PROCESS, 0, (now + CHILD_NICENESS).min(19));
+    }
 }
 
 /// Removes `TGDL_*` (`TGDL_TOKEN` above all) from what `cmd` inherits:
