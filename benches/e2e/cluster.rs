@@ -42,11 +42,11 @@ const DELIVER_TIMEOUT: Duration = Duration::from_secs(300);
 /// sample) to end, so it is not counted against the first jobs.
 const SETTLE: Duration = Duration::from_secs(3);
 
-/// The bot's pacer opened wide, as in the unpaced burst (2a): every node
-/// paces on its own, so under Telegram's limits two nodes would also have
-/// twice the per-chat budget; opened wide, the setups compare the work.
+/// The bot's pacer off, as in the unpaced burst (2a): every node paces on
+/// its own, so under Telegram's limits two nodes would also have twice the
+/// per-chat budget; unpaced, the setups compare the work.
 const PACING: &str =
-    "[telegram]\npace_per_sec = 1000\npace_per_chat_per_sec = 100\npace_per_group_per_min = 6000\n";
+    "[telegram]\npace_per_sec = 0\npace_per_chat_per_sec = 0\npace_per_group_per_min = 0\n";
 
 /// What the worker logs when a job it ran ended done.
 const FINISHED_MARK: &str = "job step ended";
