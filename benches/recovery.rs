@@ -150,7 +150,7 @@ fn main() {
     let ytdlp = ytdlp_path();
     let ytdlp_version = time_ytdlp_version(&ytdlp);
     println!(
-        "yt-dlp: {} (`--version` takes {} p50 of 5; `tgdl run` waits for it before getMe)",
+        "yt-dlp: {} (`--version` takes {} p50 of 5; `tgdl run` asks it beside its start, not before getMe)",
         ytdlp.display(),
         fmt_dur(ytdlp_version)
     );
@@ -204,6 +204,8 @@ fn main() {
     drop(rt);
 
     print_tables(&s, &rows);
+    println!();
+    footprints(&seeds, runs.path());
     println!();
     println!(
         "total bench time {:.0} s (load average now {})",
@@ -390,7 +392,8 @@ struct Start {
     first_updates: Duration,
     /// From spawn to the "store open" log line.
     store_open: Option<Duration>,
-    /// From spawn to the "downloader ready" log line (after `yt-dlp --version`).
+    /// From spawn to the "downloader ready" log line (yt-dlp found; its
+    /// version is asked later, beside the start).
     downloader_ready: Option<Duration>,
     /// From spawn to the first getMe.
     get_me: Duration,
@@ -597,6 +600,47 @@ fn print_tables(s: &Settings, rows: &[Row]) {
             last.n,
             pass(last).as_secs_f64() / pass(first).as_secs_f64(),
             start(last).as_secs_f64() / start(first).as_secs_f64(),
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// (c) What sled needs for the same data
+
+/// Each seed's crash image beside its live data and a freshly written copy
+/// of that data: the floor sled 0.34 puts under bytes per job and under a
+/// start-up that reads the whole log (benches/README.md, "Floors").
+fn footprints(seeds: &[Seed], runs: &Path) {
+    println!(
+        "(c) bytes per stored job, and sled's floor: every item written once into a new \
+         database (in key order, flushed), then opened as a store without a restart"
+    );
+    println!(
+        "{:>9} | {:>7} | {:>12} | {:>11} | {:>13} | {:>10} | {:>17}",
+        "stored",
+        "items",
+        "live data/job",
+        "on disk/job",
+        "fresh copy/job",
+        "disk/live",
+        "open fresh copy"
+    );
+    println!("{}", "-".repeat(98));
+    for seed in seeds {
+        let dir = runs.join(format!("footprint-{}", seed.n));
+        copy_dir(&seed.image(Image::NoRestart), &dir);
+        let f = common::sled_footprint(&dir.join("data").join("db"), &dir);
+        std::fs::remove_dir_all(&dir).expect("remove footprint copy");
+        let per = |b: u64| b as f64 / seed.n as f64;
+        println!(
+            "{:>9} | {:>7} | {:>10.0} B | {:>9.0} B | {:>11.0} B | {:>9.1}x | {:>17}",
+            seed.n,
+            f.items,
+            per(f.live),
+            per(f.on_disk),
+            per(f.fresh_copy),
+            f.on_disk as f64 / f.live as f64,
+            fmt_dur(f.fresh_open),
         );
     }
 }

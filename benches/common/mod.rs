@@ -335,3 +335,75 @@ pub fn describe_fs(path: &Path) -> String {
         None => format!("{} (filesystem unknown)", path.display()),
     }
 }
+
+// ---------------------------------------------------------------------------
+// What sled needs on disk for the data it holds (issue 16's disk floor)
+
+/// The live data of a sled database beside the room it takes: what the
+/// store's records and index entries weigh, what the database takes on
+/// disk, and what a freshly written copy of the same items takes.
+pub struct Footprint {
+    /// Items in every tree (records and index entries).
+    pub items: u64,
+    /// Their keys and values, in bytes: the data itself.
+    pub live: u64,
+    /// The database's folder (sled's files and the store's log).
+    pub on_disk: u64,
+    /// Every item written once, in key order, into a new sled database
+    /// with the store's settings, flushed: sled's own floor for this data
+    /// (no history of rewrites behind it).
+    pub fresh_copy: u64,
+    /// Opening that copy with [`SledStore::open`] without a restart since
+    /// it was written (sled reads its whole log): the start-up floor.
+    pub fresh_open: Duration,
+}
+
+/// Measure `db` (a [`SledStore`] folder that is not open), writing the
+/// fresh copy under `scratch` (removed after).
+pub fn sled_footprint(db: &Path, scratch: &Path) -> Footprint {
+    let on_disk = tgdl::pipeline::cleanup::tree_size(db);
+    let from = sled::Config::new()
+        .path(db)
+        .cache_capacity(16 * 1024 * 1024)
+        .flush_every_ms(None)
+        .open()
+        .expect("open the database raw");
+    let copy = scratch.join("fresh-copy");
+    let _ = std::fs::remove_dir_all(&copy);
+    let (mut items, mut live) = (0u64, 0u64);
+    {
+        let to = sled::Config::new()
+            .path(&copy)
+            .cache_capacity(16 * 1024 * 1024)
+            .flush_every_ms(None)
+            .open()
+            .expect("create the copy");
+        for name in from.tree_names() {
+            let (src, dst) = (
+                from.open_tree(&name).expect("tree"),
+                to.open_tree(&name).expect("tree"),
+            );
+            for kv in src.iter() {
+                let (k, v) = kv.expect("read item");
+                items += 1;
+                live += (k.len() + v.len()) as u64;
+                dst.insert(k, v).expect("copy item");
+            }
+        }
+        to.flush().expect("flush the copy");
+    }
+    drop(from);
+    let fresh_copy = tgdl::pipeline::cleanup::tree_size(&copy);
+    let t = Instant::now();
+    let opened = SledStore::open(&copy).expect("open the copy as a store");
+    let fresh_open = t.elapsed();
+    drop(opened);
+    std::fs::remove_dir_all(&copy).expect("remove the copy");
+    Footprint {
+        items,
+        live,
+        on_disk,
+        fresh_copy,
+        fresh_open,
+    }
+}
