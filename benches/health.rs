@@ -50,7 +50,7 @@ use std::time::{Duration, Instant};
 
 use common::{
     copy_dir, describe_fs, fmt_dur, loadavg, new_job, seed_finished, seed_in_flight, time_reps,
-    Stats,
+    Stats, SEED_VERSION,
 };
 use tgdl::config::Config;
 use tgdl::ops::health::HealthState;
@@ -630,7 +630,7 @@ fn idle_cpu(d: Duration) -> f64 {
 fn big_store(s: &Settings, root: &Path) -> (PathBuf, &'static str) {
     let mode = if s.quick { "quick" } else { "full" };
     let theirs = root
-        .join(format!("v1-{mode}-{}", s.in_flight))
+        .join(format!("{SEED_VERSION}-{mode}-{}", s.in_flight))
         .join(format!("seed-{}", s.big));
     if theirs.join("ready").exists() {
         return (
@@ -638,7 +638,7 @@ fn big_store(s: &Settings, root: &Path) -> (PathBuf, &'static str) {
             "seeded by benches/recovery.rs, reused",
         );
     }
-    let ours = root.join(format!("health-v1-{}-{}", s.big, s.in_flight));
+    let ours = root.join(format!("health-{SEED_VERSION}-{}-{}", s.big, s.in_flight));
     if ours.join("ready").exists() {
         return (ours.join("image"), "seeded by an earlier run, reused");
     }

@@ -48,7 +48,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use common::{
     copy_dir, describe_fs, fmt_dur, is_tmpfs, loadavg, median, new_job, seed_finished,
-    seed_in_flight, tgdl_binary, LEASE_MS,
+    seed_in_flight, tgdl_binary, LEASE_MS, SEED_VERSION,
 };
 use support::bot::TOKEN;
 use support::fake_telegram::FakeTelegram;
@@ -57,9 +57,6 @@ use tgdl::download::install;
 use tgdl::job::{now_ms, JobState, Lease};
 use tgdl::store::{Expect, JobStore, SledStore};
 use uuid::Uuid;
-
-/// Bump when the seed layout changes, so stale seeds are not reused.
-const SEED_VERSION: &str = "v1";
 
 struct Settings {
     quick: bool,

@@ -183,10 +183,42 @@ pub fn seed_in_flight(
     out
 }
 
+/// The version of what [`seed_finished`] makes, part of the name of every
+/// kept seed (`benches/recovery.rs`, reused by `benches/health.rs`), so a
+/// changed seed is made again rather than reused.
+/// - v1: every finished job at the real clock, so a 1M seed put 200 links
+///   of each of its 5,000 users in the same few minutes.
+/// - v2: finished jobs on a simulated clock ([`SEED_STEP_MS`] apart), and
+///   their done records as the bot leaves them (no file path).
+pub const SEED_VERSION: &str = "v2";
+
+/// Simulated time between two finished jobs of a seed: 1,000,000 jobs in
+/// 30 days, a busy public bot. Each user (5,000 of them) then sends a link
+/// every few hours, as users of a bot that grew its history over a month
+/// do, rather than 200 in the minutes a seed takes: what a user's record
+/// holds (the enqueues of the last hour) and so what every change rewrites
+/// depends on it.
+pub const SEED_STEP_MS: u64 = 30 * 24 * 3600 * 1000 / 1_000_000;
+
+/// The simulated clock of the finished jobs: the next job's enqueue time.
+/// It starts 30 days back and moves [`SEED_STEP_MS`] per job, across every
+/// [`seed_finished`] call of the process, so a seed grown in steps stays in
+/// time order.
+static SEED_CLOCK: AtomicU64 = AtomicU64::new(0);
+
 /// Add `n` finished jobs through the public API. Each takes the short path
 /// to done (queued -> cleaning -> done, what a cancel does), carrying the
-/// fields a delivered job has, so records are full size.
+/// fields a delivered job has, so records are full size; at done the file
+/// path goes, as `pipeline::cleanup` clears it. Each job is enqueued at the
+/// next time of the simulated clock ([`SEED_CLOCK`]) and finishes a second
+/// later.
 pub fn seed_finished(store: &SledStore, n: u64, threads: usize) {
+    let _ = SEED_CLOCK.compare_exchange(
+        0,
+        now_ms().saturating_sub(30 * 24 * 3600 * 1000),
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
     let next = AtomicU64::new(0);
     std::thread::scope(|sc| {
         for t in 0..threads as u64 {
@@ -196,27 +228,32 @@ pub fn seed_finished(store: &SledStore, n: u64, threads: usize) {
                 if i >= n {
                     break;
                 }
+                let at = SEED_CLOCK.fetch_add(SEED_STEP_MS, Ordering::Relaxed);
                 // Many users, as a long-running bot accumulates.
                 let mut nj = new_job(1000 + t, i);
                 nj.user_id = 10_000 + i % 5_000;
-                let job = sled_enqueue(store, nj);
+                let e = store.enqueue(nj, OPEN_LIMITS, at).expect("enqueue");
+                assert!(!e.duplicate, "bench requests must be distinct");
                 let both = |j: &mut Job| {
                     downloaded(j);
                     delivered(j);
                 };
-                advance(
-                    store,
-                    job.id,
+                let step = |expect, to, edit: &(dyn Fn(&mut Job) + Sync), now| {
+                    if let Err(e) = store.update(e.job.id, expect, Some(to), now, edit) {
+                        panic!("to {to}: {e:?}");
+                    }
+                };
+                step(
                     Expect::state(JobState::Queued),
                     JobState::Cleaning,
                     &both,
+                    at + 500,
                 );
-                advance(
-                    store,
-                    job.id,
+                step(
                     Expect::state(JobState::Cleaning),
                     JobState::Done,
-                    &|_| {},
+                    &|j| j.file_path = None,
+                    at + 1_000,
                 );
             });
         }
