@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use tgdl::job::{now_ms, Delivery, Job, JobId, JobOptions, JobState, MediaKind, NewJob};
+use tgdl::job::{now_ms, Delivery, Job, JobId, JobOptions, JobState, MediaKind, Millis, NewJob};
 use tgdl::store::{EnqueueLimits, Expect, JobStore, SledStore};
 use uuid::Uuid;
 
@@ -111,7 +111,12 @@ pub fn new_job(thread: u64, i: u64) -> NewJob {
 /// Enqueue through the store and insist it created a job: a request folded
 /// into an existing job would make the bench measure less work than it says.
 pub fn sled_enqueue(store: &SledStore, new: NewJob) -> Job {
-    let e = store.enqueue(new, OPEN_LIMITS, now_ms()).expect("enqueue");
+    sled_enqueue_at(store, new, now_ms())
+}
+
+/// [`sled_enqueue`] at the time `now`.
+pub fn sled_enqueue_at(store: &SledStore, new: NewJob, now: Millis) -> Job {
+    let e = store.enqueue(new, OPEN_LIMITS, now).expect("enqueue");
     assert!(!e.duplicate, "bench requests must be distinct");
     e.job
 }
@@ -141,7 +146,19 @@ pub fn advance(
     to: JobState,
     edit: &(dyn Fn(&mut Job) + Sync),
 ) {
-    if let Err(e) = store.update(id, expect, Some(to), now_ms(), edit) {
+    advance_at(store, id, expect, to, now_ms(), edit)
+}
+
+/// [`advance`] at the time `now`.
+pub fn advance_at(
+    store: &SledStore,
+    id: JobId,
+    expect: Expect,
+    to: JobState,
+    now: Millis,
+    edit: &(dyn Fn(&mut Job) + Sync),
+) {
+    if let Err(e) = store.update(id, expect, Some(to), now, edit) {
         panic!("to {to}: {e:?}");
     }
 }
@@ -232,28 +249,26 @@ pub fn seed_finished(store: &SledStore, n: u64, threads: usize) {
                 // Many users, as a long-running bot accumulates.
                 let mut nj = new_job(1000 + t, i);
                 nj.user_id = 10_000 + i % 5_000;
-                let e = store.enqueue(nj, OPEN_LIMITS, at).expect("enqueue");
-                assert!(!e.duplicate, "bench requests must be distinct");
+                let job = sled_enqueue_at(store, nj, at);
                 let both = |j: &mut Job| {
                     downloaded(j);
                     delivered(j);
                 };
-                let step = |expect, to, edit: &(dyn Fn(&mut Job) + Sync), now| {
-                    if let Err(e) = store.update(e.job.id, expect, Some(to), now, edit) {
-                        panic!("to {to}: {e:?}");
-                    }
-                };
-                step(
+                advance_at(
+                    store,
+                    job.id,
                     Expect::state(JobState::Queued),
                     JobState::Cleaning,
-                    &both,
                     at + 500,
+                    &both,
                 );
-                step(
+                advance_at(
+                    store,
+                    job.id,
                     Expect::state(JobState::Cleaning),
                     JobState::Done,
-                    &|j| j.file_path = None,
                     at + 1_000,
+                    &|j| j.file_path = None,
                 );
             });
         }
