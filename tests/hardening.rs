@@ -34,8 +34,8 @@ fn is_ffmpeg(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim_end() == "ffmpeg")
 }
 
-/// The nice value of a process (`self` for this one), field 19 of its stat.
-fn niceness(pid: &str) -> Option<i32> {
+/// The nice value of a process, field 19 of its stat.
+fn niceness(pid: i32) -> Option<i32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name (which may hold spaces) start at 3.
     let (_, rest) = stat.rsplit_once(')')?;
@@ -121,7 +121,7 @@ extra_args = [\"--downloader\", \"ffmpeg\"]",
                 .collect::<Vec<_>>()
         );
         // Batch work: the scheduler favours the bot's replies over it.
-        let (bot_nice, child_nice) = (niceness("self").unwrap(), niceness(&pid.to_string()));
+        let (bot_nice, child_nice) = (niceness(bot.pid()).unwrap(), niceness(*pid));
         assert_eq!(
             child_nice,
             Some((bot_nice + tgdl::download::CHILD_NICENESS).min(19)),
