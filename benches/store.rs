@@ -43,7 +43,7 @@ use postgres::Pg;
 use sqlite::{Variant, Work};
 use sqlite_writer::Batches;
 use tgdl::job::{now_ms, Job, JobState, NewJob};
-use tgdl::store::{EnqueueLimits, Expect, JobStore, SledStore};
+use tgdl::store::{EnqueueLimits, Expect, JobStore, LogSyncs, SledStore};
 use uuid::Uuid;
 
 struct Settings {
@@ -154,6 +154,8 @@ fn main() {
     println!("load average (1 min): {}", common::loadavg());
     let mut rows: Vec<Row> = Vec::new();
     let mut batches: Vec<(&str, u64, Batches)> = Vec::new();
+    // The store's group commit, beside the SQLite writer's batches.
+    let mut sled_syncs: Vec<(&str, u64, LogSyncs)> = Vec::new();
     let dur = Duration::from_secs_f64(s.secs);
     let disk_dir = disk.path();
     let mut sqlite_run = |what, v: Variant, work, threads, rows: &mut Vec<Row>| {
@@ -176,6 +178,7 @@ fn main() {
                 true
             }
         });
+        sled_syncs.push((ENQUEUE, threads, store.log_syncs()));
         let report = store.check_invariants().expect("check invariants");
         assert!(report.problems.is_empty(), "{:#?}", report.problems);
         assert_eq!(report.counters.queued, r.ops, "every counted job is queued");
@@ -205,6 +208,7 @@ fn main() {
             let owner = Uuid::now_v7();
             move |i| sled_lifecycle(&store, owner, t, i)
         });
+        sled_syncs.push((LIFECYCLE, threads, store.log_syncs()));
         // A benchmark that corrupted the store would be measuring a bug.
         let report = store.check_invariants().expect("check invariants");
         assert!(report.problems.is_empty(), "{:#?}", report.problems);
@@ -224,11 +228,20 @@ fn main() {
     }
     print_throughput(&rows);
     println!();
+    let workers = |n: u64| format!("{n} worker{}", if n == 1 { "" } else { "s" });
+    for (what, threads, l) in &sled_syncs {
+        println!(
+            "sled: {what}, {}: {:.2} changes per log fdatasync ({} syncs)",
+            workers(*threads),
+            l.per_sync(),
+            l.syncs
+        );
+    }
     for (what, threads, b) in &batches {
         println!(
-            "{}: {what}, {threads} worker{}: {:.2} changes per commit ({} commits)",
+            "{}: {what}, {}: {:.2} changes per commit ({} commits)",
             Variant::FULL_WRITER.label(),
-            if *threads == 1 { "" } else { "s" },
+            workers(*threads),
             b.per_commit(),
             b.commits
         );

@@ -154,3 +154,44 @@ fn a_damaged_record_ends_the_replay_and_the_store_still_opens() {
     assert_eq!(reopened.counts().unwrap().queued, 1);
     assert_consistent(&reopened);
 }
+
+/// The log's sync counter, which the store bench prints as the group
+/// commit's batch size: one thread waiting for each change gets one
+/// `fdatasync` per change; concurrent threads have every change counted once,
+/// in at most as many syncs.
+#[test]
+fn the_log_counts_each_durable_change_once_and_each_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(&dir.path().join("db")).unwrap();
+    assert_eq!(
+        store.log_syncs().changes,
+        0,
+        "the open syncs nothing itself"
+    );
+    for i in 0..20 {
+        store
+            .enqueue(new_job(1, &format!("https://a/{i}")), LOOSE, 1_000)
+            .unwrap();
+    }
+    let alone = store.log_syncs();
+    assert_eq!((alone.syncs, alone.changes), (20, 20));
+
+    std::thread::scope(|s| {
+        for t in 0..8u64 {
+            let store = &store;
+            s.spawn(move || {
+                for i in 0..25 {
+                    let url = format!("https://b/{t}/{i}");
+                    store.enqueue(new_job(10 + t, &url), LOOSE, 1_000).unwrap();
+                }
+            });
+        }
+    });
+    let all = store.log_syncs();
+    assert_eq!(all.changes, 20 + 200, "every change counted once");
+    assert!(
+        (21..=220).contains(&all.syncs),
+        "between one sync for all and one per change: {all:?}"
+    );
+    assert_eq!(store.counts().unwrap().queued, 220);
+}

@@ -21,7 +21,7 @@ pub use self::contract::{
     no_edit, Backend, Diagnostics, Edit, NodeBeat, OnBlockingPool, PollerLease, Store, StoreEvent,
 };
 pub use self::postgres::PgStore;
-pub use self::sled::SledStore;
+pub use self::sled::{LogSyncs, SledStore};
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;

@@ -41,6 +41,7 @@ use sled::{Db, Tree};
 use super::keys;
 use super::StoreError;
 use sync::GroupSync;
+pub use wal::LogSyncs;
 use wal::{LogEnd, Wal};
 
 /// Schema of the trees (not of the records, which carry their own version).
@@ -269,6 +270,13 @@ impl SledStore {
     /// alone.
     pub fn replayed_at_open(&self) -> u64 {
         self.replayed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// How many `fdatasync`s of the store's log made changes durable since
+    /// the open, and how many changes they held (the bench's view of group
+    /// commit).
+    pub fn log_syncs(&self) -> LogSyncs {
+        self.wal.syncs()
     }
 
     /// The trees one job change may touch, in the order [`tx::Tx`] reads them.

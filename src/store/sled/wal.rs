@@ -193,6 +193,10 @@ struct State {
     /// Highest sequence number applied to sled: what a reader of sled's
     /// indexes waits for ([`Wal::applied_to`]). At most `durable`.
     applied: u64,
+    /// What the syncer has made durable so far: how many batches (one
+    /// `fdatasync` each) and changes in them. Their ratio is the group
+    /// commit's batch size, which the store bench prints beside SQLite's.
+    synced: LogSyncs,
     /// The syncer is writing a batch taken from `buf`.
     writing: bool,
     /// The applier is applying a batch taken from `durable_changes`.
@@ -206,6 +210,23 @@ struct State {
     /// Set at drop once the syncer ended: the applier applies what is
     /// durable and ends.
     stop_applying: bool,
+}
+
+/// How many batches the log's syncer made durable, one `fdatasync` each,
+/// and how many changes they held, since the store was opened. Changes a
+/// checkpoint made durable instead (the record did not fit, or the log could
+/// not be written) are not counted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LogSyncs {
+    pub syncs: u64,
+    pub changes: u64,
+}
+
+impl LogSyncs {
+    /// Changes per `fdatasync`: the group commit's mean batch.
+    pub fn per_sync(&self) -> f64 {
+        self.changes as f64 / self.syncs.max(1) as f64
+    }
 }
 
 /// The latest value of every key a queued change writes, by tree and key,
@@ -311,6 +332,8 @@ impl Shared {
                 // reads) see them in the overlay until it has.
                 Ok(()) => {
                     s.durable = s.durable.max(last);
+                    s.synced.syncs += 1;
+                    s.synced.changes += changes.len() as u64;
                     s.durable_changes.append(&mut changes);
                     self.apply_work.notify_one();
                 }
@@ -404,6 +427,7 @@ impl Wal {
                 durable_changes: Vec::new(),
                 durable: 0,
                 applied: 0,
+                synced: LogSyncs::default(),
                 writing: false,
                 applying: false,
                 failed: None,
@@ -508,6 +532,11 @@ impl Wal {
     pub(super) fn behind(&self) -> bool {
         let s = self.shared.lock();
         s.applied < s.durable
+    }
+
+    /// What the syncer has made durable since the log was opened.
+    pub(super) fn syncs(&self) -> LogSyncs {
+        self.shared.lock().synced
     }
 
     /// The highest sequence number durable now.
