@@ -115,6 +115,34 @@ pub fn ask_on(db: &Path, users: &[u64]) {
     }
 }
 
+/// Wait until nothing holds sled's lock on the database in `db` (at most
+/// 10 s). A store this process just closed (the test's own, or a stopped
+/// bot's) is let go by sled's background I/O threads a moment later, and a
+/// bot started meanwhile would fail to open it. The probe takes the same
+/// `flock(2)` sled takes, on a descriptor of its own, which closing releases
+/// at once; opening the store to test it would leave the same race behind.
+fn wait_until_unlocked(db: &Path) {
+    use nix::fcntl::{Flock, FlockArg};
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        // No data file: no database yet, nobody to wait for.
+        let Ok(file) = std::fs::File::open(db.join("db")) else {
+            return;
+        };
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(_released_on_drop) => return,
+            Err((_, e)) if std::time::Instant::now() < deadline => {
+                assert_eq!(e, nix::errno::Errno::EWOULDBLOCK, "flock {}", db.display());
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err((_, e)) => panic!(
+                "the database in {} is still locked after 10 s: {e}",
+                db.display()
+            ),
+        }
+    }
+}
+
 impl TestBot {
     pub async fn start(api: &FakeTelegram, extra: &str) -> TestBot {
         Self::start_asking(api, extra, &[]).await
@@ -142,14 +170,21 @@ impl TestBot {
         if std::env::var_os("TGDL_LOG").is_some() {
             tgdl::app::init_logging();
         }
+        wait_until_unlocked(&self.config.db_dir());
         let (tx, rx) = oneshot::channel::<()>();
         let config = self.config.clone();
         self.stop = Some(tx);
         self.handle = Some(tokio::spawn(async move {
-            tgdl::app::run(config, async {
+            let result = tgdl::app::run(config, async {
                 let _ = rx.await;
             })
-            .await
+            .await;
+            // A test waiting for the bot's calls would otherwise only say
+            // that none came.
+            if let Err(e) = &result {
+                eprintln!("tgdl::app::run ended with an error: {e:#}");
+            }
+            result
         }));
     }
 
