@@ -116,14 +116,16 @@ pub fn ask_on(db: &Path, users: &[u64]) {
 }
 
 /// Wait until nothing holds sled's lock on the database in `db` (at most
-/// 10 s). A store this process just closed (the test's own, or a stopped
+/// 5 s). A store this process just closed (the test's own, or a stopped
 /// bot's) is let go by sled's background I/O threads a moment later, and a
 /// bot started meanwhile would fail to open it. The probe takes the same
 /// `flock(2)` sled takes, on a descriptor of its own, which closing releases
 /// at once; opening the store to test it would leave the same race behind.
+/// There is nothing to be notified by, so the probe is repeated.
 fn wait_until_unlocked(db: &Path) {
     use nix::fcntl::{Flock, FlockArg};
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    const WITHIN: Duration = Duration::from_secs(5);
+    let deadline = std::time::Instant::now() + WITHIN;
     loop {
         // No data file: no database yet, nobody to wait for.
         let Ok(file) = std::fs::File::open(db.join("db")) else {
@@ -136,7 +138,7 @@ fn wait_until_unlocked(db: &Path) {
                 std::thread::sleep(Duration::from_millis(20));
             }
             Err((_, e)) => panic!(
-                "the database in {} is still locked after 10 s: {e}",
+                "the database in {} is still locked after {WITHIN:?}: {e}",
                 db.display()
             ),
         }
@@ -217,25 +219,12 @@ impl TestBot {
         super::fs::files_under(&self.downloads())
     }
 
-    /// Open the database (the bot must be stopped: sled allows one opener).
-    ///
-    /// sled releases its file lock when the last of its background I/O
-    /// threads lets go of the database, which can be a moment after the bot's
-    /// last handle is dropped; there is nothing to be notified by, so a
-    /// `Locked` answer is retried for a few seconds.
+    /// Open the database (the bot must be stopped: sled allows one opener),
+    /// once sled has let go of it ([`wait_until_unlocked`]).
     pub fn store(&self) -> tgdl::store::SledStore {
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        loop {
-            match tgdl::store::SledStore::open(&self.config.db_dir()) {
-                Ok(store) => return store,
-                Err(tgdl::store::StoreError::InUse { .. })
-                    if std::time::Instant::now() < deadline =>
-                {
-                    std::thread::sleep(Duration::from_millis(20))
-                }
-                Err(e) => panic!("open db after stop: {e:?}"),
-            }
-        }
+        wait_until_unlocked(&self.config.db_dir());
+        tgdl::store::SledStore::open(&self.config.db_dir())
+            .unwrap_or_else(|e| panic!("open db after stop: {e:?}"))
     }
 }
 
