@@ -195,3 +195,46 @@ fn the_log_counts_each_durable_change_once_and_each_sync() {
     );
     assert_eq!(store.counts().unwrap().queued, 220);
 }
+
+/// A change whose committer does not wait for it (`update_lazily`, the
+/// status message's id) is written to the log by the log's own syncer: a
+/// waiting committer writes the records queued before it, and here none
+/// comes after. The crash image holds sled's files from before the change
+/// and the log from after it.
+#[test]
+fn a_change_nobody_waits_for_still_reaches_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let live = dir.path().join("live");
+    let image = dir.path().join("image");
+    let store = SledStore::open(&live).unwrap();
+    let job = store
+        .enqueue(new_job(1, "https://a/1"), LOOSE, 1_000)
+        .unwrap()
+        .job;
+    store.flush().unwrap();
+    copy_dir(&live, &image);
+    let before = store.log_syncs().changes;
+    store
+        .update_lazily(job.id, Expect::state(JobState::Queued), 2_000, &|j| {
+            j.status_msg_id = Some(77)
+        })
+        .unwrap();
+    // Nothing else is committed: only the syncer thread can write it. Wait
+    // (at most 10 s) for its sync to count it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while store.log_syncs().changes == before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lazy change never reached the log: {:?}",
+            store.log_syncs()
+        );
+        std::thread::yield_now();
+    }
+    std::fs::copy(live.join(LOG), image.join(LOG)).unwrap();
+
+    let reopened = SledStore::open(&image).unwrap();
+    assert_eq!(reopened.replayed_at_open(), 1, "the lazy change's record");
+    let got = reopened.get(job.id).unwrap().unwrap();
+    assert_eq!(got.status_msg_id, Some(77));
+    assert_consistent(&reopened);
+}

@@ -1,5 +1,5 @@
 //! One job change: a closure that reads the store and records its writes,
-//! then one record of them queued for the log (`wal.rs`), whose syncer
+//! then one record of them queued for the log (`wal.rs`), whose applier
 //! applies them to sled once the record is durable.
 //!
 //! The closure runs under the commit lock, against its own writes, then the
@@ -178,13 +178,14 @@ impl SledStore {
             let res = f(&Tx::new(trees, &writes, Some(&self.wal)));
             return match res {
                 Ok(v) => {
-                    let seq = self.log_change(&mut commit, writes.into_inner())?;
+                    let seq = self.log_change(&mut commit, writes.into_inner(), durable)?;
                     drop(commit);
                     match durable {
                         Durable::Now => self.wait_durable(seq)?,
-                        // The log's syncer makes it durable and applies it
-                        // shortly; changes and point reads of jobs see it
-                        // at once meanwhile.
+                        // The log's syncer thread makes it durable (unless
+                        // a waiting committer's batch takes it first) and
+                        // the applier applies it shortly; changes and point
+                        // reads of jobs see it at once meanwhile.
                         Durable::Later => {}
                     }
                     Ok(v)
@@ -215,9 +216,15 @@ impl SledStore {
 
     /// Queue `writes` (with the next sequence number, also written to sled
     /// with them) for the log, under the commit lock. Returns the sequence
-    /// number to wait for: the log's syncer applies the writes to sled once
-    /// the record is durable.
-    pub(super) fn log_change(&self, commit: &mut u64, writes: Writes) -> Result<u64, StoreError> {
+    /// number to wait for: whoever syncs the record hands the writes to the
+    /// log's applier, which puts them into sled. With [`Durable::Now`] the
+    /// caller must wait for the number: the record is written when it does.
+    pub(super) fn log_change(
+        &self,
+        commit: &mut u64,
+        writes: Writes,
+        durable: Durable,
+    ) -> Result<u64, StoreError> {
         let seq = *commit + 1;
         let mut writes = writes;
         writes.0.insert(
@@ -231,7 +238,7 @@ impl SledStore {
         if record.len() > wal::MAX_RECORD {
             return self.apply_and_checkpoint(seq, &writes);
         }
-        if let Err(writes) = self.wal.append(seq, &record, writes) {
+        if let Err(writes) = self.wal.append(seq, &record, writes, durable) {
             return self.apply_and_checkpoint(seq, &writes);
         }
         Ok(seq)
@@ -258,7 +265,7 @@ impl SledStore {
             w.0.insert((x.tree, x.key), x.value.map(IVec::from));
         }
         let mut commit = self.commit.lock().unwrap_or_else(|e| e.into_inner());
-        let seq = self.log_change(&mut commit, w)?;
+        let seq = self.log_change(&mut commit, w, Durable::Now)?;
         drop(commit);
         self.wait_durable(seq)
     }

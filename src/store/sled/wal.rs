@@ -4,10 +4,12 @@
 //! (`sync_file_range`) and then, for power loss, an `fdatasync` of its data
 //! file; and every sled transaction or batch writes out sled's buffers
 //! twice (with `sync_file_range`). Instead, each job change queues one record
-//! of its writes (tree, key, value or removal) here. A syncer thread writes
-//! whatever is queued, makes it durable with one `fdatasync` (group commit)
-//! and wakes the committers; an applier thread then applies the writes to
-//! sled as plain inserts and removals, while the syncer syncs the next batch.
+//! of its writes (tree, key, value or removal) here. The first committer
+//! to wait while no batch is being written takes whatever is queued, makes it
+//! durable with one `fdatasync` (group commit) and wakes the others; one
+//! whose change came too late for that batch leads the next. A syncer thread
+//! does the same for changes nobody waits for. An applier thread then applies the writes to sled
+//! as plain inserts and removals, while the next batch is synced.
 //! sled writes its own files when its buffers fill, and at a checkpoint.
 //! Until sled has a queued change, later changes and point reads of jobs see
 //! it in the overlay, and a reader that walks sled's trees first waits for
@@ -39,6 +41,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use sled::{IVec, Tree};
 
 use super::keys;
+use super::tx::Durable;
 use super::META_TREE;
 use crate::store::StoreError;
 
@@ -193,12 +196,17 @@ struct State {
     /// Highest sequence number applied to sled: what a reader of sled's
     /// indexes waits for ([`Wal::applied_to`]). At most `durable`.
     applied: u64,
-    /// What the syncer has made durable so far: how many batches (one
+    /// What has been made durable so far: how many batches (one
     /// `fdatasync` each) and changes in them. Their ratio is the group
     /// commit's batch size, which the store bench prints beside SQLite's.
     synced: LogSyncs,
-    /// The syncer is writing a batch taken from `buf`.
+    /// A batch taken from `buf` is being written and synced, by a waiting
+    /// committer or the syncer. One at a time: `durable` then only ever
+    /// covers a prefix of the sequence.
     writing: bool,
+    /// `buf` holds a change whose committer does not wait for it (a lazy
+    /// update): the syncer thread writes it, since no committer will.
+    unled: bool,
     /// The applier is applying a batch taken from `durable_changes`.
     applying: bool,
     /// Why the last write or sync of the file failed; cleared by a
@@ -212,7 +220,7 @@ struct State {
     stop_applying: bool,
 }
 
-/// How many batches the log's syncer made durable, one `fdatasync` each,
+/// How many batches the log made durable, one `fdatasync` each,
 /// and how many changes they held, since the store was opened. Changes a
 /// checkpoint made durable instead (the record did not fit, or the log could
 /// not be written) are not counted.
@@ -240,7 +248,7 @@ struct Shared {
     overlay: Overlay,
     /// The trees a record's writes name, by number ([`super::LOGGED_TREES`]).
     trees: Vec<Tree>,
-    /// The syncer waits here for records.
+    /// The syncer waits here for changes nobody waits for.
     work: Condvar,
     /// The applier waits here for durable changes.
     apply_work: Condvar,
@@ -249,10 +257,11 @@ struct Shared {
     done: Condvar,
 }
 
-/// The open log file and its two threads. The syncer writes whatever records
-/// are queued, makes them durable with one fdatasync (group commit) and wakes
-/// the committers; the applier then puts their writes into sled, while the
-/// syncer already syncs the next batch.
+/// The open log file and its two threads. Whoever waits for a change while
+/// no batch is being written (or the syncer, for changes nobody waits for)
+/// writes whatever records are queued, makes them durable with one fdatasync
+/// (group commit) and wakes the others; the applier then puts their writes
+/// into sled, while the next batch is synced.
 pub(super) struct Wal {
     shared: Arc<Shared>,
     syncer: Option<std::thread::JoinHandle<()>>,
@@ -302,49 +311,83 @@ impl Shared {
         Ok(())
     }
 
-    /// The syncer thread: write and sync batches, and hand them to the
-    /// applier, until told to stop, and then whatever is still queued. The
-    /// next batch's `fdatasync` runs while sled gets the last one.
+    /// Take what is queued, write it and make it durable with one
+    /// `fdatasync`, outside the lock, then hand it to the applier and wake
+    /// whoever waits. The caller checked that no batch is being written and
+    /// that `buf` holds one.
+    fn write_batch<'a>(&'a self, mut s: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+        let buf = std::mem::take(&mut s.buf);
+        let mut changes = std::mem::take(&mut s.changes);
+        let (offset, last) = (s.offset, s.last_seq);
+        s.offset += buf.len() as u64;
+        s.writing = true;
+        s.unled = false;
+        drop(s);
+        let res = self
+            .file
+            .write_all_at(&buf, offset)
+            .and_then(|()| self.file.sync_data());
+        let mut s = self.lock();
+        s.writing = false;
+        match res {
+            // The committers go on as soon as their changes are durable;
+            // sled gets them meanwhile, and later changes (and point reads)
+            // see them in the overlay until it has.
+            Ok(()) => {
+                s.durable = s.durable.max(last);
+                s.synced.syncs += 1;
+                s.synced.changes += changes.len() as u64;
+                s.durable_changes.append(&mut changes);
+                self.apply_work.notify_one();
+            }
+            Err(e) => {
+                // Kept for the checkpoint that recovers (see `drain`).
+                changes.append(&mut s.changes);
+                s.changes = changes;
+                s.failed = Some(e.to_string());
+            }
+        }
+        self.done.notify_all();
+        if s.unled || s.stop {
+            self.work.notify_one();
+        }
+        s
+    }
+
+    /// Wait until `reached`, writing the next batch whenever none is being
+    /// written: a waiter that finds records queued and the file idle syncs
+    /// them itself rather than waking a thread to do it and waiting to be
+    /// woken back.
+    fn lead_until<'a>(
+        &'a self,
+        mut s: MutexGuard<'a, State>,
+        reached: impl Fn(&State) -> bool,
+    ) -> MutexGuard<'a, State> {
+        loop {
+            if reached(&s) {
+                return s;
+            }
+            if !s.writing && !s.buf.is_empty() && s.failed.is_none() {
+                s = self.write_batch(s);
+            } else {
+                s = self.done.wait(s).unwrap_or_else(|e| e.into_inner());
+            }
+        }
+    }
+
+    /// The syncer thread: write the changes nobody waits for, until told to
+    /// stop, and then whatever is still queued.
     fn run(&self) {
         let mut s = self.lock();
         loop {
-            while (s.buf.is_empty() || s.failed.is_some()) && !s.stop {
+            while (!s.unled || s.writing || s.failed.is_some()) && !s.stop {
                 s = self.work.wait(s).unwrap_or_else(|e| e.into_inner());
             }
-            if s.buf.is_empty() || s.failed.is_some() {
+            if s.stop {
+                drop(self.lead_until(s, |s| s.buf.is_empty() || s.failed.is_some()));
                 return;
             }
-            let buf = std::mem::take(&mut s.buf);
-            let mut changes = std::mem::take(&mut s.changes);
-            let (offset, last) = (s.offset, s.last_seq);
-            s.offset += buf.len() as u64;
-            s.writing = true;
-            drop(s);
-            let res = self
-                .file
-                .write_all_at(&buf, offset)
-                .and_then(|()| self.file.sync_data());
-            s = self.lock();
-            s.writing = false;
-            match res {
-                // The committers go on as soon as their changes are durable;
-                // sled gets them meanwhile, and later changes (and point
-                // reads) see them in the overlay until it has.
-                Ok(()) => {
-                    s.durable = s.durable.max(last);
-                    s.synced.syncs += 1;
-                    s.synced.changes += changes.len() as u64;
-                    s.durable_changes.append(&mut changes);
-                    self.apply_work.notify_one();
-                }
-                Err(e) => {
-                    // Kept for the checkpoint that recovers (see `drain`).
-                    changes.append(&mut s.changes);
-                    s.changes = changes;
-                    s.failed = Some(e.to_string());
-                }
-            }
-            self.done.notify_all();
+            s = self.write_batch(s);
         }
     }
 
@@ -429,6 +472,7 @@ impl Wal {
                 applied: 0,
                 synced: LogSyncs::default(),
                 writing: false,
+                unled: false,
                 applying: false,
                 failed: None,
                 stop: false,
@@ -463,12 +507,15 @@ impl Wal {
     /// Queue change `seq`: its encoded record (from [`encode_writes`]) for
     /// the file, its writes for sled and, until sled has them, for the
     /// overlay. Gives the writes back if the record does not fit: the
-    /// caller checkpoints instead.
+    /// caller checkpoints instead. A committer that will wait for the change
+    /// ([`Durable::Now`]) writes it then, or a waiter before it does; one that
+    /// will not leaves it to the syncer thread.
     pub(super) fn append(
         &self,
         seq: u64,
         record: &[u8],
         writes: Vec<Write>,
+        durable: Durable,
     ) -> Result<(), Vec<Write>> {
         let mut s = self.shared.lock();
         let end = s.offset + s.buf.len() as u64 + record.len() as u64;
@@ -491,7 +538,10 @@ impl Wal {
         s.buf.extend_from_slice(record);
         s.last_seq = seq;
         s.changes.push((seq, writes));
-        self.shared.work.notify_one();
+        if durable == Durable::Later {
+            s.unled = true;
+            self.shared.work.notify_one();
+        }
         Ok(())
     }
 
@@ -534,7 +584,7 @@ impl Wal {
         s.applied < s.durable
     }
 
-    /// What the syncer has made durable since the log was opened.
+    /// What the log has made durable since it was opened.
     pub(super) fn syncs(&self) -> LogSyncs {
         self.shared.lock().synced
     }
@@ -551,15 +601,15 @@ impl Wal {
     }
 
     fn wait_until(&self, reached: impl Fn(&State) -> bool) -> Result<(), StoreError> {
-        let mut s = self.shared.lock();
-        loop {
-            if reached(&s) {
-                return Ok(());
+        let s = self.shared.lock();
+        let s = self
+            .shared
+            .lead_until(s, |s| reached(s) || s.failed.is_some());
+        match &s.failed {
+            Some(e) if !reached(&s) => {
+                Err(StoreError::unavailable(std::io::Error::other(e.clone())))
             }
-            if let Some(e) = &s.failed {
-                return Err(StoreError::unavailable(std::io::Error::other(e.clone())));
-            }
-            s = self.shared.done.wait(s).unwrap_or_else(|e| e.into_inner());
+            _ => Ok(()),
         }
     }
 
@@ -567,13 +617,12 @@ impl Wal {
     /// a checkpoint, whose sled flush then makes them durable. The caller
     /// holds the commit lock, so nothing is queued meanwhile.
     pub(super) fn drain(&self) -> Result<(), StoreError> {
-        let mut s = self.shared.lock();
-        while s.writing
-            || s.applying
-            || (!(s.buf.is_empty() && s.durable_changes.is_empty()) && s.failed.is_none())
-        {
-            s = self.shared.done.wait(s).unwrap_or_else(|e| e.into_inner());
-        }
+        let s = self.shared.lock();
+        let mut s = self.shared.lead_until(s, |s| {
+            !s.writing
+                && !s.applying
+                && ((s.buf.is_empty() && s.durable_changes.is_empty()) || s.failed.is_some())
+        });
         let mut changes = std::mem::take(&mut s.durable_changes);
         changes.append(&mut s.changes);
         self.shared.apply(&changes)
