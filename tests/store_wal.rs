@@ -3,7 +3,7 @@
 //! one (a crash before sled wrote what was acknowledged), and the other way
 //! round (sled wrote more than the log still holds after a checkpoint).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use tgdl::job::{JobOptions, JobState, NewJob};
 use tgdl::store::{EnqueueLimits, Expect, JobStore, SledStore};
@@ -44,6 +44,13 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// A temporary folder with the paths of a live store and of its crash image.
+fn live_and_image() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let (live, image) = (dir.path().join("live"), dir.path().join("image"));
+    (dir, live, image)
+}
+
 fn assert_consistent(store: &SledStore) {
     let r = store.check_invariants().unwrap();
     assert!(r.problems.is_empty(), "{:#?}", r.problems);
@@ -51,9 +58,7 @@ fn assert_consistent(store: &SledStore) {
 
 #[test]
 fn a_change_only_in_the_log_is_replayed_at_open() {
-    let dir = tempfile::tempdir().unwrap();
-    let live = dir.path().join("live");
-    let image = dir.path().join("image");
+    let (_dir, live, image) = live_and_image();
     let store = SledStore::open(&live).unwrap();
     let first = store
         .enqueue(new_job(1, "https://a/1"), LOOSE, 1_000)
@@ -90,9 +95,7 @@ fn a_change_only_in_the_log_is_replayed_at_open() {
 
 #[test]
 fn the_log_never_rolls_sled_back() {
-    let dir = tempfile::tempdir().unwrap();
-    let live = dir.path().join("live");
-    let image = dir.path().join("image");
+    let (_dir, live, image) = live_and_image();
     let store = SledStore::open(&live).unwrap();
     let job = store
         .enqueue(new_job(1, "https://a/1"), LOOSE, 1_000)
@@ -130,9 +133,7 @@ fn the_log_never_rolls_sled_back() {
 
 #[test]
 fn a_damaged_record_ends_the_replay_and_the_store_still_opens() {
-    let dir = tempfile::tempdir().unwrap();
-    let live = dir.path().join("live");
-    let image = dir.path().join("image");
+    let (_dir, live, image) = live_and_image();
     let store = SledStore::open(&live).unwrap();
     store
         .enqueue(new_job(1, "https://a/1"), LOOSE, 1_000)
@@ -203,9 +204,7 @@ fn the_log_counts_each_durable_change_once_and_each_sync() {
 /// and the log from after it.
 #[test]
 fn a_change_nobody_waits_for_still_reaches_the_log() {
-    let dir = tempfile::tempdir().unwrap();
-    let live = dir.path().join("live");
-    let image = dir.path().join("image");
+    let (_dir, live, image) = live_and_image();
     let store = SledStore::open(&live).unwrap();
     let job = store
         .enqueue(new_job(1, "https://a/1"), LOOSE, 1_000)
