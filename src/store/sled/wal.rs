@@ -252,9 +252,15 @@ struct Shared {
     work: Condvar,
     /// The applier waits here for durable changes.
     apply_work: Condvar,
-    /// Committers wait here for their change to be durable, readers for
-    /// sled to have it, and a drain for both threads to be idle.
-    done: Condvar,
+    /// Committers wait here for their change to be durable. Notified when a
+    /// batch has been synced (or failed).
+    synced: Condvar,
+    /// Readers wait here for sled to have a change, and a drain for the
+    /// log to be idle. Notified when the applier has applied a batch, and on
+    /// a failure. Two condition variables, not one: each wake-up is a
+    /// context switch, and a committer has no use for the applier's news,
+    /// nor a reader for the syncer's.
+    applied_cv: Condvar,
 }
 
 /// The open log file and its two threads. Whoever waits for a change while
@@ -345,22 +351,24 @@ impl Shared {
                 changes.append(&mut s.changes);
                 s.changes = changes;
                 s.failed = Some(e.to_string());
+                self.applied_cv.notify_all();
             }
         }
-        self.done.notify_all();
+        self.synced.notify_all();
         if s.unled || s.stop {
             self.work.notify_one();
         }
         s
     }
 
-    /// Wait until `reached`, writing the next batch whenever none is being
-    /// written: a waiter that finds records queued and the file idle syncs
-    /// them itself rather than waking a thread to do it and waiting to be
-    /// woken back.
+    /// Wait on `cv` until `reached`, writing the next batch whenever none is
+    /// being written: a waiter that finds records queued and the file idle
+    /// syncs them itself rather than waking a thread to do it and waiting to
+    /// be woken back.
     fn lead_until<'a>(
         &'a self,
         mut s: MutexGuard<'a, State>,
+        cv: &Condvar,
         reached: impl Fn(&State) -> bool,
     ) -> MutexGuard<'a, State> {
         loop {
@@ -370,7 +378,7 @@ impl Shared {
             if !s.writing && !s.buf.is_empty() && s.failed.is_none() {
                 s = self.write_batch(s);
             } else {
-                s = self.done.wait(s).unwrap_or_else(|e| e.into_inner());
+                s = cv.wait(s).unwrap_or_else(|e| e.into_inner());
             }
         }
     }
@@ -384,7 +392,7 @@ impl Shared {
                 s = self.work.wait(s).unwrap_or_else(|e| e.into_inner());
             }
             if s.stop {
-                drop(self.lead_until(s, |s| s.buf.is_empty() || s.failed.is_some()));
+                drop(self.lead_until(s, &self.synced, |s| s.buf.is_empty() || s.failed.is_some()));
                 return;
             }
             s = self.write_batch(s);
@@ -419,9 +427,10 @@ impl Shared {
                     changes.append(&mut s.changes);
                     s.changes = changes;
                     s.failed = Some(e.to_string());
+                    self.synced.notify_all();
                 }
             }
-            self.done.notify_all();
+            self.applied_cv.notify_all();
         }
     }
 }
@@ -482,7 +491,8 @@ impl Wal {
             trees,
             work: Condvar::new(),
             apply_work: Condvar::new(),
-            done: Condvar::new(),
+            synced: Condvar::new(),
+            applied_cv: Condvar::new(),
         });
         let syncer = {
             let shared = shared.clone();
@@ -575,7 +585,7 @@ impl Wal {
 
     /// Wait until change `seq` (and every earlier one) is durable.
     pub(super) fn sync_to(&self, seq: u64) -> Result<(), StoreError> {
-        self.wait_until(|s| s.durable >= seq)
+        self.wait_until(&self.shared.synced, |s| s.durable >= seq)
     }
 
     /// Whether sled lacks a change that is durable.
@@ -597,14 +607,14 @@ impl Wal {
     /// Wait until change `seq` (and every earlier one) is in sled, so that
     /// a walk of sled's trees sees it.
     pub(super) fn applied_to(&self, seq: u64) -> Result<(), StoreError> {
-        self.wait_until(|s| s.applied >= seq)
+        self.wait_until(&self.shared.applied_cv, |s| s.applied >= seq)
     }
 
-    fn wait_until(&self, reached: impl Fn(&State) -> bool) -> Result<(), StoreError> {
+    fn wait_until(&self, cv: &Condvar, reached: impl Fn(&State) -> bool) -> Result<(), StoreError> {
         let s = self.shared.lock();
         let s = self
             .shared
-            .lead_until(s, |s| reached(s) || s.failed.is_some());
+            .lead_until(s, cv, |s| reached(s) || s.failed.is_some());
         match &s.failed {
             Some(e) if !reached(&s) => {
                 Err(StoreError::unavailable(std::io::Error::other(e.clone())))
@@ -618,7 +628,7 @@ impl Wal {
     /// holds the commit lock, so nothing is queued meanwhile.
     pub(super) fn drain(&self) -> Result<(), StoreError> {
         let s = self.shared.lock();
-        let mut s = self.shared.lead_until(s, |s| {
+        let mut s = self.shared.lead_until(s, &self.shared.applied_cv, |s| {
             !s.writing
                 && !s.applying
                 && ((s.buf.is_empty() && s.durable_changes.is_empty()) || s.failed.is_some())
@@ -641,7 +651,8 @@ impl Wal {
         s.durable = s.durable.max(seq);
         s.applied = s.applied.max(seq);
         s.failed = None;
-        self.shared.done.notify_all();
+        self.shared.synced.notify_all();
+        self.shared.applied_cv.notify_all();
     }
 }
 
