@@ -8,8 +8,8 @@ use super::keys::{self, ID_LEN};
 use super::tx::Durable;
 use super::tx::{abort, get_count, get_job, get_user, put_user, Tx, TxResult};
 use super::wal::Write;
-use super::SledStore;
 use super::INBOX_TREE;
+use super::{tree_number, SledStore};
 use crate::job::{now_ms, Job, JobId, JobState, Lease, Millis, NewJob, HOUR_MS};
 use crate::store::codec;
 use crate::store::{
@@ -54,19 +54,39 @@ impl JobStore for SledStore {
     }
 
     fn claim(&self, owner: Uuid, lease_ms: u64, now: Millis) -> Result<Option<Job>, StoreError> {
+        const TURNS: u8 = tree_number("turns") as u8;
+        const READY: u8 = tree_number("ready") as u8;
         // Walk users least recently served first; take the first user whose
-        // earliest queued job is due. Races with other claimers surface as
-        // conflicts and simply restart the walk.
+        // earliest queued job is due. Entries another claim already removed
+        // in a change sled does not have yet are skipped; the races left
+        // with other claimers surface as conflicts and restart the walk.
         // Whether sled lacked an acknowledged change as the walk began: see
         // below.
         let mut behind = self.wal.behind();
+        // Whether the walk skips a user whose turn a queued change moved to
+        // the end (just served): the next walk does not, if this one found
+        // nothing, since sled does not have the user's new turn yet.
+        let mut skip_served = true;
         'restart: for _ in 0..64 {
+            let mut skipped = false;
             for turn in self.turns.iter().keys() {
                 let turn = turn?;
+                // An entry a queued change removed (the user was just served,
+                // the job just claimed) is gone as soon as sled gets that
+                // change: skip it rather than try it, conflict, and wait.
+                if skip_served && self.wal.removed(TURNS, &turn) {
+                    skipped = true;
+                    continue;
+                }
                 let Some(user) = keys::u64_at(&turn, 8) else {
                     continue;
                 };
-                let Some(head) = self.ready.scan_prefix(user.to_be_bytes()).keys().next() else {
+                let head = self
+                    .ready
+                    .scan_prefix(user.to_be_bytes())
+                    .keys()
+                    .find(|k| k.as_ref().map_or(true, |k| !self.wal.removed(READY, k)));
+                let Some(head) = head else {
                     continue;
                 };
                 let head = head?;
@@ -111,6 +131,10 @@ impl JobStore for SledStore {
                     Err(StoreError::Corrupt { .. }) => continue 'restart,
                     Err(e) => return Err(e),
                 }
+            }
+            if skipped {
+                skip_served = false;
+                continue 'restart;
             }
             // Nothing due in sled. sled gets a change after its committer
             // went on, so an enqueue acknowledged before this claim may not
@@ -533,4 +557,85 @@ fn admit(tx: &Tx, user: u64, limits: EnqueueLimits, now: Millis) -> TxResult<()>
         return abort(r.into());
     }
     put_user(tx, user, &rec)
+}
+
+#[cfg(test)]
+mod tests {
+    //! The claim's walk of sled's indexes while another claim's change is
+    //! queued but not yet in sled, held there with [`Wal::hold_removed`].
+
+    use super::*;
+    use crate::job::JobOptions;
+
+    const LOOSE: EnqueueLimits = EnqueueLimits {
+        per_user_active: 100,
+        per_user_per_hour: 100,
+        queue_capacity: 1000,
+        exempt: false,
+    };
+    const TURNS: u8 = tree_number("turns") as u8;
+    const READY: u8 = tree_number("ready") as u8;
+
+    fn enqueue(store: &SledStore, user: u64, n: u32) -> Job {
+        let new = NewJob {
+            chat_id: user as i64,
+            user_id: user,
+            request_msg_id: n as i32,
+            lang: "en".into(),
+            url: format!("https://a/{user}/{n}"),
+            options: JobOptions::default(),
+            parent: None,
+            not_before: None,
+        };
+        store.enqueue(new, LOOSE, 1_000).unwrap().job
+    }
+
+    /// The turn-list key of `user`, once sled has every change.
+    fn turn_of(store: &SledStore, user: u64) -> ::sled::IVec {
+        store.settle().unwrap();
+        store
+            .turns
+            .iter()
+            .keys()
+            .map(|k| k.unwrap())
+            .find(|k| keys::u64_at(k, 8) == Some(user))
+            .expect("the user has a turn")
+    }
+
+    fn claim(store: &SledStore) -> Option<Job> {
+        store.claim(Uuid::new_v4(), 60_000, 2_000).unwrap()
+    }
+
+    #[test]
+    fn a_user_just_served_goes_after_one_who_waits() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        enqueue(&store, 1, 1);
+        let other = enqueue(&store, 2, 1);
+        // User 1 is first in sled's turn list; a claim that served them is
+        // queued for sled.
+        store.wal.hold_removed(TURNS, &turn_of(&store, 1));
+        assert_eq!(claim(&store).map(|j| j.id), Some(other.id));
+    }
+
+    #[test]
+    fn a_user_just_served_is_still_served_when_nobody_else_waits() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let job = enqueue(&store, 1, 1);
+        store.wal.hold_removed(TURNS, &turn_of(&store, 1));
+        assert_eq!(claim(&store).map(|j| j.id), Some(job.id));
+    }
+
+    #[test]
+    fn a_job_whose_claim_is_queued_for_sled_is_not_tried() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let first = enqueue(&store, 1, 1);
+        let second = enqueue(&store, 1, 2);
+        store.settle().unwrap();
+        let key = keys::ready_key(1, first.next_attempt_at, first.id);
+        store.wal.hold_removed(READY, &key);
+        assert_eq!(claim(&store).map(|j| j.id), Some(second.id));
+    }
 }

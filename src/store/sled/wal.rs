@@ -577,6 +577,31 @@ impl Wal {
         o.get(&(tree, key.to_vec())).cloned()
     }
 
+    /// Whether the latest queued change that wrote `key` of tree `tree`
+    /// removed it: sled may still hold the key until it gets that change.
+    pub(super) fn removed(&self, tree: u8, key: &[u8]) -> bool {
+        let o = self
+            .shared
+            .overlay
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        o.get(&(tree, key.to_vec()))
+            .is_some_and(|(_, value)| value.is_none())
+    }
+
+    /// Make the overlay say that a queued change removed `key` of tree
+    /// `tree`, one that sled never gets: the moment between a claim's commit
+    /// and sled having it, held still for a test.
+    #[cfg(test)]
+    pub(super) fn hold_removed(&self, tree: u8, key: &[u8]) {
+        let mut o = self
+            .shared
+            .overlay
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        o.insert((tree, key.to_vec()), (u64::MAX, None));
+    }
+
     /// The number of the latest queued change that wrote `key` of tree
     /// `tree`, until sled has it.
     pub(super) fn pending_seq(&self, tree: u8, key: &[u8]) -> Option<u64> {
