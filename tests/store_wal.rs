@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use tgdl::job::{JobOptions, JobState, NewJob};
+use tgdl::job::{Job, JobOptions, JobState, NewJob};
 use tgdl::store::{EnqueueLimits, Expect, JobStore, SledStore};
 
 const LOOSE: EnqueueLimits = EnqueueLimits {
@@ -51,6 +51,17 @@ fn live_and_image() -> (tempfile::TempDir, PathBuf, PathBuf) {
     (dir, live, image)
 }
 
+/// A store opened at `live` holding one queued job (user 1, enqueued at
+/// 1 s): where every crash image here starts.
+fn open_with_one_job(live: &Path) -> (SledStore, Job) {
+    let store = SledStore::open(live).unwrap();
+    let job = store
+        .enqueue(new_job(1, "https://a/1"), LOOSE, 1_000)
+        .unwrap()
+        .job;
+    (store, job)
+}
+
 fn assert_consistent(store: &SledStore) {
     let r = store.check_invariants().unwrap();
     assert!(r.problems.is_empty(), "{:#?}", r.problems);
@@ -59,10 +70,7 @@ fn assert_consistent(store: &SledStore) {
 #[test]
 fn a_change_only_in_the_log_is_replayed_at_open() {
     let (_dir, live, image) = live_and_image();
-    let store = SledStore::open(&live).unwrap();
-    let first = store
-        .enqueue(new_job(1, "https://a/1"), LOOSE, 1_000)
-        .unwrap();
+    let (store, first) = open_with_one_job(&live);
     // sled's own files now hold the first job: the crash image's sled part.
     store.flush().unwrap();
     copy_dir(&live, &image);
@@ -83,7 +91,7 @@ fn a_change_only_in_the_log_is_replayed_at_open() {
         .unwrap()
         .expect("acknowledged job");
     assert_eq!(got.state, JobState::Queued);
-    assert!(reopened.get(first.job.id).unwrap().is_some());
+    assert!(reopened.get(first.id).unwrap().is_some());
     assert_eq!(reopened.counts().unwrap().queued, 2);
     assert_consistent(&reopened);
     drop(reopened);
@@ -96,11 +104,7 @@ fn a_change_only_in_the_log_is_replayed_at_open() {
 #[test]
 fn the_log_never_rolls_sled_back() {
     let (_dir, live, image) = live_and_image();
-    let store = SledStore::open(&live).unwrap();
-    let job = store
-        .enqueue(new_job(1, "https://a/1"), LOOSE, 1_000)
-        .unwrap()
-        .job;
+    let (store, job) = open_with_one_job(&live);
     // The log as it was when the job was only queued...
     let old_log = std::fs::read(live.join(LOG)).unwrap();
     let owner = uuid::Uuid::new_v4();
@@ -134,10 +138,7 @@ fn the_log_never_rolls_sled_back() {
 #[test]
 fn a_damaged_record_ends_the_replay_and_the_store_still_opens() {
     let (_dir, live, image) = live_and_image();
-    let store = SledStore::open(&live).unwrap();
-    store
-        .enqueue(new_job(1, "https://a/1"), LOOSE, 1_000)
-        .unwrap();
+    let (store, _) = open_with_one_job(&live);
     store.flush().unwrap();
     copy_dir(&live, &image);
     let lost = store
@@ -205,11 +206,7 @@ fn the_log_counts_each_durable_change_once_and_each_sync() {
 #[test]
 fn a_change_nobody_waits_for_still_reaches_the_log() {
     let (_dir, live, image) = live_and_image();
-    let store = SledStore::open(&live).unwrap();
-    let job = store
-        .enqueue(new_job(1, "https://a/1"), LOOSE, 1_000)
-        .unwrap()
-        .job;
+    let (store, job) = open_with_one_job(&live);
     store.flush().unwrap();
     copy_dir(&live, &image);
     let before = store.log_syncs().changes;

@@ -8,8 +8,9 @@
 //! to wait while no batch is being written takes whatever is queued, makes it
 //! durable with one `fdatasync` (group commit) and wakes the others; one
 //! whose change came too late for that batch leads the next. A syncer thread
-//! does the same for changes nobody waits for. An applier thread then applies the writes to sled
-//! as plain inserts and removals, while the next batch is synced.
+//! does the same for changes nobody waits for. An applier thread then
+//! applies the writes to sled as plain inserts and removals, while the next
+//! batch is synced.
 //! sled writes its own files when its buffers fill, and at a checkpoint.
 //! Until sled has a queued change, later changes and point reads of jobs see
 //! it in the overlay, and a reader that walks sled's trees first waits for
@@ -580,12 +581,7 @@ impl Wal {
     /// Whether the latest queued change that wrote `key` of tree `tree`
     /// removed it: sled may still hold the key until it gets that change.
     pub(super) fn removed(&self, tree: u8, key: &[u8]) -> bool {
-        let o = self
-            .shared
-            .overlay
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        o.get(&(tree, key.to_vec()))
+        self.queued(tree, key)
             .is_some_and(|(_, value)| value.is_none())
     }
 
