@@ -174,7 +174,7 @@ async fn the_disk_guard_pauses_claiming_tells_users_and_resumes() {
         .send_message(teloxide::types::ChatId(77), "Accepted")
         .await
         .unwrap();
-    core.attach_status(job.id, sent.id.0).await.unwrap();
+    core.attach_status(&job, sent.id.0).await.unwrap();
 
     // The disk fills: claiming pauses, the job waits, the user is told why.
     machine.0.lock().unwrap().disk_free_bytes = 5 * GB;
@@ -457,7 +457,7 @@ async fn enospc_requeues_uncounted_deletes_the_partial_and_holds_claims_until_a_
         .send_message(teloxide::types::ChatId(78), "Accepted")
         .await
         .unwrap();
-    core.attach_status(job.id, sent.id.0).await.unwrap();
+    core.attach_status(&job, sent.id.0).await.unwrap();
     let folder = tgdl::download::job_dir(&core.config.downloads_dir(), job.id.0);
 
     // The disk fills under the download.

@@ -228,7 +228,7 @@ async fn after_a_restart_jobs_sharing_a_group_message_get_their_board_back() {
         let job = submit_link(&core, -42, user, &format!("https://example.com/v{user}")).await;
         // Three share message 500; the fourth has its own.
         let message = if user <= 3 { 500 } else { 501 };
-        core.attach_status(job.id, message).await.unwrap();
+        core.attach_status(&job, message).await.unwrap();
         ids.push(job.id);
     }
     let boards = Boards::default();

@@ -202,23 +202,25 @@ impl JobService {
     /// synced write.
     /// Returns the job as recorded: a fast job (a cache hit, an early failure)
     /// may already be finished, and then the caller settles the message itself.
+    /// `job` is the job as the caller last saw it: its state is what the
+    /// change expects first, then the state a conflict reports.
     pub async fn attach_status(
         &self,
-        id: JobId,
+        job: &Job,
         message_id: i32,
     ) -> Result<Option<Job>, StoreError> {
+        let id = job.id;
         let edit: Edit = Arc::new(move |j| j.status_msg_id = Some(message_id));
+        let mut state = job.state;
         for _ in 0..8 {
-            let Some(job) = self.store.get(id).await? else {
-                return Ok(None);
-            };
             let res = self
                 .store
-                .update_lazily(id, Expect::state(job.state), now_ms(), edit.clone())
+                .update_lazily(id, Expect::state(state), now_ms(), edit.clone())
                 .await;
             match res {
                 Ok(j) => return Ok(Some(j)),
-                Err(StoreError::Conflict { .. }) => continue,
+                Err(StoreError::Conflict { actual, .. }) => state = actual,
+                Err(StoreError::NotFound(_)) => return Ok(None),
                 Err(e) => return Err(e),
             }
         }

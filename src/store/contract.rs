@@ -189,8 +189,10 @@ pub trait Store: Send + Sync {
     /// Every stored update not yet handled, oldest first.
     async fn inbox_pending(&self) -> Result<Vec<(u32, Vec<u8>)>, StoreError>;
 
-    /// An update's effects are durable: it leaves the inbox.
-    async fn inbox_done(&self, update_id: u32) -> Result<(), StoreError>;
+    /// These updates' effects are durable: they leave the inbox. Need not be
+    /// synced (a crash may put them back; handlers are idempotent under a
+    /// second run), and an id not stored is no error.
+    async fn inbox_done(&self, update_ids: Vec<u32>) -> Result<(), StoreError>;
 
     /// A user's saved settings, if they ever changed any.
     async fn settings(&self, user_id: u64) -> Result<Option<UserSettings>, StoreError>;
@@ -329,8 +331,11 @@ pub trait Diagnostics: Send + Sync {
 }
 
 /// A synchronous engine ([`JobStore`], sled's) served through the
-/// contract: each call runs on tokio's blocking pool, because each ends in
-/// an fsync and must not stall the runtime.
+/// contract: a call that may wait (for a sync, for sled to catch up with its
+/// log, for a scan) runs on tokio's blocking pool, so that it does not stall
+/// the runtime. The point reads that [`JobStore`] promises never wait run in
+/// place ([`OnBlockingPool::at_once`]): handing one to a pool thread and
+/// back costs two thread switches, more than the read.
 #[derive(Clone)]
 pub struct OnBlockingPool(pub Arc<dyn JobStore>);
 
@@ -345,6 +350,15 @@ impl OnBlockingPool {
             Ok(r) => r,
             Err(e) => std::panic::resume_unwind(e.into_panic()),
         }
+    }
+
+    /// Run a read that never waits on the calling thread (see [`JobStore`]
+    /// for which).
+    fn at_once<T>(
+        &self,
+        f: impl FnOnce(&dyn JobStore) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        f(&*self.0)
     }
 }
 
@@ -402,7 +416,7 @@ impl Store for OnBlockingPool {
     }
 
     async fn get(&self, id: JobId) -> Result<Option<Job>, StoreError> {
-        self.run(move |s| s.get(id)).await
+        self.at_once(|s| s.get(id))
     }
 
     async fn find_prefix(&self, prefix: &IdPrefix) -> Result<Result<Job, FindError>, StoreError> {
@@ -431,7 +445,7 @@ impl Store for OnBlockingPool {
     }
 
     async fn counts(&self) -> Result<StateCounts, StoreError> {
-        self.run(|s| s.counts()).await
+        self.at_once(|s| s.counts())
     }
 
     async fn cache_get(&self, key: &str) -> Result<Option<CachedMedia>, StoreError> {
@@ -457,7 +471,7 @@ impl Store for OnBlockingPool {
         limits: EnqueueLimits,
         now: Millis,
     ) -> Result<Option<Refusal>, StoreError> {
-        self.run(move |s| s.would_refuse(user, limits, now)).await
+        self.at_once(|s| s.would_refuse(user, limits, now))
     }
 
     async fn inbox_put(&self, updates: Vec<(u32, Vec<u8>)>) -> Result<(), StoreError> {
@@ -468,12 +482,12 @@ impl Store for OnBlockingPool {
         self.run(|s| s.inbox_pending()).await
     }
 
-    async fn inbox_done(&self, update_id: u32) -> Result<(), StoreError> {
-        self.run(move |s| s.inbox_done(update_id)).await
+    async fn inbox_done(&self, update_ids: Vec<u32>) -> Result<(), StoreError> {
+        self.run(move |s| s.inbox_done(&update_ids)).await
     }
 
     async fn settings(&self, user_id: u64) -> Result<Option<UserSettings>, StoreError> {
-        self.run(move |s| s.settings(user_id)).await
+        self.at_once(|s| s.settings(user_id))
     }
 
     async fn put_settings(&self, user_id: u64, settings: UserSettings) -> Result<(), StoreError> {

@@ -429,9 +429,16 @@ impl IdPrefix {
 }
 
 /// The synchronous engine interface sled implements (the pipeline uses the
-/// async [`Store`] contract, which [`OnBlockingPool`] serves from this). Every method that changes a job is
-/// one atomic transaction over every tree it touches, flushed to disk before
-/// it returns `Ok`.
+/// async [`Store`] contract, which [`OnBlockingPool`] serves from this).
+/// Every method that changes a job is one atomic transaction over every tree
+/// it touches, flushed to disk before it returns `Ok`.
+///
+/// **Never waits:** [`JobStore::get`], [`JobStore::counts`],
+/// [`JobStore::would_refuse`] and [`JobStore::settings`] run on the async
+/// runtime's own threads, so they read what is there (a change not yet
+/// durable included) and never wait for a sync or for another thread,
+/// beyond a short lock. (Quarantining a record that does not decode is the
+/// one exception: once per bad record.)
 pub trait JobStore: Send + Sync {
     /// Create a queued job, checking the limits in the same transaction.
     fn enqueue(
@@ -549,8 +556,11 @@ pub trait JobStore: Send + Sync {
     /// handles before it polls again.
     fn inbox_pending(&self) -> Result<Vec<(u32, Vec<u8>)>, StoreError>;
 
-    /// An update's effects are durable: it leaves the inbox (synced).
-    fn inbox_done(&self, update_id: u32) -> Result<(), StoreError>;
+    /// These updates' effects are durable: they leave the inbox. Need not
+    /// be synced: one a crash puts back is handled again, and every
+    /// handler's effect is idempotent under that. An id not stored is no
+    /// error.
+    fn inbox_done(&self, update_ids: &[u32]) -> Result<(), StoreError>;
 
     /// Bytes the database takes on disk.
     fn size_on_disk(&self) -> u64 {

@@ -1,6 +1,8 @@
 //! Running handlers: the updates of one chat one at a time and in order (a
 //! chat's messages are answered in the order they were sent), different
-//! chats at once. When a handler returns, its update leaves the inbox.
+//! chats at once. When a handler returns, its update leaves the inbox: one
+//! task takes the handled updates out in batches, so a burst of links costs
+//! one store call per batch instead of one per update.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -11,6 +13,10 @@ use tokio_util::task::TaskTracker;
 
 use super::{callbacks, messages, Deps};
 
+/// At most this many updates leave the inbox in one store call: a bound on
+/// one log record (about 20 bytes each).
+const MAX_BATCH: usize = 1000;
+
 pub(super) struct Dispatch {
     deps: Arc<Deps>,
     /// Whether updates are in the inbox (false only for the benchmark that
@@ -19,15 +25,22 @@ pub(super) struct Dispatch {
     tracker: TaskTracker,
     /// The queue of each chat that has updates being handled.
     chats: Arc<Mutex<HashMap<i64, mpsc::UnboundedSender<Update>>>>,
+    /// Handled updates, on their way out of the inbox (see [`clear_inbox`]).
+    handled: mpsc::UnboundedSender<u32>,
 }
 
 impl Dispatch {
     pub fn new(deps: Arc<Deps>, tracker: TaskTracker, durable: bool) -> Self {
+        let (handled, rx) = mpsc::unbounded_channel();
+        if durable {
+            tracker.spawn(clear_inbox(rx, deps.clone()));
+        }
         Dispatch {
             deps,
             durable,
             tracker,
             chats: Arc::default(),
+            handled,
         }
     }
 
@@ -49,8 +62,9 @@ impl Dispatch {
         let (tx, rx) = mpsc::unbounded_channel();
         let _ = tx.send(update);
         chats.insert(chat, tx);
-        let (deps, all, durable) = (self.deps.clone(), self.chats.clone(), self.durable);
-        self.tracker.spawn(serve_chat(chat, rx, deps, all, durable));
+        let (deps, all) = (self.deps.clone(), self.chats.clone());
+        let handled = self.durable.then(|| self.handled.clone());
+        self.tracker.spawn(serve_chat(chat, rx, deps, all, handled));
     }
 }
 
@@ -62,7 +76,7 @@ async fn serve_chat(
     mut rx: mpsc::UnboundedReceiver<Update>,
     deps: Arc<Deps>,
     chats: Arc<Mutex<HashMap<i64, mpsc::UnboundedSender<Update>>>>,
-    durable: bool,
+    handled: Option<mpsc::UnboundedSender<u32>>,
 ) {
     loop {
         let next = match rx.try_recv() {
@@ -78,11 +92,31 @@ async fn serve_chat(
                 }
             }
         };
-        handle(&deps, next, durable).await;
+        let id = next.id.0;
+        handle(&deps, next).await;
+        if let Some(h) = &handled {
+            // Closed only once every handler is done: never here.
+            let _ = h.send(id);
+        }
     }
 }
 
-async fn handle(deps: &Arc<Deps>, update: Update, durable: bool) {
+/// Take handled updates out of the inbox, as many at a time as have
+/// finished meanwhile, until every sender is gone (polling stopped and
+/// every handler returned), so none handled before a shutdown is left in.
+async fn clear_inbox(mut handled: mpsc::UnboundedReceiver<u32>, deps: Arc<Deps>) {
+    let mut batch = Vec::new();
+    while handled.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        if let Err(e) = deps.jobs.store.inbox_done(std::mem::take(&mut batch)).await {
+            // They stay in the inbox and are handled again after a restart;
+            // every handler's effect is idempotent under that (see
+            // ARCHITECTURE.md).
+            tracing::error!(error = %e, "cannot mark updates handled");
+        }
+    }
+}
+
+async fn handle(deps: &Arc<Deps>, update: Update) {
     let id = update.id.0;
     // Who sent it: how an operator finds their own id for `admins`.
     let user_id = update.from().map(|u| u.id.0);
@@ -94,13 +128,5 @@ async fn handle(deps: &Arc<Deps>, update: Update, durable: bool) {
     };
     if let Err(e) = result {
         tracing::warn!(update = id, error = %e, "handler error");
-    }
-    if !durable {
-        return;
-    }
-    if let Err(e) = deps.jobs.store.inbox_done(id).await {
-        // It stays in the inbox and is handled again after a restart; every
-        // handler's effect is idempotent under that (see ARCHITECTURE.md).
-        tracing::error!(update = id, error = %e, "cannot mark an update handled");
     }
 }

@@ -107,7 +107,7 @@ async fn drain(deps: &Deps, dispatch: &Dispatch, stop: &CancellationToken) -> Op
             Err(e) => {
                 // Nothing can handle it; keeping it would replay it forever.
                 tracing::error!(update = id, error = %e, "stored update does not decode; dropped");
-                let _ = deps.jobs.store.inbox_done(id).await;
+                let _ = deps.jobs.store.inbox_done(vec![id]).await;
             }
         }
     }

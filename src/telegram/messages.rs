@@ -283,7 +283,7 @@ pub(super) async fn announce(
     let keyboard = buttons.then(|| choice_keyboard(lang, job.id, &[]));
     let chat = job.chat_id;
     let (status, board) = acknowledge(api, job, text, keyboard).await?;
-    match jobs.attach_status(job.id, status).await {
+    match jobs.attach_status(job, status).await {
         // Finished before its status message was recorded (a cache hit, a
         // fast failure): the worker has already sent the file or its own
         // failure reply, so the acknowledgement has nothing left to say.

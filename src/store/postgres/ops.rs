@@ -556,13 +556,11 @@ impl Store for PgStore {
         Ok(out)
     }
 
-    async fn inbox_done(&self, update_id: u32) -> Result<(), StoreError> {
+    async fn inbox_done(&self, update_ids: Vec<u32>) -> Result<(), StoreError> {
+        let ids: Vec<i64> = update_ids.into_iter().map(i64::from).collect();
         self.client()
             .await?
-            .exec(
-                "DELETE FROM inbox WHERE update_id = $1",
-                &[&i64::from(update_id)],
-            )
+            .exec("DELETE FROM inbox WHERE update_id = ANY($1)", &[&ids])
             .await
             .map_err(pg)?;
         Ok(())

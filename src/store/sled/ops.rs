@@ -6,7 +6,7 @@ use uuid::Uuid;
 use super::apply::apply;
 use super::keys::{self, ID_LEN};
 use super::tx::Durable;
-use super::tx::{abort, get_count, get_job, get_user, put_user, Tx, TxResult};
+use super::tx::{abort, corrupt_user, get_count, get_job, get_user, put_user, Tx, TxResult};
 use super::wal::Write;
 use super::INBOX_TREE;
 use super::{tree_number, SledStore};
@@ -305,16 +305,14 @@ impl JobStore for SledStore {
     }
 
     fn counts(&self) -> Result<StateCounts, StoreError> {
-        self.caught_up()?;
-        let mut c = StateCounts::default();
-        for s in JobState::ALL {
-            *c.get_mut(s) = self
-                .meta
-                .get(keys::count_key(s))?
-                .and_then(|v| keys::u64_at(&v, 0))
-                .unwrap_or(0);
-        }
-        Ok(c)
+        // The counters as the latest changes left them: no wait for sled.
+        self.view(|tx| {
+            let mut c = StateCounts::default();
+            for s in JobState::ALL {
+                *c.get_mut(s) = get_count(tx, s)?;
+            }
+            Ok(c)
+        })
     }
 
     fn cache_get(&self, key: &str) -> Result<Option<CachedMedia>, StoreError> {
@@ -413,11 +411,12 @@ impl JobStore for SledStore {
         // Logged like a job change, so the updates are durable with one
         // shared sync of the log. A replayed batch that sled already holds
         // only stores the same updates again.
-        self.log_writes(writes)
+        self.log_writes(writes, Durable::Now)
     }
 
     fn inbox_pending(&self) -> Result<Vec<(u32, Vec<u8>)>, StoreError> {
-        self.caught_up()?;
+        // Every removal in sled too, though nobody waited for their sync.
+        self.settle()?;
         let mut out = Vec::new();
         for kv in self.inbox.iter() {
             let (k, v) = kv?;
@@ -429,15 +428,21 @@ impl JobStore for SledStore {
         Ok(out)
     }
 
-    fn inbox_done(&self, update_id: u32) -> Result<(), StoreError> {
-        // Not synced: if a crash loses the removal, the update is handled
-        // again after the restart, and every handler's effect is idempotent
-        // under that (ARCHITECTURE.md). sled writes it at the next checkpoint
-        // or when its buffer fills. After the batch that stored it is in
-        // sled, or sled would get it back after this.
-        self.caught_up()?;
-        self.inbox.remove(update_id.to_be_bytes())?;
-        Ok(())
+    fn inbox_done(&self, update_ids: &[u32]) -> Result<(), StoreError> {
+        // Logged after the batch that stored them, so sled's applier removes
+        // them after it put them there, and nothing waits: not for a sync
+        // (if a crash loses the removal, the update is handled again after
+        // the restart, and every handler's effect is idempotent under that:
+        // ARCHITECTURE.md), nor for sled to have the batch.
+        let writes = update_ids
+            .iter()
+            .map(|id| Write {
+                tree: INBOX_TREE,
+                key: id.to_be_bytes().to_vec(),
+                value: None,
+            })
+            .collect();
+        self.log_writes(writes, Durable::Later)
     }
 
     fn size_on_disk(&self) -> u64 {
@@ -487,10 +492,18 @@ impl JobStore for SledStore {
         limits: EnqueueLimits,
         now: Millis,
     ) -> Result<Option<Refusal>, StoreError> {
-        let active = self.counts()?.active();
-        let mut rec: UserRecord = self
-            .get_or_quarantine(&self.users, "users", &user.to_be_bytes())?
-            .unwrap_or_default();
+        // A first look, without the commit lock or a wait for sled: the
+        // enqueue checks the limits again in its own change.
+        let looked = self.view(|tx| Ok((get_active(tx)?, get_user(tx, user)?)));
+        let (active, mut rec) = match looked {
+            Ok(v) => v,
+            // The enqueue's change rebuilds a corrupt user record; until
+            // then it reads as a user with nothing active.
+            Err(e) if corrupt_user(&e).is_some() => {
+                (self.counts()?.active(), UserRecord::default())
+            }
+            Err(e) => return Err(e),
+        };
         rec.recent.retain(|t| *t + HOUR_MS > now);
         Ok(rec.refusal(active, limits))
     }
@@ -547,11 +560,7 @@ fn change(tx: &Tx, id: JobId, c: &Change) -> TxResult<Job> {
 /// it counts in the user's hourly window. `enqueue` and `reopen` both pass
 /// here, so a retry is held to exactly what a new link is.
 fn admit(tx: &Tx, user: u64, limits: EnqueueLimits, now: Millis) -> TxResult<()> {
-    let active = JobState::ALL
-        .into_iter()
-        .filter(|s| s.is_active())
-        .map(|s| get_count(tx, s))
-        .sum::<TxResult<u64>>()?;
+    let active = get_active(tx)?;
     let mut rec = get_user(tx, user)?;
     if let Err(r) = rec.admit(active, limits, now) {
         return abort(r.into());
@@ -559,11 +568,22 @@ fn admit(tx: &Tx, user: u64, limits: EnqueueLimits, now: Millis) -> TxResult<()>
     put_user(tx, user, &rec)
 }
 
+/// Jobs in an active state, from the counters.
+fn get_active(tx: &Tx) -> TxResult<u64> {
+    JobState::ALL
+        .into_iter()
+        .filter(|s| s.is_active())
+        .map(|s| get_count(tx, s))
+        .sum()
+}
+
 #[cfg(test)]
 mod tests {
-    //! The claim's walk of sled's indexes while another claim's change is
-    //! queued but not yet in sled, held there with [`Wal::hold_removed`].
+    //! Reads while a change is queued but not yet in sled, held there with
+    //! [`Wal::hold`]: the claim's walk of sled's indexes, and the reads
+    //! that never wait for sled.
 
+    use super::super::META_TREE;
     use super::*;
     use crate::job::JobOptions;
 
@@ -637,5 +657,44 @@ mod tests {
         let key = keys::ready_key(1, first.next_attempt_at, first.id);
         store.wal.hold_removed(READY, &key);
         assert_eq!(claim(&store).map(|j| j.id), Some(second.id));
+    }
+
+    #[test]
+    fn counts_and_the_limit_check_see_a_change_sled_has_not_got() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        enqueue(&store, 1, 1);
+        store.settle().unwrap();
+        let tight = |capacity, per_user| EnqueueLimits {
+            per_user_active: per_user,
+            queue_capacity: capacity,
+            ..LOOSE
+        };
+        assert_eq!(store.counts().unwrap().queued, 1);
+        assert_eq!(store.would_refuse(1, tight(3, 2), 2_000).unwrap(), None);
+        // Queued changes say there are now 3 queued jobs, 2 of them user 1's.
+        let queued = keys::count_key(JobState::Queued);
+        store
+            .wal
+            .hold(META_TREE, &queued, Some(&3u64.to_be_bytes()));
+        let user = UserRecord {
+            active: 2,
+            queued: 2,
+            recent: vec![1_000, 1_000],
+            last_served: 0,
+        };
+        let user = codec::encode(&user).unwrap();
+        store
+            .wal
+            .hold(tree_number("users") as u8, &1u64.to_be_bytes(), Some(&user));
+        assert_eq!(store.counts().unwrap().queued, 3);
+        assert_eq!(
+            store.would_refuse(2, tight(3, 2), 2_000).unwrap(),
+            Some(Refusal::QueueFull { capacity: 3 })
+        );
+        assert_eq!(
+            store.would_refuse(1, tight(4, 2), 2_000).unwrap(),
+            Some(Refusal::UserActive { limit: 2 })
+        );
     }
 }

@@ -214,6 +214,26 @@ impl SledStore {
         }
     }
 
+    /// Read the job trees as the latest change left them (queued changes
+    /// included, durable or not), without the commit lock and without
+    /// waiting for sled to have them: for counters, and for checks that a
+    /// change re-makes under the lock (the limits before an enqueue). Each
+    /// key is read as it is at that moment; `f` must not write.
+    pub(super) fn view<T>(&self, f: impl FnOnce(&Tx) -> TxResult<T>) -> Result<T, StoreError> {
+        let writes = RefCell::new(Writes::default());
+        let res = f(&Tx::new(self.job_trees(), &writes, Some(&self.wal)));
+        debug_assert!(writes.borrow().0.is_empty(), "a view wrote");
+        match res {
+            Ok(v) => Ok(v),
+            Err(TxError::Abort(e)) => Err(e),
+            Err(TxError::Storage(e)) => Err(e.into()),
+            // Only a sled transaction conflicts, and a view runs none.
+            Err(TxError::Conflict) => Err(StoreError::unavailable(std::io::Error::other(
+                "a read of the job trees conflicted",
+            ))),
+        }
+    }
+
     /// Queue `writes` (with the next sequence number, also written to sled
     /// with them) for the log, under the commit lock. Returns the sequence
     /// number to wait for: whoever syncs the record hands the writes to the
@@ -254,9 +274,13 @@ impl SledStore {
         Ok(seq)
     }
 
-    /// Apply `writes` to the inbox tree and log them as one change, durable
-    /// when this returns.
-    pub(super) fn log_writes(&self, writes: Vec<Write>) -> Result<(), StoreError> {
+    /// Log `writes` (to the inbox tree) as one change, which sled gets from
+    /// the log's applier; with [`Durable::Now`], durable when this returns.
+    pub(super) fn log_writes(
+        &self,
+        writes: Vec<Write>,
+        durable: Durable,
+    ) -> Result<(), StoreError> {
         if writes.is_empty() {
             return Ok(());
         }
@@ -265,14 +289,17 @@ impl SledStore {
             w.0.insert((x.tree, x.key), x.value.map(IVec::from));
         }
         let mut commit = self.commit.lock().unwrap_or_else(|e| e.into_inner());
-        let seq = self.log_change(&mut commit, w, Durable::Now)?;
+        let seq = self.log_change(&mut commit, w, durable)?;
         drop(commit);
-        self.wait_durable(seq)
+        match durable {
+            Durable::Now => self.wait_durable(seq),
+            Durable::Later => Ok(()),
+        }
     }
 
     /// Wait until every change committed so far is in sled, durable or
     /// not yet (lazy updates too): before a flush of sled, the invariant
-    /// check and an export.
+    /// check, an export and a read of the inbox.
     pub(super) fn settle(&self) -> Result<(), StoreError> {
         let seq = *self.commit.lock().unwrap_or_else(|e| e.into_inner());
         self.wait_for(seq, Mark::Applied)
@@ -346,7 +373,7 @@ enum Mark {
 #[error("user record {0} is corrupt")]
 pub(super) struct CorruptUser(pub u64);
 
-fn corrupt_user(e: &StoreError) -> Option<u64> {
+pub(super) fn corrupt_user(e: &StoreError) -> Option<u64> {
     match e {
         StoreError::Unavailable(source) => source.downcast_ref::<CorruptUser>().map(|c| c.0),
         _ => None,

@@ -585,17 +585,24 @@ impl Wal {
             .is_some_and(|(_, value)| value.is_none())
     }
 
-    /// Make the overlay say that a queued change removed `key` of tree
-    /// `tree`, one that sled never gets: the moment between a claim's commit
-    /// and sled having it, held still for a test.
+    /// Make the overlay say that a queued change wrote `value` to `key` of
+    /// tree `tree` (`None`: removed it), one that sled never gets: the
+    /// moment between a change's commit and sled having it, held still for
+    /// a test.
     #[cfg(test)]
-    pub(super) fn hold_removed(&self, tree: u8, key: &[u8]) {
+    pub(super) fn hold(&self, tree: u8, key: &[u8], value: Option<&[u8]>) {
         let mut o = self
             .shared
             .overlay
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        o.insert((tree, key.to_vec()), (u64::MAX, None));
+        o.insert((tree, key.to_vec()), (u64::MAX, value.map(IVec::from)));
+    }
+
+    /// [`Wal::hold`] of a removal.
+    #[cfg(test)]
+    pub(super) fn hold_removed(&self, tree: u8, key: &[u8]) {
+        self.hold(tree, key, None)
     }
 
     /// The number of the latest queued change that wrote `key` of tree
