@@ -19,25 +19,24 @@ const MAX_BATCH: usize = 1000;
 
 pub(super) struct Dispatch {
     deps: Arc<Deps>,
-    /// Whether updates are in the inbox (false only for the benchmark that
-    /// measures what the inbox costs).
-    durable: bool,
     tracker: TaskTracker,
     /// The queue of each chat that has updates being handled.
     chats: Arc<Mutex<HashMap<i64, mpsc::UnboundedSender<Update>>>>,
-    /// Handled updates, on their way out of the inbox (see [`clear_inbox`]).
-    handled: mpsc::UnboundedSender<u32>,
+    /// Handled updates, on their way out of the inbox (see [`clear_inbox`]);
+    /// `None` when updates are not in the inbox (only for the benchmark that
+    /// measures what the inbox costs).
+    handled: Option<mpsc::UnboundedSender<u32>>,
 }
 
 impl Dispatch {
     pub fn new(deps: Arc<Deps>, tracker: TaskTracker, durable: bool) -> Self {
-        let (handled, rx) = mpsc::unbounded_channel();
-        if durable {
+        let handled = durable.then(|| {
+            let (handled, rx) = mpsc::unbounded_channel();
             tracker.spawn(clear_inbox(rx, deps.clone()));
-        }
+            handled
+        });
         Dispatch {
             deps,
-            durable,
             tracker,
             chats: Arc::default(),
             handled,
@@ -62,8 +61,7 @@ impl Dispatch {
         let (tx, rx) = mpsc::unbounded_channel();
         let _ = tx.send(update);
         chats.insert(chat, tx);
-        let (deps, all) = (self.deps.clone(), self.chats.clone());
-        let handled = self.durable.then(|| self.handled.clone());
+        let (deps, all, handled) = (self.deps.clone(), self.chats.clone(), self.handled.clone());
         self.tracker.spawn(serve_chat(chat, rx, deps, all, handled));
     }
 }
