@@ -18,6 +18,11 @@ use crate::store::{
 };
 use ::sled::transaction::ConflictableTransactionError as TxError;
 
+/// The log's numbers of the trees the claim's walk checks against the
+/// overlay.
+const TURNS: u8 = tree_number("turns") as u8;
+const READY: u8 = tree_number("ready") as u8;
+
 impl JobStore for SledStore {
     fn enqueue(
         &self,
@@ -54,8 +59,6 @@ impl JobStore for SledStore {
     }
 
     fn claim(&self, owner: Uuid, lease_ms: u64, now: Millis) -> Result<Option<Job>, StoreError> {
-        const TURNS: u8 = tree_number("turns") as u8;
-        const READY: u8 = tree_number("ready") as u8;
         // Walk users least recently served first; take the first user whose
         // earliest queued job is due. Entries another claim already removed
         // in a change sled does not have yet are skipped; the races left
@@ -593,8 +596,6 @@ mod tests {
         queue_capacity: 1000,
         exempt: false,
     };
-    const TURNS: u8 = tree_number("turns") as u8;
-    const READY: u8 = tree_number("ready") as u8;
 
     fn enqueue(store: &SledStore, user: u64, n: u32) -> Job {
         let new = NewJob {
