@@ -60,36 +60,23 @@ impl JobStore for SledStore {
 
     fn claim(&self, owner: Uuid, lease_ms: u64, now: Millis) -> Result<Option<Job>, StoreError> {
         // Walk users least recently served first; take the first user whose
-        // earliest queued job is due. Entries another claim already removed
-        // in a change sled does not have yet are skipped; the races left
-        // with other claimers surface as conflicts and restart the walk.
-        // Whether sled lacked an acknowledged change as the walk began: see
-        // below.
-        let mut behind = self.wal.behind();
-        // Whether the walk skips a user whose turn a queued change moved to
-        // the end (just served): the next walk does not, if this one found
-        // nothing, since sled does not have the user's new turn yet.
-        let mut skip_served = true;
+        // earliest queued job is due. The walk sees the trees as they are
+        // with every queued change (`Wal::keys`): an enqueue acknowledged a
+        // moment ago is there before sled has it, and a job another claim
+        // just took, or a user it just served, is gone or at the end. So it
+        // never waits for sled. A claimer that raced this one to the same
+        // job surfaces as a conflict, and the walk starts again.
         'restart: for _ in 0..64 {
-            let mut skipped = false;
-            for turn in self.turns.iter().keys() {
+            for turn in self.wal.keys(TURNS, &self.turns, &[]) {
                 let turn = turn?;
-                // An entry a queued change removed (the user was just served,
-                // the job just claimed) is gone as soon as sled gets that
-                // change: skip it rather than try it, conflict, and wait.
-                if skip_served && self.wal.removed(TURNS, &turn) {
-                    skipped = true;
-                    continue;
-                }
                 let Some(user) = keys::u64_at(&turn, 8) else {
                     continue;
                 };
-                let head = self
-                    .ready
-                    .scan_prefix(user.to_be_bytes())
-                    .keys()
-                    .find(|k| k.as_ref().map_or(true, |k| !self.wal.removed(READY, k)));
-                let Some(head) = head else {
+                let Some(head) = self
+                    .wal
+                    .keys(READY, &self.ready, &user.to_be_bytes())
+                    .next()
+                else {
                     continue;
                 };
                 let head = head?;
@@ -123,31 +110,15 @@ impl JobStore for SledStore {
                 });
                 match res {
                     Ok(job) => return Ok(Some(job)),
+                    // Another change moved the job after the walk read its
+                    // entry; the next walk sees that change.
                     Err(StoreError::Conflict { .. }) | Err(StoreError::NotFound(_)) => {
-                        // The indexes walked lag the change that moved the
-                        // job (sled gets it after its record is durable):
-                        // wait for sled to have that change, then walk again.
-                        self.settle_job(id)?;
-                        continue 'restart;
+                        continue 'restart
                     }
                     // Quarantined and unlinked: the indexes no longer name it.
                     Err(StoreError::Corrupt { .. }) => continue 'restart,
                     Err(e) => return Err(e),
                 }
-            }
-            if skipped {
-                skip_served = false;
-                continue 'restart;
-            }
-            // Nothing due in sled. sled gets a change after its committer
-            // went on, so an enqueue acknowledged before this claim may not
-            // be there yet: wait for it and walk once more. (Waiting before
-            // every walk would stall each claim behind the applier while
-            // due jobs are plenty.)
-            if behind {
-                behind = false;
-                self.caught_up()?;
-                continue 'restart;
             }
             return Ok(None);
         }
@@ -589,6 +560,7 @@ mod tests {
     use super::super::META_TREE;
     use super::*;
     use crate::job::JobOptions;
+    use std::path::Path;
 
     const LOOSE: EnqueueLimits = EnqueueLimits {
         per_user_active: 100,
@@ -611,53 +583,123 @@ mod tests {
         store.enqueue(new, LOOSE, 1_000).unwrap().job
     }
 
-    /// The turn-list key of `user`, once sled has every change.
-    fn turn_of(store: &SledStore, user: u64) -> ::sled::IVec {
-        store.settle().unwrap();
-        store
-            .turns
-            .iter()
-            .keys()
-            .map(|k| k.unwrap())
-            .find(|k| keys::u64_at(k, 8) == Some(user))
-            .expect("the user has a turn")
-    }
-
     fn claim(store: &SledStore) -> Option<Job> {
         store.claim(Uuid::new_v4(), 60_000, 2_000).unwrap()
+    }
+
+    /// A store whose applier is paused once `users` (user, link number) are
+    /// enqueued and in sled: every change after that is durable and in the
+    /// log's overlay, but not in sled.
+    fn store_with_sled_behind(dir: &Path, users: &[(u64, u32)]) -> (SledStore, Vec<Job>) {
+        let store = SledStore::open(dir).unwrap();
+        let jobs = users.iter().map(|&(u, n)| enqueue(&store, u, n)).collect();
+        store.settle().unwrap();
+        store.wal.pause_applier(true);
+        (store, jobs)
+    }
+
+    /// Let sled catch up, and check that what the claims did is whole.
+    fn catch_up_and_check(store: &SledStore) {
+        store.wal.pause_applier(false);
+        store.settle().unwrap();
+        let report = store.check_invariants().unwrap();
+        assert!(report.problems.is_empty(), "{:#?}", report.problems);
+    }
+
+    #[test]
+    fn an_enqueue_sled_has_not_got_is_claimed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = store_with_sled_behind(dir.path(), &[]);
+        let job = enqueue(&store, 1, 1);
+        assert!(store.turns.is_empty(), "sled has not got the enqueue");
+        assert_eq!(claim(&store).map(|j| j.id), Some(job.id));
+        assert_eq!(claim(&store), None, "the one job is taken");
+        catch_up_and_check(&store);
     }
 
     #[test]
     fn a_user_just_served_goes_after_one_who_waits() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path()).unwrap();
-        enqueue(&store, 1, 1);
-        let other = enqueue(&store, 2, 1);
-        // User 1 is first in sled's turn list; a claim that served them is
-        // queued for sled.
-        store.wal.hold_removed(TURNS, &turn_of(&store, 1));
-        assert_eq!(claim(&store).map(|j| j.id), Some(other.id));
+        let (store, jobs) = store_with_sled_behind(dir.path(), &[(1, 1), (1, 2), (2, 1)]);
+        assert_eq!(claim(&store).map(|j| j.id), Some(jobs[0].id));
+        // sled still lists user 1 first, with their first job at the head;
+        // the claim that served them is in the overlay alone.
+        assert_eq!(claim(&store).map(|j| j.id), Some(jobs[2].id));
+        assert_eq!(claim(&store).map(|j| j.id), Some(jobs[1].id));
+        catch_up_and_check(&store);
     }
 
     #[test]
     fn a_user_just_served_is_still_served_when_nobody_else_waits() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path()).unwrap();
-        let job = enqueue(&store, 1, 1);
-        store.wal.hold_removed(TURNS, &turn_of(&store, 1));
-        assert_eq!(claim(&store).map(|j| j.id), Some(job.id));
+        let (store, jobs) = store_with_sled_behind(dir.path(), &[(1, 1), (1, 2)]);
+        assert_eq!(claim(&store).map(|j| j.id), Some(jobs[0].id));
+        assert_eq!(claim(&store).map(|j| j.id), Some(jobs[1].id));
+        assert_eq!(claim(&store), None);
+        catch_up_and_check(&store);
     }
 
+    /// The applier writes a batch of changes into sled as one set of writes
+    /// (each key's last value, the sequence number last). A crash halfway
+    /// through leaves sled with values from the end of the batch beside
+    /// older ones, under the number from before it; replay must end where
+    /// the batch ends.
     #[test]
-    fn a_job_whose_claim_is_queued_for_sled_is_not_tried() {
+    fn a_crash_halfway_through_a_batch_is_completed_by_replay() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path()).unwrap();
-        let first = enqueue(&store, 1, 1);
-        let second = enqueue(&store, 1, 2);
-        store.settle().unwrap();
-        let key = keys::ready_key(1, first.next_attempt_at, first.id);
-        store.wal.hold_removed(READY, &key);
-        assert_eq!(claim(&store).map(|j| j.id), Some(second.id));
+        let (live, image) = (dir.path().join("live"), dir.path().join("image"));
+        let store = SledStore::open(&live).unwrap();
+        let job = enqueue(&store, 1, 1);
+        enqueue(&store, 2, 1);
+        store.flush().unwrap();
+        store.wal.pause_applier(true);
+        // Five durable changes sled has not got: a job's whole life, and a
+        // new one.
+        let owner = Uuid::new_v4();
+        let claimed = store.claim(owner, 60_000, 2_000).unwrap().unwrap();
+        assert_eq!(claimed.id, job.id);
+        for (from, to) in [
+            (JobState::Downloading, JobState::Uploading),
+            (JobState::Uploading, JobState::Cleaning),
+            (JobState::Cleaning, JobState::Done),
+        ] {
+            store
+                .update(job.id, Expect::owned(from, owner), Some(to), 3_000, &|_| {})
+                .unwrap();
+        }
+        let third = enqueue(&store, 3, 1);
+        // The first half of what the batch writes reaches sled's files.
+        let writes = store.wal.queued_writes();
+        let is_seq = |w: &Write| w.tree == META_TREE && w.key == keys::META_WAL_SEQ;
+        let half: Vec<Write> = writes.into_iter().filter(|w| !is_seq(w)).collect();
+        let half = &half[..half.len() / 2];
+        assert!(
+            half.iter().any(|w| w.key == job.id.as_bytes()),
+            "the job's final record"
+        );
+        super::super::wal::apply_change(store.wal.trees(), half).unwrap();
+        store.db.flush().unwrap();
+        // The folder as it is on disk now: what `kill -9` leaves.
+        let copied = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(&live)
+            .arg(&image)
+            .status()
+            .unwrap();
+        assert!(copied.success());
+        store.wal.pause_applier(false);
+
+        let reopened = SledStore::open(&image).unwrap();
+        assert_eq!(reopened.replayed_at_open(), 5);
+        let report = reopened.check_invariants().unwrap();
+        assert!(report.problems.is_empty(), "{:#?}", report.problems);
+        assert_eq!(reopened.get(job.id).unwrap().unwrap().state, JobState::Done);
+        assert_eq!(
+            reopened.get(third.id).unwrap().unwrap().state,
+            JobState::Queued
+        );
+        let counts = reopened.counts().unwrap();
+        assert_eq!((counts.queued, counts.done), (2, 1));
     }
 
     #[test]

@@ -305,16 +305,6 @@ impl SledStore {
         self.wait_for(seq, Mark::Applied)
     }
 
-    /// Wait until sled has the latest change queued for job `id`, if one
-    /// is still queued.
-    pub(super) fn settle_job(&self, id: JobId) -> Result<(), StoreError> {
-        const JOBS: u8 = tree_number("jobs") as u8;
-        match self.wal.pending_seq(JOBS, id.as_bytes()) {
-            Some(seq) => self.wait_for(seq, Mark::Applied),
-            None => Ok(()),
-        }
-    }
-
     /// Wait until every change whose committer could have been told it is
     /// durable is in sled, so that a walk of sled's trees sees it. Every
     /// reader that walks (or reads without the overlay) a tree a job change

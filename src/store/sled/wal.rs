@@ -9,12 +9,14 @@
 //! durable with one `fdatasync` (group commit) and wakes the others; one
 //! whose change came too late for that batch leads the next. A syncer thread
 //! does the same for changes nobody waits for. An applier thread then
-//! applies the writes to sled as plain inserts and removals, while the next
-//! batch is synced.
+//! applies the writes to sled as plain inserts and removals, each key once
+//! for all the durable changes it takes at a time, while the next batch is
+//! synced.
 //! sled writes its own files when its buffers fill, and at a checkpoint.
 //! Until sled has a queued change, later changes and point reads of jobs see
-//! it in the overlay, and a reader that walks sled's trees first waits for
-//! sled to have every change acknowledged before it ([`Wal::applied_to`]).
+//! it in the overlay, the claim's walk merges it into sled's keys
+//! ([`Wal::keys`]), and any other reader that walks sled's trees first waits
+//! for sled to have every change acknowledged before it ([`Wal::applied_to`]).
 //!
 //! **Ordering.** Every change carries a sequence number, assigned under the
 //! commit lock and written into sled (`meta`, [`keys::META_WAL_SEQ`]) as the
@@ -33,7 +35,7 @@
 //! file, under the commit lock) makes everything in the file redundant and
 //! writing starts again at offset 0.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -219,6 +221,10 @@ struct State {
     /// Set at drop once the syncer ended: the applier applies what is
     /// durable and ends.
     stop_applying: bool,
+    /// The applier leaves durable changes alone ([`Wal::pause_applier`]):
+    /// the moment between a change's sync and sled having it, held still
+    /// for a test. Never set outside tests.
+    paused: bool,
 }
 
 /// How many batches the log made durable, one `fdatasync` each,
@@ -240,8 +246,9 @@ impl LogSyncs {
 
 /// The latest value of every key a queued change writes, by tree and key,
 /// with the change's number, until sled holds it: what later changes (and
-/// point reads of jobs) see before sled does.
-pub(super) type Overlay = Mutex<HashMap<(u8, Vec<u8>), (u64, Option<IVec>)>>;
+/// point reads of jobs) see before sled does. Ordered, so that a walk of a
+/// tree can merge its entries into sled's in key order ([`Wal::keys`]).
+pub(super) type Overlay = Mutex<BTreeMap<(u8, Vec<u8>), (u64, Option<IVec>)>>;
 
 struct Shared {
     file: File,
@@ -280,39 +287,73 @@ pub(super) struct Wal {
 /// middle leaves sled a prefix of the writes, with the previous number, and
 /// replay applies the whole change again.
 pub(super) fn apply_change(trees: &[Tree], writes: &[Write]) -> Result<(), StoreError> {
-    let is_seq = |w: &Write| w.tree == META_TREE && w.key == keys::META_WAL_SEQ;
-    for w in writes
-        .iter()
+    put_seq_last(
+        trees,
+        writes
+            .iter()
+            .map(|w| (w.tree, w.key.as_slice(), w.value.as_deref())),
+    )
+}
+
+/// Write `(tree, key, value or removal)` into sled, in the order given but
+/// the log's sequence number ([`keys::META_WAL_SEQ`]) last.
+fn put_seq_last<'a>(
+    trees: &[Tree],
+    writes: impl Iterator<Item = (u8, &'a [u8], Option<&'a [u8]>)> + Clone,
+) -> Result<(), StoreError> {
+    let is_seq = |w: &(u8, &[u8], Option<&[u8]>)| w.0 == META_TREE && w.1 == keys::META_WAL_SEQ;
+    for (t, key, value) in writes
+        .clone()
         .filter(|w| !is_seq(w))
-        .chain(writes.iter().filter(|w| is_seq(w)))
+        .chain(writes.filter(is_seq))
     {
-        let Some(tree) = trees.get(w.tree as usize) else {
+        let Some(tree) = trees.get(t as usize) else {
             continue;
         };
-        match &w.value {
-            Some(v) => tree.insert(w.key.as_slice(), v.as_slice())?,
-            None => tree.remove(w.key.as_slice())?,
+        match value {
+            Some(v) => tree.insert(key, v)?,
+            None => tree.remove(key)?,
         };
     }
     Ok(())
 }
+
+/// The last write of each key in a batch of changes, by tree and key: the
+/// number of the change that wrote it, and the value (`None`: removed).
+type LastWrites<'a> = BTreeMap<(u8, &'a [u8]), (u64, Option<&'a [u8]>)>;
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Apply `changes` to sled and drop their overlay entries (unless a
-    /// later change wrote the key again).
+    /// Apply `changes` to sled as one set of writes, then drop their
+    /// overlay entries (unless a later change wrote the key again).
+    ///
+    /// Each key gets only the value of the last change in `changes` that
+    /// wrote it, and the sequence number (the last change's) goes in last:
+    /// the counters, the sequence number, a user's record or a job moving
+    /// through several states are written once per batch, not once per
+    /// change. A crash in the middle leaves sled with the previous batch's
+    /// number and some of this batch's final values; replay then applies
+    /// every change of the batch again, in order, which rewrites each key
+    /// the batch wrote and ends where the batch ends.
     fn apply(&self, changes: &[(u64, Vec<Write>)]) -> Result<(), StoreError> {
+        let mut last: LastWrites = BTreeMap::new();
         for (seq, writes) in changes {
-            apply_change(&self.trees, writes)?;
-            let mut o = self.overlay.lock().unwrap_or_else(|e| e.into_inner());
             for w in writes {
-                let k = (w.tree, w.key.clone());
-                if o.get(&k).is_some_and(|(s, _)| s == seq) {
-                    o.remove(&k);
-                }
+                last.insert((w.tree, &w.key), (*seq, w.value.as_deref()));
+            }
+        }
+        put_seq_last(
+            &self.trees,
+            last.iter().map(|(&(t, key), &(_, value))| (t, key, value)),
+        )?;
+        let mut o = self.overlay.lock().unwrap_or_else(|e| e.into_inner());
+        for (&(tree, key), &(seq, _)) in &last {
+            let k = (tree, key.to_vec());
+            if o.get(&k).is_some_and(|(s, _)| *s == seq) {
+                o.remove(&k);
             }
         }
         Ok(())
@@ -405,7 +446,7 @@ impl Shared {
     fn run_applier(&self) {
         let mut s = self.lock();
         loop {
-            while s.durable_changes.is_empty() && !s.stop_applying {
+            while (s.durable_changes.is_empty() || s.paused) && !s.stop_applying {
                 s = self.apply_work.wait(s).unwrap_or_else(|e| e.into_inner());
             }
             if s.durable_changes.is_empty() {
@@ -432,6 +473,42 @@ impl Shared {
                 }
             }
             self.applied_cv.notify_all();
+        }
+    }
+}
+
+/// Sled's keys of a tree merged with the overlay's, both in key order:
+/// see [`Wal::keys`]. `queued` holds each key a queued change wrote, and
+/// whether it wrote a value (`false`: removed it).
+struct Merged<S: Iterator<Item = sled::Result<IVec>>> {
+    sled: std::iter::Peekable<S>,
+    queued: std::iter::Peekable<std::vec::IntoIter<(Vec<u8>, bool)>>,
+}
+
+impl<S: Iterator<Item = sled::Result<IVec>>> Iterator for Merged<S> {
+    type Item = sled::Result<IVec>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        use std::cmp::Ordering;
+        loop {
+            let order = match (self.sled.peek(), self.queued.peek()) {
+                (Some(Err(_)), _) => return self.sled.next(),
+                (None, None) => return None,
+                (Some(Ok(_)), None) => Ordering::Less,
+                (None, Some(_)) => Ordering::Greater,
+                (Some(Ok(have)), Some((q, _))) => have.as_ref().cmp(q.as_slice()),
+            };
+            // A key in both: the queued change's word is the newer one.
+            if order == Ordering::Equal {
+                self.sled.next();
+            }
+            if order == Ordering::Less {
+                return self.sled.next();
+            }
+            let (key, written) = self.queued.next()?;
+            if written {
+                return Some(Ok(IVec::from(key)));
+            }
         }
     }
 }
@@ -487,8 +564,9 @@ impl Wal {
                 failed: None,
                 stop: false,
                 stop_applying: false,
+                paused: false,
             }),
-            overlay: Mutex::new(HashMap::new()),
+            overlay: Mutex::new(BTreeMap::new()),
             trees,
             work: Condvar::new(),
             apply_work: Condvar::new(),
@@ -564,25 +642,45 @@ impl Wal {
     /// What queued changes wrote to `key` of tree `tree`, if any: `Some(None)`
     /// for a removal.
     pub(super) fn pending(&self, tree: u8, key: &[u8]) -> Option<Option<IVec>> {
-        self.queued(tree, key).map(|(_, v)| v)
-    }
-
-    /// The overlay's entry for `key` of tree `tree`: the number of the
-    /// latest queued change that wrote it, and what it wrote.
-    fn queued(&self, tree: u8, key: &[u8]) -> Option<(u64, Option<IVec>)> {
         let o = self
             .shared
             .overlay
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        o.get(&(tree, key.to_vec())).cloned()
+        o.get(&(tree, key.to_vec())).map(|(_, v)| v.clone())
     }
 
-    /// Whether the latest queued change that wrote `key` of tree `tree`
-    /// removed it: sled may still hold the key until it gets that change.
-    pub(super) fn removed(&self, tree: u8, key: &[u8]) -> bool {
-        self.queued(tree, key)
-            .is_some_and(|(_, value)| value.is_none())
+    /// The keys of `tree` (log number `tree_no`) that start with `prefix`,
+    /// in order, as they are with every queued change applied: sled's,
+    /// without those a queued change removed, merged with those a queued
+    /// change wrote. A walk through it never waits for sled to catch up.
+    ///
+    /// The overlay's entries are copied before sled's iterator starts. The
+    /// applier writes a change into sled before it drops the change's
+    /// entries from the overlay, so a change is in the copy, or in sled
+    /// before the walk began, or it was queued after the copy (and then
+    /// the walk may or may not see it, as with any change racing a read).
+    pub(super) fn keys<'a>(
+        &self,
+        tree_no: u8,
+        tree: &'a Tree,
+        prefix: &[u8],
+    ) -> impl Iterator<Item = sled::Result<IVec>> + 'a {
+        let queued: Vec<(Vec<u8>, bool)> = {
+            let o = self
+                .shared
+                .overlay
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            o.range((tree_no, prefix.to_vec())..)
+                .take_while(|((t, k), _)| *t == tree_no && k.starts_with(prefix))
+                .map(|((_, k), (_, v))| (k.clone(), v.is_some()))
+                .collect()
+        };
+        Merged {
+            sled: tree.scan_prefix(prefix).keys().peekable(),
+            queued: queued.into_iter().peekable(),
+        }
     }
 
     /// Make the overlay say that a queued change wrote `value` to `key` of
@@ -599,27 +697,36 @@ impl Wal {
         o.insert((tree, key.to_vec()), (u64::MAX, value.map(IVec::from)));
     }
 
-    /// [`Wal::hold`] of a removal.
+    /// Every write the overlay holds, in key order: what the applier's next
+    /// batch would write into sled.
     #[cfg(test)]
-    pub(super) fn hold_removed(&self, tree: u8, key: &[u8]) {
-        self.hold(tree, key, None)
+    pub(super) fn queued_writes(&self) -> Vec<Write> {
+        let o = self
+            .shared
+            .overlay
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        o.iter()
+            .map(|((tree, key), (_, value))| Write {
+                tree: *tree,
+                key: key.clone(),
+                value: value.as_ref().map(|v| v.to_vec()),
+            })
+            .collect()
     }
 
-    /// The number of the latest queued change that wrote `key` of tree
-    /// `tree`, until sled has it.
-    pub(super) fn pending_seq(&self, tree: u8, key: &[u8]) -> Option<u64> {
-        self.queued(tree, key).map(|(seq, _)| seq)
+    /// Stop (or restart) applying durable changes to sled: committers go
+    /// on as their changes become durable, and sled does not get them
+    /// until the applier is let go (or the log is dropped).
+    #[cfg(test)]
+    pub(super) fn pause_applier(&self, paused: bool) {
+        self.shared.lock().paused = paused;
+        self.shared.apply_work.notify_one();
     }
 
     /// Wait until change `seq` (and every earlier one) is durable.
     pub(super) fn sync_to(&self, seq: u64) -> Result<(), StoreError> {
         self.wait_until(&self.shared.synced, |s| s.durable >= seq)
-    }
-
-    /// Whether sled lacks a change that is durable.
-    pub(super) fn behind(&self) -> bool {
-        let s = self.shared.lock();
-        s.applied < s.durable
     }
 
     /// What the log has made durable since it was opened.
