@@ -248,7 +248,10 @@ impl LogSyncs {
 /// with the change's number, until sled holds it: what later changes (and
 /// point reads of jobs) see before sled does. Ordered, so that a walk of a
 /// tree can merge its entries into sled's in key order ([`Wal::keys`]).
-pub(super) type Overlay = Mutex<BTreeMap<(u8, Vec<u8>), (u64, Option<IVec>)>>;
+pub(super) type Overlay = Mutex<OverlayMap>;
+
+/// What [`Overlay`] guards.
+pub(super) type OverlayMap = BTreeMap<(u8, Vec<u8>), (u64, Option<IVec>)>;
 
 struct Shared {
     file: File,
@@ -327,6 +330,10 @@ impl Shared {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn overlay(&self) -> MutexGuard<'_, OverlayMap> {
+        self.overlay.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Apply `changes` to sled as one set of writes, then drop their
     /// overlay entries (unless a later change wrote the key again).
     ///
@@ -349,7 +356,7 @@ impl Shared {
             &self.trees,
             last.iter().map(|(&(t, key), &(_, value))| (t, key, value)),
         )?;
-        let mut o = self.overlay.lock().unwrap_or_else(|e| e.into_inner());
+        let mut o = self.overlay();
         for (&(tree, key), &(seq, _)) in &last {
             let k = (tree, key.to_vec());
             if o.get(&k).is_some_and(|(s, _)| *s == seq) {
@@ -612,11 +619,7 @@ impl Wal {
             return Err(writes);
         }
         {
-            let mut o = self
-                .shared
-                .overlay
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
+            let mut o = self.shared.overlay();
             for w in &writes {
                 o.insert(
                     (w.tree, w.key.clone()),
@@ -642,11 +645,7 @@ impl Wal {
     /// What queued changes wrote to `key` of tree `tree`, if any: `Some(None)`
     /// for a removal.
     pub(super) fn pending(&self, tree: u8, key: &[u8]) -> Option<Option<IVec>> {
-        let o = self
-            .shared
-            .overlay
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let o = self.shared.overlay();
         o.get(&(tree, key.to_vec())).map(|(_, v)| v.clone())
     }
 
@@ -667,11 +666,7 @@ impl Wal {
         prefix: &[u8],
     ) -> impl Iterator<Item = sled::Result<IVec>> + 'a {
         let queued: Vec<(Vec<u8>, bool)> = {
-            let o = self
-                .shared
-                .overlay
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
+            let o = self.shared.overlay();
             o.range((tree_no, prefix.to_vec())..)
                 .take_while(|((t, k), _)| *t == tree_no && k.starts_with(prefix))
                 .map(|((_, k), (_, v))| (k.clone(), v.is_some()))
@@ -689,11 +684,7 @@ impl Wal {
     /// a test.
     #[cfg(test)]
     pub(super) fn hold(&self, tree: u8, key: &[u8], value: Option<&[u8]>) {
-        let mut o = self
-            .shared
-            .overlay
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut o = self.shared.overlay();
         o.insert((tree, key.to_vec()), (u64::MAX, value.map(IVec::from)));
     }
 
@@ -701,11 +692,7 @@ impl Wal {
     /// batch would write into sled.
     #[cfg(test)]
     pub(super) fn queued_writes(&self) -> Vec<Write> {
-        let o = self
-            .shared
-            .overlay
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let o = self.shared.overlay();
         o.iter()
             .map(|((tree, key), (_, value))| Write {
                 tree: *tree,
