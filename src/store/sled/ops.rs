@@ -67,16 +67,12 @@ impl JobStore for SledStore {
         // never waits for sled. A claimer that raced this one to the same
         // job surfaces as a conflict, and the walk starts again.
         'restart: for _ in 0..64 {
-            for turn in self.wal.keys(TURNS, &self.turns, &[]) {
+            for turn in self.wal.keys(TURNS, &[]) {
                 let turn = turn?;
                 let Some(user) = keys::u64_at(&turn, 8) else {
                     continue;
                 };
-                let Some(head) = self
-                    .wal
-                    .keys(READY, &self.ready, &user.to_be_bytes())
-                    .next()
-                else {
+                let Some(head) = self.wal.keys(READY, &user.to_be_bytes()).next() else {
                     continue;
                 };
                 let head = head?;

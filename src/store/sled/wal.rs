@@ -649,8 +649,8 @@ impl Wal {
         o.get(&(tree, key.to_vec())).map(|(_, v)| v.clone())
     }
 
-    /// The keys of `tree` (log number `tree_no`) that start with `prefix`,
-    /// in order, as they are with every queued change applied: sled's,
+    /// The keys of tree number `tree` ([`Wal::trees`]) that start with
+    /// `prefix`, in order, as they are with every queued change applied: sled's,
     /// without those a queued change removed, merged with those a queued
     /// change wrote. A walk through it never waits for sled to catch up.
     ///
@@ -659,21 +659,23 @@ impl Wal {
     /// entries from the overlay, so a change is in the copy, or in sled
     /// before the walk began, or it was queued after the copy (and then
     /// the walk may or may not see it, as with any change racing a read).
-    pub(super) fn keys<'a>(
+    pub(super) fn keys(
         &self,
-        tree_no: u8,
-        tree: &'a Tree,
+        tree: u8,
         prefix: &[u8],
-    ) -> impl Iterator<Item = sled::Result<IVec>> + 'a {
+    ) -> impl Iterator<Item = sled::Result<IVec>> + '_ {
         let queued: Vec<(Vec<u8>, bool)> = {
             let o = self.shared.overlay();
-            o.range((tree_no, prefix.to_vec())..)
-                .take_while(|((t, k), _)| *t == tree_no && k.starts_with(prefix))
+            o.range((tree, prefix.to_vec())..)
+                .take_while(|((t, k), _)| *t == tree && k.starts_with(prefix))
                 .map(|((_, k), (_, v))| (k.clone(), v.is_some()))
                 .collect()
         };
         Merged {
-            sled: tree.scan_prefix(prefix).keys().peekable(),
+            sled: self.shared.trees[tree as usize]
+                .scan_prefix(prefix)
+                .keys()
+                .peekable(),
             queued: queued.into_iter().peekable(),
         }
     }
