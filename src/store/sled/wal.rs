@@ -248,15 +248,12 @@ impl LogSyncs {
 /// with the change's number, until sled holds it: what later changes (and
 /// point reads of jobs) see before sled does. Ordered, so that a walk of a
 /// tree can merge its entries into sled's in key order ([`Wal::keys`]).
-pub(super) type Overlay = Mutex<OverlayMap>;
-
-/// What [`Overlay`] guards.
-pub(super) type OverlayMap = BTreeMap<(u8, Vec<u8>), (u64, Option<IVec>)>;
+type OverlayMap = BTreeMap<(u8, Vec<u8>), (u64, Option<IVec>)>;
 
 struct Shared {
     file: File,
     state: Mutex<State>,
-    overlay: Overlay,
+    overlay: Mutex<OverlayMap>,
     /// The trees a record's writes name, by number ([`super::LOGGED_TREES`]).
     trees: Vec<Tree>,
     /// The syncer waits here for changes nobody waits for.
