@@ -221,9 +221,9 @@ struct State {
     /// Set at drop once the syncer ended: the applier applies what is
     /// durable and ends.
     stop_applying: bool,
-    /// The applier leaves durable changes alone ([`Wal::pause_applier`]):
-    /// the moment between a change's sync and sled having it, held still
-    /// for a test. Never set outside tests.
+    /// The applier leaves durable changes alone (`Wal::pause_applier`,
+    /// test-only): the moment between a change's sync and sled having it,
+    /// held still for a test. Never set outside tests.
     paused: bool,
 }
 
