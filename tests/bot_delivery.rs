@@ -92,6 +92,11 @@ async fn a_second_request_is_answered_from_the_cache_without_downloading() {
     api.push_text(1001, 1001, &link, None);
     let first = api.wait_for_calls("sendVideo", 1, T).await;
     let file_id = first[0].sent_file_id().unwrap();
+    // The first job's acknowledgement goes once its delivery (and with it
+    // the cache entry) is recorded: only then is there a cache to answer
+    // from. A link sent while the first upload is still being recorded is
+    // downloaded again, which is not what this test is about.
+    acknowledgement_gone(&api, 1001).await;
     let downloads_before = media.requests_to("/tiny.mp4").len();
 
     api.push_text(1002, 1002, &link, None);
@@ -109,8 +114,13 @@ async fn a_second_request_is_answered_from_the_cache_without_downloading() {
     );
     // However fast the cache hit finished, the acknowledgement does not
     // linger: it is removed once the file is there.
+    acknowledgement_gone(&api, 1002).await;
+}
+
+/// Wait until no "Accepted" message from the bot is left in `chat`.
+async fn acknowledgement_gone(api: &FakeTelegram, chat: i64) {
     api.wait_for_messages(
-        1002,
+        chat,
         |m| {
             !m.iter().any(|m| {
                 !m.deleted
