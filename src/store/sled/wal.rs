@@ -7,7 +7,10 @@
 //! of its writes (tree, key, value or removal) here. The first committer
 //! to wait while no batch is being written takes whatever is queued, makes it
 //! durable with one `fdatasync` (group commit) and wakes the others; one
-//! whose change came too late for that batch leads the next. A syncer thread
+//! whose change came too late for that batch leads the next. A committer
+//! that finds a batch being synced polls briefly for its end ([`SPIN`])
+//! before it sleeps, since a batch's sync is short against a sleep and
+//! wake-up on a small machine. A syncer thread
 //! does the same for changes nobody waits for. An applier thread then
 //! applies the writes to sled as plain inserts and removals, each key once
 //! for all the durable changes it takes at a time, while the next batch is
@@ -39,6 +42,7 @@ use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use sled::{IVec, Tree};
@@ -227,6 +231,17 @@ struct State {
     paused: bool,
 }
 
+/// How long a committer waiting for its change to be durable polls for the
+/// batch being synced to end before it sleeps on [`Shared::synced`], once
+/// per batch. A sleep costs a futex wake-up and the scheduler's latency on
+/// the way back, tens of µs on a small VM against a `fdatasync` of about
+/// 100 µs: a committer that arrives while a batch is being synced usually
+/// sees it end within this window, and then returns (or writes the next
+/// batch) at once. It yields the CPU between polls, so a busy machine runs
+/// other threads meanwhile. What it gained in the store and e2e benches is
+/// in `benches/README.md`.
+const SPIN: std::time::Duration = std::time::Duration::from_micros(30);
+
 /// How many batches the log made durable, one `fdatasync` each,
 /// and how many changes they held, since the store was opened. Changes a
 /// checkpoint made durable instead (the record did not fit, or the log could
@@ -251,6 +266,10 @@ impl LogSyncs {
 type OverlayMap = BTreeMap<(u8, Vec<u8>), (u64, Option<IVec>)>;
 
 struct Shared {
+    /// How many batches have been written and synced (or failed) since the
+    /// open: what a committer polling for a batch's end ([`SPIN`]) reads,
+    /// without the lock.
+    batches_ended: AtomicU64,
     file: File,
     state: Mutex<State>,
     overlay: Mutex<OverlayMap>,
@@ -381,6 +400,7 @@ impl Shared {
             .and_then(|()| self.file.sync_data());
         let mut s = self.lock();
         s.writing = false;
+        self.batches_ended.fetch_add(1, Ordering::Release);
         match res {
             // The committers go on as soon as their changes are durable;
             // sled gets them meanwhile, and later changes (and point reads)
@@ -417,15 +437,37 @@ impl Shared {
         cv: &Condvar,
         reached: impl Fn(&State) -> bool,
     ) -> MutexGuard<'a, State> {
+        // Only a committer polls: readers and drains wait for the applier,
+        // whose batches take as long as sled does.
+        let committer = std::ptr::eq(cv, &self.synced);
+        // The batch this waiter last polled for: at most once per batch.
+        let mut polled = None;
         loop {
             if reached(&s) {
                 return s;
             }
+            let ended = self.batches_ended.load(Ordering::Acquire);
             if !s.writing && !s.buf.is_empty() && s.failed.is_none() {
                 s = self.write_batch(s);
+            } else if committer && s.writing && polled != Some(ended) {
+                polled = Some(ended);
+                drop(s);
+                self.poll_batch_end(ended);
+                s = self.lock();
             } else {
                 s = cv.wait(s).unwrap_or_else(|e| e.into_inner());
             }
+        }
+    }
+
+    /// Poll, for at most [`SPIN`], until the batch being written when
+    /// `ended` batches had ended has ended too.
+    fn poll_batch_end(&self, ended: u64) {
+        let until = std::time::Instant::now() + SPIN;
+        while self.batches_ended.load(Ordering::Acquire) == ended
+            && std::time::Instant::now() < until
+        {
+            std::thread::yield_now();
         }
     }
 
@@ -552,6 +594,7 @@ impl Wal {
         file.read_exact_at(&mut bytes, 0)?;
         let (records, end) = read_all(&bytes);
         let shared = Arc::new(Shared {
+            batches_ended: AtomicU64::new(0),
             file,
             state: Mutex::new(State {
                 buf: Vec::new(),
