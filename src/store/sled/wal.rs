@@ -235,9 +235,9 @@ struct State {
 /// batch being synced to end before it sleeps on [`Shared::synced`], once
 /// per batch. A sleep costs a futex wake-up and the scheduler's latency on
 /// the way back, tens of µs on a small VM against a `fdatasync` of about
-/// 100 µs: a committer that arrives while a batch is being synced usually
-/// sees it end within this window, and then returns (or writes the next
-/// batch) at once. It yields the CPU between polls, so a busy machine runs
+/// 100 µs: a committer that arrives in the last part of a batch's sync sees
+/// it end within this window, and then returns (or writes the next batch)
+/// at once. It yields the CPU between polls, so a busy machine runs
 /// other threads meanwhile. What it gained in the store and e2e benches is
 /// in `benches/README.md`.
 const SPIN: std::time::Duration = std::time::Duration::from_micros(30);
@@ -446,10 +446,12 @@ impl Shared {
             if reached(&s) {
                 return s;
             }
-            let ended = self.batches_ended.load(Ordering::Acquire);
             if !s.writing && !s.buf.is_empty() && s.failed.is_none() {
                 s = self.write_batch(s);
-            } else if committer && s.writing && polled != Some(ended) {
+            } else if committer && s.writing && polled != Some(self.ended()) {
+                // Read under the lock that ends a batch, so `ended` names
+                // the batch being written now.
+                let ended = self.ended();
                 polled = Some(ended);
                 drop(s);
                 self.poll_batch_end(ended);
@@ -460,13 +462,16 @@ impl Shared {
         }
     }
 
+    /// How many batches have ended (see [`Shared::batches_ended`]).
+    fn ended(&self) -> u64 {
+        self.batches_ended.load(Ordering::Acquire)
+    }
+
     /// Poll, for at most [`SPIN`], until the batch being written when
     /// `ended` batches had ended has ended too.
     fn poll_batch_end(&self, ended: u64) {
         let until = std::time::Instant::now() + SPIN;
-        while self.batches_ended.load(Ordering::Acquire) == ended
-            && std::time::Instant::now() < until
-        {
+        while self.ended() == ended && std::time::Instant::now() < until {
             std::thread::yield_now();
         }
     }
