@@ -1164,6 +1164,20 @@ async fn burst(settings: &Settings, how: Burst) -> (Section, Section) {
         .map(|((_, at), f)| at.saturating_sub(*f))
         .collect();
     share.sort();
+    // How long the bot took to take the burst in (the last getUpdates answer
+    // that carried updates), beside how long it took to answer it: whether
+    // the drain waits on the intake loop or on the handlers behind it.
+    let (rounds, taken_in) = calls
+        .iter()
+        .filter(|c| c.is("getUpdates"))
+        .filter(|c| {
+            c.result()
+                .and_then(serde_json::Value::as_array)
+                .is_some_and(|a| !a.is_empty())
+        })
+        .filter_map(|c| c.answered_at)
+        .fold((0, start), |(k, last), at| (k + 1, last.max(at)));
+    let taken_in = taken_in.saturating_duration_since(start);
     let refused = api.too_many_count();
 
     // Whether the memory the burst took is given back once it is over.
@@ -1237,6 +1251,11 @@ async fn burst(settings: &Settings, how: Burst) -> (Section, Section) {
             ),
             "",
         ),
+        row(
+            "first link in -> last update handed to tgdl",
+            format!("{} ({rounds} getUpdates answers)", ms(taken_in)),
+            "",
+        ),
     ];
     let peak = max_rss.load(Ordering::Relaxed);
     let mem_rows = vec![
@@ -1294,6 +1313,11 @@ async fn burst(settings: &Settings, how: Burst) -> (Section, Section) {
                 .to_owned(),
             "Links point at the media server's hold route and downloader.concurrency = 1: \
              one yt-dlp starts during the burst and then waits, as a busy bot's would."
+                .to_owned(),
+            "Last update handed to tgdl: when the fake answered the last getUpdates that \
+             carried updates. At most 100 come per answer, and the bot asks for the next \
+             batch only once it has stored the last, so a burst is taken in one batch after \
+             another; acknowledgements after that moment wait on the handlers, not on intake."
                 .to_owned(),
         ],
     };
