@@ -1316,8 +1316,9 @@ async fn burst(settings: &Settings, how: Burst) -> (Section, Section) {
                 .to_owned(),
             "Last update handed to tgdl: when the fake answered the last getUpdates that \
              carried updates. At most 100 come per answer, and the bot asks for the next \
-             batch only once it has stored the last, so a burst is taken in one batch after \
-             another; acknowledgements after that moment wait on the handlers, not on intake."
+             batch only once it has taken in the last (stored it, but in 2b), so a burst comes \
+             in one batch after another; acknowledgements after that moment wait on the \
+             handlers, not on intake."
                 .to_owned(),
         ],
     };
