@@ -291,13 +291,18 @@ fn ensure_seeds(s: &Settings, root: &Path) -> Vec<Seed> {
         assert_eq!(c.active(), s.in_flight);
         store.flush().expect("flush");
         // A copy of the files of a flushed, idle, still open store: what a
-        // kill -9 right now would leave.
+        // kill -9 right now would leave (not in the middle of one of the
+        // store's own reopens of sled, which a copy could tear).
         let no_restart = seed.image(Image::NoRestart);
-        copy_dir(&work, &no_restart);
+        let restarted = seed.image(Image::Restarted);
+        store
+            .with_sled_held(|| {
+                copy_dir(&work, &no_restart);
+                copy_dir(&work, &restarted);
+            })
+            .expect("hold sled");
         // The restarted image: open once (sled writes its snapshot at the
         // end of the log), then the owner renews its leases and dies.
-        let restarted = seed.image(Image::Restarted);
-        copy_dir(&work, &restarted);
         let t_open = Instant::now();
         let reopened = SledStore::open(&restarted.join("data").join("db")).expect("reopen copy");
         let first_open = t_open.elapsed();
@@ -311,12 +316,13 @@ fn ensure_seeds(s: &Settings, root: &Path) -> Vec<Seed> {
         std::fs::write(seed.dir.join("ready"), b"").expect("marker");
         println!(
             "  {:>9} stored: seeded in {:>6.1} s (total {:>6.1} s), {:>5.0} MiB on disk; \
-             first open of the crash image {}",
+             first open of the crash image {}; sled reopened {} times so far",
             seed.n,
             t.elapsed().as_secs_f64(),
             t0.elapsed().as_secs_f64(),
             dir_size(&no_restart.join("data").join("db")) as f64 / (1 << 20) as f64,
             fmt_dur(first_open),
+            store.sled_reopens(),
         );
     }
     drop(store);

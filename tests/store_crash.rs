@@ -30,6 +30,9 @@ const CHILD_ENV: &str = "TGDL_CRASH_CHILD";
 /// The child's acknowledgement file (append-only, one line per call that
 /// returned `Ok`, fsynced before the child goes on).
 const ACKS_ENV: &str = "TGDL_CRASH_ACKS";
+/// Set: the child reopens sled in a loop on a second thread, and appends a
+/// byte to this file after each reopen.
+const REOPENS_ENV: &str = "TGDL_CRASH_REOPENS";
 
 fn cycles() -> usize {
     std::env::var("TGDL_CRASH_CYCLES")
@@ -135,7 +138,25 @@ impl AckLog {
 
 #[test]
 fn acknowledged_work_survives_sigkill() {
+    kill_and_check(cycles(), false);
+}
+
+/// The same, while another thread of the child closes and opens sled again
+/// as fast as it can (as the store does by itself every few hundred MB of
+/// changes), so that kills land inside reopens: between the old handles'
+/// flush and drop and the new open, and inside sled's open (which writes
+/// its page table snapshot).
+#[test]
+fn acknowledged_work_survives_sigkill_during_sled_reopens() {
+    let reopens = kill_and_check(cycles() / 2, true);
+    assert!(reopens > 0, "the children reopened sled no time");
+}
+
+/// Run `cycles` kills of a child, checking the store after each; returns
+/// how many reopens of sled the children acknowledged.
+fn kill_and_check(cycles: usize, reopening: bool) -> usize {
     let dir = tempfile::tempdir().unwrap();
+    let reopen_log = dir.path().join("reopens");
     let db = dir.path().join("db");
     let mut log = AckLog {
         path: dir.path().join("acks"),
@@ -149,9 +170,13 @@ fn acknowledged_work_survives_sigkill() {
     let (mut transitions, mut checked, mut checked_moved, mut torn) = (0usize, 0usize, 0usize, 0);
     let mut rng = rand::rng();
     let exe = std::env::current_exe().unwrap();
-    for cycle in 0..cycles() {
+    for cycle in 0..cycles {
         let before = log.len();
-        let mut child = Command::new(&exe)
+        let mut child = Command::new(&exe);
+        if reopening {
+            child.env(REOPENS_ENV, &reopen_log);
+        }
+        let mut child = child
             .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
             .env(CHILD_ENV, &db)
             .env(ACKS_ENV, &log.path)
@@ -246,7 +271,7 @@ fn acknowledged_work_survives_sigkill() {
         assert_eq!(report.jobs, report.recount.total());
     }
     assert!(
-        acked.len() >= cycles() / 2,
+        acked.len() >= cycles / 2,
         "too little work was done: {}",
         acked.len()
     );
@@ -254,12 +279,14 @@ fn acknowledged_work_survives_sigkill() {
         checked_moved > 0,
         "no acknowledged transition was ever checked"
     );
+    let reopens = std::fs::read(&reopen_log).map_or(0, |b| b.len());
     eprintln!(
-        "store_crash: {} kills | {transitions} acknowledged calls | {} acknowledged jobs present | \
-         {checked} positions checked, {checked_moved} of them past the enqueue | {torn} torn ack lines",
-        cycles(),
+        "store_crash: {cycles} kills | {transitions} acknowledged calls | {} acknowledged jobs present | \
+         {checked} positions checked, {checked_moved} of them past the enqueue | {torn} torn ack lines | \
+         {reopens} reopens of sled",
         acked.len()
     );
+    reopens
 }
 
 /// The child's acknowledgements: one line per call that returned `Ok`,
@@ -292,7 +319,22 @@ fn crash_child() {
     let Some(db) = std::env::var_os(CHILD_ENV) else {
         return;
     };
-    let store = SledStore::open(Path::new(&db)).unwrap();
+    let store = std::sync::Arc::new(SledStore::open(Path::new(&db)).unwrap());
+    if let Some(path) = std::env::var_os(REOPENS_ENV) {
+        let store = store.clone();
+        std::thread::spawn(move || {
+            let mut log = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .unwrap();
+            loop {
+                if store.reopen_sled().unwrap() {
+                    log.write_all(b"r").unwrap();
+                }
+            }
+        });
+    }
     let mut acks = Acks::open(Path::new(&std::env::var_os(ACKS_ENV).unwrap()));
     let owner = Uuid::now_v7();
     let limits = EnqueueLimits {

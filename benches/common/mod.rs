@@ -207,7 +207,10 @@ pub fn seed_in_flight(
 ///   of each of its 5,000 users in the same few minutes.
 /// - v2: finished jobs on a simulated clock ([`SEED_STEP_MS`] apart), and
 ///   their done records as the bot leaves them (no file path).
-pub const SEED_VERSION: &str = "v2";
+/// - v3: as v2, made by a store that opens sled again every 32 checkpoints
+///   of its log (`src/store/sled/handles.rs`), so the crash image holds a
+///   recent page table snapshot, as a running bot's would.
+pub const SEED_VERSION: &str = "v3";
 
 /// Simulated time between two finished jobs of a seed: 1,000,000 jobs in
 /// 30 days, a busy public bot. Each user (5,000 of them) then sends a link

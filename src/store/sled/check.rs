@@ -34,6 +34,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+use super::handles::Held;
 use super::keys;
 use super::repair::qkey;
 use super::SledStore;
@@ -52,7 +53,8 @@ struct Tally {
 }
 
 struct Check<'a> {
-    s: &'a SledStore,
+    /// sled's trees, held for the whole check.
+    h: Held<'a>,
     r: InvariantReport,
     jobs: BTreeMap<JobId, Job>,
     tally: HashMap<u64, Tally>,
@@ -63,7 +65,7 @@ struct Check<'a> {
 impl SledStore {
     pub(super) fn full_check(&self) -> Result<InvariantReport, StoreError> {
         let mut c = Check {
-            s: self,
+            h: self.h()?,
             r: InvariantReport {
                 counters: self.counts()?,
                 ..Default::default()
@@ -95,7 +97,7 @@ impl Check<'_> {
     }
 
     fn quarantine(&mut self) -> Result<(), StoreError> {
-        for kv in self.s.quarantine.iter() {
+        for kv in self.h.quarantine.iter() {
             let (k, v) = kv?;
             self.r.quarantined += 1;
             if codec::decode::<QuarantineEntry>(&v).is_err() {
@@ -107,7 +109,7 @@ impl Check<'_> {
     }
 
     fn jobs(&mut self) -> Result<(), StoreError> {
-        for kv in self.s.jobs.iter() {
+        for kv in self.h.tree("jobs").iter() {
             let (k, v) = kv?;
             self.r.jobs += 1;
             let job = match (JobId::from_slice(&k), codec::decode::<Job>(&v)) {
@@ -154,7 +156,7 @@ impl Check<'_> {
     }
 
     fn counters(&mut self) -> Result<(), StoreError> {
-        let meta = &self.s.meta;
+        let meta = self.h.tree("meta").clone();
         match meta.get(keys::META_SCHEMA)? {
             Some(v) if v.len() == 4 => {}
             other => self.problem("meta", format!("schema version is {other:?}")),
@@ -195,7 +197,7 @@ impl Check<'_> {
 
     fn by_state(&mut self) -> Result<(), StoreError> {
         let mut indexed: HashMap<JobId, u32> = HashMap::new();
-        for kv in self.s.by_state.iter() {
+        for kv in self.h.tree("by_state").iter() {
             let (k, v) = kv?;
             let state = k.first().copied().and_then(JobState::from_u8);
             let id = k.get(1..).and_then(JobId::from_slice);
@@ -231,7 +233,7 @@ impl Check<'_> {
     }
 
     fn by_user(&mut self) -> Result<(), StoreError> {
-        for kv in self.s.by_user.iter() {
+        for kv in self.h.tree("by_user").iter() {
             let (k, v) = kv?;
             let user = keys::u64_at(&k, 0);
             let id = k.get(8..).and_then(JobId::from_slice);
@@ -254,8 +256,8 @@ impl Check<'_> {
         }
         for (id, job) in &self.jobs {
             if !self
-                .s
-                .by_user
+                .h
+                .tree("by_user")
                 .contains_key(keys::user_key(job.user_id, *id))?
             {
                 self.r.problems.push(format!(
@@ -267,7 +269,7 @@ impl Check<'_> {
     }
 
     fn ready(&mut self) -> Result<(), StoreError> {
-        for k in self.s.ready.iter().keys() {
+        for k in self.h.tree("ready").iter().keys() {
             let k = k?;
             let user = keys::u64_at(&k, 0);
             let next = keys::u64_at(&k, 8);
@@ -291,7 +293,7 @@ impl Check<'_> {
         }
         for (id, job) in &self.jobs {
             if job.state == JobState::Queued
-                && !self.s.ready.contains_key(keys::ready_key(
+                && !self.h.tree("ready").contains_key(keys::ready_key(
                     job.user_id,
                     job.next_attempt_at,
                     *id,
@@ -307,7 +309,7 @@ impl Check<'_> {
 
     fn users_and_turns(&mut self) -> Result<(), StoreError> {
         let mut records: HashMap<u64, UserRecord> = HashMap::new();
-        for kv in self.s.users.iter() {
+        for kv in self.h.tree("users").iter() {
             let (k, v) = kv?;
             let Ok(user) = <[u8; 8]>::try_from(k.as_ref()).map(u64::from_be_bytes) else {
                 self.problem("users", format!("malformed key {k:?}"));
@@ -337,7 +339,7 @@ impl Check<'_> {
             }
         }
         let mut turns: HashMap<u64, Vec<Millis>> = HashMap::new();
-        for k in self.s.turns.iter().keys() {
+        for k in self.h.tree("turns").iter().keys() {
             let k = k?;
             match (k.len(), keys::u64_at(&k, 0), keys::u64_at(&k, 8)) {
                 (16, Some(at), Some(user)) => turns.entry(user).or_default().push(at),
@@ -392,7 +394,7 @@ impl Check<'_> {
         }
         let mut found = Vec::new();
         let mut seen: HashSet<String> = HashSet::new();
-        for kv in self.s.cache.iter() {
+        for kv in self.h.tree("cache").iter() {
             let (k, v) = kv?;
             let Some(key) = std::str::from_utf8(&k)
                 .ok()
@@ -434,7 +436,7 @@ impl Check<'_> {
 
     fn requests(&mut self) -> Result<(), StoreError> {
         let mut found = Vec::new();
-        for kv in self.s.requests.iter() {
+        for kv in self.h.tree("requests").iter() {
             let (k, v) = kv?;
             let Some(id) = JobId::from_slice(&v) else {
                 found.push(format!("entry {k:?} holds no job id: {v:?}"));
@@ -448,7 +450,7 @@ impl Check<'_> {
             }
         }
         for (id, job) in &self.jobs {
-            match self.s.requests.get(keys::request_key(job))? {
+            match self.h.tree("requests").get(keys::request_key(job))? {
                 Some(v) if v.as_ref() == id.as_bytes() => {}
                 other => found.push(format!(
                     "job {id}'s request points at {:?}",
@@ -464,7 +466,7 @@ impl Check<'_> {
 
     fn shorts(&mut self) -> Result<(), StoreError> {
         let mut found = Vec::new();
-        for kv in self.s.shorts.iter() {
+        for kv in self.h.tree("shorts").iter() {
             let (k, v) = kv?;
             let Some(id) = k.get(4..).and_then(JobId::from_slice) else {
                 found.push(format!("malformed key {k:?}"));
@@ -479,7 +481,7 @@ impl Check<'_> {
             }
         }
         for id in self.jobs.keys() {
-            if !self.s.shorts.contains_key(keys::short_key(*id))? {
+            if !self.h.tree("shorts").contains_key(keys::short_key(*id))? {
                 found.push(format!("job {id} ({}) has no entry", id.short()));
             }
         }
@@ -490,7 +492,7 @@ impl Check<'_> {
     }
 
     fn inbox(&mut self) -> Result<(), StoreError> {
-        for kv in self.s.inbox.iter() {
+        for kv in self.h.tree("inbox").iter() {
             let (k, v) = kv?;
             let Ok(id) = <[u8; 4]>::try_from(k.as_ref()).map(u32::from_be_bytes) else {
                 self.problem("inbox", format!("key {k:?} is not a 4-byte update id"));
@@ -517,7 +519,7 @@ impl Check<'_> {
     }
 
     fn settings(&mut self) -> Result<(), StoreError> {
-        for kv in self.s.settings.iter() {
+        for kv in self.h.settings.iter() {
             let (k, v) = kv?;
             if k.len() != 8 {
                 self.problem("settings", format!("malformed key {k:?}"));

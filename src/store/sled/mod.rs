@@ -26,17 +26,21 @@
 
 mod apply;
 mod check;
+mod handles;
 mod ops;
 mod repair;
 mod sync;
+#[cfg(test)]
+mod testing;
 mod transfer;
 mod tx;
 mod wal;
 
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
-use sled::{Db, Tree};
+use handles::{Gate, Handles, Held, Reopener};
 
 use super::keys;
 use super::StoreError;
@@ -99,34 +103,26 @@ pub(super) const META_TREE: u8 = tree_number("meta") as u8;
 const _: () = assert!(INBOX_TREE as usize == tx::JOB_TREES);
 
 pub struct SledStore {
-    db: Db,
+    /// Opens sled again every [`handles::REOPEN_AFTER`] checkpoints. First,
+    /// so that it stops before the log and the handles go.
+    reopener: Reopener,
     sync: GroupSync,
     /// The redo log that makes a job change durable (see `wal.rs`).
     wal: Wal,
-    /// The commit lock: held while a job change reads, its record is
-    /// queued and sled applies its writes, so that sequence numbers, sled's
-    /// commit order and the log's order agree, and so that a change's reads
+    /// The commit lock: held while a job change reads and its record is
+    /// queued, so that sequence numbers, the log's order and the order in
+    /// which sled gets the changes agree, and so that a change's reads
     /// (outside any sled transaction) see nothing move underneath them.
     /// Every writer of the job trees holds it. Holds the last sequence
     /// number used.
     commit: Mutex<u64>,
     /// How many log records the open replayed into sled (for the operator's
     /// log and for tests).
-    replayed: std::sync::atomic::AtomicU64,
-    jobs: Tree,
-    by_state: Tree,
-    by_user: Tree,
-    users: Tree,
-    ready: Tree,
-    turns: Tree,
-    cache: Tree,
-    requests: Tree,
-    shorts: Tree,
-    settings: Tree,
-    /// Updates Telegram handed over and the bot has not finished with.
-    inbox: Tree,
-    quarantine: Tree,
-    meta: Tree,
+    replayed: AtomicU64,
+    /// Checkpoints since sled was last asked to open again.
+    checkpoints: AtomicU64,
+    /// sled's database and trees (see `handles.rs`): every use holds them.
+    gate: Arc<Gate>,
 }
 
 impl SledStore {
@@ -142,63 +138,33 @@ impl SledStore {
                 })?;
             }
         }
-        let db = sled::Config::new()
-            .path(dir)
-            // A small VPS has little memory to spare; the hot set (in-flight
-            // jobs, indexes) is tiny.
-            .cache_capacity(16 * 1024 * 1024)
-            // No background flusher: a job change is durable in the store's
-            // log, and sled's flush holds a lock that every transaction's
-            // commit waits for, for as long as the disk takes. sled writes
-            // its files when a buffer fills and at each checkpoint instead.
-            .flush_every_ms(None)
-            .open()
-            .map_err(|e| classify_open_error(&shown, e))?;
-        let open = |name: &str| db.open_tree(name);
-        let logged = LOGGED_TREES
-            .map(open)
-            .into_iter()
-            .collect::<Result<Vec<Tree>, _>>()?;
-        let Ok(
-            [jobs, by_state, by_user, users, ready, turns, cache, requests, shorts, meta, inbox],
-        ) = <[Tree; LOGGED_TREES.len()]>::try_from(logged.clone())
-        else {
-            unreachable!("one tree per name");
-        };
+        let gate = Arc::new(Gate::open(dir).map_err(|e| classify_open_error(&shown, e))?);
         let (wal, records, end) =
-            Wal::open(&dir.join(WAL_FILE), logged).map_err(|e| StoreError::Open {
+            Wal::open(&dir.join(WAL_FILE), gate.clone()).map_err(|e| StoreError::Open {
                 path: shown.clone(),
                 reason: format!("cannot open the store's log {WAL_FILE}: {e}"),
             })?;
         let store = SledStore {
+            reopener: Reopener::start(gate.clone()).map_err(|e| StoreError::Open {
+                path: shown.clone(),
+                reason: format!("cannot start the thread that reopens sled: {e}"),
+            })?,
             wal,
             commit: Mutex::new(0),
             replayed: Default::default(),
+            checkpoints: Default::default(),
             sync: GroupSync::open(&dir.join("db")).map_err(|e| StoreError::Open {
                 path: shown.clone(),
                 reason: format!("cannot open the data file for syncing: {e}"),
             })?,
-            jobs,
-            by_state,
-            by_user,
-            users,
-            ready,
-            turns,
-            cache,
-            requests,
-            shorts,
-            settings: open("settings")?,
-            inbox,
-            quarantine: open("quarantine")?,
-            meta,
-            db,
+            gate,
         };
-        match store.meta.get(keys::META_SCHEMA)? {
+        let h = store.h()?;
+        match h.meta().get(keys::META_SCHEMA)? {
             None => {
-                store
-                    .meta
+                h.meta()
                     .insert(keys::META_SCHEMA, &SCHEMA_VERSION.to_be_bytes())?;
-                store.db.flush()?;
+                h.db.flush()?;
             }
             Some(v) => {
                 let found = v
@@ -214,13 +180,13 @@ impl SledStore {
                 }
                 if found < SCHEMA_VERSION {
                     // Older records keep decoding; newer ones will be written.
-                    store
-                        .meta
+                    h.meta()
                         .insert(keys::META_SCHEMA, &SCHEMA_VERSION.to_be_bytes())?;
-                    store.db.flush()?;
+                    h.db.flush()?;
                 }
             }
         }
+        drop(h);
         store.replay(records, end)?;
         Ok(store)
     }
@@ -229,8 +195,9 @@ impl SledStore {
     /// after its [`keys::META_WAL_SEQ`]), each as one transaction, in order;
     /// then checkpoint, so the log starts empty.
     fn replay(&self, records: Vec<wal::Record>, end: LogEnd) -> Result<(), StoreError> {
-        let have = self
-            .meta
+        let h = self.h()?;
+        let have = h
+            .meta()
             .get(keys::META_WAL_SEQ)?
             .and_then(|v| keys::u64_at(&v, 0))
             .unwrap_or(0);
@@ -246,7 +213,7 @@ impl SledStore {
             );
         }
         for r in &todo {
-            wal::apply_change(self.wal.trees(), &r.writes)?;
+            wal::apply_change(&h.logged, &r.writes)?;
         }
         if !todo.is_empty() {
             tracing::info!(
@@ -256,8 +223,8 @@ impl SledStore {
                 "replayed job changes from the store's log"
             );
         }
-        self.replayed
-            .store(todo.len() as u64, std::sync::atomic::Ordering::SeqCst);
+        drop(h);
+        self.replayed.store(todo.len() as u64, Ordering::SeqCst);
         let mut commit = self.commit.lock().unwrap_or_else(|e| e.into_inner());
         *commit = last;
         // Whatever was in the log is in sled now; make that durable and start
@@ -269,7 +236,7 @@ impl SledStore {
     /// zero only after a crash that left acknowledged changes in the log
     /// alone.
     pub fn replayed_at_open(&self) -> u64 {
-        self.replayed.load(std::sync::atomic::Ordering::SeqCst)
+        self.replayed.load(Ordering::SeqCst)
     }
 
     /// How many `fdatasync`s of the store's log made changes durable since
@@ -279,14 +246,37 @@ impl SledStore {
         self.wal.syncs()
     }
 
-    /// The trees one job change may touch, in the order [`tx::Tx`] reads them.
-    fn job_trees(&self) -> &[Tree] {
-        &self.wal.trees()[..tx::JOB_TREES]
+    /// How many times sled was opened again while the store ran (see
+    /// `handles.rs`).
+    pub fn sled_reopens(&self) -> u64 {
+        self.gate.reopens()
+    }
+
+    /// Close sled and open it again now, as the store does by itself every
+    /// [`handles::REOPEN_AFTER`] checkpoints: `Ok(false)` if the store was
+    /// too busy to let go of sled in time. For tests and benches.
+    #[doc(hidden)]
+    pub fn reopen_sled(&self) -> Result<bool, StoreError> {
+        self.gate.reopen()
+    }
+
+    /// Run `f` with sled held open, so that no reopen runs meanwhile: a
+    /// bench copies the store's files in it, as `kill -9` would leave them,
+    /// and not halfway through a reopen. For tests and benches.
+    #[doc(hidden)]
+    pub fn with_sled_held<T>(&self, f: impl FnOnce() -> T) -> Result<T, StoreError> {
+        let _h = self.h()?;
+        Ok(f())
+    }
+
+    /// sled's handles, held for as long as the result lives.
+    fn h(&self) -> Result<Held<'_>, StoreError> {
+        self.gate.hold()
     }
 
     /// Make every change committed so far durable (see [`GroupSync`]).
-    fn sync(&self) -> Result<(), StoreError> {
-        self.sync.sync(&self.db)
+    fn sync(&self, h: &Handles) -> Result<(), StoreError> {
+        self.sync.sync(&h.db)
     }
 }
 

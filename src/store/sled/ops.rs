@@ -67,12 +67,12 @@ impl JobStore for SledStore {
         // never waits for sled. A claimer that raced this one to the same
         // job surfaces as a conflict, and the walk starts again.
         'restart: for _ in 0..64 {
-            for turn in self.wal.keys(TURNS, &[]) {
+            for turn in self.wal.keys(TURNS, &[])? {
                 let turn = turn?;
                 let Some(user) = keys::u64_at(&turn, 8) else {
                     continue;
                 };
-                let Some(head) = self.wal.keys(READY, &user.to_be_bytes()).next() else {
+                let Some(head) = self.wal.keys(READY, &user.to_be_bytes())?.next() else {
                     continue;
                 };
                 let head = head?;
@@ -194,10 +194,11 @@ impl JobStore for SledStore {
         // prefix of it. Longer: a prefix of the full id.
         let short = p.len() <= 8;
         self.caught_up()?;
+        let h = self.h()?;
         let (tree, id_at) = if short {
-            (&self.shorts, 4)
+            (h.shorts(), 4)
         } else {
-            (&self.jobs, 0)
+            (h.jobs(), 0)
         };
         let mut found: Option<JobId> = None;
         for k in tree.scan_prefix(&bytes).keys() {
@@ -228,13 +229,15 @@ impl JobStore for SledStore {
 
     fn list_state(&self, state: JobState, limit: usize) -> Result<Vec<Job>, StoreError> {
         self.caught_up()?;
-        self.jobs_from_index(self.by_state.scan_prefix([state.as_u8()]).keys(), 1, limit)
+        let h = self.h()?;
+        self.jobs_from_index(h.by_state().scan_prefix([state.as_u8()]).keys(), 1, limit)
     }
 
     fn list_state_rev(&self, state: JobState, limit: usize) -> Result<Vec<Job>, StoreError> {
         self.caught_up()?;
+        let h = self.h()?;
         self.jobs_from_index(
-            self.by_state.scan_prefix([state.as_u8()]).keys().rev(),
+            h.by_state().scan_prefix([state.as_u8()]).keys().rev(),
             1,
             limit,
         )
@@ -242,8 +245,9 @@ impl JobStore for SledStore {
 
     fn list_user(&self, user_id: u64, limit: usize) -> Result<Vec<Job>, StoreError> {
         self.caught_up()?;
+        let h = self.h()?;
         self.jobs_from_index(
-            self.by_user.scan_prefix(user_id.to_be_bytes()).keys().rev(),
+            h.by_user().scan_prefix(user_id.to_be_bytes()).keys().rev(),
             8,
             limit,
         )
@@ -251,14 +255,15 @@ impl JobStore for SledStore {
 
     fn in_flight_since(&self) -> Result<Vec<InFlight>, StoreError> {
         self.caught_up()?;
+        let h = self.h()?;
         let mut out = Vec::new();
         for s in JobState::IN_FLIGHT {
-            for k in self.by_state.scan_prefix([s.as_u8()]).keys() {
+            for k in h.by_state().scan_prefix([s.as_u8()]).keys() {
                 let k = k?;
                 let Some(id) = JobId::from_slice(&k[1..]) else {
                     continue;
                 };
-                let Some(bytes) = self.jobs.get(id.as_bytes())? else {
+                let Some(bytes) = h.jobs().get(id.as_bytes())? else {
                     continue;
                 };
                 // The record's head only; one whose head does not read gets
@@ -288,24 +293,26 @@ impl JobStore for SledStore {
     fn cache_get(&self, key: &str) -> Result<Option<CachedMedia>, StoreError> {
         // A corrupt cache entry costs one download, nothing more.
         self.caught_up()?;
-        self.get_or_quarantine(&self.cache, "cache", key.as_bytes())
+        let h = self.h()?;
+        self.get_or_quarantine(h.cache(), "cache", key.as_bytes())
     }
 
     fn prune_finished(&self, older_than: Millis, batch: usize) -> Result<usize, StoreError> {
         self.caught_up()?;
+        let h = self.h()?;
         // Minute counters older than a day are of no use to the report.
         let day_ago = now_ms().saturating_sub(24 * HOUR_MS) / 60_000;
         for state in [JobState::Done, JobState::Failed] {
             let from = keys::finished_key(state, 0);
             let to = keys::finished_key(state, day_ago);
-            let old: Vec<::sled::IVec> = self
-                .meta
+            let old: Vec<::sled::IVec> = h
+                .meta()
                 .range(from..to)
                 .keys()
                 .take(batch)
                 .collect::<Result<_, _>>()?;
             for k in old {
-                self.meta.remove(k)?;
+                h.meta().remove(k)?;
             }
         }
         let mut pruned = 0;
@@ -313,7 +320,7 @@ impl JobStore for SledStore {
             // Ids sort by creation, and a job finishes after it is created:
             // once creation passes the cutoff, nothing later can qualify.
             let mut victims = Vec::new();
-            for k in self.by_state.scan_prefix([state.as_u8()]).keys() {
+            for k in h.by_state().scan_prefix([state.as_u8()]).keys() {
                 let k = k?;
                 let Some(id) = JobId::from_slice(&k[1..]) else {
                     continue;
@@ -346,11 +353,12 @@ impl JobStore for SledStore {
 
     fn finished_since(&self, since: Millis) -> Result<(u64, u64), StoreError> {
         self.caught_up()?;
+        let h = self.h()?;
         let mut out = [0u64; 2];
         for (i, state) in [JobState::Done, JobState::Failed].into_iter().enumerate() {
             let from = keys::finished_key(state, since / 60_000);
             let to = keys::finished_key(state, u64::MAX);
-            for kv in self.meta.range(from..=to) {
+            for kv in h.meta().range(from..=to) {
                 let (_, v) = kv?;
                 out[i] += keys::u64_at(&v, 0).unwrap_or(0);
             }
@@ -359,8 +367,9 @@ impl JobStore for SledStore {
     }
 
     fn probe_write(&self) -> Result<(), StoreError> {
-        self.meta.insert(b"healthz", &now_ms().to_be_bytes())?;
-        self.sync()
+        let h = self.h()?;
+        h.meta().insert(b"healthz", &now_ms().to_be_bytes())?;
+        self.sync(&h)
     }
 
     fn inbox_put(&self, updates: &[(u32, Vec<u8>)]) -> Result<(), StoreError> {
@@ -368,9 +377,10 @@ impl JobStore for SledStore {
             return Ok(());
         }
         self.caught_up()?;
+        let h = self.h()?;
         let mut writes = Vec::new();
         for (id, bytes) in updates {
-            if !self.inbox.contains_key(id.to_be_bytes())? {
+            if !h.inbox().contains_key(id.to_be_bytes())? {
                 writes.push(Write {
                     tree: INBOX_TREE,
                     key: id.to_be_bytes().to_vec(),
@@ -381,6 +391,7 @@ impl JobStore for SledStore {
         // Logged like a job change, so the updates are durable with one
         // shared sync of the log. A replayed batch that sled already holds
         // only stores the same updates again.
+        drop(h);
         self.log_writes(writes, Durable::Now)
     }
 
@@ -388,7 +399,7 @@ impl JobStore for SledStore {
         // Every removal in sled too, though nobody waited for their sync.
         self.settle()?;
         let mut out = Vec::new();
-        for kv in self.inbox.iter() {
+        for kv in self.h()?.inbox().iter() {
             let (k, v) = kv?;
             match <[u8; 4]>::try_from(k.as_ref()) {
                 Ok(id) => out.push((u32::from_be_bytes(id), v.to_vec())),
@@ -416,23 +427,25 @@ impl JobStore for SledStore {
     }
 
     fn size_on_disk(&self) -> u64 {
-        self.db.size_on_disk().unwrap_or(0)
+        self.h().and_then(|h| Ok(h.db.size_on_disk()?)).unwrap_or(0)
     }
 
     fn settings(&self, user_id: u64) -> Result<Option<UserSettings>, StoreError> {
         // Settings are a convenience: a corrupt record falls back to defaults.
-        self.get_or_quarantine(&self.settings, "settings", &user_id.to_be_bytes())
+        let h = self.h()?;
+        self.get_or_quarantine(&h.settings, "settings", &user_id.to_be_bytes())
     }
 
     fn put_settings(&self, user_id: u64, settings: &UserSettings) -> Result<(), StoreError> {
-        self.settings
+        let h = self.h()?;
+        h.settings
             .insert(user_id.to_be_bytes(), codec::encode(settings)?)?;
-        self.sync()
+        self.sync(&h)
     }
 
     fn quarantined(&self) -> Result<Vec<QuarantineEntry>, StoreError> {
         let mut out = Vec::new();
-        for v in self.quarantine.iter().values() {
+        for v in self.h()?.quarantine.iter().values() {
             let v = v?;
             // The quarantine must not itself be a way to crash.
             if let Ok(e) = codec::decode::<QuarantineEntry>(&v) {
@@ -445,7 +458,7 @@ impl JobStore for SledStore {
     fn flush(&self) -> Result<(), StoreError> {
         // sled's own files then hold every change committed before.
         self.settle()?;
-        self.sync()?;
+        self.sync(&*self.h()?)?;
         Ok(())
     }
 
@@ -553,31 +566,10 @@ mod tests {
     //! [`Wal::hold`]: the claim's walk of sled's indexes, and the reads
     //! that never wait for sled.
 
+    use super::super::testing::{crash_image, enqueue, LOOSE};
     use super::super::META_TREE;
     use super::*;
-    use crate::job::JobOptions;
     use std::path::Path;
-
-    const LOOSE: EnqueueLimits = EnqueueLimits {
-        per_user_active: 100,
-        per_user_per_hour: 100,
-        queue_capacity: 1000,
-        exempt: false,
-    };
-
-    fn enqueue(store: &SledStore, user: u64, n: u32) -> Job {
-        let new = NewJob {
-            chat_id: user as i64,
-            user_id: user,
-            request_msg_id: n as i32,
-            lang: "en".into(),
-            url: format!("https://a/{user}/{n}"),
-            options: JobOptions::default(),
-            parent: None,
-            not_before: None,
-        };
-        store.enqueue(new, LOOSE, 1_000).unwrap().job
-    }
 
     fn claim(store: &SledStore) -> Option<Job> {
         store.claim(Uuid::new_v4(), 60_000, 2_000).unwrap()
@@ -607,7 +599,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (store, _) = store_with_sled_behind(dir.path(), &[]);
         let job = enqueue(&store, 1, 1);
-        assert!(store.turns.is_empty(), "sled has not got the enqueue");
+        assert!(
+            store.h().unwrap().turns().is_empty(),
+            "sled has not got the enqueue"
+        );
         assert_eq!(claim(&store).map(|j| j.id), Some(job.id));
         assert_eq!(claim(&store), None, "the one job is taken");
         catch_up_and_check(&store);
@@ -673,16 +668,12 @@ mod tests {
             half.iter().any(|w| w.key == job.id.as_bytes()),
             "the job's final record"
         );
-        super::super::wal::apply_change(store.wal.trees(), half).unwrap();
-        store.db.flush().unwrap();
+        let h = store.h().unwrap();
+        super::super::wal::apply_change(&h.logged, half).unwrap();
+        h.db.flush().unwrap();
+        drop(h);
         // The folder as it is on disk now: what `kill -9` leaves.
-        let copied = std::process::Command::new("cp")
-            .arg("-a")
-            .arg(&live)
-            .arg(&image)
-            .status()
-            .unwrap();
-        assert!(copied.success());
+        crash_image(&live, &image);
         store.wal.pause_applier(false);
 
         let reopened = SledStore::open(&image).unwrap();

@@ -8,9 +8,9 @@ use sled::transaction::ConflictableTransactionError as TxError;
 use sled::Tree;
 
 use super::keys;
-use super::tx::{add_count, get_user, put_user, Tx, TxResult, TxTree, Writes};
+use super::tx::{add_count, get_user, put_user, Tx, TxResult, TxTree, Writes, JOB_TREES};
 use super::wal;
-use super::SledStore;
+use super::{tree_number, SledStore};
 use crate::job::{now_ms, Job, JobId, JobState, HOUR_MS};
 use crate::store::codec;
 use crate::store::{QuarantineEntry, StoreError, UserRecord};
@@ -34,7 +34,7 @@ impl SledStore {
         // A change queued for the log is seen at once, before sled has it.
         let bytes = match self.wal.pending(0, id.as_bytes()) {
             Some(v) => v,
-            None => self.jobs.get(id.as_bytes())?,
+            None => self.h()?.jobs().get(id.as_bytes())?,
         };
         match bytes {
             None => Ok(None),
@@ -50,17 +50,17 @@ impl SledStore {
         // every queued change in sled first, so that the scans below read
         // what is current; not logged: quarantining ends in a checkpoint, so
         // replay never brings the record back.
+        let h = self.h()?;
         let commit = self.commit.lock().unwrap_or_else(|e| e.into_inner());
         self.wal.drain()?;
         let mut user_of: Option<u64> = None;
         for s in JobState::ALL {
-            if let Some(v) = self.by_state.get(keys::state_key(s, id))? {
+            if let Some(v) = h.by_state().get(keys::state_key(s, id))? {
                 user_of = keys::u64_at(&v, 0);
             }
         }
         let ready_keys: Vec<Vec<u8>> = match user_of {
-            Some(u) => self
-                .ready
+            Some(u) => h.logged[tree_number("ready")]
                 .scan_prefix(u.to_be_bytes())
                 .keys()
                 .filter_map(Result::ok)
@@ -69,11 +69,11 @@ impl SledStore {
                 .collect(),
             None => Vec::new(),
         };
-        let mut trees = self.job_trees().to_vec();
-        trees.push(self.quarantine.clone());
+        let mut trees = h.logged[..JOB_TREES].to_vec();
+        trees.push(h.quarantine.clone());
         let writes = RefCell::new(Writes::default());
         let tx = Tx::new(&trees, &writes, None);
-        let quarantine = TxTree::new(&trees, super::tx::JOB_TREES, &writes, None);
+        let quarantine = TxTree::new(&trees, JOB_TREES, &writes, None);
         let unlink = || -> TxResult<()> {
             let Some(raw) = tx.jobs.get(id.as_bytes())? else {
                 return Ok(());
@@ -130,14 +130,15 @@ impl SledStore {
     pub(super) fn rebuild_user(&self, user: u64) -> Result<(), StoreError> {
         // Read what every queued change wrote, from sled (draining takes the
         // commit lock, so that nothing is queued meanwhile).
+        let h = self.h()?;
         {
             let _commit = self.commit.lock().unwrap_or_else(|e| e.into_inner());
             self.wal.drain()?;
         }
-        let raw = self.users.get(user.to_be_bytes())?;
+        let raw = h.users().get(user.to_be_bytes())?;
         let mut rec = UserRecord::default();
         let since = now_ms().saturating_sub(HOUR_MS);
-        for k in self.by_user.scan_prefix(user.to_be_bytes()).keys() {
+        for k in h.by_user().scan_prefix(user.to_be_bytes()).keys() {
             let k = k?;
             let Some(id) = JobId::from_slice(&k[8..]) else {
                 continue;
@@ -168,22 +169,21 @@ impl SledStore {
                 reason: "undecodable user record (rebuilt)".into(),
                 at: now_ms(),
             };
-            self.quarantine
+            h.quarantine
                 .insert(qkey("users", &user.to_be_bytes()), codec::encode(&entry)?)?;
         }
         // The turn list may reference this user under an unknown key.
-        for k in self.turns.iter().keys() {
+        for k in h.turns().iter().keys() {
             let k = k?;
             if keys::u64_at(&k, 8) == Some(user) {
-                self.turns.remove(k)?;
+                h.turns().remove(k)?;
             }
         }
         if rec.queued > 0 {
-            self.turns
+            h.turns()
                 .insert(keys::turn_key(rec.last_served, user), &[])?;
         }
-        self.users
-            .insert(user.to_be_bytes(), codec::encode(&rec)?)?;
+        h.users().insert(user.to_be_bytes(), codec::encode(&rec)?)?;
         self.checkpoint_locked(*commit)
     }
 
@@ -211,10 +211,11 @@ impl SledStore {
                 };
                 // Under the commit lock, as every change of the job trees;
                 // only if no change replaced the record meanwhile.
+                let h = self.h()?;
                 let commit = self.commit.lock().unwrap_or_else(|e| e.into_inner());
                 self.wal.drain()?;
                 if tree.get(key)?.as_ref() == Some(&b) {
-                    self.quarantine
+                    h.quarantine
                         .insert(qkey(name, key), codec::encode(&entry)?)?;
                     tree.remove(key)?;
                     self.checkpoint_locked(*commit)?;

@@ -41,7 +41,8 @@ impl SledStore {
     }
 
     fn export_users(&self, sink: &mut Sink) -> Result<(), TransferError> {
-        for kv in self.users.iter() {
+        let h = self.h()?;
+        for kv in h.users().iter() {
             let (k, v) = kv.map_err(StoreError::from)?;
             let line = match (keys::u64_at(&k, 0), codec::decode::<UserRecord>(&v)) {
                 (Some(user_id), Ok(r)) => Line::User(UserLine {
@@ -58,7 +59,8 @@ impl SledStore {
     }
 
     fn export_jobs(&self, sink: &mut Sink) -> Result<(), TransferError> {
-        for kv in self.jobs.iter() {
+        let h = self.h()?;
+        for kv in h.jobs().iter() {
             let (k, v) = kv.map_err(StoreError::from)?;
             sink(match codec::decode::<Job>(&v) {
                 Ok(job) => Line::Job(Box::new(job)),
@@ -69,7 +71,8 @@ impl SledStore {
     }
 
     fn export_cache_and_settings(&self, sink: &mut Sink) -> Result<(), TransferError> {
-        for kv in self.cache.iter() {
+        let h = self.h()?;
+        for kv in h.cache().iter() {
             let (k, v) = kv.map_err(StoreError::from)?;
             let key = String::from_utf8(k.to_vec());
             sink(match (key, codec::decode::<CachedMedia>(&v)) {
@@ -78,7 +81,7 @@ impl SledStore {
                 (_, Err(e)) => Self::undecodable("cache", &k, &v, e.to_string()),
             })?;
         }
-        for kv in self.settings.iter() {
+        for kv in h.settings.iter() {
             let (k, v) = kv.map_err(StoreError::from)?;
             sink(match (keys::u64_at(&k, 0), codec::decode(&v)) {
                 (Some(user_id), Ok(settings)) => Line::Settings(SettingsLine { user_id, settings }),
@@ -90,10 +93,11 @@ impl SledStore {
     }
 
     fn export_rest(&self, sink: &mut Sink) -> Result<(), TransferError> {
+        let h = self.h()?;
         for state in [JobState::Done, JobState::Failed] {
             let from = keys::finished_key(state, 0);
             let to = keys::finished_key(state, u64::MAX);
-            for kv in self.meta.range(from..=to) {
+            for kv in h.meta().range(from..=to) {
                 let (k, v) = kv.map_err(StoreError::from)?;
                 if let (Some(minute), Some(count)) = (keys::u64_at(&k, 5), keys::u64_at(&v, 0)) {
                     sink(Line::Finished(FinishedLine {
@@ -107,7 +111,7 @@ impl SledStore {
         for (update_id, raw) in self.inbox_pending()? {
             sink(Line::Inbox(InboxLine::new(update_id, &raw)))?;
         }
-        for kv in self.quarantine.iter() {
+        for kv in h.quarantine.iter() {
             let (k, v) = kv.map_err(StoreError::from)?;
             sink(match codec::decode::<QuarantineEntry>(&v) {
                 Ok(e) => Line::Quarantine(QuarantineLine::from_entry(&e)),
@@ -121,19 +125,20 @@ impl SledStore {
     /// updates, quarantine. Written before the batch's transaction, synced
     /// with it.
     fn import_side_trees(&self, lines: &[Line]) -> Result<(), TransferError> {
+        let h = self.h()?;
         for line in lines {
             match line {
-                Line::Settings(s) => self.settings.insert(
+                Line::Settings(s) => h.settings.insert(
                     s.user_id.to_be_bytes(),
                     codec::encode(&s.settings).map_err(StoreError::from)?,
                 ),
                 Line::Inbox(i) => {
                     let raw = i.raw().map_err(TransferError::Record)?;
-                    self.inbox.insert(i.update_id.to_be_bytes(), raw)
+                    h.inbox().insert(i.update_id.to_be_bytes(), raw)
                 }
                 Line::Quarantine(q) => {
                     let e = q.to_entry().map_err(TransferError::Record)?;
-                    self.quarantine.insert(
+                    h.quarantine.insert(
                         qkey(&e.tree, &e.key),
                         codec::encode(&e).map_err(StoreError::from)?,
                     )
@@ -176,16 +181,20 @@ impl SledStore {
         if self.caught_up().is_err() {
             return false;
         }
-        [
-            &self.jobs,
-            &self.users,
-            &self.cache,
-            &self.settings,
-            &self.inbox,
-            &self.quarantine,
+        let Ok(h) = self.h() else {
+            return false;
+        };
+        let empty = [
+            h.jobs(),
+            h.users(),
+            h.cache(),
+            &h.settings,
+            h.inbox(),
+            &h.quarantine,
         ]
         .into_iter()
-        .all(Tree::is_empty)
+        .all(Tree::is_empty);
+        empty
     }
 
     fn import_batch(&self, lines: &[Line]) -> Result<(), TransferError> {
@@ -220,11 +229,12 @@ impl SledStore {
     }
 
     fn replace_finished(&self, counters: &[FinishedLine]) -> Result<(), TransferError> {
+        let h = self.h()?;
         let mut batch = ::sled::Batch::default();
         for state in [JobState::Done, JobState::Failed] {
             let from = keys::finished_key(state, 0);
             let to = keys::finished_key(state, u64::MAX);
-            for k in self.meta.range(from..=to).keys() {
+            for k in h.meta().range(from..=to).keys() {
                 batch.remove(k.map_err(StoreError::from)?);
             }
         }
@@ -234,8 +244,8 @@ impl SledStore {
                 &c.count.to_be_bytes(),
             );
         }
-        self.meta.apply_batch(batch).map_err(StoreError::from)?;
-        self.sync()?;
+        h.meta().apply_batch(batch).map_err(StoreError::from)?;
+        self.sync(&h)?;
         Ok(())
     }
 }

@@ -11,10 +11,12 @@
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 
 use sled::transaction::{ConflictableTransactionError as TxError, UnabortableTransactionError};
 use sled::{IVec, Tree};
 
+use super::handles::REOPEN_AFTER;
 use super::keys;
 use super::wal::{self, Wal, Write};
 use super::{tree_number, SledStore, META_TREE};
@@ -170,7 +172,8 @@ impl SledStore {
         durable: Durable,
         f: impl Fn(&Tx) -> TxResult<T>,
     ) -> Result<T, StoreError> {
-        let trees = self.job_trees();
+        let h = self.h()?;
+        let trees = &h.logged[..JOB_TREES];
         let mut rebuilt = false;
         loop {
             let writes = RefCell::new(Writes::default());
@@ -221,7 +224,8 @@ impl SledStore {
     /// key is read as it is at that moment; `f` must not write.
     pub(super) fn view<T>(&self, f: impl FnOnce(&Tx) -> TxResult<T>) -> Result<T, StoreError> {
         let writes = RefCell::new(Writes::default());
-        let res = f(&Tx::new(self.job_trees(), &writes, Some(&self.wal)));
+        let h = self.h()?;
+        let res = f(&Tx::new(&h.logged[..JOB_TREES], &writes, Some(&self.wal)));
         debug_assert!(writes.borrow().0.is_empty(), "a view wrote");
         match res {
             Ok(v) => Ok(v),
@@ -269,7 +273,7 @@ impl SledStore {
     /// every earlier change durable in sled itself.
     fn apply_and_checkpoint(&self, seq: u64, writes: &[Write]) -> Result<u64, StoreError> {
         self.wal.drain()?;
-        wal::apply_change(self.wal.trees(), writes)?;
+        wal::apply_change(&self.h()?.logged, writes)?;
         self.checkpoint_locked(seq)?;
         Ok(seq)
     }
@@ -341,8 +345,12 @@ impl SledStore {
     /// and start the log over. The caller holds the commit lock.
     pub(super) fn checkpoint_locked(&self, seq: u64) -> Result<(), StoreError> {
         self.wal.drain()?;
-        self.sync()?;
+        self.sync(&*self.h()?)?;
         self.wal.restart(seq);
+        if self.checkpoints.fetch_add(1, Ordering::Relaxed) + 1 >= REOPEN_AFTER {
+            self.checkpoints.store(0, Ordering::Relaxed);
+            self.reopener.ask();
+        }
         Ok(())
     }
 }

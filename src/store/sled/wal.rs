@@ -47,6 +47,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use sled::{IVec, Tree};
 
+use super::handles::{Gate, Held};
 use super::keys;
 use super::tx::Durable;
 use super::META_TREE;
@@ -273,8 +274,9 @@ struct Shared {
     file: File,
     state: Mutex<State>,
     overlay: Mutex<OverlayMap>,
-    /// The trees a record's writes name, by number ([`super::LOGGED_TREES`]).
-    trees: Vec<Tree>,
+    /// sled's handles; a record's writes name trees by their number in
+    /// [`super::handles::Handles::logged`].
+    gate: Arc<Gate>,
     /// The syncer waits here for changes nobody waits for.
     work: Condvar,
     /// The applier waits here for durable changes.
@@ -368,8 +370,10 @@ impl Shared {
                 last.insert((w.tree, &w.key), (*seq, w.value.as_deref()));
             }
         }
+        // Not `hold`: readers that hold sled's handles may be waiting for
+        // this very batch, and a reopen waits for them.
         put_seq_last(
-            &self.trees,
+            &self.gate.hold_now()?.logged,
             last.iter().map(|(&(t, key), &(_, value))| (t, key, value)),
         )?;
         let mut o = self.overlay();
@@ -531,12 +535,14 @@ impl Shared {
 /// Sled's keys of a tree merged with the overlay's, both in key order:
 /// see [`Wal::keys`]. `queued` holds each key a queued change wrote, and
 /// whether it wrote a value (`false`: removed it).
-struct Merged<S: Iterator<Item = sled::Result<IVec>>> {
+struct Merged<'g, S: Iterator<Item = sled::Result<IVec>>> {
     sled: std::iter::Peekable<S>,
     queued: std::iter::Peekable<std::vec::IntoIter<(Vec<u8>, bool)>>,
+    /// sled's iterator keeps its tree open: sled is not reopened under it.
+    _held: Held<'g>,
 }
 
-impl<S: Iterator<Item = sled::Result<IVec>>> Iterator for Merged<S> {
+impl<S: Iterator<Item = sled::Result<IVec>>> Iterator for Merged<'_, S> {
     type Item = sled::Result<IVec>;
 
     fn next(&mut self) -> Option<Self::Item> {
@@ -569,7 +575,7 @@ impl Wal {
     /// exist, and return it with what it holds.
     pub(super) fn open(
         path: &Path,
-        trees: Vec<Tree>,
+        gate: Arc<Gate>,
     ) -> std::io::Result<(Wal, Vec<Record>, LogEnd)> {
         let fresh = !path.exists();
         let file = OpenOptions::new()
@@ -619,7 +625,7 @@ impl Wal {
                 paused: false,
             }),
             overlay: Mutex::new(BTreeMap::new()),
-            trees,
+            gate,
             work: Condvar::new(),
             apply_work: Condvar::new(),
             synced: Condvar::new(),
@@ -682,11 +688,6 @@ impl Wal {
         Ok(())
     }
 
-    /// The trees a record's writes name, in order.
-    pub(super) fn trees(&self) -> &[Tree] {
-        &self.shared.trees
-    }
-
     /// What queued changes wrote to `key` of tree `tree`, if any: `Some(None)`
     /// for a removal.
     pub(super) fn pending(&self, tree: u8, key: &[u8]) -> Option<Option<IVec>> {
@@ -708,7 +709,8 @@ impl Wal {
         &self,
         tree: u8,
         prefix: &[u8],
-    ) -> impl Iterator<Item = sled::Result<IVec>> + '_ {
+    ) -> Result<impl Iterator<Item = sled::Result<IVec>> + '_, StoreError> {
+        let held = self.shared.gate.hold()?;
         let queued: Vec<(Vec<u8>, bool)> = {
             let o = self.shared.overlay();
             o.range((tree, prefix.to_vec())..)
@@ -716,13 +718,15 @@ impl Wal {
                 .map(|((_, k), (_, v))| (k.clone(), v.is_some()))
                 .collect()
         };
-        Merged {
-            sled: self.shared.trees[tree as usize]
-                .scan_prefix(prefix)
-                .keys()
-                .peekable(),
+        let sled = held.logged[tree as usize]
+            .scan_prefix(prefix)
+            .keys()
+            .peekable();
+        Ok(Merged {
+            sled,
             queued: queued.into_iter().peekable(),
-        }
+            _held: held,
+        })
     }
 
     /// Make the overlay say that a queued change wrote `value` to `key` of

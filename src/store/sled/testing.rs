@@ -1,0 +1,43 @@
+//! What the store's unit tests share: limits that refuse nothing, an
+//! enqueue of a numbered link, and a copy of the store's files.
+
+use std::path::Path;
+
+use super::SledStore;
+use crate::job::{Job, JobOptions, NewJob};
+use crate::store::{EnqueueLimits, JobStore};
+
+/// Limits no test here reaches (tests that need tighter ones start from these).
+pub(super) const LOOSE: EnqueueLimits = EnqueueLimits {
+    per_user_active: 100_000,
+    per_user_per_hour: 100_000,
+    queue_capacity: 100_000,
+    exempt: false,
+};
+
+/// Enqueue link number `n` of `user`, at time 1,000.
+pub(super) fn enqueue(store: &SledStore, user: u64, n: u32) -> Job {
+    let new = NewJob {
+        chat_id: user as i64,
+        user_id: user,
+        request_msg_id: n as i32,
+        lang: "en".into(),
+        url: format!("https://a/{user}/{n}"),
+        options: JobOptions::default(),
+        parent: None,
+        not_before: None,
+    };
+    store.enqueue(new, LOOSE, 1_000).unwrap().job
+}
+
+/// Copy the store's folder `live` to `image` as it is on disk now: what
+/// `kill -9` would leave.
+pub(super) fn crash_image(live: &Path, image: &Path) {
+    let copied = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(live)
+        .arg(image)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+}
