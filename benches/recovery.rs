@@ -21,9 +21,10 @@
 //! Two images per size, because sled 0.34 writes its page-table snapshot only
 //! while opening a database (`advance_snapshot` at start) and replays every
 //! log segment written since the last snapshot:
-//! - "crash, no restart since seeding": the whole history is in the log after
-//!   the last snapshot. A bot that ran without a restart while its history
-//!   grew is in this case.
+//! - "crash, no restart since seeding": what the log holds after the last
+//!   snapshot is what the seeding store wrote since it last opened sled
+//!   (itself, every 256 MiB of changes: `src/store/sled/handles.rs`). A bot
+//!   that ran without a restart while its history grew is in this case.
 //! - "crash after a restart": the seed opened and closed once more (its
 //!   snapshot moved to the end of the log), then the in-flight jobs' owner
 //!   renews their leases (1,000 writes after the snapshot) before it "dies".
@@ -316,13 +317,14 @@ fn ensure_seeds(s: &Settings, root: &Path) -> Vec<Seed> {
         std::fs::write(seed.dir.join("ready"), b"").expect("marker");
         println!(
             "  {:>9} stored: seeded in {:>6.1} s (total {:>6.1} s), {:>5.0} MiB on disk; \
-             first open of the crash image {}; sled reopened {} times so far",
+             first open of the crash image {}; sled reopened {} times so far (longest {})",
             seed.n,
             t.elapsed().as_secs_f64(),
             t0.elapsed().as_secs_f64(),
             dir_size(&no_restart.join("data").join("db")) as f64 / (1 << 20) as f64,
             fmt_dur(first_open),
             store.sled_reopens(),
+            fmt_dur(store.longest_sled_reopen()),
         );
     }
     drop(store);

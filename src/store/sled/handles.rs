@@ -135,6 +135,9 @@ pub(super) struct Gate {
     released: Condvar,
     /// How many times sled was opened again since the store was opened.
     reopens: AtomicU64,
+    /// The longest of those reopens, from asking the gate to close to
+    /// opening it again, in microseconds: how long the store stalled.
+    longest_us: AtomicU64,
 }
 
 /// Sled's handles, held: while any `Held` lives, sled is not closed. Not
@@ -174,6 +177,7 @@ impl Gate {
             reopened: Condvar::new(),
             released: Condvar::new(),
             reopens: AtomicU64::new(0),
+            longest_us: AtomicU64::new(0),
         })
     }
 
@@ -210,9 +214,13 @@ impl Gate {
         })
     }
 
-    /// How many times sled was opened again since the store was opened.
-    pub(super) fn reopens(&self) -> u64 {
-        self.reopens.load(Ordering::Relaxed)
+    /// How many times sled was opened again since the store was opened,
+    /// and the longest of those reopens.
+    pub(super) fn reopens(&self) -> (u64, Duration) {
+        (
+            self.reopens.load(Ordering::Relaxed),
+            Duration::from_micros(self.longest_us.load(Ordering::Relaxed)),
+        )
     }
 
     /// Close sled and open it again, which writes a snapshot of its page
@@ -220,11 +228,16 @@ impl Gate {
     /// changed. The caller must not hold the handles (it would wait for
     /// itself until the time runs out).
     pub(super) fn reopen(&self) -> Result<bool, StoreError> {
+        let started = Instant::now();
         {
             let _w = self.waits();
             self.closing.store(true, Ordering::Release);
         }
         let res = self.close_and_open();
+        if let Ok(true) = res {
+            let took = started.elapsed().as_micros() as u64;
+            self.longest_us.fetch_max(took, Ordering::Relaxed);
+        }
         {
             let _w = self.waits();
             self.closing.store(false, Ordering::Release);
@@ -436,6 +449,7 @@ mod tests {
         let before = snapshots(&live);
         assert!(store.reopen_sled().unwrap(), "an idle store reopens");
         assert_eq!(store.sled_reopens(), 1);
+        assert!(store.longest_sled_reopen() > std::time::Duration::ZERO);
         let after = snapshots(&live);
         assert_ne!(before, after, "the reopen wrote no new snapshot");
         store.wal.pause_applier(false);

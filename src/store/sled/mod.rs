@@ -17,7 +17,8 @@
 //! keeps the indexes, counters and records in agreement under crashes: there
 //! is no second code path that could forget one of them.
 //!
-//! Files: `mod.rs` opens the database and names the trees; `sync.rs` makes a
+//! Files: `mod.rs` opens the database and names the trees; `handles.rs`
+//! holds sled's handles and opens sled again while the store runs; `sync.rs` makes a
 //! commit durable (flush + fdatasync, shared by concurrent writers);
 //! `tx.rs` runs one transaction over the job trees; `apply.rs` derives the
 //! indexes; `ops.rs` is the [`JobStore`] implementation; `repair.rs`
@@ -249,7 +250,13 @@ impl SledStore {
     /// How many times sled was opened again while the store ran (see
     /// `handles.rs`).
     pub fn sled_reopens(&self) -> u64 {
-        self.gate.reopens()
+        self.gate.reopens().0
+    }
+
+    /// The longest time a reopen of sled held the store still, from asking
+    /// every user to let go of sled until it was open again.
+    pub fn longest_sled_reopen(&self) -> std::time::Duration {
+        self.gate.reopens().1
     }
 
     /// Close sled and open it again now, as the store does by itself every

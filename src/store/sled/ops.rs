@@ -391,7 +391,6 @@ impl JobStore for SledStore {
         // Logged like a job change, so the updates are durable with one
         // shared sync of the log. A replayed batch that sled already holds
         // only stores the same updates again.
-        drop(h);
         self.log_writes(writes, Durable::Now)
     }
 

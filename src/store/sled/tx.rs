@@ -172,6 +172,9 @@ impl SledStore {
         durable: Durable,
         f: impl Fn(&Tx) -> TxResult<T>,
     ) -> Result<T, StoreError> {
+        // sled's handles before the commit lock, never after: a thread
+        // that waits at a closing gate must not hold the lock (see
+        // `handles.rs`).
         let h = self.h()?;
         let trees = &h.logged[..JOB_TREES];
         let mut rebuilt = false;
@@ -292,6 +295,8 @@ impl SledStore {
         for x in writes {
             w.0.insert((x.tree, x.key), x.value.map(IVec::from));
         }
+        // Held before the commit lock, as in `transact_with`.
+        let _h = self.h()?;
         let mut commit = self.commit.lock().unwrap_or_else(|e| e.into_inner());
         let seq = self.log_change(&mut commit, w, durable)?;
         drop(commit);
@@ -336,6 +341,7 @@ impl SledStore {
             return Ok(());
         };
         tracing::error!(error = %e, "the store's log could not be written; checkpointing");
+        let _h = self.h()?;
         let commit = self.commit.lock().unwrap_or_else(|e| e.into_inner());
         self.checkpoint_locked(*commit).map_err(|_| e)
     }
