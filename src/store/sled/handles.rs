@@ -4,7 +4,8 @@
 //! Why: sled 0.34 writes the snapshot of its page table only while it opens
 //! a database, and an open after a crash reads every log segment written
 //! since that snapshot. A bot that never restarts would replay its whole
-//! history after a crash (3.5 s at a million stored jobs, and growing).
+//! history after a crash (sled's open took 2.1-2.2 s at a million stored
+//! jobs in the recovery bench, and it grows with the history).
 //! Opening sled again every [`REOPEN_AFTER`] checkpoints of the store's log
 //! bounds what a crash leaves to replay; the reopen itself reads only what
 //! was written since the last one.
@@ -47,7 +48,10 @@ const OPEN_WAIT: Duration = Duration::from_secs(2);
 
 thread_local! {
     /// How many [`Held`]s this thread has: a thread that holds one never
-    /// waits at a closing gate for another.
+    /// waits at a closing gate for another. Counted per thread, not per
+    /// gate: a thread holding one store's sled that takes another store's
+    /// (two stores in one process, as some tests have) does not wait at
+    /// that one's gate either; at worst its hold makes that reopen give up.
     static HELD: Cell<u32> = const { Cell::new(0) };
 }
 
