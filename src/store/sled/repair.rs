@@ -10,7 +10,7 @@ use sled::Tree;
 use super::keys;
 use super::tx::{add_count, get_user, put_user, Tx, TxResult, TxTree, Writes, JOB_TREES};
 use super::wal;
-use super::{tree_number, SledStore};
+use super::SledStore;
 use crate::job::{now_ms, Job, JobId, JobState, HOUR_MS};
 use crate::store::codec;
 use crate::store::{QuarantineEntry, StoreError, UserRecord};
@@ -60,7 +60,8 @@ impl SledStore {
             }
         }
         let ready_keys: Vec<Vec<u8>> = match user_of {
-            Some(u) => h.logged[tree_number("ready")]
+            Some(u) => h
+                .ready()
                 .scan_prefix(u.to_be_bytes())
                 .keys()
                 .filter_map(Result::ok)
