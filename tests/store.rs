@@ -730,3 +730,36 @@ fn history_stays_bounded_over_many_retries() {
     assert!(tgdl::store::codec::encode(&j).unwrap().len() < 2048);
     assert_consistent(&store);
 }
+
+/// A claim that returns `None` while a due job is queued leaves a worker
+/// idle until its next poll (a second) with work waiting. Each thread
+/// enqueues a job and then claims one, so every claim runs while at least
+/// its own thread's job is queued and due: it must find a job, whichever
+/// thread's, however the other threads' enqueues, claims and transitions
+/// (which move users in `turns`) race its walk.
+#[test]
+fn a_claim_finds_a_due_job_while_others_change_the_queue() {
+    const PER_THREAD: u64 = 400;
+    let (_d, store) = open();
+    std::thread::scope(|scope| {
+        for t in 0..4u64 {
+            let store = &store;
+            scope.spawn(move || {
+                let owner = Uuid::now_v7();
+                for n in 0..PER_THREAD {
+                    let user = t * 10 + n % 5;
+                    store
+                        .enqueue(new_job(user, &format!("https://a/{t}/{n}")), LOOSE, 1)
+                        .unwrap();
+                    let job = store.claim(owner, 60_000, 2).unwrap();
+                    let job = job.unwrap_or_else(|| {
+                        panic!("thread {t}, claim {n}: nothing found with a due job queued")
+                    });
+                    finish(store, owner, &job, 3);
+                }
+            });
+        }
+    });
+    assert_eq!(store.counts().unwrap().done, 4 * PER_THREAD);
+    assert_consistent(&store);
+}

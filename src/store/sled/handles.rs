@@ -531,13 +531,12 @@ mod tests {
                     let owner = Uuid::new_v4();
                     for n in 0..PER_WORKER {
                         enqueue(&store, w * 10 + u64::from(n % 5), n);
-                        // A claim that races another one's change may find
-                        // nothing on its walk; a job is there, so look again.
-                        let job = loop {
-                            if let Some(job) = store.claim(owner, 60_000, 2_000).unwrap() {
-                                break job;
-                            }
-                        };
+                        // This worker's job is queued and due until some
+                        // claim takes it: a claim must find one.
+                        let job = store
+                            .claim(owner, 60_000, 2_000)
+                            .unwrap()
+                            .expect("a due job is queued");
                         for (from, to) in [
                             (JobState::Downloading, JobState::Uploading),
                             (JobState::Uploading, JobState::Cleaning),

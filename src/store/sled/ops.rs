@@ -9,7 +9,7 @@ use super::tx::Durable;
 use super::tx::{abort, corrupt_user, get_count, get_job, get_user, put_user, Tx, TxResult};
 use super::wal::Write;
 use super::INBOX_TREE;
-use super::{tree_number, SledStore};
+use super::{SledStore, READY_TREE, TURNS_TREE};
 use crate::job::{now_ms, Job, JobId, JobState, Lease, Millis, NewJob, HOUR_MS};
 use crate::store::codec;
 use crate::store::{
@@ -17,11 +17,6 @@ use crate::store::{
     QuarantineEntry, Refusal, StateCounts, StoreError, UserRecord, UserSettings,
 };
 use ::sled::transaction::ConflictableTransactionError as TxError;
-
-/// The log's numbers of the trees the claim's walk checks against the
-/// overlay.
-const TURNS: u8 = tree_number("turns") as u8;
-const READY: u8 = tree_number("ready") as u8;
 
 impl JobStore for SledStore {
     fn enqueue(
@@ -65,14 +60,18 @@ impl JobStore for SledStore {
         // moment ago is there before sled has it, and a job another claim
         // just took, or a user it just served, is gone or at the end. So it
         // never waits for sled. A claimer that raced this one to the same
-        // job surfaces as a conflict, and the walk starts again.
+        // job surfaces as a conflict, and the walk starts again. A walk that
+        // finds nothing counts as an answer only if no change to `ready` or
+        // `turns` came while it ran (`queue_moves`): otherwise it may have
+        // passed over a user that change moved, and it walks again.
         'restart: for _ in 0..64 {
-            for turn in self.wal.keys(TURNS, &[])? {
+            let moves = self.queue_moves();
+            for turn in self.wal.keys(TURNS_TREE, &[])? {
                 let turn = turn?;
                 let Some(user) = keys::u64_at(&turn, 8) else {
                     continue;
                 };
-                let Some(head) = self.wal.keys(READY, &user.to_be_bytes())?.next() else {
+                let Some(head) = self.wal.keys(READY_TREE, &user.to_be_bytes())?.next() else {
                     continue;
                 };
                 let head = head?;
@@ -115,6 +114,13 @@ impl JobStore for SledStore {
                     Err(StoreError::Corrupt { .. }) => continue 'restart,
                     Err(e) => return Err(e),
                 }
+            }
+            // The walk found nothing due. If a change to `ready` or `turns`
+            // came while it ran, it may have passed over a user the change
+            // moved (the old place read after the change, the new one
+            // before it): walk again. Otherwise nothing is due.
+            if self.queue_moves_settled() != moves {
+                continue 'restart;
             }
             return Ok(None);
         }
@@ -713,9 +719,11 @@ mod tests {
             last_served: 0,
         };
         let user = codec::encode(&user).unwrap();
-        store
-            .wal
-            .hold(tree_number("users") as u8, &1u64.to_be_bytes(), Some(&user));
+        store.wal.hold(
+            super::super::tree_number("users") as u8,
+            &1u64.to_be_bytes(),
+            Some(&user),
+        );
         assert_eq!(store.counts().unwrap().queued, 3);
         assert_eq!(
             store.would_refuse(2, tight(3, 2), 2_000).unwrap(),

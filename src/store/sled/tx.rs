@@ -19,7 +19,7 @@ use sled::{IVec, Tree};
 use super::handles::REOPEN_AFTER;
 use super::keys;
 use super::wal::{self, Wal, Write};
-use super::{tree_number, SledStore, META_TREE};
+use super::{tree_number, SledStore, META_TREE, READY_TREE, TURNS_TREE};
 use crate::job::{Job, JobId, JobState};
 use crate::store::codec;
 use crate::store::{StoreError, UserRecord};
@@ -254,6 +254,10 @@ impl SledStore {
     ) -> Result<u64, StoreError> {
         let seq = *commit + 1;
         let mut writes = writes;
+        let queue = writes
+            .0
+            .keys()
+            .any(|(tree, _)| matches!(*tree, READY_TREE | TURNS_TREE));
         writes.0.insert(
             (META_TREE, keys::META_WAL_SEQ.to_vec()),
             Some(IVec::from(&seq.to_be_bytes())),
@@ -262,13 +266,34 @@ impl SledStore {
         let mut record = Vec::new();
         wal::encode_writes(seq, &writes, &mut record);
         *commit = seq;
-        if record.len() > wal::MAX_RECORD {
-            return self.apply_and_checkpoint(seq, &writes);
+        let logged = if record.len() > wal::MAX_RECORD {
+            self.apply_and_checkpoint(seq, &writes)
+        } else {
+            match self.wal.append(seq, &record, writes, durable) {
+                Ok(()) => Ok(seq),
+                Err(writes) => self.apply_and_checkpoint(seq, &writes),
+            }
+        };
+        // After the writes are in the overlay (or sled), still under the
+        // lock: a claim that reads the new count walks a tree that has them.
+        if queue {
+            self.queue_changes.fetch_add(1, Ordering::Release);
         }
-        if let Err(writes) = self.wal.append(seq, &record, writes, durable) {
-            return self.apply_and_checkpoint(seq, &writes);
-        }
-        Ok(seq)
+        logged
+    }
+
+    /// How many changes so far wrote `ready` or `turns`, without the
+    /// commit lock: each one counted is in the overlay or in sled.
+    pub(super) fn queue_moves(&self) -> u64 {
+        self.queue_changes.load(Ordering::Acquire)
+    }
+
+    /// [`SledStore::queue_moves`] under the commit lock: a change not
+    /// counted yet has not put its writes anywhere a walk reads, and will
+    /// not until the lock is let go.
+    pub(super) fn queue_moves_settled(&self) -> u64 {
+        let _commit = self.commit.lock().unwrap_or_else(|e| e.into_inner());
+        self.queue_changes.load(Ordering::Acquire)
     }
 
     /// A change too large for the log, or that does not fit in what is left
