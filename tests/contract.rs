@@ -89,6 +89,7 @@ contract_tests!(
         queue_capacity_binds_everyone,
         concurrent_enqueues_of_one_user_pass_the_limit_once,
         concurrent_enqueues_of_many_users_fill_the_capacity_exactly,
+        a_claim_finds_a_due_job_while_others_change_the_queue,
         settings_round_trip,
         retention_prunes_old_finished_jobs_in_batches,
         same_request_is_one_job,
@@ -760,6 +761,47 @@ async fn concurrent_enqueues_of_many_users_fill_the_capacity_exactly(b: &Backend
     }
     assert_eq!((admitted, refused), (5, 15));
     assert_eq!(b.store.counts().await.unwrap().queued, 5);
+}
+
+/// Each task enqueues a job and then claims one, so every claim runs while
+/// at least its own task's job is queued and due: it must find a job,
+/// whichever task's, however the others' enqueues, claims and transitions
+/// race it. A claim that comes up empty with work due leaves a worker idle
+/// until its next poll.
+async fn a_claim_finds_a_due_job_while_others_change_the_queue(b: &Backend) {
+    const PER_TASK: i32 = 300;
+    let t = now_ms();
+    let mut tasks = Vec::new();
+    for task in 0..4u64 {
+        let store = b.store.clone();
+        tasks.push(tokio::spawn(async move {
+            let owner = Uuid::now_v7();
+            for n in 0..PER_TASK {
+                let user = 500 + task * 10 + (n % 5) as u64;
+                let url = format!("https://q/{task}/{n}");
+                store
+                    .enqueue(new_job(user, n, &url), LOOSE, t)
+                    .await
+                    .unwrap();
+                let Some(job) = store.claim(owner, LEASE, t + 1).await.unwrap() else {
+                    panic!("task {task}, claim {n}: nothing found with a due job queued");
+                };
+                let mut state = Downloading;
+                for to in [Uploading, Cleaning, Done] {
+                    let expect = Expect::owned(state, owner);
+                    store
+                        .update(job.id, expect, Some(to), t + 2, no_edit())
+                        .await
+                        .unwrap();
+                    state = to;
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_eq!(b.store.counts().await.unwrap().done, 4 * PER_TASK as u64);
 }
 
 async fn settings_round_trip(b: &Backend) {
