@@ -125,13 +125,6 @@ pub struct SledStore {
     replayed: AtomicU64,
     /// Checkpoints since sled was last asked to open again.
     checkpoints: AtomicU64,
-    /// Bumped under the commit lock by every change that writes `ready` or
-    /// `turns` (an enqueue, a claim, a requeue, a user's last job ending),
-    /// once its writes are where a walk reads them. A claim whose walk found
-    /// nothing walks again if it moved meanwhile: a walk is not a snapshot,
-    /// and one that raced such a change could pass over a user who had a
-    /// due job all along (see `ops.rs`, `claim`).
-    queue_changes: AtomicU64,
     /// sled's database and trees (see `handles.rs`): every use holds them.
     gate: Arc<Gate>,
 }
@@ -164,7 +157,6 @@ impl SledStore {
             commit: Mutex::new(0),
             replayed: Default::default(),
             checkpoints: Default::default(),
-            queue_changes: Default::default(),
             sync: GroupSync::open(&dir.join("db")).map_err(|e| StoreError::Open {
                 path: shown.clone(),
                 reason: format!("cannot open the data file for syncing: {e}"),

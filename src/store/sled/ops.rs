@@ -62,10 +62,10 @@ impl JobStore for SledStore {
         // never waits for sled. A claimer that raced this one to the same
         // job surfaces as a conflict, and the walk starts again. A walk that
         // finds nothing counts as an answer only if no change to `ready` or
-        // `turns` came while it ran (`queue_moves`): otherwise it may have
-        // passed over a user that change moved, and it walks again.
+        // `turns` came while it ran (`Wal::queue_moves`): otherwise it may
+        // have passed over a user that change moved, and it walks again.
         'restart: for _ in 0..64 {
-            let moves = self.queue_moves();
+            let moves = self.wal.queue_moves();
             for turn in self.wal.keys(TURNS_TREE, &[])? {
                 let turn = turn?;
                 let Some(user) = keys::u64_at(&turn, 8) else {
@@ -119,7 +119,8 @@ impl JobStore for SledStore {
             // came while it ran, it may have passed over a user the change
             // moved (the old place read after the change, the new one
             // before it): walk again. Otherwise nothing is due.
-            if self.queue_moves_settled() != moves {
+            let now_moves = self.wal.queue_moves();
+            if now_moves != moves || now_moves % 2 == 1 {
                 continue 'restart;
             }
             return Ok(None);

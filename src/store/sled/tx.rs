@@ -266,42 +266,27 @@ impl SledStore {
         let mut record = Vec::new();
         wal::encode_writes(seq, &writes, &mut record);
         *commit = seq;
-        let logged = if record.len() > wal::MAX_RECORD {
-            self.apply_and_checkpoint(seq, &writes)
-        } else {
-            match self.wal.append(seq, &record, writes, durable) {
-                Ok(()) => Ok(seq),
-                Err(writes) => self.apply_and_checkpoint(seq, &writes),
-            }
-        };
-        // After the writes are in the overlay (or sled), still under the
-        // lock: a claim that reads the new count walks a tree that has them.
-        if queue {
-            self.queue_changes.fetch_add(1, Ordering::Release);
+        if record.len() > wal::MAX_RECORD {
+            return self.apply_and_checkpoint(seq, &writes, queue);
         }
-        logged
-    }
-
-    /// How many changes so far wrote `ready` or `turns`, without the
-    /// commit lock: each one counted is in the overlay or in sled.
-    pub(super) fn queue_moves(&self) -> u64 {
-        self.queue_changes.load(Ordering::Acquire)
-    }
-
-    /// [`SledStore::queue_moves`] under the commit lock: a change not
-    /// counted yet has not put its writes anywhere a walk reads, and will
-    /// not until the lock is let go.
-    pub(super) fn queue_moves_settled(&self) -> u64 {
-        let _commit = self.commit.lock().unwrap_or_else(|e| e.into_inner());
-        self.queue_changes.load(Ordering::Acquire)
+        if let Err(writes) = self.wal.append(seq, &record, writes, durable, queue) {
+            return self.apply_and_checkpoint(seq, &writes, queue);
+        }
+        Ok(seq)
     }
 
     /// A change too large for the log, or that does not fit in what is left
     /// of it: apply it to sled directly and checkpoint, which makes it and
     /// every earlier change durable in sled itself.
-    fn apply_and_checkpoint(&self, seq: u64, writes: &[Write]) -> Result<u64, StoreError> {
+    fn apply_and_checkpoint(
+        &self,
+        seq: u64,
+        writes: &[Write],
+        moves_queue: bool,
+    ) -> Result<u64, StoreError> {
         self.wal.drain()?;
-        wal::apply_change(&self.h()?.logged, writes)?;
+        self.wal
+            .apply_directly(&self.h()?.logged, writes, moves_queue)?;
         self.checkpoint_locked(seq)?;
         Ok(seq)
     }

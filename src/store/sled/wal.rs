@@ -271,6 +271,13 @@ struct Shared {
     /// open: what a committer polling for a batch's end ([`SPIN`]) reads,
     /// without the lock.
     batches_ended: AtomicU64,
+    /// Twice the number of changes so far that moved the queue (wrote
+    /// `ready` or `turns`), plus one while such a change is being written
+    /// into sled directly ([`Wal::apply_directly`]). A logged change adds 2
+    /// while it holds the overlay's lock, so its writes are in the overlay
+    /// the moment the count shows it, and before any batch can carry them
+    /// into sled. See [`Wal::queue_moves`].
+    queue_moves: AtomicU64,
     file: File,
     state: Mutex<State>,
     overlay: Mutex<OverlayMap>,
@@ -606,6 +613,7 @@ impl Wal {
         let (records, end) = read_all(&bytes);
         let shared = Arc::new(Shared {
             batches_ended: AtomicU64::new(0),
+            queue_moves: AtomicU64::new(0),
             file,
             state: Mutex::new(State {
                 buf: Vec::new(),
@@ -663,6 +671,7 @@ impl Wal {
         record: &[u8],
         writes: Vec<Write>,
         durable: Durable,
+        moves_queue: bool,
     ) -> Result<(), Vec<Write>> {
         let mut s = self.shared.lock();
         let end = s.offset + s.buf.len() as u64 + record.len() as u64;
@@ -677,6 +686,9 @@ impl Wal {
                     (seq, w.value.clone().map(IVec::from)),
                 );
             }
+            if moves_queue {
+                self.shared.queue_moves.fetch_add(2, Ordering::SeqCst);
+            }
         }
         s.buf.extend_from_slice(record);
         s.last_seq = seq;
@@ -686,6 +698,33 @@ impl Wal {
             self.shared.work.notify_one();
         }
         Ok(())
+    }
+
+    /// Write a change straight into sled, not through the log (it does not
+    /// fit in it). `moves_queue`: it writes `ready` or `turns`, and
+    /// [`Wal::queue_moves`] is odd while it is half written.
+    pub(super) fn apply_directly(
+        &self,
+        trees: &[Tree],
+        writes: &[Write],
+        moves_queue: bool,
+    ) -> Result<(), StoreError> {
+        let step = u64::from(moves_queue);
+        self.shared.queue_moves.fetch_add(step, Ordering::SeqCst);
+        let applied = apply_change(trees, writes);
+        self.shared.queue_moves.fetch_add(step, Ordering::SeqCst);
+        applied
+    }
+
+    /// A count that grows whenever a change moves the queue (writes `ready`
+    /// or `turns`), and is odd while one is being written into sled
+    /// directly. A walk of those trees that reads it before it starts and
+    /// the same even number after it ends ran while nothing moved them, so
+    /// it saw them whole: a walk is not a snapshot, and one that raced such
+    /// a change could pass over a user the change moved (read the old place
+    /// after the change, the new one before it).
+    pub(super) fn queue_moves(&self) -> u64 {
+        self.shared.queue_moves.load(Ordering::SeqCst)
     }
 
     /// What queued changes wrote to `key` of tree `tree`, if any: `Some(None)`
