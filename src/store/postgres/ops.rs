@@ -27,6 +27,16 @@ const CLAIM_USERS: usize = 16;
 /// Claims retried after finding a corrupt record (each quarantines one).
 const CLAIM_RETRIES: usize = 8;
 
+/// Claims retried when one found nothing although a due job is queued: its
+/// user's row, or the job, was locked by another claim or an enqueue at
+/// that moment (`SKIP LOCKED`), which commits within milliseconds. Without
+/// the retry the worker would idle until its next poll with work waiting.
+const CLAIM_BUSY_RETRIES: usize = 20;
+
+/// The pause before such a retry: long enough for the other transaction to
+/// commit, short against a worker's poll (a second).
+const CLAIM_BUSY_PAUSE: std::time::Duration = std::time::Duration::from_millis(2);
+
 /// What [`change`] does to one job.
 #[derive(Clone)]
 struct Change {
@@ -176,6 +186,21 @@ impl PgStore {
         Ok(out)
     }
 
+    /// Whether a queued job is due at `now`, locked by a transaction or
+    /// not (`jobs_ready` serves it).
+    async fn a_job_is_due(&self, now: Millis) -> Result<bool, StoreError> {
+        let row = self
+            .client()
+            .await?
+            .qopt(
+                "SELECT 1 FROM jobs WHERE state = $1 AND next_attempt_at <= $2 LIMIT 1",
+                &[&state_db(JobState::Queued), &int_db(now)],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(row.is_some())
+    }
+
     async fn query_jobs(
         &self,
         sql: &str,
@@ -271,13 +296,20 @@ impl Store for PgStore {
         lease_ms: u64,
         now: Millis,
     ) -> Result<Option<Job>, StoreError> {
-        for _ in 0..CLAIM_RETRIES {
+        let (mut corrupt, mut busy) = (0, 0);
+        while corrupt < CLAIM_RETRIES {
             let res = self
                 .transact(move |tx| Box::pin(claim_in(tx, owner, lease_ms, now)))
                 .await;
             match res {
                 // Quarantined by `transact`: look again.
-                Err(StoreError::Corrupt { .. }) => continue,
+                Err(StoreError::Corrupt { .. }) => corrupt += 1,
+                // Passed over locked rows, or nothing is due: a plain read
+                // (no lock, so it sees them) tells which.
+                Ok(None) if busy < CLAIM_BUSY_RETRIES && self.a_job_is_due(now).await? => {
+                    busy += 1;
+                    tokio::time::sleep(CLAIM_BUSY_PAUSE).await;
+                }
                 other => return other,
             }
         }
