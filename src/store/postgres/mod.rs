@@ -37,7 +37,9 @@
 //! `claim` locks the least recently served user's row and then that user's
 //! first due job, both `SKIP LOCKED`, so concurrent claimers (other nodes)
 //! take different jobs instead of waiting; a user whose row is locked by an
-//! enqueue at that instant is passed over for that one claim.
+//! enqueue at that instant is passed over for that one claim. A claim that
+//! finds nothing while a plain read shows a due job (it passed over rows
+//! locked at that instant) is tried again shortly (`ops.rs`, `claim`).
 //!
 //! Several nodes: `lead.rs` elects the one that polls Telegram (a session
 //! advisory lock), `listen.rs` carries LISTEN/NOTIFY (queued jobs, cancels),
