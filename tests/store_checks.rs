@@ -12,7 +12,7 @@ mod support;
 
 use std::path::Path;
 
-use support::store_fixture::{build, update_json, Fixture, LATER};
+use support::store_fixture::{build, new_job, update_json, Fixture, LATER, LEASE, LOOSE};
 use tgdl::job::{Job, JobId, JobState, Lease, MediaKind};
 use tgdl::store::codec;
 use tgdl::store::{CachedMedia, JobStore, SledStore, UserRecord};
@@ -179,6 +179,45 @@ fn by_user_corruption_is_reported() {
         t.insert(user_key(9, f.done.id), &[]).unwrap();
     });
     assert_names("by_user", "entry moved to another user", &p);
+}
+
+/// A user record that does not decode is rebuilt from the user's jobs by
+/// the next change that reads it (the change then runs), the bad bytes kept
+/// in the quarantine; the rebuilt record puts the user back in `turns`, so
+/// their queued jobs are claimed again.
+#[test]
+fn an_undecodable_user_record_is_rebuilt_by_the_next_change() {
+    let f = build();
+    {
+        let db = support::reopen(|| sled::open(&f.path));
+        tree(&db, "users")
+            .insert(1u64.to_be_bytes(), &[1u8, 0xff][..])
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let store = support::reopen(|| SledStore::open(&f.path));
+    let new = store
+        .enqueue(new_job(1, "https://media.test/after", None), LOOSE, 50_000)
+        .expect("the enqueue runs once the record is rebuilt")
+        .job;
+    let report = store.check_invariants().unwrap();
+    assert!(report.problems.is_empty(), "{:#?}", report.problems);
+    assert!(
+        store
+            .quarantined()
+            .unwrap()
+            .iter()
+            .any(|q| q.tree == "users"),
+        "the bad bytes are kept"
+    );
+    let owner = Uuid::now_v7();
+    let mut claimed: Vec<JobId> = std::iter::from_fn(|| store.claim(owner, LEASE, 60_000).unwrap())
+        .map(|j| j.id)
+        .collect();
+    claimed.sort();
+    let mut want = vec![f.queued.id, new.id];
+    want.sort();
+    assert_eq!(claimed, want, "user 1's queued jobs, and nothing not due");
 }
 
 #[test]

@@ -573,7 +573,7 @@ mod tests {
     //! that never wait for sled.
 
     use super::super::testing::{crash_image, enqueue, LOOSE};
-    use super::super::META_TREE;
+    use super::super::{tree_number, META_TREE};
     use super::*;
     use std::path::Path;
 
@@ -720,11 +720,9 @@ mod tests {
             last_served: 0,
         };
         let user = codec::encode(&user).unwrap();
-        store.wal.hold(
-            super::super::tree_number("users") as u8,
-            &1u64.to_be_bytes(),
-            Some(&user),
-        );
+        store
+            .wal
+            .hold(tree_number("users") as u8, &1u64.to_be_bytes(), Some(&user));
         assert_eq!(store.counts().unwrap().queued, 3);
         assert_eq!(
             store.would_refuse(2, tight(3, 2), 2_000).unwrap(),

@@ -173,17 +173,22 @@ impl SledStore {
             h.quarantine
                 .insert(qkey("users", &user.to_be_bytes()), codec::encode(&entry)?)?;
         }
-        // The turn list may reference this user under an unknown key.
-        for k in h.turns().iter().keys() {
-            let k = k?;
-            if keys::u64_at(&k, 8) == Some(user) {
-                h.turns().remove(k)?;
-            }
-        }
-        if rec.queued > 0 {
-            h.turns()
-                .insert(keys::turn_key(rec.last_served, user), &[])?;
-        }
+        // The turn list may reference this user under an unknown key. A
+        // claim walking `turns` meanwhile is told to walk again.
+        self.wal
+            .write_directly(true, || -> Result<(), StoreError> {
+                for k in h.turns().iter().keys() {
+                    let k = k?;
+                    if keys::u64_at(&k, 8) == Some(user) {
+                        h.turns().remove(k)?;
+                    }
+                }
+                if rec.queued > 0 {
+                    h.turns()
+                        .insert(keys::turn_key(rec.last_served, user), &[])?;
+                }
+                Ok(())
+            })?;
         h.users().insert(user.to_be_bytes(), codec::encode(&rec)?)?;
         self.checkpoint_locked(*commit)
     }

@@ -285,8 +285,9 @@ impl SledStore {
         moves_queue: bool,
     ) -> Result<u64, StoreError> {
         self.wal.drain()?;
+        let h = self.h()?;
         self.wal
-            .apply_directly(&self.h()?.logged, writes, moves_queue)?;
+            .write_directly(moves_queue, || wal::apply_change(&h.logged, writes))?;
         self.checkpoint_locked(seq)?;
         Ok(seq)
     }

@@ -273,7 +273,7 @@ struct Shared {
     batches_ended: AtomicU64,
     /// Twice the number of changes so far that moved the queue (wrote
     /// `ready` or `turns`), plus one while such a change is being written
-    /// into sled directly ([`Wal::apply_directly`]). A logged change adds 2
+    /// into sled directly ([`Wal::write_directly`]). A logged change adds 2
     /// while it holds the overlay's lock, so its writes are in the overlay
     /// the moment the count shows it, and before any batch can carry them
     /// into sled. See [`Wal::queue_moves`].
@@ -700,20 +700,15 @@ impl Wal {
         Ok(())
     }
 
-    /// Write a change straight into sled, not through the log (it does not
-    /// fit in it). `moves_queue`: it writes `ready` or `turns`, and
-    /// [`Wal::queue_moves`] is odd while it is half written.
-    pub(super) fn apply_directly(
-        &self,
-        trees: &[Tree],
-        writes: &[Write],
-        moves_queue: bool,
-    ) -> Result<(), StoreError> {
+    /// Run `write`, which writes straight into sled, not through the log (a
+    /// change too large for it, a repair). `moves_queue`: it writes `ready`
+    /// or `turns`, and [`Wal::queue_moves`] is odd while it runs.
+    pub(super) fn write_directly<T>(&self, moves_queue: bool, write: impl FnOnce() -> T) -> T {
         let step = u64::from(moves_queue);
         self.shared.queue_moves.fetch_add(step, Ordering::SeqCst);
-        let applied = apply_change(trees, writes);
+        let written = write();
         self.shared.queue_moves.fetch_add(step, Ordering::SeqCst);
-        applied
+        written
     }
 
     /// A count that grows whenever a change moves the queue (writes `ready`
