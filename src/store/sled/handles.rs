@@ -421,10 +421,10 @@ mod tests {
 
     use uuid::Uuid;
 
-    use super::super::testing::{crash_image, enqueue};
+    use super::super::testing::{crash_image, enqueue, finish};
     use super::super::SledStore;
-    use crate::job::{Job, JobState};
-    use crate::store::{Expect, JobStore};
+    use crate::job::Job;
+    use crate::store::JobStore;
 
     /// sled's page table snapshots in `dir` (`snap.<lsn>`).
     fn snapshots(dir: &Path) -> Vec<String> {
@@ -537,21 +537,7 @@ mod tests {
                             .claim(owner, 60_000, 2_000)
                             .unwrap()
                             .expect("a due job is queued");
-                        for (from, to) in [
-                            (JobState::Downloading, JobState::Uploading),
-                            (JobState::Uploading, JobState::Cleaning),
-                            (JobState::Cleaning, JobState::Done),
-                        ] {
-                            store
-                                .update(
-                                    job.id,
-                                    Expect::owned(from, owner),
-                                    Some(to),
-                                    3_000,
-                                    &|_| {},
-                                )
-                                .unwrap();
-                        }
+                        finish(&store, job.id, owner, &|_| {});
                         tick.send(()).unwrap();
                     }
                 })

@@ -104,6 +104,8 @@ pub(super) const META_TREE: u8 = tree_number("meta") as u8;
 /// The log's numbers of the two trees a claim walks.
 const READY_TREE: u8 = tree_number("ready") as u8;
 const TURNS_TREE: u8 = tree_number("turns") as u8;
+/// The cache's number: its point reads look in the log's overlay first.
+const CACHE_TREE: u8 = tree_number("cache") as u8;
 const _: () = assert!(INBOX_TREE as usize == tx::JOB_TREES);
 
 pub struct SledStore {

@@ -4,8 +4,8 @@
 use std::path::Path;
 
 use super::SledStore;
-use crate::job::{Job, JobOptions, NewJob};
-use crate::store::{EnqueueLimits, JobStore};
+use crate::job::{Job, JobId, JobOptions, JobState, NewJob};
+use crate::store::{EnqueueLimits, Expect, JobStore};
 
 /// Limits no test here reaches (tests that need tighter ones start from these).
 pub(super) const LOOSE: EnqueueLimits = EnqueueLimits {
@@ -28,6 +28,25 @@ pub(super) fn enqueue(store: &SledStore, user: u64, n: u32) -> Job {
         not_before: None,
     };
     store.enqueue(new, LOOSE, 1_000).unwrap().job
+}
+
+/// Take job `id`, claimed by `owner`, from downloading to done at time
+/// 3,000, one flushed change per state, applying `edit` at each.
+pub(super) fn finish(
+    store: &SledStore,
+    id: JobId,
+    owner: uuid::Uuid,
+    edit: &(dyn Fn(&mut Job) + Sync),
+) {
+    for (from, to) in [
+        (JobState::Downloading, JobState::Uploading),
+        (JobState::Uploading, JobState::Cleaning),
+        (JobState::Cleaning, JobState::Done),
+    ] {
+        store
+            .update(id, Expect::owned(from, owner), Some(to), 3_000, edit)
+            .unwrap();
+    }
 }
 
 /// Copy the store's folder `live` to `image` as it is on disk now: what

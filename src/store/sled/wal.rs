@@ -13,8 +13,14 @@
 //! wake-up on a small machine. A syncer thread
 //! does the same for changes nobody waits for. An applier thread then
 //! applies the writes to sled as plain inserts and removals, each key once
-//! for all the durable changes it takes at a time, while the next batch is
-//! synced.
+//! for all the durable changes it takes at a time. It lets them gather
+//! until a quarter of the log is durable ([`APPLY_AFTER`]), a reader needs
+//! sled to have them, or a checkpoint comes: a job whose whole life falls
+//! between two applies is written into sled once, as it ends, and sled
+//! 0.34 keeps every page version it writes until its segment is cleaned.
+//! Only the writes to the queue's trees (`ready`, `turns`), which every
+//! claim walks merged with the overlay, go into sled as soon as they are
+//! durable, so that the merge stays short.
 //! sled writes its own files when its buffers fill, and at a checkpoint.
 //! Until sled has a queued change, later changes and point reads of jobs see
 //! it in the overlay, the claim's walk merges it into sled's keys
@@ -25,9 +31,11 @@
 //! commit lock and written into sled (`meta`, [`keys::META_WAL_SEQ`]) as the
 //! change's last write. sled is written only after the record is durable,
 //! and after a crash sled holds a prefix of what it was given: every change
-//! up to that key's number, and perhaps the first writes of the next one.
-//! Replay applies, in order, the records after that number, so it completes
-//! a change sled holds part of and never rolls back a newer one.
+//! up to that key's number, and perhaps some writes of later ones (those
+//! of a batch cut short, and the queue's trees, which are written ahead).
+//! Replay applies, in order, every record after that number, each write of
+//! it, so it completes a change sled holds part of and ends with every key
+//! as the last durable record left it.
 //!
 //! **The file.** A fixed-size file, zero-filled when made, so that a commit is
 //! an overwrite and its `fdatasync` writes no metadata. Records run from
@@ -50,7 +58,7 @@ use sled::{IVec, Tree};
 use super::handles::{Gate, Held};
 use super::keys;
 use super::tx::Durable;
-use super::META_TREE;
+use super::{META_TREE, READY_TREE, TURNS_TREE};
 use crate::store::StoreError;
 
 /// Size of the log file. Large enough that a checkpoint (a few ms to tens of
@@ -63,6 +71,16 @@ pub(super) const WAL_BYTES: u64 = 8 * 1024 * 1024;
 pub(super) const MAX_RECORD: usize = (WAL_BYTES / 4) as usize;
 
 const HEADER: usize = 4 + 4 + 8;
+
+/// How many bytes of durable records the applier lets gather before it puts
+/// them into sled, unless a reader or a checkpoint needs them sooner. Each
+/// key is written into sled once per batch however many changes wrote it,
+/// and sled 0.34 leaves every written page version on disk until its
+/// segment is cleaned: a job that goes from the queue to done inside one
+/// batch is written once, not once per state, and its queue entries never
+/// reach sled. A quarter of the log: the overlay and the queued writes
+/// (what this bounds) stay a few MiB.
+pub(super) const APPLY_AFTER: usize = (WAL_BYTES / 4) as usize;
 
 /// One write of a transaction, as recorded and replayed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -196,8 +214,14 @@ struct State {
     /// change the log could lose.
     changes: Vec<(u64, Vec<Write>)>,
     /// Changes durable in the file that the applier has not taken yet, in
-    /// order (every one before those in `changes`).
+    /// order (every one before those in `changes`), without their writes to
+    /// the queue's trees: the applier lets these gather ([`APPLY_AFTER`]).
     durable_changes: Vec<(u64, Vec<Write>)>,
+    /// The writes to the queue's trees (`ready`, `turns`) of durable
+    /// changes, in order: the applier puts them into sled at once. Every
+    /// claim walks those trees merged with the overlay, so their part of the
+    /// overlay is kept short; the rest of a change is read by key.
+    queue_changes: Vec<(u64, Vec<Write>)>,
     /// Highest sequence number durable (in this file, or in sled after a
     /// checkpoint): what a committer waits for.
     durable: u64,
@@ -217,6 +241,16 @@ struct State {
     unled: bool,
     /// The applier is applying a batch taken from `durable_changes`.
     applying: bool,
+    /// Bytes of log records in `durable_changes`: the applier takes them
+    /// once this reaches [`APPLY_AFTER`].
+    unapplied_bytes: usize,
+    /// A drain waits for the batch being written to end: the writer wakes
+    /// it, since no applier's news will (the applier may have nothing to do).
+    draining: bool,
+    /// The highest sequence number a reader waits to see in sled
+    /// ([`Wal::applied_to`]): the applier takes what is durable at once
+    /// while this is ahead of `applied`.
+    wanted: u64,
     /// Why the last write or sync of the file failed; cleared by a
     /// checkpoint ([`Wal::restart`]). Until then nothing more is durable in
     /// the file: a batch missing from it would end the log early.
@@ -230,6 +264,25 @@ struct State {
     /// test-only): the moment between a change's sync and sled having it,
     /// held still for a test. Never set outside tests.
     paused: bool,
+}
+
+impl State {
+    /// The applier should take `durable_changes` now: a quarter of the log
+    /// has gathered, or a reader waits for sled to have a change.
+    fn apply_now(&self) -> bool {
+        self.unapplied_bytes >= APPLY_AFTER || self.wanted > self.applied
+    }
+
+    /// Some durable change has writes outside the queue's trees that sled
+    /// has not got (each change has at least its sequence number there).
+    fn has_rest(&self) -> bool {
+        !self.durable_changes.is_empty()
+    }
+}
+
+/// A tree of the queue, whose writes the applier puts into sled at once.
+fn is_queue(tree: u8) -> bool {
+    tree == READY_TREE || tree == TURNS_TREE
 }
 
 /// How long a committer waiting for its change to be durable polls for the
@@ -420,8 +473,18 @@ impl Shared {
                 s.durable = s.durable.max(last);
                 s.synced.syncs += 1;
                 s.synced.changes += changes.len() as u64;
-                s.durable_changes.append(&mut changes);
-                self.apply_work.notify_one();
+                for (seq, writes) in changes {
+                    let (queue, rest): (Vec<Write>, Vec<Write>) =
+                        writes.into_iter().partition(|w| is_queue(w.tree));
+                    if !queue.is_empty() {
+                        s.queue_changes.push((seq, queue));
+                    }
+                    s.durable_changes.push((seq, rest));
+                }
+                s.unapplied_bytes += buf.len();
+                if s.apply_now() || !s.queue_changes.is_empty() {
+                    self.apply_work.notify_one();
+                }
             }
             Err(e) => {
                 // Kept for the checkpoint that recovers (see `drain`).
@@ -432,6 +495,9 @@ impl Shared {
             }
         }
         self.synced.notify_all();
+        if s.draining {
+            self.applied_cv.notify_all();
+        }
         if s.unled || s.stop {
             self.work.notify_one();
         }
@@ -508,28 +574,44 @@ impl Shared {
     fn run_applier(&self) {
         let mut s = self.lock();
         loop {
-            while (s.durable_changes.is_empty() || s.paused) && !s.stop_applying {
+            let idle = |s: &State| {
+                s.paused || (s.queue_changes.is_empty() && !(s.apply_now() && s.has_rest()))
+            };
+            while !s.stop_applying && idle(&s) {
                 s = self.apply_work.wait(s).unwrap_or_else(|e| e.into_inner());
             }
-            if s.durable_changes.is_empty() {
+            if s.stop_applying && s.queue_changes.is_empty() && !s.has_rest() {
                 return;
             }
-            let mut changes = std::mem::take(&mut s.durable_changes);
-            let last = changes.last().map_or(0, |c| c.0);
+            let queue = std::mem::take(&mut s.queue_changes);
+            let rest = if s.apply_now() || s.stop_applying {
+                s.unapplied_bytes = 0;
+                std::mem::take(&mut s.durable_changes)
+            } else {
+                Vec::new()
+            };
+            let last = rest.last().map(|c| c.0);
             s.applying = true;
             drop(s);
-            let res = self.apply(&changes);
+            // The queue's writes first: they may belong to changes newer
+            // than any in `rest`, but they touch other trees, and a walk of
+            // the queue merges the overlay anyway.
+            let res = self.apply(&queue).and_then(|()| self.apply(&rest));
             s = self.lock();
             s.applying = false;
             match res {
-                Ok(()) => s.applied = s.applied.max(last),
+                Ok(()) => s.applied = s.applied.max(last.unwrap_or(0)),
                 Err(e) => {
-                    // Kept, before everything later, for the checkpoint that
-                    // recovers (see `drain`); applying a change twice gives
-                    // the same result.
-                    changes.append(&mut s.durable_changes);
-                    changes.append(&mut s.changes);
-                    s.changes = changes;
+                    // Kept, in order, for the checkpoint that recovers (see
+                    // `drain`); applying a change twice gives the same
+                    // result.
+                    let mut kept = queue;
+                    kept.extend(rest);
+                    kept.append(&mut s.queue_changes);
+                    kept.append(&mut s.durable_changes);
+                    kept.sort_by_key(|c| c.0);
+                    kept.append(&mut s.changes);
+                    s.changes = kept;
                     s.failed = Some(e.to_string());
                     self.synced.notify_all();
                 }
@@ -621,12 +703,16 @@ impl Wal {
                 last_seq: 0,
                 changes: Vec::new(),
                 durable_changes: Vec::new(),
+                queue_changes: Vec::new(),
                 durable: 0,
                 applied: 0,
                 synced: LogSyncs::default(),
                 writing: false,
                 unled: false,
                 applying: false,
+                unapplied_bytes: 0,
+                wanted: 0,
+                draining: false,
                 failed: None,
                 stop: false,
                 stop_applying: false,
@@ -787,6 +873,13 @@ impl Wal {
             .collect()
     }
 
+    /// How many bytes of records have been written to the file since it
+    /// last started over.
+    #[cfg(test)]
+    pub(super) fn written(&self) -> u64 {
+        self.shared.lock().offset
+    }
+
     /// Stop (or restart) applying durable changes to sled: committers go
     /// on as their changes become durable, and sled does not get them
     /// until the applier is let go (or the log is dropped).
@@ -814,6 +907,13 @@ impl Wal {
     /// Wait until change `seq` (and every earlier one) is in sled, so that
     /// a walk of sled's trees sees it.
     pub(super) fn applied_to(&self, seq: u64) -> Result<(), StoreError> {
+        {
+            let mut s = self.shared.lock();
+            if s.wanted < seq {
+                s.wanted = seq;
+                self.shared.apply_work.notify_one();
+            }
+        }
         self.wait_until(&self.shared.applied_cv, |s| s.applied >= seq)
     }
 
@@ -834,15 +934,31 @@ impl Wal {
     /// a checkpoint, whose sled flush then makes them durable. The caller
     /// holds the commit lock, so nothing is queued meanwhile.
     pub(super) fn drain(&self) -> Result<(), StoreError> {
-        let s = self.shared.lock();
+        let mut s = self.shared.lock();
+        s.draining = true;
         let mut s = self.shared.lead_until(s, &self.shared.applied_cv, |s| {
-            !s.writing
-                && !s.applying
-                && ((s.buf.is_empty() && s.durable_changes.is_empty()) || s.failed.is_some())
+            !s.writing && !s.applying && (s.buf.is_empty() || s.failed.is_some())
         });
-        let mut changes = std::mem::take(&mut s.durable_changes);
+        s.draining = false;
+        let mut changes = std::mem::take(&mut s.queue_changes);
+        changes.append(&mut s.durable_changes);
+        // One list in the order of the changes: a key's last write wins.
+        changes.sort_by_key(|c| c.0);
         changes.append(&mut s.changes);
-        self.shared.apply(&changes)
+        s.unapplied_bytes = 0;
+        if let Err(e) = self.shared.apply(&changes) {
+            // Kept for the checkpoint that recovers, as after a failed
+            // batch: the log still holds them, sled may not.
+            changes.append(&mut s.changes);
+            s.changes = changes;
+            s.failed = Some(e.to_string());
+            return Err(e);
+        }
+        if let Some(&(last, _)) = changes.last() {
+            s.applied = s.applied.max(last);
+        }
+        self.shared.applied_cv.notify_all();
+        Ok(())
     }
 
     /// After a checkpoint made every change up to `seq` durable in sled:
@@ -853,6 +969,8 @@ impl Wal {
         s.buf.clear();
         s.changes.clear();
         s.durable_changes.clear();
+        s.queue_changes.clear();
+        s.unapplied_bytes = 0;
         s.offset = 0;
         s.last_seq = seq;
         s.durable = s.durable.max(seq);
