@@ -585,7 +585,7 @@ mod tests {
     //! [`Wal::hold`]: the claim's walk of sled's indexes, and the reads
     //! that never wait for sled.
 
-    use super::super::testing::{crash_image, enqueue, finish, LOOSE};
+    use super::super::testing::{crash_image, enqueue, finish, wait_until, LOOSE};
     use super::super::{tree_number, META_TREE};
     use super::*;
     use std::path::Path;
@@ -716,14 +716,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open(dir.path()).unwrap();
         let job = enqueue(&store, 1, 1);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while store.h().unwrap().turns().is_empty() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the queue's writes never reached sled"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
+        wait_until("the queue's writes never reached sled", || {
+            !store.h().unwrap().turns().is_empty()
+        });
         assert!(
             store.h().unwrap().jobs().is_empty(),
             "the job's record waits"
@@ -791,14 +786,7 @@ mod tests {
             let queued: Vec<_> = h.ready().iter().keys().map(Result::unwrap).collect();
             queued.len() == 1 && queued[0].ends_with(second.id.as_bytes()) && h.jobs().is_empty()
         };
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while !ahead(&store) {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the claim never reached sled's queue"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
+        wait_until("the claim never reached sled's queue", || ahead(&store));
         store.h().unwrap().db.flush().unwrap();
         crash_image(&live, &image);
 
@@ -834,14 +822,7 @@ mod tests {
             enqueue(&store, 2 + u64::from(n % 50), n);
             n += 1;
         }
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while !in_sled(&store) {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "sled never got the changes"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
+        wait_until("sled never got the changes", || in_sled(&store));
         catch_up_and_check(&store);
     }
 

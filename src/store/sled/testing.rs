@@ -49,6 +49,16 @@ pub(super) fn finish(
     }
 }
 
+/// Wait until `reached` holds, for something a store's own thread does
+/// (the log's applier); fail with `what` if it has not after 30 s.
+pub(super) fn wait_until(what: &str, reached: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !reached() {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
 /// Copy the store's folder `live` to `image` as it is on disk now: what
 /// `kill -9` would leave.
 pub(super) fn crash_image(live: &Path, image: &Path) {
