@@ -64,8 +64,39 @@ pub(super) struct Handles {
     pub quarantine: Tree,
 }
 
+/// Remove what a process killed while sled wrote a snapshot left behind.
+///
+/// sled 0.34.7 writes its page-table snapshot (at every open) to
+/// `snap.<lsn>.generating`, syncs it and renames it to `snap.<lsn>`. But
+/// when it opens, it takes the snapshot file with the greatest name, and
+/// its filter skips only an older suffix (`.in___motion`), not
+/// `.generating`: a half-written `.generating` file from a kill during an
+/// open is read as the snapshot, fails its checksum, and sled refuses the
+/// whole database ("Read corrupted data at file offset None"). Such a file
+/// never took effect (the rename is what makes a snapshot current), so the
+/// previous snapshot and sled's log still describe the database.
+fn remove_unfinished_snapshots(dir: &Path) -> std::io::Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        // A new store: sled makes the folder.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            tracing::warn!(file = %name, "removing a snapshot sled did not finish writing");
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
+}
+
 impl Handles {
     fn open(dir: &Path) -> Result<Handles, sled::Error> {
+        remove_unfinished_snapshots(dir)?;
         let db = sled::Config::new()
             .path(dir)
             // A small VPS has little memory to spare; the hot set (in-flight
@@ -441,6 +472,33 @@ mod tests {
         let report = store.check_invariants().unwrap();
         assert!(report.problems.is_empty(), "{:#?}", report.problems);
         assert_eq!(report.counters, report.recount);
+    }
+
+    /// A kill while sled writes its snapshot (it does at every open, and
+    /// the store opens sled again while it runs) leaves a half-written
+    /// `snap.<lsn>.generating`, which sled 0.34.7 would read as the newest
+    /// snapshot and refuse the database for.
+    #[test]
+    fn a_snapshot_cut_short_by_a_kill_does_not_stop_the_next_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let jobs: Vec<Job> = (0..20u32).map(|n| enqueue(&store, 1, n)).collect();
+        drop(store);
+        // Named after a newer point of sled's log than any snapshot there,
+        // as the one an open was writing would be; cut short.
+        let cut = dir.path().join("snap.7FFFFFFFFFFFFFFF.generating");
+        std::fs::write(&cut, b"half of a snapshot, no checksum").unwrap();
+        assert!(snapshots(dir.path())
+            .last()
+            .unwrap()
+            .ends_with(".generating"));
+
+        let store = SledStore::open(dir.path()).unwrap();
+        assert!(!cut.exists(), "the unfinished snapshot is gone");
+        assert_whole(&store);
+        for job in &jobs {
+            assert_eq!(store.get(job.id).unwrap().map(|j| j.id), Some(job.id));
+        }
     }
 
     #[test]
