@@ -278,6 +278,20 @@ impl State {
     fn has_rest(&self) -> bool {
         !self.durable_changes.is_empty()
     }
+
+    /// Every change sled may not have got, in the log's order, taken out of
+    /// the lists that hold them: `taken`, those already taken by an applier
+    /// whose apply failed, then the queue's writes and the gathered changes
+    /// (merged by sequence number: a key's last write must win), then the
+    /// changes not yet durable, which come after all of them.
+    fn take_unapplied(&mut self, mut taken: Vec<(u64, Vec<Write>)>) -> Vec<(u64, Vec<Write>)> {
+        taken.append(&mut self.queue_changes);
+        taken.append(&mut self.durable_changes);
+        taken.sort_by_key(|c| c.0);
+        taken.append(&mut self.changes);
+        self.unapplied_bytes = 0;
+        taken
+    }
 }
 
 /// A tree of the queue, whose writes the applier puts into sled at once.
@@ -605,13 +619,9 @@ impl Shared {
                     // Kept, in order, for the checkpoint that recovers (see
                     // `drain`); applying a change twice gives the same
                     // result.
-                    let mut kept = queue;
-                    kept.extend(rest);
-                    kept.append(&mut s.queue_changes);
-                    kept.append(&mut s.durable_changes);
-                    kept.sort_by_key(|c| c.0);
-                    kept.append(&mut s.changes);
-                    s.changes = kept;
+                    let mut taken = queue;
+                    taken.extend(rest);
+                    s.changes = s.take_unapplied(taken);
                     s.failed = Some(e.to_string());
                     self.synced.notify_all();
                 }
@@ -940,16 +950,10 @@ impl Wal {
             !s.writing && !s.applying && (s.buf.is_empty() || s.failed.is_some())
         });
         s.draining = false;
-        let mut changes = std::mem::take(&mut s.queue_changes);
-        changes.append(&mut s.durable_changes);
-        // One list in the order of the changes: a key's last write wins.
-        changes.sort_by_key(|c| c.0);
-        changes.append(&mut s.changes);
-        s.unapplied_bytes = 0;
+        let changes = s.take_unapplied(Vec::new());
         if let Err(e) = self.shared.apply(&changes) {
             // Kept for the checkpoint that recovers, as after a failed
             // batch: the log still holds them, sled may not.
-            changes.append(&mut s.changes);
             s.changes = changes;
             s.failed = Some(e.to_string());
             return Err(e);
