@@ -243,7 +243,7 @@ impl Store for PgStore {
         limits: EnqueueLimits,
         now: Millis,
     ) -> Result<Enqueued, StoreError> {
-        let job = Job::new(JobId::new(), new, now);
+        let job = Job::new(JobId::at(now), new, now);
         self.transact(move |tx| {
             let job = job.clone();
             Box::pin(async move {

@@ -25,7 +25,7 @@ impl JobStore for SledStore {
         limits: EnqueueLimits,
         now: Millis,
     ) -> Result<Enqueued, StoreError> {
-        let id = JobId::new();
+        let id = JobId::at(now);
         let job = Job::new(id, new, now);
         self.transact(|tx| {
             // The same link of the same message again (Telegram redelivers
