@@ -504,6 +504,160 @@ fn a_corrupt_record_is_quarantined_and_unlinked_without_a_panic() {
     assert_eq!(r.quarantined, 1);
 }
 
+/// Three jobs of user 1 taken to done at times 1, 2 and 3, in a store at
+/// `path` that is closed again; their ids, oldest first.
+fn three_done(path: &std::path::Path) -> Vec<JobId> {
+    let store = SledStore::open(path).unwrap();
+    let owner = Uuid::now_v7();
+    (1..=3)
+        .map(|t| {
+            store
+                .enqueue(new_job(1, &format!("https://a/{t}")), LOOSE, t)
+                .unwrap();
+            let j = store.claim(owner, 1000, t).unwrap().unwrap();
+            finish(&store, owner, &j, t).id
+        })
+        .collect()
+}
+
+/// The `by_state` keys sled holds in the closed store at `path`, by state.
+fn state_entries(path: &std::path::Path) -> Vec<(JobState, JobId)> {
+    let db = support::reopen(|| sled::open(path));
+    let tree = db.open_tree("by_state").unwrap();
+    tree.iter()
+        .keys()
+        .map(|k| {
+            let k = k.unwrap();
+            let state = JobState::from_u8(k[0]).expect("a state byte");
+            (state, JobId::from_slice(&k[1..]).expect("an id"))
+        })
+        .collect()
+}
+
+fn ids(jobs: &[Job]) -> Vec<JobId> {
+    jobs.iter().map(|j| j.id).collect()
+}
+
+/// Done jobs get no `by_state` entry (schema 4: they are nearly all of a
+/// store, and their entries cost disk): they are still listed in both
+/// orders, counted and pruned, and the check is clean.
+#[test]
+fn done_jobs_are_listed_counted_and_pruned_without_a_state_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let done = three_done(&path);
+    let queued = {
+        let store = SledStore::open(&path).unwrap();
+        store
+            .enqueue(new_job(2, "https://a/waits"), LOOSE, 10)
+            .unwrap()
+            .job
+    };
+    assert_eq!(
+        state_entries(&path),
+        vec![(JobState::Queued, queued.id)],
+        "only the job that is not done has an entry"
+    );
+    let store = support::reopen(|| SledStore::open(&path));
+    assert_eq!(ids(&store.list_state(JobState::Done, 10).unwrap()), done);
+    assert_eq!(
+        ids(&store.list_state_rev(JobState::Done, 2).unwrap()),
+        vec![done[2], done[1]],
+        "newest first, as many as asked"
+    );
+    assert_eq!(store.counts().unwrap().done, 3);
+    assert_consistent(&store);
+    let cutoff = tgdl::job::now_ms();
+    assert_eq!(store.prune_finished(cutoff, 2).unwrap(), 2, "oldest first");
+    assert_eq!(
+        ids(&store.list_state(JobState::Done, 10).unwrap()),
+        vec![done[2]]
+    );
+    assert_eq!(store.prune_finished(cutoff, 10).unwrap(), 1);
+    assert_eq!(store.counts().unwrap().done, 0);
+    assert!(
+        store.get(queued.id).unwrap().is_some(),
+        "not finished: kept"
+    );
+    assert_consistent(&store);
+}
+
+/// A store written by schema 3 holds a `by_state` entry for each done job.
+/// Opened by this build it is marked 4, its check is clean, each done job
+/// is listed once, and pruning takes the old entries with their jobs.
+#[test]
+fn a_schema_3_store_keeps_the_state_entries_of_its_done_jobs_until_they_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let done = three_done(&path);
+    {
+        // What schema 3 wrote: an entry per done job, saying its user.
+        let db = support::reopen(|| sled::open(&path));
+        let by_state = db.open_tree("by_state").unwrap();
+        for id in &done {
+            let mut k = vec![JobState::Done.as_u8()];
+            k.extend_from_slice(id.as_bytes());
+            by_state.insert(k, &1u64.to_be_bytes()).unwrap();
+        }
+        db.open_tree("meta")
+            .unwrap()
+            .insert("schema_version", &3u32.to_be_bytes())
+            .unwrap();
+        db.flush().unwrap();
+    }
+    {
+        let store = support::reopen(|| SledStore::open(&path));
+        assert_consistent(&store);
+        assert_eq!(ids(&store.list_state(JobState::Done, 10).unwrap()), done);
+        assert_eq!(store.counts().unwrap().done, 3);
+        let cutoff = tgdl::job::now_ms();
+        assert_eq!(store.prune_finished(cutoff, 10).unwrap(), 3);
+        assert_consistent(&store);
+    }
+    assert!(
+        state_entries(&path).is_empty(),
+        "pruning took the old entries"
+    );
+    let db = support::reopen(|| sled::open(&path));
+    let schema = db.open_tree("meta").unwrap().get("schema_version").unwrap();
+    assert_eq!(schema.as_deref(), Some(&4u32.to_be_bytes()[..]));
+}
+
+/// A done record that does not decode has no `by_state` entry to say whose
+/// it was: it is still quarantined and unlinked, from its user's list and
+/// from the done counter, and the check is clean.
+#[test]
+fn a_corrupt_done_record_is_unlinked_though_no_state_entry_names_its_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let done = three_done(&path);
+    {
+        let db = support::reopen(|| sled::open(&path));
+        db.open_tree("jobs")
+            .unwrap()
+            .insert(done[1].as_bytes(), &[1u8, 0xff, 0xfe][..])
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let store = support::reopen(|| SledStore::open(&path));
+    assert_eq!(
+        ids(&store.list_state(JobState::Done, 10).unwrap()),
+        vec![done[0], done[2]]
+    );
+    let q = store.quarantined().unwrap();
+    assert_eq!(q.len(), 1);
+    assert_eq!(q[0].key, done[1].as_bytes().to_vec());
+    assert_eq!(store.counts().unwrap().done, 2);
+    assert_eq!(
+        ids(&store.list_user(1, 10).unwrap()),
+        vec![done[2], done[0]],
+        "its user's list no longer names it"
+    );
+    let r = store.check_invariants().unwrap();
+    assert!(r.problems.is_empty(), "{:#?}", r.problems);
+    assert_eq!(r.quarantined, 1);
+}
+
 /// `in_flight_since` reads only the head of each in-flight record; a record
 /// that does not read is quarantined and left out, as `in_flight` does.
 #[test]

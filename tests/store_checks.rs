@@ -135,10 +135,21 @@ fn an_untouched_store_reports_nothing() {
 fn by_state_corruption_is_reported() {
     let p = corrupted(|db, f| {
         tree(db, "by_state")
-            .remove(state_key(JobState::Done, f.done.id))
+            .remove(state_key(JobState::Failed, f.failed.id))
             .unwrap();
     });
     assert_names("by_state", "entry removed", &p);
+    // A done job has no entry (schema 4); one that says done for a job that
+    // is not is still a stray.
+    let p = corrupted(|db, f| {
+        tree(db, "by_state")
+            .insert(
+                state_key(JobState::Done, f.queued.id),
+                &f.queued.user_id.to_be_bytes(),
+            )
+            .unwrap();
+    });
+    assert_names("by_state", "done entry for a queued job", &p);
     let p = corrupted(|db, f| {
         tree(db, "by_state")
             .insert(

@@ -41,8 +41,10 @@ pub(super) fn apply(
             add_count(tx, s, -1)?;
         }
         if let Some(s) = new_state {
-            tx.by_state
-                .insert(keys::state_key(s, id), &user.to_be_bytes())?;
+            if keys::indexed_by_state(s) {
+                tx.by_state
+                    .insert(keys::state_key(s, id), &user.to_be_bytes())?;
+            }
             add_count(tx, s, 1)?;
         }
     }

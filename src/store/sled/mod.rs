@@ -2,8 +2,8 @@
 //!
 //! Trees (see `keys.rs` for layouts):
 //! - `jobs`: id -> [`Job`] record (through [`crate::codec`]).
-//! - `by_state`: one index per state, so a state's jobs are read without
-//!   scanning all jobs; counters per state live in `meta`.
+//! - `by_state`: one index per state but `done`, so a state's jobs are read
+//!   without scanning all jobs; counters per state live in `meta`.
 //! - `by_user`: a user's jobs, for `/jobs`.
 //! - `users`: [`UserRecord`] (limits and fairness bookkeeping).
 //! - `ready` and `turns`: the fair scheduler's queues.
@@ -56,7 +56,11 @@ use wal::{LogEnd, Wal};
 /// 3: job changes are durable in the store's own log (`wal.rs`) before sled
 /// writes them; a build of schema 2 would not replay that log and would lose
 /// them, so it refuses the database instead.
-pub const SCHEMA_VERSION: u32 = 3;
+/// 4: done jobs have no `by_state` entry ([`keys::indexed_by_state`]); a
+/// build of schema 3 would miss them in its lists and retention, and its
+/// check would call every one of them corrupt. A database of schema 3 is
+/// marked 4 when opened; its done jobs keep their entries until they go.
+pub const SCHEMA_VERSION: u32 = 4;
 
 /// The log file, inside sled's directory so that copying the directory
 /// copies a consistent image.

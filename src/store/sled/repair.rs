@@ -54,11 +54,26 @@ impl SledStore {
         let commit = self.commit.lock().unwrap_or_else(|e| e.into_inner());
         self.wal.drain()?;
         let mut user_of: Option<u64> = None;
+        let mut indexed = false;
         for s in JobState::ALL {
             if let Some(v) = h.by_state().get(keys::state_key(s, id))? {
                 user_of = keys::u64_at(&v, 0);
+                indexed = true;
             }
         }
+        // No entry: a done job ([`keys::indexed_by_state`]). Its user is
+        // found in `by_user`, by a walk of the whole tree: rare (a record
+        // sled returns damaged) and once per record.
+        let unindexed_user = if indexed {
+            None
+        } else {
+            h.by_user()
+                .iter()
+                .keys()
+                .filter_map(Result::ok)
+                .find(|k| k.len() == 8 + keys::ID_LEN && k.ends_with(id.as_bytes()))
+                .and_then(|k| keys::u64_at(&k, 0))
+        };
         let ready_keys: Vec<Vec<u8>> = match user_of {
             Some(u) => h
                 .ready()
@@ -90,6 +105,12 @@ impl SledStore {
             quarantine.insert(qkey("jobs", id.as_bytes()), entry)?;
             tx.jobs.remove(id.as_bytes())?;
             tx.shorts.remove(keys::short_key(id))?;
+            if !indexed {
+                add_count(&tx, JobState::Done, -1)?;
+                if let Some(user) = unindexed_user {
+                    tx.by_user.remove(keys::user_key(user, id))?;
+                }
+            }
             for s in JobState::ALL {
                 let Some(v) = tx.by_state.remove(keys::state_key(s, id))? else {
                     continue;
@@ -247,6 +268,29 @@ impl SledStore {
                 continue;
             };
             if let Some(job) = self.load(id)? {
+                out.push(job);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Up to `limit` jobs in `state`, from a walk of `jobs` (in the order
+    /// `walk` gives): how jobs of a state without a `by_state` index are
+    /// listed ([`keys::indexed_by_state`]). Undecodable records are
+    /// quarantined on the way, as every full read does.
+    pub(super) fn jobs_in_state(
+        &self,
+        walk: impl Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>,
+        state: JobState,
+        limit: usize,
+    ) -> Result<Vec<Job>, StoreError> {
+        let mut out = Vec::new();
+        for kv in walk {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = kv?;
+            if let Some(job) = self.decode_job(&k, &v)?.filter(|j| j.state == state) {
                 out.push(job);
             }
         }
