@@ -47,8 +47,8 @@ impl JobId {
     /// random keys make every new job rewrite a page somewhere in the middle
     /// of a large tree, whose old versions then fill sled's log segments
     /// for as long as the tree lives. Keys that start with the minute are
-    /// written next to each other, as the time-ordered ids are. At 1,000,000
-    /// jobs that was 170-180 B of disk per job (`benches/README.md`). A
+    /// written next to each other, as the time-ordered ids are. At 100,000
+    /// jobs that was 179 B of disk per job (`benches/README.md`). A
     /// short id still takes a guess among 65,536 for each job of a minute,
     /// as one among 4 billion did among the million jobs of a month.
     pub fn at(ms: Millis) -> Self {

@@ -19,8 +19,8 @@ pub fn state_key(state: JobState, id: JobId) -> [u8; 1 + ID_LEN] {
 ///
 /// Done jobs are nearly all of a store, and nothing asks for them by state
 /// but an admin's list and retention, which walk `jobs` in id order instead
-/// (nearly every record they meet is done). Their entries cost 170 B of
-/// sled's disk per job at 1,000,000 jobs (`benches/README.md`). A store
+/// (nearly every record they meet is done). Their entries cost 173 B of
+/// sled's disk per job at 100,000 jobs (`benches/README.md`). A store
 /// written before schema 4 may still hold some: they are removed with their
 /// job, and nothing reads them.
 pub fn indexed_by_state(state: JobState) -> bool {
