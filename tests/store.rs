@@ -4,6 +4,7 @@
 mod support;
 
 use support::binary::{run_tgdl, write_config};
+use support::store_fixture::state_key;
 use tgdl::job::{
     Delivery, ErrorClass, Job, JobError, JobId, JobOptions, JobState, MediaKind, NewJob,
 };
@@ -595,9 +596,9 @@ fn a_schema_3_store_keeps_the_state_entries_of_its_done_jobs_until_they_go() {
         let db = support::reopen(|| sled::open(&path));
         let by_state = db.open_tree("by_state").unwrap();
         for id in &done {
-            let mut k = vec![JobState::Done.as_u8()];
-            k.extend_from_slice(id.as_bytes());
-            by_state.insert(k, &1u64.to_be_bytes()).unwrap();
+            by_state
+                .insert(state_key(JobState::Done, *id), &1u64.to_be_bytes())
+                .unwrap();
         }
         db.open_tree("meta")
             .unwrap()

@@ -12,7 +12,9 @@ mod support;
 
 use std::path::Path;
 
-use support::store_fixture::{build, new_job, update_json, Fixture, LATER, LEASE, LOOSE};
+use support::store_fixture::{
+    build, new_job, state_key, update_json, Fixture, LATER, LEASE, LOOSE,
+};
 use tgdl::job::{Job, JobId, JobState, Lease, MediaKind};
 use tgdl::store::codec;
 use tgdl::store::{CachedMedia, JobStore, SledStore, UserRecord};
@@ -48,12 +50,6 @@ fn assert_names(tree: &str, what: &str, problems: &[String]) {
 
 fn tree(db: &sled::Db, name: &str) -> sled::Tree {
     db.open_tree(name).unwrap()
-}
-
-fn state_key(s: JobState, id: JobId) -> Vec<u8> {
-    let mut k = vec![s.as_u8()];
-    k.extend_from_slice(id.as_bytes());
-    k
 }
 
 fn user_key(user: u64, id: JobId) -> Vec<u8> {

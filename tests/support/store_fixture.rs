@@ -5,7 +5,9 @@
 
 use std::path::PathBuf;
 
-use tgdl::job::{Delivery, ErrorClass, Job, JobError, JobOptions, JobState, MediaKind, NewJob};
+use tgdl::job::{
+    Delivery, ErrorClass, Job, JobError, JobId, JobOptions, JobState, MediaKind, NewJob,
+};
 use tgdl::store::{EnqueueLimits, Expect, JobStore, SledStore, UserSettings};
 use uuid::Uuid;
 
@@ -16,6 +18,14 @@ pub const LOOSE: EnqueueLimits = EnqueueLimits {
     exempt: false,
 };
 pub const LEASE: u64 = 60_000;
+
+/// A `by_state` key as the store lays it out (`[state][id]`; the layout is
+/// private to the crate), for tests that write sled's trees directly.
+pub fn state_key(s: JobState, id: JobId) -> Vec<u8> {
+    let mut k = vec![s.as_u8()];
+    k.extend_from_slice(id.as_bytes());
+    k
+}
 pub const LATER: u64 = 9_000_000_000_000;
 
 /// A small store with a job in every state, a delivery (so the cache has an
