@@ -452,7 +452,7 @@ mod tests {
 
     use uuid::Uuid;
 
-    use super::super::testing::{crash_image, enqueue, finish};
+    use super::super::testing::{crash_image, enqueue, finish, reopen};
     use super::super::SledStore;
     use crate::job::Job;
     use crate::store::JobStore;
@@ -493,7 +493,7 @@ mod tests {
             .unwrap()
             .ends_with(".generating"));
 
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = reopen(dir.path());
         assert!(!cut.exists(), "the unfinished snapshot is gone");
         assert_whole(&store);
         for job in &jobs {

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use super::SledStore;
 use crate::job::{Job, JobId, JobOptions, JobState, NewJob};
-use crate::store::{EnqueueLimits, Expect, JobStore};
+use crate::store::{EnqueueLimits, Expect, JobStore, StoreError};
 
 /// Limits no test here reaches (tests that need tighter ones start from these).
 pub(super) const LOOSE: EnqueueLimits = EnqueueLimits {
@@ -56,6 +56,24 @@ pub(super) fn wait_until(what: &str, reached: impl Fn() -> bool) {
     while !reached() {
         assert!(std::time::Instant::now() < deadline, "{what}");
         std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+/// Open the store at `dir` again after the last handle to it was dropped.
+/// Dropping a store does not wait for sled's own background thread, which
+/// still holds the folder's lock for a moment: a reopen at once may find
+/// it [`StoreError::InUse`] and is retried for up to 10 s, as
+/// `tests/support`'s `reopen` does for the integration tests.
+pub(super) fn reopen(dir: &Path) -> SledStore {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match SledStore::open(dir) {
+            Ok(store) => return store,
+            Err(StoreError::InUse { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => panic!("cannot reopen the store: {e:?}"),
+        }
     }
 }
 
