@@ -73,7 +73,7 @@ async fn poll<R>(timeout: Duration, mut f: impl FnMut() -> Option<R>) -> Option<
 /// start ends it (it works in the job's folder), and the job completes.
 /// Meanwhile the bot runs with `TGDL_TOKEN` set, and neither yt-dlp nor
 /// ffmpeg has it (or any `TGDL_*`) in its environment; both run 10 steps
-/// nicer than the bot.
+/// nicer than the bot, in the `SCHED_IDLE` class.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn after_kill_9_mid_ffmpeg_the_next_start_ends_the_old_run_and_the_job_completes() {
     let t = BinaryTest::start(
@@ -126,6 +126,14 @@ extra_args = [\"--downloader\", \"ffmpeg\"]",
             child_nice,
             Some((bot_nice + tgdl::download::CHILD_NICENESS).min(19)),
             "{cmd} runs at the bot's niceness {bot_nice}"
+        );
+        // And in the idle class, so a waking bot thread takes the core at once.
+        // SAFETY: a plain system call on another process's id.
+        let policy = unsafe { libc::sched_getscheduler(*pid) };
+        assert_eq!(
+            policy,
+            libc::SCHED_IDLE,
+            "{cmd} runs in scheduling class {policy}"
         );
         // Working in the job's folder, where recovery looks for them.
         let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap();

@@ -476,15 +476,16 @@ async fn checked_path(dir: &Path, reported: &Path) -> io::Result<PathBuf> {
 /// Its environment is ours without `TGDL_*` (the token above all): a child
 /// runs code we did not write (extractors, ffmpeg, `--exec` in `extra_args`).
 ///
-/// It runs [`CHILD_NICENESS`] steps nicer than the bot, and so does what it
-/// starts (ffmpeg inherits it).
+/// It runs [`CHILD_NICENESS`] steps nicer than the bot and in the
+/// `SCHED_IDLE` class, and so does what it starts (ffmpeg inherits both).
 pub(super) fn command(binary: &Path) -> Command {
     let mut cmd = Command::new(binary);
     cmd.stdin(Stdio::null()).kill_on_drop(true).process_group(0);
     without_secrets(&mut cmd);
     // SAFETY: the closure runs in the forked child before exec, where only
-    // async-signal-safe calls are allowed: it makes three system calls
-    // (getpriority, setpriority, prctl; no allocation, no lock, no memory of
+    // async-signal-safe calls are allowed: it makes four system calls
+    // (getpriority, setpriority, sched_setscheduler, prctl; no allocation,
+    // no lock, no memory of
     // the parent touched) and builds an io::Error from errno, which does not
     // allocate either.
     unsafe {
@@ -504,18 +505,32 @@ pub(super) fn command(binary: &Path) -> Command {
 /// On 2 cores, a yt-dlp starting (about half a second of CPU for Python and
 /// its extractors) during a burst of links took a quarter of the machine
 /// while the bot acknowledged them.
+///
+/// Niceness alone did not stop that: at nice 10 the yt-dlp starting during
+/// a burst still took about a third of both cores (perf, 2 kHz), because a
+/// bot thread that wakes (an answer from Telegram, a sync done) may wait
+/// for the running child's time slice to end before it gets the core, and
+/// a burst is a chain of such wake-ups. A `SCHED_IDLE` task is preempted at
+/// once by any normal one. The child also keeps the niceness: it is what
+/// `ps` and `top` show, and where the idle class is refused (a kernel
+/// without it), the niceness still applies.
 pub const CHILD_NICENESS: i32 = 10;
 
-/// Lowers the calling process's priority by [`CHILD_NICENESS`] (up to the
-/// lowest, 19). Best effort: lowering one's own priority needs no privilege,
-/// and a failure only leaves the child as urgent as the bot.
+/// Lowers the calling process's priority: [`CHILD_NICENESS`] steps (up to
+/// the lowest, 19), then the `SCHED_IDLE` class, which runs it only when no
+/// normal task wants the core. Nothing is starved on a bot's machine: the
+/// bot itself needs little CPU, and idle tasks still get a small share
+/// under full load. Best effort: lowering one's own priority needs no
+/// privilege, and a failure only leaves the child as urgent as the bot.
 fn lower_priority() {
-    // SAFETY: plain system calls on the calling process (who = 0).
+    // SAFETY: plain system calls on the calling process (who = 0, pid = 0).
     unsafe {
         // -1 is both a valid priority and the error value; either way the
         // sum below is a valid priority.
         let now = libc::getpriority(libc::PRIO_PROCESS, 0);
         libc::setpriority(libc::PRIO_PROCESS, 0, (now + CHILD_NICENESS).min(19));
+        let idle = libc::sched_param { sched_priority: 0 };
+        libc::sched_setscheduler(0, libc::SCHED_IDLE, &idle);
     }
 }
 
