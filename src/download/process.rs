@@ -485,9 +485,8 @@ pub(super) fn command(binary: &Path) -> Command {
     // SAFETY: the closure runs in the forked child before exec, where only
     // async-signal-safe calls are allowed: it makes four system calls
     // (getpriority, setpriority, sched_setscheduler, prctl; no allocation,
-    // no lock, no memory of
-    // the parent touched) and builds an io::Error from errno, which does not
-    // allocate either.
+    // no lock, no memory of the parent touched) and builds an io::Error from
+    // errno, which does not allocate either.
     unsafe {
         cmd.pre_exec(|| {
             lower_priority();
@@ -518,9 +517,10 @@ pub const CHILD_NICENESS: i32 = 10;
 
 /// Lowers the calling process's priority: [`CHILD_NICENESS`] steps (up to
 /// the lowest, 19), then the `SCHED_IDLE` class, which runs it only when no
-/// normal task wants the core. Nothing is starved on a bot's machine: the
-/// bot itself needs little CPU, and idle tasks still get a small share
-/// under full load. Best effort: lowering one's own priority needs no
+/// normal task wants the core. On a machine that mostly runs the bot that
+/// starves nothing (the bot's own work comes in short bursts), but where
+/// other work keeps every core busy, downloads get only a small share
+/// (README, "Choices"). Best effort: lowering one's own priority needs no
 /// privilege, and a failure only leaves the child as urgent as the bot.
 fn lower_priority() {
     // SAFETY: plain system calls on the calling process (who = 0, pid = 0).
