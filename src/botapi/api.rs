@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use teloxide::payloads::SendMessage;
 use teloxide::prelude::*;
 use teloxide::types::{CallbackQueryId, InlineKeyboardMarkup, MessageId, ReplyParameters};
 use tokio::task::JoinHandle;
@@ -13,6 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use super::board::{Board, Boards};
 use super::pacer::{Edited, MessageKey, PaceError, Pacer, PacerConfig, Priority, Target};
+use super::sent_id;
 use super::text::{truncate_utf16, TEXT_MAX};
 
 #[derive(Clone)]
@@ -51,29 +53,27 @@ impl Api {
     }
 
     /// A text to a chat, replying to `reply_to` when given (and still sent
-    /// if that message is gone), cut to Telegram's limit.
+    /// if that message is gone), cut to Telegram's limit. The new message's
+    /// id: the answer is read for nothing else (see `sent_id.rs`).
     pub async fn send(
         &self,
         chat: i64,
         reply_to: Option<i32>,
         text: &str,
         markup: Option<InlineKeyboardMarkup>,
-    ) -> Result<Message, PaceError> {
+    ) -> Result<i32, PaceError> {
         let text = truncate_utf16(text, TEXT_MAX);
-        self.pacer
+        let sent = self
+            .pacer
             .call(chat, Priority::Urgent, || {
-                let mut req = self.bot.send_message(ChatId(chat), text.clone());
-                if let Some(m) = reply_to {
-                    req = req.reply_parameters(
-                        ReplyParameters::new(MessageId(m)).allow_sending_without_reply(),
-                    );
-                }
-                if let Some(k) = &markup {
-                    req = req.reply_markup(k.clone());
-                }
-                req
+                let mut p = SendMessage::new(ChatId(chat), text.clone());
+                p.reply_parameters = reply_to
+                    .map(|m| ReplyParameters::new(MessageId(m)).allow_sending_without_reply());
+                p.reply_markup = markup.clone().map(Into::into);
+                sent_id::request(&self.bot, p)
             })
-            .await
+            .await?;
+        Ok(sent.message_id)
     }
 
     /// Replace a message's text (and keyboard, when given). Edits of one

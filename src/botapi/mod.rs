@@ -16,6 +16,7 @@ pub mod filename;
 pub mod keyboard;
 pub mod pacer;
 pub mod send;
+mod sent_id;
 mod status;
 pub mod text;
 

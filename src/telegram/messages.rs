@@ -327,6 +327,6 @@ async fn acknowledge(
     let sent = api
         .send(chat, Some(job.request_msg_id), &text, keyboard)
         .await?;
-    let board = shared.then(|| api.boards.open(chat, sent.id.0, job.id, text));
-    Ok((sent.id.0, board))
+    let board = shared.then(|| api.boards.open(chat, sent, job.id, text));
+    Ok((sent, board))
 }

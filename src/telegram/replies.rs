@@ -9,8 +9,9 @@ use crate::job::{now_ms, Job};
 use crate::pipeline::service::{CancelOutcome, Lookup};
 use crate::store::{Refusal, StoreError};
 
-/// Reply to `msg` with `text` (paced, cut to Telegram's limit).
-pub(super) async fn reply(api: &Api, msg: &Message, text: String) -> Result<Message, PaceError> {
+/// Reply to `msg` with `text` (paced, cut to Telegram's limit); the reply's
+/// message id.
+pub(super) async fn reply(api: &Api, msg: &Message, text: String) -> Result<i32, PaceError> {
     api.send(msg.chat.id.0, Some(msg.id.0), &text, None).await
 }
 
