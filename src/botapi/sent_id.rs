@@ -5,8 +5,9 @@
 //! into its `Message`, whose flattened, untagged enums make serde buffer the
 //! object and try one variant after another: in a `perf` profile of a
 //! 1,000-link burst that decoding was 119 of the bot's 1,365 samples, and
-//! 25 when read into [`SentId`] (`benches/README.md`). The request is teloxide's own `SendMessage`
-//! payload, serialised the same way; only the answer's type differs.
+//! 25 when read into [`SentId`] (`benches/README.md`). The request is
+//! teloxide's own `SendMessage` payload, serialised the same way; only the
+//! answer's type differs.
 
 use serde::{Deserialize, Serialize};
 use teloxide::payloads::SendMessage;
@@ -14,7 +15,7 @@ use teloxide::requests::{JsonRequest, Payload};
 use teloxide::Bot;
 
 /// [`SendMessage`] under the same method name, answered with [`SentId`].
-#[derive(Clone, Serialize)]
+#[derive(Serialize)]
 #[serde(transparent)]
 pub(super) struct SendMessageForId(pub SendMessage);
 
