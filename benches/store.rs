@@ -16,6 +16,9 @@
 //!   local trust-auth server, `postgres://postgres@127.0.0.1:5432/postgres`);
 //!   each PostgreSQL measurement runs in a database of its own there.
 //! - `TGDL_BENCH_PG=0`: skip the PostgreSQL rows (no server at hand).
+//! - `TGDL_BENCH_LIFECYCLE=n`: run only sled's lifecycle with `n` workers,
+//!   three times, and print its batch size and CPU time
+//!   ([`lifecycle_only`]).
 //!
 //! Arguments (cargo passes `--bench`) are ignored.
 
@@ -111,6 +114,13 @@ fn main() {
         .tempdir_in(&seed_root)
         .expect("temp dir for seeding");
 
+    if let Some(threads) = std::env::var("TGDL_BENCH_LIFECYCLE")
+        .ok()
+        .and_then(|n| n.parse().ok())
+    {
+        lifecycle_only(disk.path(), threads, Duration::from_secs_f64(s.secs));
+        return;
+    }
     println!(
         "tgdl store benchmarks ({} mode, {} s per throughput run, {} CPUs)",
         if s.quick { "quick" } else { "full" },
@@ -231,10 +241,12 @@ fn main() {
     let workers = |n: u64| format!("{n} worker{}", if n == 1 { "" } else { "s" });
     for (what, threads, l) in &sled_syncs {
         println!(
-            "sled: {what}, {}: {:.2} changes per log fdatasync ({} syncs)",
+            "sled: {what}, {}: {:.2} changes per log fdatasync ({} syncs, {} after a wait \
+             for more)",
             workers(*threads),
             l.per_sync(),
-            l.syncs
+            l.syncs,
+            l.lingered
         );
     }
     for (what, threads, b) in &batches {
@@ -277,6 +289,51 @@ fn main() {
 
     println!();
     println!("total bench time: {:.1} s", started.elapsed().as_secs_f64());
+}
+
+/// `TGDL_BENCH_LIFECYCLE=n`: only sled's lifecycle with `n` workers, three
+/// runs on fresh stores, each with its batch size and the CPU time the
+/// process used: what a change to the log's group commit moves, without
+/// the minutes of the whole bench.
+fn lifecycle_only(dir: &Path, threads: u64, dur: Duration) {
+    // utime and stime of this process, in clock ticks (fields 14 and 15 of
+    // /proc/self/stat, counted after the command's closing parenthesis).
+    let cpu = || -> (u64, u64) {
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+        let after = stat.rsplit(')').next().unwrap_or_default();
+        let mut f = after
+            .split_whitespace()
+            .skip(11)
+            .map(|v| v.parse().unwrap_or(0));
+        (f.next().unwrap_or(0), f.next().unwrap_or(0))
+    };
+    println!(
+        "sled lifecycle only, {threads} workers, {} s per run",
+        dur.as_secs_f64()
+    );
+    println!("disk: {}", describe_fs(dir));
+    for run in 1..=3 {
+        let store = Arc::new(SledStore::open(&dir.join(format!("only{run}.sled"))).expect("open"));
+        let before = cpu();
+        let r = run_threads(threads, dur, |t| {
+            let store = store.clone();
+            let owner = Uuid::now_v7();
+            move |i| sled_lifecycle(&store, owner, t, i)
+        });
+        let after = cpu();
+        let secs = r.elapsed.as_secs_f64();
+        let l = store.log_syncs();
+        println!(
+            "run {run}: {:.0} jobs/s; {:.2} changes per log fdatasync, {:.0} syncs/s, {} of them \
+             after a wait for more; CPU user {} sys {} ticks",
+            r.ops as f64 / secs,
+            l.per_sync(),
+            l.syncs as f64 / secs,
+            l.lingered,
+            after.0 - before.0,
+            after.1 - before.1,
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------

@@ -610,7 +610,7 @@ mod tests {
     //! [`Wal::hold`]: the claim's walk of sled's indexes, and the reads
     //! that never wait for sled.
 
-    use super::super::testing::{crash_image, enqueue, finish, wait_until, LOOSE};
+    use super::super::testing::{crash_image, enqueue, finish, reopen, wait_until, LOOSE};
     use super::super::{tree_number, META_TREE};
     use super::*;
     use std::path::Path;
@@ -640,6 +640,46 @@ mod tests {
         store.settle().unwrap();
         let report = store.check_invariants().unwrap();
         assert!(report.problems.is_empty(), "{:#?}", report.problems);
+    }
+
+    /// A leader that expects the last batch's committers back waits for
+    /// them only briefly: alone, its change is still made durable, in a
+    /// batch of its own. A change whose last batch held it alone (one
+    /// worker) does not wait at all.
+    #[test]
+    fn a_leader_waits_for_expected_changes_only_briefly() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(SledStore::open(dir.path()).unwrap());
+        enqueue(&store, 1, 1);
+        assert_eq!(
+            store.log_syncs().lingered,
+            0,
+            "a batch of one waits for nobody"
+        );
+        store.wal.expect_next(3);
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let alone = store.clone();
+        let leader = std::thread::spawn(move || {
+            let _ = done_tx.send(enqueue(&alone, 1, 2).id);
+        });
+        let id = done_rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("a leader waited for changes that never came");
+        leader.join().unwrap();
+        let syncs = store.log_syncs();
+        assert_eq!((syncs.syncs, syncs.changes, syncs.lingered), (2, 2, 1));
+        enqueue(&store, 1, 3);
+        let syncs = store.log_syncs();
+        assert_eq!(
+            (syncs.syncs, syncs.lingered),
+            (3, 1),
+            "after a batch of one, the next leader does not wait"
+        );
+        let reopened = {
+            drop(store);
+            reopen(dir.path())
+        };
+        assert_eq!(reopened.get(id).unwrap().map(|j| j.id), Some(id));
     }
 
     #[test]
