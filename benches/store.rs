@@ -35,7 +35,6 @@ mod sqlite_writer;
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{
@@ -212,12 +211,8 @@ fn main() {
     // to back, so they see the same load on this shared machine.
     for threads in WORKERS {
         let dir = disk_dir.join(format!("life{threads}.sled"));
-        let store = Arc::new(SledStore::open(&dir).expect("open sled"));
-        let r = run_threads(threads, dur, |t| {
-            let store = store.clone();
-            let owner = Uuid::now_v7();
-            move |i| sled_lifecycle(&store, owner, t, i)
-        });
+        let store = SledStore::open(&dir).expect("open sled");
+        let r = run_sled_lifecycle(&store, threads, dur);
         sled_syncs.push((LIFECYCLE, threads, store.log_syncs()));
         // A benchmark that corrupted the store would be measuring a bug.
         let report = store.check_invariants().expect("check invariants");
@@ -313,13 +308,9 @@ fn lifecycle_only(dir: &Path, threads: u64, dur: Duration) {
     );
     println!("disk: {}", describe_fs(dir));
     for run in 1..=3 {
-        let store = Arc::new(SledStore::open(&dir.join(format!("only{run}.sled"))).expect("open"));
+        let store = SledStore::open(&dir.join(format!("only{run}.sled"))).expect("open");
         let before = cpu();
-        let r = run_threads(threads, dur, |t| {
-            let store = store.clone();
-            let owner = Uuid::now_v7();
-            move |i| sled_lifecycle(&store, owner, t, i)
-        });
+        let r = run_sled_lifecycle(&store, threads, dur);
         let after = cpu();
         let secs = r.elapsed.as_secs_f64();
         let l = store.log_syncs();
@@ -373,6 +364,14 @@ fn store_job(t: u64, i: u64) -> NewJob {
 fn sled_enqueue(store: &SledStore, new: NewJob) {
     let e = store.enqueue(new, LIMITS, now_ms()).expect("enqueue");
     assert!(!e.duplicate, "bench requests must be distinct");
+}
+
+/// [`sled_lifecycle`] on one store shared by `threads` workers, for `dur`.
+fn run_sled_lifecycle(store: &SledStore, threads: u64, dur: Duration) -> Throughput {
+    run_threads(threads, dur, |t| {
+        let owner = Uuid::now_v7();
+        move |i| sled_lifecycle(store, owner, t, i)
+    })
 }
 
 /// Enqueue one job, then claim whatever is due and drive it to done, as a
