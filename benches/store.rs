@@ -113,10 +113,10 @@ fn main() {
         .tempdir_in(&seed_root)
         .expect("temp dir for seeding");
 
-    if let Some(threads) = std::env::var("TGDL_BENCH_LIFECYCLE")
-        .ok()
-        .and_then(|n| n.parse().ok())
-    {
+    if let Ok(n) = std::env::var("TGDL_BENCH_LIFECYCLE") {
+        let threads = n
+            .parse()
+            .unwrap_or_else(|_| panic!("TGDL_BENCH_LIFECYCLE={n:?}: not a number of workers"));
         lifecycle_only(disk.path(), threads, Duration::from_secs_f64(s.secs));
         return;
     }
@@ -214,10 +214,7 @@ fn main() {
         let store = SledStore::open(&dir).expect("open sled");
         let r = run_sled_lifecycle(&store, threads, dur);
         sled_syncs.push((LIFECYCLE, threads, store.log_syncs()));
-        // A benchmark that corrupted the store would be measuring a bug.
-        let report = store.check_invariants().expect("check invariants");
-        assert!(report.problems.is_empty(), "{:#?}", report.problems);
-        assert_eq!(report.counters.done, r.ops, "every counted job is done");
+        assert_lifecycle_whole(&store, r.ops);
         rows.push(Row::new(LIFECYCLE, "sled", threads, r));
         for v in [
             Variant::FULL_PER_CONNECTION,
@@ -312,6 +309,7 @@ fn lifecycle_only(dir: &Path, threads: u64, dur: Duration) {
         let before = cpu();
         let r = run_sled_lifecycle(&store, threads, dur);
         let after = cpu();
+        assert_lifecycle_whole(&store, r.ops);
         let secs = r.elapsed.as_secs_f64();
         let l = store.log_syncs();
         println!(
@@ -372,6 +370,14 @@ fn run_sled_lifecycle(store: &SledStore, threads: u64, dur: Duration) -> Through
         let owner = Uuid::now_v7();
         move |i| sled_lifecycle(store, owner, t, i)
     })
+}
+
+/// A benchmark that corrupted the store would be measuring a bug: after a
+/// lifecycle run, the store's invariants hold and every job counted is done.
+fn assert_lifecycle_whole(store: &SledStore, done: u64) {
+    let report = store.check_invariants().expect("check invariants");
+    assert!(report.problems.is_empty(), "{:#?}", report.problems);
+    assert_eq!(report.counters.done, done, "every counted job is done");
 }
 
 /// Enqueue one job, then claim whatever is due and drive it to done, as a
