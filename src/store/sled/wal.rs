@@ -318,12 +318,18 @@ fn is_queue(tree: u8) -> bool {
 /// batch being synced to end before it sleeps on [`Shared::synced`], once
 /// per batch. A sleep costs a futex wake-up and the scheduler's latency on
 /// the way back, tens of µs on a small VM against a `fdatasync` of about
-/// 100 µs: a committer that arrives in the last part of a batch's sync sees
-/// it end within this window, and then returns (or writes the next batch)
-/// at once. It yields the CPU between polls, so a busy machine runs
-/// other threads meanwhile. What it gained in the store and e2e benches is
-/// in `benches/README.md`.
-const SPIN: std::time::Duration = std::time::Duration::from_micros(30);
+/// 80-150 µs, and a woken committer then queues for a CPU behind the
+/// others that were woken with it. The window covers a whole sync on such
+/// a disk (their p99 was 115-157 µs on the bench machine), so a committer
+/// that arrives while one runs sees it end without having slept, and
+/// returns (or writes the next batch) at once. It yields the CPU between
+/// polls, so a busy machine runs other threads meanwhile; on a slower disk
+/// the committer sleeps once the window has passed, so a sync of
+/// milliseconds costs it at most this much polling. What it gained in the
+/// store and e2e benches, and what the polling costs in CPU, is in
+/// `benches/README.md` (30 µs before: a committer that came early in a
+/// sync slept).
+const SPIN: std::time::Duration = std::time::Duration::from_micros(250);
 
 /// How long a committer about to write a batch waits, at most, for the
 /// changes the last batch's committers are expected to bring back
