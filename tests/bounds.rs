@@ -2,8 +2,8 @@
 //! disk stay under `downloader.max_download_mb` (an endless response without
 //! a length, an HLS playlist), a playlist is listed and fetched only up to
 //! `limits.playlist_max_items`, a download never expands a playlist, a probe
-//! that fails is the job's error, and `/retry` is held to the limits of a new
-//! link. The real bot (library `run`) with real yt-dlp, the loopback media
+//! that fails is the job's error, `/retry` is held to the limits of a new
+//! link, and a server answering 416 cannot make a job start over for ever. The real bot (library `run`) with real yt-dlp, the loopback media
 //! server and the fake Bot API.
 
 mod support;
@@ -326,4 +326,29 @@ fn max_download_mb_defaults_to_twice_the_upload_limit() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("downloader.max_download_mb"), "{err}");
+}
+
+/// The start-over after a 416 (a kept `.part` the server will not extend) is
+/// free only once in a row: a server that answers 416 to a fresh request too
+/// gets the ordinary retries (3 attempts here) and the job fails, rather than
+/// starting over for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_server_that_always_answers_416_starts_over_once_then_fails() {
+    let api = FakeTelegram::start().await;
+    let media = media().await;
+    let mut bot = TestBot::start(&api, "").await;
+    let max = bot.config.downloader.max_attempts;
+    let link = media.url("/status/416");
+    let (_, status) = accept_link(&api, USER, &link, T).await;
+    let line = message_becomes(&api, USER, status, |t| t.contains("failed"), T).await;
+    assert!(line.contains("would not serve the file"), "{line}");
+    let store = stop_clean(&mut bot).await;
+    let job = only_job(&store, USER);
+    assert_eq!(failure_code(&job), "range_not_satisfiable");
+    assert_eq!(job.attempts, max, "every 416 after the first was counted");
+    assert_eq!(
+        media.requests_to("/status/416").len(),
+        max as usize + 1,
+        "one run per attempt, and one start-over"
+    );
 }

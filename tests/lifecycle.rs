@@ -1,6 +1,6 @@
 //! The real binary across stops: SIGTERM mid-download, SIGKILL mid-download
-//! with resume over HTTP Range, `tgdl recover --dry-run`, and databases that
-//! cannot be opened.
+//! with resume over HTTP Range (and with a `.part` already complete),
+//! `tgdl recover --dry-run`, and databases that cannot be opened.
 
 mod support;
 
@@ -112,6 +112,60 @@ async fn after_sigkill_the_download_resumes_over_range_and_completes() {
     assert_eq!(done.len(), 1);
     assert_eq!(done[0].rescues, 1, "the crash counted as a rescue");
     assert_eq!(done[0].attempts, 0, "not as an attempt");
+}
+
+/// A kill between yt-dlp's last write and its rename leaves the whole file
+/// as `.part`. Resuming it asks for the range after the last byte, which the
+/// server answers 416, and yt-dlp's retry without the range sends it again:
+/// without the worker's start-over, every attempt failed the same way (the
+/// kill -9 test's CI run lost a job so). The `.part` here is made whole by
+/// hand, at the point where the kill would have left it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_complete_part_file_left_by_a_kill_starts_over_and_is_delivered() {
+    let (t, mut bot) = bot_mid_download().await;
+    bot.kill9();
+    let data = t.dir.path().join("data");
+    let left = processes_left(&data.display().to_string(), Duration::from_secs(5));
+    assert!(left.is_empty(), "yt-dlp outlived the bot: {left:?}");
+    let parts: Vec<_> = support::fs::files_under(&data.join("downloads"))
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "part"))
+        .collect();
+    assert_eq!(parts.len(), 1, "one partial file: {parts:?}");
+    let clip = fixture_bytes("clip.mp4");
+    std::fs::write(&parts[0], &clip).unwrap();
+    let before = t.media.requests_to("/slow/clip.mp4").len();
+
+    let bot = t.start_bot();
+    let calls = t.api.wait_for_calls("sendVideo", 1, T).await;
+    assert_eq!(calls[0].file("video").unwrap().bytes, clip);
+    let after: Vec<_> = t.media.requests_to("/slow/clip.mp4")[before..].to_vec();
+    let refused = after
+        .iter()
+        .position(|r| r.status == 416 && r.range_start() == Some(clip.len() as u64));
+    assert!(
+        refused.is_some(),
+        "the resume asked for the range past the end and was refused: {after:?}"
+    );
+    assert!(
+        after[refused.unwrap()..]
+            .iter()
+            .any(|r| r.status == 200 && r.range_start().unwrap_or(0) == 0 && r.complete),
+        "then the file was downloaded from the start: {after:?}"
+    );
+    bot.sigterm_and_wait(Duration::from_secs(10))
+        .await
+        .0
+        .expect("exits");
+    let store = SledStore::open(&data.join("db")).unwrap();
+    let done = store.list_state(JobState::Done, 10).unwrap();
+    assert_eq!(done.len(), 1, "the job is done");
+    assert_eq!(done[0].attempts, 0, "starting over is not an attempt");
+    assert_eq!(
+        done[0].last_error.as_ref().map(|e| e.code.as_str()),
+        Some("range_not_satisfiable"),
+        "the start-over is on record"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

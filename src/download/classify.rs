@@ -32,6 +32,13 @@ pub enum Reason {
     Http404,
     Http429,
     Http5xx,
+    /// 416: the server would not serve the byte range asked for. With
+    /// `--continue` that is a kept `.part` the file no longer extends: most
+    /// often one already complete, left by a kill between yt-dlp's last
+    /// write and its rename. yt-dlp's own way out (asking again without the
+    /// range) sends the range again (2026.10.26), so every retry that keeps
+    /// the `.part` fails the same way; the worker starts over without it.
+    RangeNotSatisfiable,
     /// Connection refused or reset, DNS failure, TLS error.
     Network,
     Timeout,
@@ -47,7 +54,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, for exhaustive tests and for whoever maps them to text.
-    pub const ALL: [Reason; 15] = [
+    pub const ALL: [Reason; 16] = [
         Reason::UnsupportedUrl,
         Reason::Unavailable,
         Reason::Private,
@@ -58,6 +65,7 @@ impl Reason {
         Reason::Http404,
         Reason::Http429,
         Reason::Http5xx,
+        Reason::RangeNotSatisfiable,
         Reason::Network,
         Reason::Timeout,
         Reason::Usage,
@@ -82,6 +90,7 @@ impl Reason {
             Reason::Http403
             | Reason::Http429
             | Reason::Http5xx
+            | Reason::RangeNotSatisfiable
             | Reason::Network
             | Reason::Timeout
             | Reason::NoSpace
@@ -102,6 +111,7 @@ impl Reason {
             Reason::Http404 => FailureCode::Http404,
             Reason::Http429 => FailureCode::Http429,
             Reason::Http5xx => FailureCode::Http5xx,
+            Reason::RangeNotSatisfiable => FailureCode::RangeNotSatisfiable,
             Reason::Network => FailureCode::Network,
             Reason::Timeout => FailureCode::Timeout,
             Reason::Usage => FailureCode::YtdlpUsage,
@@ -227,6 +237,7 @@ pub fn classify_message(message: &str) -> Option<Reason> {
             429 => Reason::Http429,
             401 => Reason::LoginRequired,
             451 => Reason::GeoBlocked,
+            416 => Reason::RangeNotSatisfiable,
             500..=599 => Reason::Http5xx,
             _ => Reason::Unknown,
         });
@@ -366,6 +377,10 @@ mod tests {
             ("ERROR: [generic] 429: Unable to download webpage: HTTP Error 429: Too Many Requests (caused by <HTTPError 429: Too Many Requests>)", Retryable(Reason::Http429)),
             ("ERROR: [generic] 503: Unable to download webpage: HTTP Error 503: Service Unavailable (caused by <HTTPError 503: Service Unavailable>)", Retryable(Reason::Http5xx)),
             ("ERROR: [generic] 500: Unable to download webpage: HTTP Error 500: Internal Server Error (caused by <HTTPError 500: Internal Server Error>)", Retryable(Reason::Http5xx)),
+            // A complete `.part` kept by `--continue`, resumed: the test media
+            // server (the kill -9 test's CI run) and Python's `http.server`.
+            ("ERROR: unable to download video data: HTTP Error 416: Range Not Satisfiable", Retryable(Reason::RangeNotSatisfiable)),
+            ("ERROR: unable to download video data: HTTP Error 416: Requested Range Not Satisfiable", Retryable(Reason::RangeNotSatisfiable)),
             ("ERROR: [download] Got error: HTTPConnectionPool(host='127.0.0.1', port=18767): Read timed out.", Retryable(Reason::Timeout)),
             ("ERROR: [generic] stallhead: Unable to download webpage: HTTPConnectionPool(host='127.0.0.1', port=18767): Read timed out. (read timeout=2.0) (caused by TransportError(\"HTTPConnectionPool(host='127.0.0.1', port=18767): Read timed out. (read timeout=2.0)\"))", Retryable(Reason::Timeout)),
             ("ERROR: [generic] x: Unable to download webpage: HTTPConnection(host='nonexistent.invalid', port=80): Failed to resolve 'nonexistent.invalid' ([Errno -2] Name or service not known) (caused by TransportError(\"HTTPConnection(host='nonexistent.invalid', port=80): Failed to resolve 'nonexistent.invalid' ([Errno -2] Name or service not known)\"))", Retryable(Reason::Network)),

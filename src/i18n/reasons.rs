@@ -49,6 +49,10 @@ pub(super) fn reason(lang: Lang, code: FailureCode, limit_mb: u64) -> String {
         (Fa, C::Cancelled) => "لغو شد",
         (En, C::CrashedRepeatedly) => "the bot crashed repeatedly while working on it",
         (Fa, C::CrashedRepeatedly) => "ربات هنگام کار روی آن چند بار از کار افتاد",
+        (En, C::RangeNotSatisfiable) => {
+            "the site would not serve the file, even after the download started over"
+        }
+        (Fa, C::RangeNotSatisfiable) => "سایت فایل را نفرستاد، حتی پس از شروع دوبارهٔ دانلود",
         (En, C::Timeout) => "the download took too long",
         (Fa, C::Timeout) => "دانلود بیش از حد طول کشید",
         (En, C::Network | C::Http5xx | C::Http429) => {

@@ -79,6 +79,8 @@ failure_codes! {
     Http404 = "http_404",
     Http429 = "http_429",
     Http5xx = "http_5xx",
+    /// 416 again after the download started over without its partial file.
+    RangeNotSatisfiable = "range_not_satisfiable",
     /// Connection refused or reset, DNS failure, TLS error.
     Network = "network",
     /// The download took longer than `downloader.timeout_secs`.

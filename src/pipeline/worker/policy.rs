@@ -72,15 +72,24 @@ impl Pipeline {
     }
 
     /// yt-dlp (the probe or the download) did not deliver: stopped by
-    /// shutdown or the user, out of disk space, or an error to retry or fail
-    /// by its class.
+    /// shutdown or the user, out of disk space, a kept partial file the
+    /// server will not extend, or an error to retry or fail by its class.
     pub(super) async fn ytdlp_failed(&self, job: &Job, e: DownloadError) -> StepResult {
         if let DownloadError::Cancelled = e {
             return self.stopped(job).await;
         }
         let (class, code) = e.classify();
+        // A 416 right after a start-over is the server's, not the `.part`'s.
+        let again = job
+            .last_error
+            .as_ref()
+            .is_some_and(|last| last.code == FailureCode::RangeNotSatisfiable);
         match code {
             FailureCode::NoSpace => self.out_of_space(job, e.to_string()).await,
+            FailureCode::RangeNotSatisfiable if !again => {
+                let text = e.to_string();
+                self.start_over(job, JobError { class, code, text }).await
+            }
             code => {
                 // An error yt-dlp could not name often means a site changed
                 // and the extractor is out of date: the health task counts them.
@@ -100,24 +109,44 @@ impl Pipeline {
     async fn out_of_space(&self, job: &Job, text: String) -> StepResult {
         self.jobs.guard.hold_for_space();
         tracing::error!(job = %job.id, error = %text, "disk full: job requeued, claims held until space returns");
-        self.remove_partial_files(job).await;
         let err = JobError {
             class: ErrorClass::Retryable,
             code: FailureCode::NoSpace,
             text,
         };
-        let out = self
-            .advance(job, JobState::Queued, move |j| {
-                j.next_attempt_at = now_ms();
-                j.last_error = Some(err.clone());
-                // Its files are gone: bytes count from zero again.
-                if let Some(m) = &mut j.rescue_mark {
-                    m.bytes = 0;
-                }
-            })
-            .await?;
+        let out = self.requeue_from_start(job, err).await?;
         self.status(job).waiting_for_disk().await;
         Ok(out)
+    }
+
+    /// The server would not serve the rest of a kept partial file (416): a
+    /// `.part` already complete, left by a kill between yt-dlp's last write
+    /// and its rename, or one the file no longer extends. Resuming it again
+    /// would fail the same way, so its files go and the job is queued again
+    /// at once, no attempt counted: the next run downloads from the start.
+    /// Only the first 416 in a row is free (the job's last error says so): a
+    /// server that answers 416 to a fresh download too is retried by the
+    /// ordinary rules, so it cannot hold a worker for ever.
+    async fn start_over(&self, job: &Job, err: JobError) -> StepResult {
+        tracing::warn!(job = %job.id, error = %err.text, "the partial file cannot be resumed: downloading again from the start");
+        let out = self.requeue_from_start(job, err).await?;
+        self.jobs.wake_workers();
+        Ok(out)
+    }
+
+    /// Delete the job's files and put it back in the queue at once, no
+    /// attempt counted, with `err` as its last error.
+    async fn requeue_from_start(&self, job: &Job, err: JobError) -> StepResult {
+        self.remove_partial_files(job).await;
+        self.advance(job, JobState::Queued, move |j| {
+            j.next_attempt_at = now_ms();
+            j.last_error = Some(err.clone());
+            // Its files are gone: bytes count from zero again.
+            if let Some(m) = &mut j.rescue_mark {
+                m.bytes = 0;
+            }
+        })
+        .await
     }
 
     /// Fail for good: to cleaning, with the reason the user will read.
