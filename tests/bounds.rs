@@ -3,8 +3,9 @@
 //! a length, an HLS playlist), a playlist is listed and fetched only up to
 //! `limits.playlist_max_items`, a download never expands a playlist, a probe
 //! that fails is the job's error, `/retry` is held to the limits of a new
-//! link, and a server answering 416 cannot make a job start over for ever. The real bot (library `run`) with real yt-dlp, the loopback media
-//! server and the fake Bot API.
+//! link, and a server answering 416 cannot make a job start over for ever.
+//! The real bot (library `run`) with real yt-dlp, the loopback media server
+//! and the fake Bot API.
 
 mod support;
 
