@@ -16,6 +16,7 @@ use support::binary::processes_mentioning;
 use support::bot::{accept_link, media, message_becomes, reply_text, TestBot};
 use support::fake_telegram::FakeTelegram;
 use support::fs::files_under;
+use support::media_server::MediaServer;
 use tgdl::job::{Job, JobState};
 use tgdl::store::JobStore;
 
@@ -54,6 +55,35 @@ async fn stop_clean(bot: &mut TestBot) -> tgdl::store::SledStore {
     let report = store.check_invariants().unwrap();
     assert!(report.problems.is_empty(), "{:?}", report.problems);
     store
+}
+
+/// What a link that failed left behind: the status message's last text, the
+/// job as the stopped store has it, the media server (its request log) and
+/// the stopped bot (its config).
+struct Failed {
+    line: String,
+    job: Job,
+    media: MediaServer,
+    bot: TestBot,
+}
+
+/// `USER` sends the media server's `path` to a fresh bot with `extra`
+/// settings; once the status message says the job failed, the bot stops
+/// clean (see [`stop_clean`]).
+async fn fails(extra: &str, path: &str) -> Failed {
+    let api = FakeTelegram::start().await;
+    let media = media().await;
+    let mut bot = TestBot::start(&api, extra).await;
+    let (_, status) = accept_link(&api, USER, &media.url(path), T).await;
+    let line = message_becomes(&api, USER, status, |t| t.contains("failed"), T).await;
+    let store = stop_clean(&mut bot).await;
+    let job = only_job(&store, USER);
+    Failed {
+        line,
+        job,
+        media,
+        bot,
+    }
 }
 
 /// 1 MB upload limit, 3 MB download limit.
@@ -123,12 +153,10 @@ async fn an_endless_response_without_a_length_is_stopped_at_max_download_mb() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_hls_playlist_is_bounded_the_same_way() {
-    let api = FakeTelegram::start().await;
-    let media = media().await;
-    let mut bot = TestBot::start(&api, LIMITS).await;
     // 400 segments of 256 KiB: 100 MiB if nothing stopped it.
-    let (_, status) = accept_link(&api, USER, &media.url("/hls/400/index.m3u8"), T).await;
-    let line = message_becomes(&api, USER, status, |t| t.contains("failed"), T).await;
+    let Failed {
+        line, job, media, ..
+    } = fails(LIMITS, "/hls/400/index.m3u8").await;
     assert!(line.contains("3 MB limit"), "{line}");
     let segments: Vec<_> = media
         .requests()
@@ -142,9 +170,6 @@ async fn an_hls_playlist_is_bounded_the_same_way() {
     );
     assert!(segments.len() >= 12, "it did download: {}", segments.len());
     assert!(fetched < 2 * LIMIT, "bounded: {fetched} B");
-
-    let store = stop_clean(&mut bot).await;
-    let job = only_job(&store, USER);
     assert_eq!(failure_code(&job), "download_too_large");
 }
 
@@ -197,15 +222,10 @@ async fn a_page_of_thirty_fetches_the_limit_and_names_the_rest_as_skipped() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_probe_that_fails_is_the_jobs_error_not_a_single_video() {
-    let api = FakeTelegram::start().await;
-    let media = media().await;
-    let mut bot = TestBot::start(&api, "").await;
-    let link = media.url("/page/missing");
-    let (_, status) = accept_link(&api, USER, &link, T).await;
-    let line = message_becomes(&api, USER, status, |t| t.contains("failed"), T).await;
+    let Failed {
+        line, job, media, ..
+    } = fails("", "/page/missing").await;
     assert!(line.contains("unavailable"), "{line}");
-    let store = stop_clean(&mut bot).await;
-    let job = only_job(&store, USER);
     assert_eq!(failure_code(&job), "http_404");
     assert_eq!(job.attempts, 1, "a 404 is not retried");
     assert_eq!(
@@ -335,16 +355,14 @@ fn max_download_mb_defaults_to_twice_the_upload_limit() {
 /// starting over for ever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_server_that_always_answers_416_starts_over_once_then_fails() {
-    let api = FakeTelegram::start().await;
-    let media = media().await;
-    let mut bot = TestBot::start(&api, "").await;
+    let Failed {
+        line,
+        job,
+        media,
+        bot,
+    } = fails("", "/status/416").await;
     let max = bot.config.downloader.max_attempts;
-    let link = media.url("/status/416");
-    let (_, status) = accept_link(&api, USER, &link, T).await;
-    let line = message_becomes(&api, USER, status, |t| t.contains("failed"), T).await;
     assert!(line.contains("would not serve the file"), "{line}");
-    let store = stop_clean(&mut bot).await;
-    let job = only_job(&store, USER);
     assert_eq!(failure_code(&job), "range_not_satisfiable");
     assert_eq!(job.attempts, max, "every 416 after the first was counted");
     assert_eq!(
